@@ -1,0 +1,178 @@
+"""Train the SUR-adapter on a release and one LLM layer; frozen UNet, VAE and text encoder.
+
+Named steps: load → freeze → precompute (VAE latents and text states cached once) → step →
+checkpoint → (adapter.evaluate). Every random draw of step s comes from a generator seeded with
+(seed, s), so a run killed and resumed from its last checkpoint ends with the same weights as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from adapter.model import AdapterConfig, SURAdapter, loss_cp, loss_llm
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 5000
+    batch_size: int = 16
+    lr: float = 1e-5
+    lambda_llm: float = 1e-5
+    lambda_cp: float = 1e-5
+    eta: float = 0.1
+    tau: float = 1.0
+    resolution: int = 512
+    checkpoint_every: int = 500
+    seed: int = 0
+    layer: int = -1
+
+
+def read_release(release: Path) -> pa.Table:
+    files = sorted(release.glob("shard-*.parquet"))
+    return pa.concat_tables([pq.read_table(f, columns=["sample_id", "image", "simple_prompt",
+                                                       "complex_prompt"]) for f in files])
+
+
+def read_layer(emb_dir: Path, layer: int) -> tuple[dict[str, np.ndarray], int]:
+    """One layer (1..L, or -1 for the last) of the stored embeddings: only its files are read."""
+    meta = json.loads((emb_dir / "meta.json").read_text())
+    k = meta["layers"] if layer == -1 else layer
+    if not 1 <= k <= meta["layers"]:
+        raise ValueError(f"layer {layer} out of range 1..{meta['layers']} (or -1 for the last)")
+    out: dict[str, np.ndarray] = {}
+    for part in sorted(p for p in emb_dir.iterdir() if p.name.startswith("part-")):
+        t = pq.read_table(part / f"layer-{k:02d}.parquet", columns=["sample_id", "vector"])
+        vecs = np.asarray(t.column("vector").combine_chunks().flatten()).reshape(t.num_rows, -1)
+        for sid, v in zip(t.column("sample_id").to_pylist(), vecs, strict=True):
+            out[sid] = v.astype(np.float32)
+    return out, k
+
+
+def encode_text(parts: dict[str, Any], prompts: list[str]) -> torch.Tensor:
+    tok = parts["tokenizer"]
+    ids = tok(prompts, padding="max_length", truncation=True, max_length=tok.model_max_length,
+              return_tensors="pt").input_ids
+    with torch.no_grad():
+        return parts["text_encoder"](ids)[0]
+
+
+def precompute(parts: dict[str, Any], table: pa.Table, resolution: int) -> dict[str, torch.Tensor]:
+    """VAE latents and text states of every sample, computed once and reused every step."""
+    vae = parts["vae"]
+    pics = []
+    for b in table.column("image").to_pylist():
+        img = Image.open(io.BytesIO(b)).convert("RGB").resize((resolution, resolution), Image.Resampling.BICUBIC)
+        pics.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1))
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(torch.stack(pics[i : i + 16])).latent_dist.mean
+                             for i in range(0, len(pics), 16)]) * vae.config.scaling_factor
+    return {
+        "latents": latents,
+        "simple": encode_text(parts, table.column("simple_prompt").to_pylist()),
+        "complex": encode_text(parts, table.column("complex_prompt").to_pylist()),
+    }
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    ckpts = sorted(out_dir.glob("ckpt-*")) if out_dir.exists() else []
+    return ckpts[-1] if ckpts else None
+
+
+def save_checkpoint(out_dir: Path, adapter: SURAdapter, opt: torch.optim.Optimizer, step: int,
+                    cfg: TrainConfig, extra: dict[str, Any]) -> Path:
+    tmp = out_dir / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in adapter.state_dict().items()}, str(tmp / "adapter.safetensors"))
+    (tmp / "config.json").write_text(json.dumps({"adapter": adapter.cfg.to_dict(), "train": asdict(cfg),
+                                                 "step": step, **extra}, indent=1))
+    torch.save({"optimizer": opt.state_dict(), "step": step, "torch_rng": torch.get_rng_state()},
+               tmp / "state.pt")
+    final = out_dir / f"ckpt-{step:06d}"
+    os.replace(tmp, final)
+    return final
+
+
+def load_adapter(ckpt: Path) -> SURAdapter:
+    cfg = json.loads((ckpt / "config.json").read_text())["adapter"]
+    adapter = SURAdapter(AdapterConfig(**cfg))
+    adapter.load_state_dict(load_file(str(ckpt / "adapter.safetensors")))
+    return adapter.eval()
+
+
+def train(parts: dict[str, Any], release: Path, emb_dir: Path, out_dir: Path, cfg: TrainConfig,
+          log: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Train (or resume) and return a summary; metrics go to out_dir/metrics.jsonl."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".tmp-*"):
+        shutil.rmtree(stale)
+    unet, vae, text, sched = parts["unet"], parts["vae"], parts["text_encoder"], parts["scheduler"]
+    for m in (unet, vae, text):
+        m.requires_grad_(False)
+    table = read_release(release)
+    vectors, layer = read_layer(emb_dir, cfg.layer)
+    missing = [s for s in table.column("sample_id").to_pylist() if s not in vectors]
+    if missing:
+        raise ValueError(f"{len(missing)} released samples have no embedding for layer {layer}")
+    llm = torch.from_numpy(np.stack([vectors[s] for s in table.column("sample_id").to_pylist()]))
+    cache = precompute(parts, table, parts.get("resolution", cfg.resolution))
+    acfg = AdapterConfig(dim=cache["simple"].shape[-1], llm_dim=llm.shape[-1], eta=cfg.eta,
+                         tau=cfg.tau, w0_seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
+    adapter = SURAdapter(acfg)
+    opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr)
+    start = 0
+    ckpt = latest_checkpoint(out_dir)
+    if ckpt is not None:
+        adapter.load_state_dict(load_file(str(ckpt / "adapter.safetensors")))
+        state = torch.load(ckpt / "state.pt", weights_only=False)
+        opt.load_state_dict(state["optimizer"])
+        start = state["step"]
+    metrics_path = out_dir / "metrics.jsonl"
+    kept = [ln for ln in (metrics_path.read_text().splitlines() if metrics_path.exists() else [])
+            if json.loads(ln)["step"] <= start]
+    metrics_path.write_text("".join(ln + "\n" for ln in kept))
+    n = table.num_rows
+    for step in range(start + 1, cfg.steps + 1):
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
+        latents = cache["latents"][idx]
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
+        noisy = sched.add_noise(latents, noise, t)
+        c_prime, q = adapter(cache["simple"][idx])
+        pred = unet(noisy, t, encoder_hidden_states=c_prime).sample
+        l_simple = F.mse_loss(pred.float(), noise.float())
+        l_llm = loss_llm(adapter, llm[idx], q)
+        l_cp = loss_cp(c_prime, cache["complex"][idx], cfg.tau)
+        loss = l_simple + cfg.lambda_llm * l_llm + cfg.lambda_cp * l_cp
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        row = {"step": step, "loss": loss.item(), "loss_simple": l_simple.item(),
+               "loss_llm": l_llm.item(), "loss_cp": l_cp.item()}
+        with metrics_path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if log:
+            log(row)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save_checkpoint(out_dir, adapter, opt, step, cfg, {"release": release.name,
+                                                               "embeddings": emb_dir.name, "layer": layer})
+    final = latest_checkpoint(out_dir)
+    return {"checkpoint": str(final), "steps": cfg.steps, "layer": layer, "samples": n}

@@ -1,0 +1,1 @@
+"""Prefect flows: thin, each task one call into surd.pipeline."""

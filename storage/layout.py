@@ -1,0 +1,88 @@
+"""The data directory: where each table, release, embedding set and run lives, and its version.
+
+```
+<root>/SCHEMA_VERSION            {"schema_version": 1}
+<root>/tables/<table>/part-*.parquet
+<root>/state/<name>.json         crawl cursors and other checkpoints
+<root>/review/queue.db           the review queue (SQLite default)
+<root>/releases/vNNNN/           shards, manifest.json, README.md (dataset card)
+<root>/embeddings/<llm>/part-*/layer-NN.parquet
+<root>/runs/<run id>/            adapter checkpoints, metrics, evaluation report
+```
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from storage.schemas import CRAWL_PAGES, SCHEMA_VERSION, STAGE_TABLES
+from storage.tables import PartTable, atomic_write_bytes
+
+
+class SchemaVersionError(RuntimeError):
+    """The data directory was written by an incompatible version of the schema."""
+
+
+class DataDir:
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def open(self) -> DataDir:
+        """Create the directory, or check that an existing one has our schema version."""
+        marker = self.root / "SCHEMA_VERSION"
+        if marker.exists():
+            found = json.loads(marker.read_text()).get("schema_version")
+            if found != SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"{self.root} holds data of schema version {found}, this code writes version "
+                    f"{SCHEMA_VERSION}; use another data root (SURD_DATA_ROOT) or migrate it"
+                )
+        else:
+            if self.root.exists() and any(self.root.iterdir()):
+                raise SchemaVersionError(
+                    f"{self.root} is not empty and has no SCHEMA_VERSION marker; refusing to mix "
+                    "data. Point SURD_DATA_ROOT at an empty or SURD data directory"
+                )
+            atomic_write_bytes(marker, json.dumps({"schema_version": SCHEMA_VERSION}).encode())
+        return self
+
+    def table(self, name: str, schema: pa.Schema | None = None, key: str = "sample_id") -> PartTable:
+        if schema is None:
+            if name == "crawl_pages":
+                schema, key = CRAWL_PAGES, "page_id"
+            else:
+                schema = STAGE_TABLES[name]
+        return PartTable(self.root / "tables", name, schema, key)
+
+    @property
+    def tables_dir(self) -> Path:
+        return self.root / "tables"
+
+    @property
+    def releases_dir(self) -> Path:
+        return self.root / "releases"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.root / "embeddings"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def review_dir(self) -> Path:
+        return self.root / "review"
+
+    def state(self, name: str) -> dict[str, Any]:
+        path = self.root / "state" / f"{name}.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def save_state(self, name: str, value: dict[str, Any]) -> None:
+        atomic_write_bytes(
+            self.root / "state" / f"{name}.json", json.dumps(value, sort_keys=True).encode()
+        )

@@ -1,0 +1,145 @@
+"""Explicit Arrow schemas of every stage table, with one schema version for the data directory.
+
+Every stage row carries `status` (``ok`` or ``dropped``) and, when dropped, a `reason`
+(``no_prompt``, ``http_404``, ``duplicate_of:<id>``, ``clip_prefers_complex``, ...). Rows are
+never deleted: what left the path stays visible with its reason.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+OK = "ok"
+DROPPED = "dropped"
+
+_STATUS = [
+    pa.field("sample_id", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("reason", pa.string()),
+]
+
+RAW_ITEMS = pa.schema(
+    [
+        *_STATUS,
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("source_item_id", pa.string(), nullable=False),
+        pa.field("source_url", pa.string()),
+        pa.field("image_url", pa.string()),
+        pa.field("complex_prompt", pa.string()),
+        pa.field("negative_prompt", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("model", pa.string()),
+        pa.field("seed", pa.string()),
+        pa.field("nsfw_level", pa.string()),
+        pa.field("image_key", pa.string()),
+        pa.field("meta_json", pa.string()),
+        pa.field("fetched_at", pa.timestamp("us", tz="UTC")),
+        pa.field("crawl_id", pa.string()),
+    ]
+)
+
+CRAWL_PAGES = pa.schema(
+    [
+        pa.field("page_id", pa.string(), nullable=False),
+        pa.field("crawl_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("position", pa.string(), nullable=False),
+        pa.field("url", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),
+        pa.field("items", pa.int32()),
+        pa.field("next_position", pa.string()),
+        pa.field("fetched_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+IMAGES = pa.schema(
+    [
+        *_STATUS,
+        pa.field("image_url", pa.string()),
+        pa.field("http_status", pa.int32()),
+        pa.field("orig_width", pa.int32()),
+        pa.field("orig_height", pa.int32()),
+        pa.field("orig_format", pa.string()),
+        pa.field("sha256", pa.string()),
+        pa.field("phash", pa.string()),
+        pa.field("duplicate_of", pa.string()),
+        pa.field("image", pa.binary()),
+        pa.field("fetched_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+CAPTIONS = pa.schema(
+    [
+        *_STATUS,
+        pa.field("simple_prompt", pa.string()),
+        pa.field("model_id", pa.string()),
+    ]
+)
+
+CLIP_SCORES = pa.schema(
+    [
+        *_STATUS,
+        pa.field("p_simple", pa.float32()),
+        pa.field("p_complex", pa.float32()),
+        pa.field("sim_simple", pa.float32()),
+        pa.field("sim_complex", pa.float32()),
+        pa.field("complex_truncated", pa.bool_()),
+        pa.field("model_id", pa.string()),
+    ]
+)
+
+DECISIONS = pa.schema(
+    [
+        *_STATUS,
+        pa.field("decision_id", pa.int64()),
+        pa.field("decision", pa.string()),
+        pa.field("simple_prompt", pa.string()),
+        pa.field("actor", pa.string()),
+        pa.field("actor_kind", pa.string()),
+        pa.field("decided_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+RELEASE = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("image", pa.binary()),
+        pa.field("simple_prompt", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("complex_prompt", pa.string()),
+        pa.field("negative_prompt", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("source_item_id", pa.string()),
+        pa.field("source_url", pa.string()),
+        pa.field("p_simple", pa.float32()),
+        pa.field("p_complex", pa.float32()),
+        pa.field("decision_id", pa.int64()),
+        pa.field("decided_by_kind", pa.string()),
+        pa.field("sha256", pa.string()),
+        pa.field("licence_note", pa.string()),
+    ]
+)
+
+
+def embedding_schema(hidden_size: int) -> pa.Schema:
+    """One layer of the per-layer LLM embeddings: one vector per sample, float16."""
+    return pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("prompt_sha1", pa.string(), nullable=False),
+            pa.field("vector", pa.list_(pa.float16(), hidden_size), nullable=False),
+        ]
+    )
+
+
+STAGE_TABLES: dict[str, pa.Schema] = {
+    "raw_items": RAW_ITEMS,
+    "images": IMAGES,
+    "captions": CAPTIONS,
+    "clip_scores": CLIP_SCORES,
+    "decisions": DECISIONS,
+}

@@ -1,0 +1,308 @@
+"""`surd`: one command per stage, plus status, config, releases, the review UI and the demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from surd.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(help="Build, review, release and use the SURD dataset.", no_args_is_help=True)
+config_app = typer.Typer(help="Settings.", no_args_is_help=True)
+release_app = typer.Typer(help="Dataset releases.", no_args_is_help=True)
+review_app = typer.Typer(help="The review queue.", no_args_is_help=True)
+replay_app = typer.Typer(help="The offline replay site.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(release_app, name="release")
+app.add_typer(review_app, name="review")
+app.add_typer(replay_app, name="replay")
+console = Console()
+CONFIG = typer.Option(None, "--config", "-c", help="TOML settings file (else $SURD_CONFIG or ./surd.toml)")
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _progress(label: str) -> Any:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(SpinnerColumn(), TextColumn(f"{label}: " + "{task.completed} items"),
+                    TimeElapsedColumn(), console=console, transient=True)
+
+
+def _run_stage(label: str, fn: Any, *args: Any) -> Any:
+    with _progress(label) as bar:
+        t = bar.add_task(label, total=None)
+        return fn(*args, progress=lambda n: bar.advance(t, n))
+
+
+@config_app.command("show")
+def config_show(config: Path | None = CONFIG) -> None:
+    """Print the effective settings, secrets masked."""
+    console.print_json(json.dumps(_settings(config).provenance()))
+
+
+@app.command()
+def status(config: Path | None = CONFIG, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Items in, out, dropped by reason and pending, per stage."""
+    from surd.pipeline import open_data
+    from surd.status import status as compute
+
+    s = _settings(config)
+    st = compute(s, open_data(s))
+    if as_json:
+        print(json.dumps(st, indent=1))
+        return
+    table = Table("stage", "in", "out", "dropped (by reason)", "pending", title=f"SURD at {st['data_root']}")
+    rows = [(k, v) for k, v in st["stages"].items() if isinstance(v, dict) and "in" in v]
+    rows += [(f"embeddings/{k}", v) for k, v in st["stages"]["embeddings"].items()]
+    for name, v in rows:
+        dropped = ", ".join(f"{r}={n}" for r, n in sorted(v["dropped"].items())) or "-"
+        table.add_row(name, str(v["in"]), str(v["out"]), dropped, str(v["pending"]))
+    console.print(table)
+    console.print(f"failed crawl pages: {st['crawl_pages_failed']}; latest release: "
+                  f"{st['stages']['release']['latest']}; adapter runs: {len(st['stages']['adapter_runs'])}")
+
+
+@app.command()
+def crawl(source: str = typer.Argument(..., help="civitai | lexica | sdonline"),
+          limit: int | None = typer.Option(None, help="max raw items this crawl"),
+          base_url: str | None = typer.Option(None, help="a mirror, proxy or replay server"),
+          config: Path | None = CONFIG) -> None:
+    """Crawl one source into the raw items table (resumable)."""
+    from surd import pipeline
+    from surd.crawl import SOURCES
+
+    if source not in SOURCES:
+        console.print(f"[red]unknown source {source!r}; valid: {', '.join(SOURCES)}[/red]")
+        raise typer.Exit(2)
+    over: dict[str, Any] = {}
+    if base_url:
+        over["sources"] = {source: {"base_url": base_url}}
+    if limit:
+        over["crawl"] = {"limit": limit}
+    console.print(_run_stage(f"crawl {source}", pipeline.crawl, _settings(config, **over), source))
+
+
+@app.command()
+def images(config: Path | None = CONFIG) -> None:
+    """Fetch, validate, normalise and deduplicate the images of new raw items."""
+    from surd import pipeline
+
+    console.print(_run_stage("images", pipeline.images, _settings(config)))
+
+
+@app.command()
+def caption(config: Path | None = CONFIG) -> None:
+    """Caption new images with BLIP."""
+    from surd import pipeline
+
+    console.print(_run_stage("captions", pipeline.captions, _settings(config)))
+
+
+@app.command("clip-filter")
+def clip_filter(config: Path | None = CONFIG) -> None:
+    """Score new captions with CLIP and keep those where CLIP prefers the simple prompt."""
+    from surd import pipeline
+
+    console.print(_run_stage("clip", pipeline.clip_filter, _settings(config)))
+
+
+@review_app.command("enqueue")
+def review_enqueue(config: Path | None = CONFIG) -> None:
+    """Enqueue CLIP-kept samples (and apply the auto-review policy, if one is set)."""
+    from surd import pipeline
+
+    console.print(pipeline.review(_settings(config)))
+
+
+@review_app.command("serve")
+def review_serve(config: Path | None = CONFIG, host: str | None = None, port: int | None = None) -> None:
+    """Serve the review web app."""
+    import uvicorn
+
+    from surd.review.app import create_app
+
+    s = _settings(config)
+    uvicorn.run(create_app(s), host=host or s.review.host, port=port or s.review.port)
+
+
+@review_app.command("add-steward")
+def add_steward(name: str, role: str = typer.Option("steward", help="steward | admin"),
+                password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True),
+                config: Path | None = CONFIG) -> None:
+    """Create or reset a steward account."""
+    from surd.review import auth, queue
+
+    s = _settings(config)
+    auth.add_steward(queue.connect(s.review_database_url), name, password, role)
+    console.print(f"steward {name} ({role}) saved")
+
+
+@release_app.command("create")
+def release_create(config: Path | None = CONFIG) -> None:
+    """Release the accepted samples (nothing new if the accepted set did not change)."""
+    from surd import pipeline
+
+    console.print(pipeline.release(_settings(config)) or "no accepted samples yet")
+
+
+@release_app.command("list")
+def release_list(config: Path | None = CONFIG) -> None:
+    from surd.pipeline import open_data
+    from surd.release import manifest, releases
+
+    for path in releases(open_data(_settings(config))):
+        m = manifest(path)
+        console.print(f"{m['release']}  rows={m['rows']}  shards={len(m['shards'])}  parent={m['parent']}  {path}")
+
+
+@release_app.command("verify")
+def release_verify(version: str, config: Path | None = CONFIG) -> None:
+    """Recompute every shard's sha256 and row count."""
+    from surd.pipeline import open_data
+    from surd.release import verify
+
+    path = open_data(_settings(config)).releases_dir / version
+    if not (path / "manifest.json").exists():
+        console.print(f"[red]no release {version} at {path}[/red]")
+        raise typer.Exit(2)
+    problems = verify(path)
+    for p in problems:
+        console.print(f"[red]{p}[/red]")
+    console.print("ok" if not problems else f"{len(problems)} problem(s)")
+    raise typer.Exit(1 if problems else 0)
+
+
+@app.command()
+def embed(release: str = typer.Option("latest", help="vNNNN or latest"),
+          llm: str | None = typer.Option(None, help="tiny | llama-7b | llama-13b | llama-33b | a hub id"),
+          config: Path | None = CONFIG) -> None:
+    """Per-layer mean-pooled LLM states of every simple prompt of a release."""
+    from surd import pipeline
+    from surd.release import releases
+
+    s = _settings(config)
+    rels = releases(pipeline.open_data(s))
+    path = rels[-1] if release == "latest" and rels else pipeline.open_data(s).releases_dir / release
+    if not (path / "manifest.json").exists():
+        console.print(f"[red]no release {release}[/red]")
+        raise typer.Exit(2)
+    console.print(_run_stage("embed", pipeline.embed, s, str(path), llm))
+
+
+@app.command()
+def sql(query: str, config: Path | None = CONFIG) -> None:
+    """Run SQL over the DuckDB catalog (a view per table and release)."""
+    from storage.catalog import connect
+    from surd.pipeline import open_data
+
+    con = connect(open_data(_settings(config)))
+    console.print(con.sql(query).fetchall())
+
+
+@app.command()
+def rebuild(config: Path | None = CONFIG,
+            engine: str = typer.Option("prefect", help="prefect (the flow) | local (in-process)"),
+            train: bool = typer.Option(True, help="also embed, train and evaluate")) -> None:
+    """Run the whole path on the current settings."""
+    s = _settings(config)
+    if engine == "local":
+        from surd import pipeline
+
+        pipeline.rebuild(s, train_adapter=train, log=console.print)
+    elif engine == "prefect":
+        from flows.rebuild import rebuild as flow
+
+        flow(config={}, train=train)
+    else:
+        console.print("[red]engine must be prefect or local[/red]")
+        raise typer.Exit(2)
+
+
+@replay_app.command("serve")
+def replay_serve(port: int = 8900) -> None:
+    """Serve the recorded source responses on 127.0.0.1 (for crawls with --base-url)."""
+    import time
+
+    from surd.replay import ReplaySite
+
+    site = ReplaySite().start(port=port)
+    console.print(f"replay site on {site.base_url}: {json.dumps(site.source_urls())}")
+    while True:
+        time.sleep(3600)
+
+
+@app.command()
+def demo(data_root: Path = typer.Option(Path("data/demo"), help="where the demo writes"),
+         engine: str = typer.Option("prefect", help="prefect | local")) -> None:
+    """The whole path offline: replay site → … → trained tiny adapter and its evaluation."""
+    import os
+
+    from surd.demo import demo_config
+    from surd.replay import ReplaySite
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    site = ReplaySite().start()
+    try:
+        cfg = demo_config(data_root, site)
+        s = _settings(None, **cfg)
+        console.print(f"replay site: {site.base_url}; data root: {data_root}")
+        if engine == "prefect":
+            from flows.rebuild import rebuild as flow
+
+            out = flow(config=cfg, train=True)
+        else:
+            from surd import pipeline
+
+            out = pipeline.rebuild(s, log=console.print)
+    finally:
+        site.stop()
+    _print_outputs(s, out)
+
+
+def _print_outputs(s: Settings, out: dict[str, Any]) -> None:
+    console.rule("SURD demo finished")
+    from surd.pipeline import open_data
+    from surd.status import status as compute
+
+    st = compute(s, open_data(s))
+    for k, v in st["stages"].items():
+        if isinstance(v, dict) and "in" in v:
+            console.print(f"  {k:12s} in={v['in']:<4} out={v['out']:<4} pending={v['pending']:<3} dropped={v['dropped']}")
+    root = Path(s.data_root)
+    console.print(f"tables:      {root / 'tables'}  (surd sql 'select * from images limit 5')")
+    console.print(f"release:     {out.get('release')}  (dataset card: README.md inside)")
+    if out.get("embed"):
+        console.print(f"embeddings:  {root / 'embeddings'}  ({out['embed']['model_id']})")
+    if out.get("train"):
+        console.print(f"adapter run: {out['train']['run_dir']}")
+        console.print(f"evaluation:  {out['evaluate']['report']}")
+    console.print(f"review queue: {s.review_database_url}")
+    console.print("review UI:   SURD_DATA_ROOT=" + str(root) + " surd review add-steward alice "
+                  "&& SURD_DATA_ROOT=" + str(root) + " surd review serve  → http://127.0.0.1:"
+                  f"{s.review.port}/")
+    console.print(f"status:      SURD_DATA_ROOT={root} surd status")
+
+
+def main() -> None:
+    try:
+        app()
+    except SettingsError as exc:
+        console.print(f"[red]{exc}[/red]")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""The offline demo: the replay site, tiny models, an auto-review policy, the whole path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from surd.replay import ReplaySite
+
+
+def demo_config(data_root: Path, site: ReplaySite) -> dict[str, Any]:
+    """Overrides for a run on 2 cores in a few minutes; everything else stays at its default."""
+    urls = site.source_urls()
+    return {
+        "data_root": str(data_root),
+        "profile": "tiny",
+        "device": "cpu",
+        "part_size": 16,
+        "crawl": {"requests_per_second": 100.0, "max_concurrency": 4, "backoff_base_s": 0.05,
+                  "max_retries": 2, "contact_url": "https://github.com/surd-builder/surd"},
+        "sources": {"civitai": {"base_url": urls["civitai"], "page_size": 25},
+                    "lexica": {"base_url": urls["lexica"], "queries": ["game ui", "fruit icons"]},
+                    "sdonline": {"base_url": urls["sdonline"], "listing_slugs": ["ui-design", "replay"]}},
+        "caption": {"batch_size": 8},
+        "review": {"auto_policy": "demo-margin-v1", "auto_min_margin": 0.0},
+        "embed": {"llm": "tiny"},
+        "adapter": {"base_model": "tiny", "steps": 20, "batch_size": 4, "lr": 1e-3,
+                    "resolution": 32, "checkpoint_every": 10, "eval_images_per_prompt": 2,
+                    "eval_steps": 4},
+    }

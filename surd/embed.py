@@ -1,0 +1,157 @@
+"""Per-layer LLM embeddings of every simple prompt of a release.
+
+Layer k (1…L) is the output of decoder block k before the final norm, taken with a forward hook
+on each block as it runs; the mean is over the prompt's real tokens only (padding masked).
+Stored as float16, one Parquet file per layer inside each part folder, so a reader takes one
+layer without reading the others:
+
+    <root>/embeddings/<llm slug>/meta.json
+    <root>/embeddings/<llm slug>/part-<ns>-<id>/layer-01.parquet … layer-LL.parquet
+
+A part folder is assembled under a temp name and renamed whole. A prompt is embedded again when
+its simple prompt changed (keyed by sample id and the prompt's sha1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage.layout import DataDir
+from storage.schemas import embedding_schema
+from storage.tables import atomic_write_bytes, write_parquet_atomic
+from surd.ids import sha1_text
+from surd.settings import Settings
+from surd.stage import batched
+
+
+def slug(model_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", model_id)
+
+
+def decoder_layers(model: Any) -> Any:
+    base = getattr(model, "model", model)
+    layers = getattr(base, "layers", None)
+    if layers is None:
+        raise TypeError(f"{type(model).__name__} has no decoder `layers`; not a LLaMA-like model")
+    return layers
+
+
+def pooled_layers(model: Any, tokenizer: Any, prompts: list[str]) -> np.ndarray:
+    """(B, L, H) float32: masked mean over tokens of each decoder block's output."""
+    import torch
+
+    device = next(model.parameters()).device
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    mask = enc["attention_mask"].to(device)
+    denom = mask.sum(1, keepdim=True).clamp(min=1).float()
+    pooled: list[torch.Tensor] = []
+
+    def hook(_module: Any, _inp: Any, out: Any) -> None:
+        h = out[0] if isinstance(out, tuple) else out
+        pooled.append(((h.float() * mask[..., None]).sum(1) / denom).cpu())
+
+    handles = [layer.register_forward_hook(hook) for layer in decoder_layers(model)]
+    try:
+        with torch.inference_mode():
+            base = getattr(model, "model", model)
+            base(input_ids=enc["input_ids"].to(device), attention_mask=mask)
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.stack(pooled, dim=1).numpy()
+
+
+class EmbeddingStore:
+    def __init__(self, data: DataDir, model_id: str) -> None:
+        self.dir = data.embeddings_dir / slug(model_id)
+        self.model_id = model_id
+
+    def meta(self) -> dict[str, Any]:
+        path = self.dir / "meta.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def parts(self) -> list[Path]:
+        if not self.dir.exists():
+            return []
+        return sorted(p for p in self.dir.iterdir() if p.is_dir() and p.name.startswith("part-"))
+
+    def keys(self) -> set[tuple[str, str]]:
+        out: set[tuple[str, str]] = set()
+        for part in self.parts():
+            t = pq.read_table(part / "layer-01.parquet", columns=["sample_id", "prompt_sha1"])
+            out.update(zip(t.column(0).to_pylist(), t.column(1).to_pylist(), strict=True))
+        return out
+
+    def read_layer(self, layer: int) -> pa.Table:
+        """One layer of every embedded prompt; the other layers' files are never opened."""
+        files = [p / f"layer-{layer:02d}.parquet" for p in self.parts()]
+        return pa.concat_tables([pq.read_table(f) for f in files]) if files else pa.table({})
+
+    def write_part(self, ids: list[str], shas: list[str], vectors: np.ndarray) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        n_layers, hidden = vectors.shape[1], vectors.shape[2]
+        if not (self.dir / "meta.json").exists():
+            atomic_write_bytes(self.dir / "meta.json", json.dumps({
+                "model_id": self.model_id, "layers": n_layers, "hidden_size": hidden,
+                "dtype": "float16", "pooling": "masked mean of decoder block outputs, before final norm",
+                "layer_numbering": "1..L = output of decoder block k"}, indent=1).encode())
+        tmp = self.dir / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        schema = embedding_schema(hidden)
+        half = vectors.astype(np.float16)
+        for k in range(n_layers):
+            flat = pa.array(half[:, k, :].reshape(-1), type=pa.float16())
+            col = pa.FixedSizeListArray.from_arrays(flat, hidden)
+            table = pa.Table.from_arrays([pa.array(ids), pa.array(shas), col], schema=schema)
+            write_parquet_atomic(table, tmp / f"layer-{k + 1:02d}.parquet", compression="none")
+        final = self.dir / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+        os.replace(tmp, final)
+        return final
+
+
+def run_embed(settings: Settings, data: DataDir, release: Path, llm: str | None = None,
+              progress: Callable[[int], None] | None = None) -> tuple[int, str]:
+    """Embed every simple prompt of `release` not yet embedded for this LLM. Returns (n, model id)."""
+    from surd.models import profiles
+    from surd.models.tiny import device_for
+
+    shards = sorted(release.glob("shard-*.parquet"))
+    table = pa.concat_tables([pq.read_table(s, columns=["sample_id", "simple_prompt"]) for s in shards])
+    prompts = dict(zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True))
+    loaded = None
+    model_id = llm or settings.embed.llm
+    if model_id == "tiny":
+        model_id = f"tiny-llama(seed={settings.seed})"
+    store = EmbeddingStore(data, model_id)
+    for stale in store.dir.glob(".tmp-*") if store.dir.exists() else []:
+        shutil.rmtree(stale)
+    have = store.keys()
+    todo = [(sid, p, sha1_text(p)) for sid, p in sorted(prompts.items()) if (sid, sha1_text(p)) not in have]
+    todo.sort(key=lambda t: len(t[1]))  # similar lengths batch together: less padding
+    done = 0
+    for part in batched(todo, settings.part_size):
+        if loaded is None:
+            loaded = profiles.llm(settings, llm)
+            loaded.model.to(device_for(settings.device))
+            tok = loaded.processor
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+        vectors = [pooled_layers(loaded.model, loaded.processor, [t[1] for t in b])
+                   for b in batched(part, max(1, settings.embed.batch_tokens // 64))]
+        store.write_part([t[0] for t in part], [t[2] for t in part], np.concatenate(vectors))
+        done += len(part)
+        if progress:
+            progress(len(part))
+    return done, model_id

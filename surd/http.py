@@ -1,0 +1,248 @@
+"""The shared HTTP layer: honest User-Agent, per-host rate and concurrency limits, retries with
+backoff that honours `Retry-After`, block-page detection, robots.txt, timeouts and a size cap.
+
+Every failure ends as a `FetchError` whose `reason` is stored with the item or page
+(``http_404``, ``timeout``, ``blocked``, ``too_large``, ``robots_disallowed``, ...).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import urllib.robotparser
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Literal
+from urllib.parse import urlsplit
+
+import httpx
+
+from surd import __version__
+from surd.settings import CrawlSettings
+
+Expect = Literal["json", "html", "bytes"]
+RETRYABLE = {429, 500, 502, 503, 504, 520, 521, 522, 523, 524}
+BLOCK_MARKERS = (b"window._cf_translation", b"cf-browser-verification", b"challenge-platform",
+                 b"Just a moment...", b"Attention Required! | Cloudflare")
+
+
+class FetchError(Exception):
+    def __init__(self, reason: str, url: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {url} {detail}".strip())
+        self.reason = reason
+        self.url = url
+
+
+@dataclass
+class Response:
+    url: str
+    status: int
+    headers: httpx.Headers
+    content: bytes
+    attempts: int = 1
+
+    def json(self) -> object:
+        import json
+
+        return json.loads(self.content)
+
+
+@dataclass
+class _Host:
+    interval: float
+    slots: threading.BoundedSemaphore
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    next_at: float = 0.0
+    penalty_until: float = 0.0
+
+    def wait_turn(self, sleep: Callable[[float], None]) -> None:
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self.next_at, self.penalty_until)
+            self.next_at = start + self.interval
+        if start > now:
+            sleep(start - now)
+
+
+def user_agent(contact_url: str) -> str:
+    return f"SURD-builder/{__version__} (+{contact_url}; dataset research crawler)"
+
+
+def looks_blocked(content: bytes, expect: Expect) -> bool:
+    head = content[:4096]
+    if any(m in head for m in BLOCK_MARKERS):
+        return True
+    return expect == "json" and head.lstrip()[:1] == b"<"
+
+
+class PoliteClient:
+    """A thread-safe HTTP client that never exceeds its per-host rate and concurrency."""
+
+    def __init__(
+        self,
+        settings: CrawlSettings,
+        *,
+        obey_robots: bool | None = None,
+        headers: dict[str, str] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.settings = settings
+        self.obey_robots = settings.obey_robots if obey_robots is None else obey_robots
+        self._sleep = sleep
+        self._client = httpx.Client(
+            timeout=settings.timeout_s,
+            follow_redirects=True,
+            max_redirects=5,
+            headers={"User-Agent": user_agent(settings.contact_url), **(headers or {})},
+        )
+        self._hosts: dict[str, _Host] = {}
+        self._robots: dict[str, urllib.robotparser.RobotFileParser | None] = {}
+        self._lock = threading.Lock()
+        self.requests_sent = 0
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> PoliteClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _host(self, url: str) -> _Host:
+        key = urlsplit(url).netloc
+        with self._lock:
+            if key not in self._hosts:
+                self._hosts[key] = _Host(
+                    interval=1.0 / self.settings.requests_per_second,
+                    slots=threading.BoundedSemaphore(self.settings.max_concurrency),
+                )
+            return self._hosts[key]
+
+    def allowed(self, url: str) -> bool:
+        if not self.obey_robots:
+            return True
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        with self._lock:
+            known = origin in self._robots
+        if not known:
+            parser: urllib.robotparser.RobotFileParser | None = None
+            try:
+                resp = self._send(f"{origin}/robots.txt", "bytes", None, None, retries=1)
+                parser = urllib.robotparser.RobotFileParser()
+                parser.parse(resp.content.decode("utf-8", "replace").splitlines())
+            except FetchError as exc:
+                if not exc.reason.startswith("http_4"):
+                    raise  # unreachable robots.txt: do not guess
+            with self._lock:
+                self._robots[origin] = parser
+        parser = self._robots[origin]
+        return parser is None or parser.can_fetch(self._client.headers["User-Agent"], url)
+
+    def get(
+        self,
+        url: str,
+        *,
+        expect: Expect = "json",
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        check_headers: Callable[[httpx.Headers], str | None] | None = None,
+    ) -> Response:
+        """GET with politeness and retries. `check_headers` may veto a body before it is read."""
+        full = str(httpx.URL(url, params=params)) if params else url
+        if not self.allowed(full):
+            raise FetchError("robots_disallowed", full)
+        return self._send(full, expect, headers, check_headers, self.settings.max_retries)
+
+    def post_json(self, url: str, body: dict[str, object]) -> Response:
+        if not self.allowed(url):
+            raise FetchError("robots_disallowed", url)
+        return self._send(url, "json", None, None, self.settings.max_retries, body)
+
+    def _backoff(self, attempt: int, retry_after: str | None, factor: float = 1.0) -> float:
+        s = self.settings
+        if retry_after:
+            try:
+                return min(float(retry_after), s.backoff_max_s)
+            except ValueError:
+                try:
+                    delta = parsedate_to_datetime(retry_after).timestamp() - time.time()
+                    return min(max(delta, 0.0), s.backoff_max_s)
+                except (TypeError, ValueError):
+                    pass  # unparseable header: fall through to exponential backoff
+        base = s.backoff_base_s * factor * (2**attempt)
+        return min(base * (0.5 + random.random()), s.backoff_max_s)
+
+    def _send(
+        self,
+        url: str,
+        expect: Expect,
+        headers: dict[str, str] | None,
+        check_headers: Callable[[httpx.Headers], str | None] | None,
+        retries: int,
+        body: dict[str, object] | None = None,
+    ) -> Response:
+        host = self._host(url)
+        last: FetchError | None = None
+        for attempt in range(retries + 1):
+            host.wait_turn(self._sleep)
+            with host.slots:
+                self.requests_sent += 1
+                try:
+                    result = self._once(url, expect, headers, check_headers, body)
+                except httpx.TimeoutException:
+                    last, wait = FetchError("timeout", url), self._backoff(attempt, None)
+                except httpx.TooManyRedirects:
+                    raise FetchError("too_many_redirects", url) from None
+                except httpx.TransportError as exc:
+                    last = FetchError("connection_error", url, type(exc).__name__)
+                    wait = self._backoff(attempt, None)
+                else:
+                    if isinstance(result, Response):
+                        result.attempts = attempt + 1
+                        return result
+                    last = result[0]
+                    factor = 4.0 if last.reason == "blocked" else 1.0
+                    wait = self._backoff(attempt, result[1], factor)
+            if attempt < retries:
+                if last.reason == "blocked":
+                    host.penalty_until = time.monotonic() + wait
+                self._sleep(wait)
+        assert last is not None
+        raise last
+
+    def _once(
+        self,
+        url: str,
+        expect: Expect,
+        headers: dict[str, str] | None,
+        check_headers: Callable[[httpx.Headers], str | None] | None,
+        body: dict[str, object] | None,
+    ) -> Response | tuple[FetchError, str | None]:
+        method = "POST" if body is not None else "GET"
+        with self._client.stream(method, url, headers=headers, json=body) as resp:
+            if resp.status_code in RETRYABLE:
+                return FetchError(f"http_{resp.status_code}", url), resp.headers.get("retry-after")
+            if resp.status_code >= 400:
+                raise FetchError(f"http_{resp.status_code}", url)
+            if check_headers is not None:
+                veto = check_headers(resp.headers)
+                if veto:
+                    raise FetchError(veto, url)
+            declared = resp.headers.get("content-length")
+            cap = self.settings.max_response_bytes
+            if declared and declared.isdigit() and int(declared) > cap:
+                raise FetchError("too_large", url, f"{declared} bytes")
+            chunks, size = [], 0
+            for chunk in resp.iter_bytes():
+                size += len(chunk)
+                if size > cap:
+                    raise FetchError("too_large", url, f"> {cap} bytes")
+                chunks.append(chunk)
+            content = b"".join(chunks)
+            if expect != "bytes" and looks_blocked(content, expect):
+                return FetchError("blocked", url), None
+            return Response(str(resp.url), resp.status_code, resp.headers, content)

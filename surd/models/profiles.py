@@ -1,0 +1,111 @@
+"""Load each model once per worker, from the profile in the settings.
+
+`real`: BLIP base fine-tuned on COCO captions, CLIP ViT-B/32 `openai`, a LLaMA preset or any
+Hugging Face causal LM, SD 1.5. `tiny`: seeded random models of the same classes (surd.models.tiny).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from surd.models import tiny
+from surd.settings import Settings
+
+BLIP_REAL = "Salesforce/blip-image-captioning-base"
+CLIP_REAL = ("ViT-B-32", "openai")
+SD_REAL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+LLM_PRESETS = {
+    "llama-7b": "huggyllama/llama-7b",
+    "llama-13b": "huggyllama/llama-13b",
+    "llama-33b": "huggyllama/llama-30b",
+}
+
+
+class ModelUnavailable(RuntimeError):
+    """Weights that cannot be had here (no hub access, missing extra)."""
+
+
+def _hub_error(what: str, exc: Exception) -> ModelUnavailable:
+    return ModelUnavailable(
+        f"cannot load {what}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}. "
+        "Download it into the Hugging Face cache on a machine with hub access, or run with "
+        "SURD_PROFILE=tiny (seeded random models, no download)"
+    )
+
+
+@dataclass
+class Loaded:
+    model: Any
+    processor: Any
+    model_id: str
+    extra: Any = None
+
+
+def captioner(settings: Settings) -> Loaded:
+    if settings.profile == "tiny":
+        model, proc = tiny.blip(settings.seed)
+        return Loaded(model, proc, f"tiny-blip(seed={settings.seed})")
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    try:
+        proc = BlipProcessor.from_pretrained(BLIP_REAL)
+        model = BlipForConditionalGeneration.from_pretrained(BLIP_REAL).eval()
+    except OSError as exc:
+        raise _hub_error(BLIP_REAL, exc) from None
+    return Loaded(model, proc, BLIP_REAL)
+
+
+def clip(settings: Settings) -> Loaded:
+    if settings.profile == "tiny":
+        model, preprocess, tok = tiny.clip(settings.seed)
+        return Loaded(model, preprocess, f"tiny-clip(seed={settings.seed})", tok)
+    import open_clip
+
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            CLIP_REAL[0], pretrained=CLIP_REAL[1]
+        )
+    except RuntimeError as exc:
+        raise _hub_error("/".join(CLIP_REAL), exc) from None
+    return Loaded(model.eval(), preprocess, "/".join(CLIP_REAL), open_clip.get_tokenizer(CLIP_REAL[0]))
+
+
+def llm(settings: Settings, name: str | None = None) -> Loaded:
+    """A LLaMA-architecture model: `tiny`, a preset (llama-7b/13b/33b) or a hub id."""
+    name = name or settings.embed.llm
+    if name == "tiny":
+        model, tok = tiny.llama(settings.seed)
+        return Loaded(model, tok, f"tiny-llama(seed={settings.seed})")
+    model_id = LLM_PRESETS.get(name, name)
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(model_id)
+        model = AutoModel.from_pretrained(model_id).eval()
+    except OSError as exc:
+        raise _hub_error(model_id, exc) from None
+    return Loaded(model, tok, model_id)
+
+
+def stable_diffusion(settings: Settings) -> Loaded:
+    if settings.adapter.base_model == "tiny":
+        parts = tiny.stable_diffusion(settings.seed, Path(settings.data_root) / "models")
+        return Loaded(parts, None, f"tiny-sd15(seed={settings.seed})")
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    mid = SD_REAL if settings.adapter.base_model == "real" else settings.adapter.base_model
+    try:
+        parts = {
+            "unet": UNet2DConditionModel.from_pretrained(mid, subfolder="unet"),
+            "vae": AutoencoderKL.from_pretrained(mid, subfolder="vae"),
+            "text_encoder": CLIPTextModel.from_pretrained(mid, subfolder="text_encoder"),
+            "tokenizer": CLIPTokenizer.from_pretrained(mid, subfolder="tokenizer"),
+            "scheduler": DDPMScheduler.from_pretrained(mid, subfolder="scheduler"),
+            "resolution": settings.adapter.resolution,
+        }
+    except OSError as exc:
+        raise _hub_error(mid, exc) from None
+    return Loaded(parts, None, mid)

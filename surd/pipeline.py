@@ -1,0 +1,121 @@
+"""Each stage as one call over the settings; the flows and the CLI both call these."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from storage.layout import DataDir
+from storage.tables import set_fault_hook
+from surd.settings import Settings
+
+Progress = Callable[[int], None] | None
+
+
+def open_data(settings: Settings) -> DataDir:
+    data = DataDir(settings.data_root).open()
+    if settings.fault_kill_at:
+        table, _, n = settings.fault_kill_at.partition(":")
+
+        def hook(name: str, written: int) -> None:
+            if name == table and written >= int(n or 1):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        set_fault_hook(hook)
+    return data
+
+
+def crawl(settings: Settings, source: str, progress: Progress = None) -> dict[str, Any]:
+    from surd.crawl import crawl_source
+    from surd.http import PoliteClient
+
+    data = open_data(settings)
+    with PoliteClient(settings.crawl) as client:
+        stats = crawl_source(source, settings, data, client, progress=progress)
+    return {"source": source, "crawl_id": stats.crawl_id, "pages_ok": stats.pages_ok,
+            "pages_failed": stats.pages_failed, "items_written": stats.items_written,
+            "failures": stats.failures}
+
+
+def images(settings: Settings, progress: Progress = None) -> dict[str, Any]:
+    from surd.http import PoliteClient
+    from surd.images import run_images
+
+    data = open_data(settings)
+    with PoliteClient(settings.crawl) as client:
+        return vars(run_images(settings, data, client, progress))
+
+
+def captions(settings: Settings, progress: Progress = None) -> dict[str, Any]:
+    from surd.caption import run_captions
+
+    return vars(run_captions(settings, open_data(settings), progress))
+
+
+def clip_filter(settings: Settings, progress: Progress = None) -> dict[str, Any]:
+    from surd.clipfilter import run_clip_filter
+
+    return vars(run_clip_filter(settings, open_data(settings), progress))
+
+
+def review(settings: Settings) -> dict[str, Any]:
+    from surd.review.stage import apply_auto_policy, enqueue_kept
+
+    data = open_data(settings)
+    return {"enqueued": enqueue_kept(settings, data), "auto_decided": apply_auto_policy(settings),
+            "policy": settings.review.auto_policy}
+
+
+def release(settings: Settings) -> str | None:
+    """Create a release if the accepted set changed; returns the latest release's path."""
+    from surd import release as rel
+    from surd.status import status
+
+    data = open_data(settings)
+    st = status(settings, data)["stages"]
+    counts = {k: st[k]["out"] for k in ("raw_items", "images", "captions", "clip_scores")}
+    counts["accepted"] = st["review"]["out"]
+    rel.create_release(settings, data, counts)
+    existing = rel.releases(data)
+    return str(existing[-1]) if existing else None
+
+
+def embed(settings: Settings, release_path: str, llm: str | None = None, progress: Progress = None) -> dict[str, Any]:
+    from surd.embed import run_embed
+
+    n, model_id = run_embed(settings, open_data(settings), Path(release_path), llm, progress)
+    return {"embedded": n, "model_id": model_id}
+
+
+def train(settings: Settings, release_path: str, llm_model_id: str) -> dict[str, Any]:
+    from surd.adapter_stage import run_train
+
+    return run_train(settings, open_data(settings), Path(release_path), llm_model_id)
+
+
+def evaluate(settings: Settings, run_dir: str) -> dict[str, Any]:
+    from surd.adapter_stage import run_evaluate
+
+    return run_evaluate(settings, open_data(settings), Path(run_dir))
+
+
+def rebuild(settings: Settings, train_adapter: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The whole path in-process, without an orchestrator (the flow runs the same calls)."""
+    out: dict[str, Any] = {}
+    for source in settings.sources.enabled:
+        out[f"crawl_{source}"] = crawl(settings, source)
+        log(f"crawl {source}: {out[f'crawl_{source}']}")
+    for name, fn in (("images", images), ("captions", captions), ("clip_scores", clip_filter)):
+        out[name] = fn(settings)
+        log(f"{name}: {out[name]}")
+    out["review"] = review(settings)
+    rel = release(settings)
+    out["release"] = rel
+    if rel and train_adapter:
+        out["embed"] = embed(settings, rel)
+        out["train"] = train(settings, rel, out["embed"]["model_id"])
+        out["evaluate"] = evaluate(settings, out["train"]["run_dir"])
+    return out

@@ -1,0 +1,218 @@
+"""The replay site: the three sources' recorded responses served over real HTTP on loopback.
+
+What it serves, and what it changes:
+- `/civitai/api/v1/images`: the real image objects recorded from Civitai (the 2023 `/models`
+  pages, the edge-case selection and the `/images` samples), verbatim, re-paginated in today's
+  `/images` envelope (`items` + `metadata.nextCursor`, an opaque `<offset>|<ms>` cursor).
+- `/lexica/api/v1/search?q=`: the recorded search response, for any query.
+- `/sdonline/prompts/<slug>`: the recorded listing page; `/sdonline/image/<id>-<slug>`: the
+  recorded detail page where one was recorded, else 404 (as the live site answers for pages we
+  hold no copy of). No recorded listing links to the recorded detail page, so `/prompts/replay`
+  lists it in the recorded card markup.
+- `/img/...`: images generated on the fly, deterministically from the path (an upload's
+  renditions share a picture), in JPEG, PNG and WebP of varied sizes; a few paths answer with the
+  web's usual faults (404, HTML instead of an image, a truncated file) so the demo shows reasons.
+Every image URL in the recorded responses is rewritten to point at `/img/` on this server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+FIXTURES_ENV = "SURD_FIXTURES_DIR"
+RECORDED_DETAIL_ID = "1"
+RECORDED_DETAIL_SLUG = "user-interface-game-for-interaction"
+
+
+def default_fixtures_dir() -> Path:
+    """`../shared/fixtures/sources` beside the checkout (where the project keeps them)."""
+    here = Path(__file__).resolve().parent.parent
+    for cand in (here / "shared" / "fixtures" / "sources", here.parent / "shared" / "fixtures" / "sources"):
+        if cand.exists():
+            return cand
+    raise FileNotFoundError(
+        "recorded source fixtures not found: expected shared/fixtures/sources beside the project"
+    )
+
+
+def _seed(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+
+def synth_image(key: str, width: int | None = None) -> tuple[bytes, str]:
+    """A deterministic picture for `key`: gradient, shapes; format and size vary with the key."""
+    rng = np.random.default_rng(_seed(key))
+    w = width or int(rng.integers(300, 1100))
+    h = int(w * rng.choice([1.0, 1.5, 0.75, 1.25]))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    c0, c1 = rng.integers(0, 255, 3), rng.integers(0, 255, 3)
+    t = (xx / w * rng.random() + yy / h * rng.random())[..., None]
+    arr = (c0 * (1 - t / 2) + c1 * (t / 2)).clip(0, 255).astype(np.uint8)
+    img = Image.fromarray(arr, "RGB")
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(3, 9))):
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        x1, y1 = x0 + int(rng.integers(20, w // 2 + 21)), y0 + int(rng.integers(20, h // 2 + 21))
+        fill = tuple(int(v) for v in rng.integers(0, 255, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=fill)
+    fmt = str(rng.choice(["JPEG", "JPEG", "JPEG", "PNG", "WEBP"]))
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, quality=90)
+    return buf.getvalue(), {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}[fmt]
+
+
+class ReplaySite:
+    """Loads the fixtures once and answers requests; `base_url` is set once started."""
+
+    def __init__(self, fixtures: Path | None = None, fault_every: int = 17) -> None:
+        self.fixtures = fixtures or default_fixtures_dir()
+        self.fault_every = fault_every
+        self.base_url = ""
+        self.requests: list[tuple[float, str]] = []
+        self._server: ThreadingHTTPServer | None = None
+        self._civitai = self._load_civitai()
+
+    # -- recorded data -------------------------------------------------------------------
+    def _load_civitai(self) -> list[dict[str, Any]]:
+        d = self.fixtures / "civitai"
+        objs: list[dict[str, Any]] = []
+        for name in ("images_v1_limit1_2024-04.json", "images_v1_wiki_example_2023-04.json"):
+            objs.extend(json.loads((d / name).read_text())["items"])
+        for name in ("models_v1_page1_2023-08-19.trimmed.json", "models_v1_page2_2023-08-19.trimmed.json"):
+            for model in json.loads((d / name).read_text())["items"]:
+                for version in model.get("modelVersions", []):
+                    objs.extend(version.get("images", []))
+        for case in json.loads((d / "models_v1_images_edge_cases_2023-08-19.json").read_text())["cases"]:
+            if isinstance(case.get("image"), dict):
+                objs.append(case["image"])
+            for occ in case.get("occurrences", []) or []:
+                if isinstance(occ, dict) and isinstance(occ.get("image"), dict):
+                    objs.append(occ["image"])
+        seen: set[int] = set()
+        out = []
+        for obj in objs:
+            if obj.get("id") in seen:
+                continue
+            seen.add(obj["id"])
+            out.append(obj)
+        return out
+
+    def _rewrite(self, text: str) -> str:
+        base = self.base_url
+        text = re.sub(r"https://image(?:cache)?\.civitai\.com/", f"{base}/img/civitai/", text)
+        text = text.replace("https://image.lexica.art/", f"{base}/img/lexica/")
+        text = text.replace("https://imgcdn.stablediffusionweb.com/", f"{base}/img/sdonline/")
+        return text.replace(
+            quote("https://imgcdn.stablediffusionweb.com/", safe=""),
+            quote(f"{base}/img/sdonline/", safe=""),
+        )
+
+    # -- routes --------------------------------------------------------------------------
+    def civitai_page(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        limit = int(query.get("limit", ["100"])[0])
+        cursor = query.get("cursor", [None])[0]
+        start = int(cursor.split("|")[0]) if cursor else 0
+        items = self._civitai[start : start + limit]
+        meta: dict[str, Any] = {}
+        if start + limit < len(self._civitai):
+            meta["nextCursor"] = f"{start + limit}|1712265847499"
+        return {"items": items, "metadata": meta}
+
+    def route(self, path: str, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
+        sd = self.fixtures / "stablediffusionweb"
+        if path == "/robots.txt":
+            return 200, "text/plain", b"User-agent: *\nAllow: /\n"
+        if path == "/civitai/api/v1/images":
+            body = self._rewrite(json.dumps(self.civitai_page(query)))
+            return 200, "application/json", body.encode()
+        if path == "/lexica/api/v1/search":
+            if not query.get("q"):
+                return 400, "application/json", b'{"error":"q is required"}'
+            body = (self.fixtures / "lexica" / "search_v1_docs_example.json").read_text()
+            return 200, "application/json", self._rewrite(body).encode()
+        if path == "/sdonline/prompts/replay":
+            card = (
+                f'<a hreflang="en" class="group relative block cursor-pointer" '
+                f'href="/image/{RECORDED_DETAIL_ID}-{RECORDED_DETAIL_SLUG}">'
+                f'<img alt="recorded detail page" src="{self.base_url}/img/sdonline/x.jpg"></a>'
+            )
+            return 200, "text/html", card.encode()
+        if path.startswith("/sdonline/prompts/"):
+            html = (sd / "prompts_listing_cards_2024-10.html").read_text()
+            return 200, "text/html", self._rewrite(html).encode()
+        if path == f"/sdonline/image/{RECORDED_DETAIL_ID}-{RECORDED_DETAIL_SLUG}":
+            html = (sd / "image_detail_prompt_panel_2024-10.html").read_text()
+            return 200, "text/html", self._rewrite(html).encode()
+        if path.startswith("/img/"):
+            return self.image(path)
+        return 404, "text/html", b"<!DOCTYPE html><html><body>Not found</body></html>"
+
+    def image(self, path: str) -> tuple[int, str, bytes]:
+        segs = path.split("/")
+        width = None
+        for seg in segs:
+            m = re.fullmatch(r"width=(\d+)", seg)
+            if m:
+                width = int(m.group(1))
+        key = "/".join(s for s in segs if "=" not in s)
+        if key.startswith("/img/lexica/"):  # md/sm renditions of one image share it
+            key = "/img/lexica/" + segs[-1]
+        fault = _seed("fault" + key) % self.fault_every if self.fault_every else 1
+        if fault == 0:
+            return 404, "text/html", b"<!DOCTYPE html><html><body>Not found</body></html>"
+        data, ctype = synth_image(key, width)
+        if fault == 1:
+            return 200, "image/jpeg", b"<!DOCTYPE html><html><title>Just a moment...</title></html>"
+        if fault == 2:
+            return 200, ctype, data[: len(data) // 3]
+        return 200, ctype, data
+
+    # -- server --------------------------------------------------------------------------
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> ReplaySite:
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                import time
+
+                parts = urlsplit(self.path)
+                site.requests.append((time.monotonic(), self.path))
+                status, ctype, body = site.route(parts.path, parse_qs(parts.query))
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None  # the crawler's own tables record every request outcome
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.base_url = f"http://{host}:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def source_urls(self) -> dict[str, str]:
+        """Base URLs to give the connectors (`SURD_SOURCES__<NAME>__BASE_URL`)."""
+        return {
+            "civitai": f"{self.base_url}/civitai",
+            "lexica": f"{self.base_url}/lexica",
+            "sdonline": f"{self.base_url}/sdonline",
+        }

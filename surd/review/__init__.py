@@ -1,0 +1,1 @@
+"""The review queue (SQL) and its web app."""

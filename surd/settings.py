@@ -1,0 +1,290 @@
+"""One typed settings object: `SURD_*` environment variables, an optional TOML file, defaults.
+
+Nested sections use a double underscore in the environment (``SURD_IMAGES__SIZE=256``) and
+tables in TOML (``[images] size = 256``). Unknown keys fail at start with the list of valid ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "SURD_"
+
+
+class SettingsError(ValueError):
+    """Bad configuration: the message names the key and the valid options."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CrawlSettings(_Section):
+    contact_url: str = "https://github.com/surd-builder/surd"
+    requests_per_second: float = Field(1.0, gt=0, description="per host")
+    max_concurrency: int = Field(2, ge=1, description="per host")
+    timeout_s: float = Field(20.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    backoff_base_s: float = Field(1.0, ge=0)
+    backoff_max_s: float = Field(60.0, ge=0)
+    max_response_bytes: int = Field(20_000_000, gt=0)
+    obey_robots: bool = True
+    limit: int | None = Field(None, ge=1, description="max raw items per source and crawl")
+
+
+class CivitaiSettings(_Section):
+    base_url: str = "https://civitai.com"
+    api_key: SecretStr | None = None
+    nsfw: Literal["None", "Soft", "Mature", "X"] = "None"
+    sort: Literal[
+        "Most Reactions", "Most Comments", "Most Collected", "Newest", "Oldest"
+    ] = "Newest"
+    period: Literal["AllTime", "Year", "Month", "Week", "Day"] = "AllTime"
+    page_size: int = Field(200, ge=1, le=200)
+
+
+class LexicaSettings(_Section):
+    base_url: str = "https://lexica.art"
+    queries: list[str] = ["portrait", "landscape", "cat", "city", "fantasy"]
+
+
+class SdOnlineSettings(_Section):
+    base_url: str = "https://stablediffusionweb.com"
+    listing_slugs: list[str] = ["ui-design", "cel-shading", "monogram-logo"]
+
+
+class SourcesSettings(_Section):
+    enabled: list[Literal["civitai", "lexica", "sdonline"]] = ["civitai", "lexica", "sdonline"]
+    civitai: CivitaiSettings = CivitaiSettings()
+    lexica: LexicaSettings = LexicaSettings()
+    sdonline: SdOnlineSettings = SdOnlineSettings()
+
+
+class ImageSettings(_Section):
+    size: int = Field(512, ge=16)
+    resize_mode: Literal["center_crop", "pad"] = "center_crop"
+    min_side: int = Field(64, ge=1)
+    max_pixels: int = Field(90_000_000, gt=0, description="decompression-bomb limit")
+    max_bytes: int = Field(30_000_000, gt=0)
+    encode_format: Literal["jpeg", "png", "webp"] = "jpeg"
+    quality: int = Field(92, ge=1, le=100)
+    phash_max_distance: int = Field(4, ge=0, le=64)
+    workers: int = Field(0, ge=0, description="decode/resize processes; 0 = all cores")
+
+
+class CaptionSettings(_Section):
+    batch_size: int = Field(16, ge=1)
+    prompt: str = "a picture of "
+    num_beams: int = Field(3, ge=1)
+    max_length: int = Field(20, ge=1)
+    min_length: int = Field(5, ge=0)
+    image_size: int = Field(384, ge=16)
+
+
+class ClipSettings(_Section):
+    batch_size: int = Field(64, ge=1)
+
+
+class ReviewSettings(_Section):
+    database_url: str | None = None  # default: SQLite under the data root
+    lease_seconds: int = Field(900, ge=1)
+    audit_share: float = Field(0.1, ge=0, le=1)
+    reject_reasons: list[str] = [
+        "caption_wrong",
+        "nsfw",
+        "low_quality",
+        "text_or_watermark",
+        "duplicate",
+        "other",
+    ]
+    auto_policy: Literal["none", "demo-margin-v1"] = "none"
+    auto_min_margin: float = -0.5
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=1, le=65535)
+    session_secret: SecretStr | None = None
+
+
+class ReleaseSettings(_Section):
+    shard_rows: int = Field(2000, ge=1)
+    row_group_rows: int = Field(256, ge=1)
+
+
+class EmbedSettings(_Section):
+    llm: str = "tiny"
+    batch_tokens: int = Field(8192, ge=16)
+
+
+class AdapterSettings(_Section):
+    base_model: str = "tiny"
+    layer: int = Field(-1, description="LLM layer 1..L; -1 = last")
+    steps: int = Field(5000, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-5, gt=0)
+    lambda_llm: float = 1e-5
+    lambda_cp: float = 1e-5
+    eta: float = Field(0.1, ge=0, le=1)
+    tau: float = Field(1.0, gt=0)
+    resolution: int = Field(512, ge=8)
+    checkpoint_every: int = Field(500, ge=1)
+    seed: int = 0
+    eval_images_per_prompt: int = Field(10, ge=1)
+    eval_steps: int = Field(30, ge=1)
+
+
+class Settings(BaseSettings):
+    """The effective settings of a run. Every output records `provenance()` of these."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    data_root: Path = Path("data")
+    profile: Literal["tiny", "real"] = "real"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    part_size: int = Field(256, ge=1, description="items per written part")
+    seed: int = 0
+    crawl: CrawlSettings = CrawlSettings()
+    sources: SourcesSettings = SourcesSettings()
+    images: ImageSettings = ImageSettings()
+    caption: CaptionSettings = CaptionSettings()
+    clip: ClipSettings = ClipSettings()
+    review: ReviewSettings = ReviewSettings()
+    release: ReleaseSettings = ReleaseSettings()
+    embed: EmbedSettings = EmbedSettings()
+    adapter: AdapterSettings = AdapterSettings()
+    fault_kill_at: str | None = Field(
+        None, description="testing only: 'table:n' SIGKILLs the process after n parts"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _TomlSource(settings_cls, _TOML_DATA)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.caption.min_length > self.caption.max_length:
+            raise ValueError("caption.min_length must not exceed caption.max_length")
+        return self
+
+    def provenance(self) -> dict[str, Any]:
+        """Settings as plain JSON with every secret masked; stored with every output."""
+        return json.loads(self.model_dump_json())
+
+    @property
+    def review_database_url(self) -> str:
+        return self.review.database_url or f"sqlite:///{self.data_root / 'review' / 'queue.db'}"
+
+
+def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_valid_keys(ann, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _check_env_keys(environ: dict[str, str]) -> None:
+    valid = set(_valid_keys(Settings))
+    sections = {k.split(".")[0] for k in valid if "." in k}
+    for var in environ:
+        if not var.startswith(ENV_PREFIX) or var == "SURD_CONFIG":
+            continue
+        key = var[len(ENV_PREFIX) :].lower().replace("__", ".")
+        if key not in valid and key not in sections:
+            raise SettingsError(
+                f"unknown setting {var}; valid settings: "
+                + ", ".join(ENV_PREFIX + k.upper().replace(".", "__") for k in sorted(valid))
+            )
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "settings"
+        lines.append(f"{loc}: {e['msg']}")
+    return "invalid settings: " + "; ".join(lines)
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Values from the TOML file: below the environment, above the defaults."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+_TOML_DATA: dict[str, Any] = {}
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from (lowest first) defaults, a TOML file, `SURD_*` variables, overrides.
+
+    The TOML file is `config_file`, else `$SURD_CONFIG`, else `./surd.toml` if present.
+    """
+    _check_env_keys(dict(os.environ))
+    env_path = os.environ.get("SURD_CONFIG")
+    path = config_file or (Path(env_path) if env_path else None)
+    if path is None and Path("surd.toml").exists():
+        path = Path("surd.toml")
+    data: dict[str, Any] = {}
+    if path is not None:
+        if not path.exists():
+            raise SettingsError(f"config file {path} does not exist")
+        with path.open("rb") as fh:
+            try:
+                data = tomllib.load(fh)
+            except tomllib.TOMLDecodeError as exc:
+                raise SettingsError(f"config file {path} is not valid TOML: {exc}") from exc
+        unknown = _unknown_keys(data, Settings)
+        if unknown:
+            raise SettingsError(
+                f"unknown setting(s) {', '.join(unknown)} in {path}; valid settings: "
+                + ", ".join(sorted(_valid_keys(Settings)))
+            )
+    global _TOML_DATA
+    _TOML_DATA = data
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_format_error(exc)) from None
+    finally:
+        _TOML_DATA = {}
+
+
+def _unknown_keys(data: dict[str, Any], model: type[BaseModel], prefix: str = "") -> list[str]:
+    out = []
+    for key, value in data.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            out.append(prefix + key)
+            continue
+        ann = field.annotation
+        if isinstance(value, dict) and isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.extend(_unknown_keys(value, ann, f"{prefix}{key}."))
+    return out

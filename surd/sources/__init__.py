@@ -1,0 +1,1 @@
+"""Source connectors: fetching (surd.http) kept apart from parsing (pure functions here)."""

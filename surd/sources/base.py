@@ -1,0 +1,82 @@
+"""The record every connector yields and the page a crawl checkpoints after."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from storage.schemas import DROPPED, OK
+from surd.ids import normalise_prompt, sample_id
+
+
+class ParseError(ValueError):
+    """A page whose structure no longer matches what the parser knows."""
+
+
+@dataclass
+class RawItem:
+    source: str
+    source_item_id: str
+    image_url: str | None
+    complex_prompt: str | None
+    negative_prompt: str | None = None
+    source_url: str | None = None
+    width: int | None = None
+    height: int | None = None
+    model: str | None = None
+    seed: str | None = None
+    nsfw_level: str | None = None
+    image_key: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    drop_reason: str | None = None
+
+    def to_row(self, crawl_id: str, duplicate_of: str | None = None) -> dict[str, Any]:
+        prompt = normalise_prompt(self.complex_prompt)
+        reason = None
+        if self.drop_reason:
+            reason = self.drop_reason
+        elif duplicate_of:
+            reason = f"duplicate_of:{duplicate_of}"
+        elif not prompt:
+            reason = "no_prompt"
+        elif not self.image_url:
+            reason = "no_image_url"
+        return {
+            "sample_id": sample_id(self.source, self.source_item_id),
+            "status": DROPPED if reason else OK,
+            "reason": reason,
+            "source": self.source,
+            "source_item_id": self.source_item_id,
+            "source_url": self.source_url,
+            "image_url": self.image_url,
+            "complex_prompt": prompt or None,
+            "negative_prompt": normalise_prompt(self.negative_prompt) or None,
+            "width": self.width,
+            "height": self.height,
+            "model": self.model,
+            "seed": self.seed,
+            "nsfw_level": self.nsfw_level,
+            "image_key": self.image_key,
+            "meta_json": json.dumps(self.meta, sort_keys=True, default=str),
+            "fetched_at": datetime.now(UTC),
+            "crawl_id": crawl_id,
+        }
+
+
+@dataclass
+class Page:
+    """One parsed page: its items and where the crawl goes next (None = the end)."""
+
+    items: list[RawItem]
+    next_position: str | None
+    url: str = ""
+    failed_items: list[tuple[str, str]] = field(default_factory=list)  # (url, reason)
+
+
+def to_int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None and value != "" else None
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,98 @@
+"""Civitai `/api/v1/images`: cursor pages of images with their generation metadata."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from surd.settings import CivitaiSettings
+from surd.sources.base import Page, ParseError, RawItem, to_int
+
+NAME = "civitai"
+EDGE_WIDTHS = (512, 800, 1200, 1600, 2200)
+
+
+def request_params(cfg: CivitaiSettings, cursor: str | None) -> dict[str, str]:
+    """The query of one page; identical for every page of a crawl except the cursor."""
+    params = {
+        "limit": str(cfg.page_size),
+        "withMeta": "true",
+        "flatMeta": "true",
+        "sort": cfg.sort,
+        "period": cfg.period,
+        "nsfw": cfg.nsfw,
+    }
+    if cursor:
+        params["cursor"] = cursor
+    return params
+
+
+def image_uuid(url: str) -> str | None:
+    """The Cloudflare image id path segment, shared by every rendition of one upload."""
+    parts = urlsplit(url).path.rstrip("/").split("/")
+    return parts[-3] if len(parts) >= 4 else None
+
+
+def rendition_url(url: str, width: int | None, height: int | None, target: int = 512) -> str:
+    """Rewrite the size segment so the short side is at least `target` px (or ask the original)."""
+    parts = urlsplit(url)
+    segs = parts.path.split("/")
+    if len(segs) < 4 or "=" not in segs[-2]:
+        return url
+    if width and height:
+        need = math.ceil(target * max(1.0, width / height))
+        fit = [w for w in EDGE_WIDTHS if w >= need and w <= width]
+        segs[-2] = f"width={fit[0]}" if fit else "original=true"
+    else:
+        segs[-2] = "original=true"
+    return urlunsplit(parts._replace(path="/".join(segs)))
+
+
+def _meta(raw: Any) -> dict[str, Any] | None:
+    if not isinstance(raw, dict):
+        return None
+    inner = raw.get("meta")
+    if "prompt" not in raw and isinstance(inner, dict):  # legacy nested {id, meta}
+        return inner
+    return raw
+
+
+def parse_item(obj: dict[str, Any], site: str) -> RawItem:
+    meta = _meta(obj.get("meta")) or {}
+    clip_skip = meta.get("clipSkip", meta.get("Clip skip"))
+    url = obj.get("url") or None
+    width, height = to_int(obj.get("width")), to_int(obj.get("height"))
+    kind = obj.get("type", "image")
+    return RawItem(
+        source=NAME,
+        source_item_id=str(obj["id"]),
+        image_url=rendition_url(url, width, height) if url else None,
+        complex_prompt=meta.get("prompt") if isinstance(meta.get("prompt"), str) else None,
+        negative_prompt=meta.get("negativePrompt")
+        if isinstance(meta.get("negativePrompt"), str)
+        else None,
+        source_url=f"{site.rstrip('/')}/images/{obj['id']}",
+        width=width,
+        height=height,
+        model=meta.get("Model") or obj.get("baseModel"),
+        seed=str(meta["seed"]) if meta.get("seed") is not None else None,
+        nsfw_level=str(obj.get("nsfwLevel")) if obj.get("nsfwLevel") is not None else None,
+        image_key=image_uuid(url) if url else None,
+        meta={"meta": meta, "clip_skip": clip_skip, "postId": obj.get("postId"),
+              "username": obj.get("username"), "baseModel": obj.get("baseModel")},
+        drop_reason=None if kind == "image" else f"not_an_image_type:{kind}",
+    )
+
+
+def parse_page(payload: Any, site: str) -> Page:
+    if not isinstance(payload, dict) or not isinstance(payload.get("items"), list):
+        raise ParseError("civitai: expected an object with an 'items' list")
+    items = []
+    for obj in payload["items"]:
+        if not isinstance(obj, dict) or "id" not in obj:
+            raise ParseError("civitai: an item without an id")
+        items.append(parse_item(obj, site))
+    meta = payload.get("metadata") or {}
+    cursor = meta.get("nextCursor") if isinstance(meta, dict) else None
+    return Page(items=items, next_position=str(cursor) if cursor not in (None, "") else None)

@@ -1,0 +1,80 @@
+"""Stable Diffusion Online: HTML listing pages → detail pages. Selectors live here only."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qs, urlsplit
+
+from bs4 import BeautifulSoup
+
+from surd.sources.base import ParseError, RawItem, to_int
+
+NAME = "sdonline"
+CARD = 'a[href^="/image/"]'
+TITLE = "h1"
+EDITOR_LINK = 'a[href^="/image-generator?"]'
+DETAIL_PATH = re.compile(r"^/image/(\d+)-([\w-]*)$")
+
+
+def parse_listing(html: str, page_url: str) -> list[tuple[str, str]]:
+    """(detail path, numeric id) of every card; a page with none is a parser failure."""
+    soup = BeautifulSoup(html, "html.parser")
+    out: list[tuple[str, str]] = []
+    for a in soup.select(CARD):
+        m = DETAIL_PATH.match(str(a.get("href", "")))
+        if m and m.group(1) not in {i for _, i in out}:
+            out.append((m.group(0), m.group(1)))
+    if not out:
+        raise ParseError(f"sdonline: no result cards on listing page {page_url}")
+    return out
+
+
+def _panel_text(soup: BeautifulSoup, label: str) -> str | None:
+    for span in soup.find_all("span"):
+        if span.get_text(strip=True) == label:
+            box = span.find_next("div", class_="break-words")
+            if box is not None:
+                return re.sub(r"\s*,\s*", ", ", box.get_text(" ")).strip(" ,") or None
+    return None
+
+
+def _dd(soup: BeautifulSoup, label: str) -> str | None:
+    for dt in soup.find_all("dt"):
+        if dt.get_text(strip=True) == label:
+            dd = dt.find_next_sibling("dd")
+            return dd.get_text(strip=True) if dd else None
+    return None
+
+
+def parse_detail(html: str, page_url: str, item_id: str) -> RawItem:
+    soup = BeautifulSoup(html, "html.parser")
+    link = soup.select_one(EDITOR_LINK)
+    query = parse_qs(urlsplit(str(link["href"])).query) if link is not None else {}
+    prompt = query.get("prompt", [None])[0] or _panel_text(soup, "Prompt:")
+    if prompt is None and link is None:
+        raise ParseError(f"sdonline: no prompt panel and no editor link on {page_url}")
+    image_url = query.get("imageUrl", [None])[0]
+    if image_url is None:
+        img = soup.select_one("img.w-full")
+        image_url = str(img["src"]) if img is not None and img.get("src") else None
+    size = _dd(soup, "Size:")
+    w = h = None
+    if size and re.match(r"^\d+\s*[xX]\s*\d+$", size):
+        w, h = (to_int(v) for v in re.split(r"\s*[xX]\s*", size))
+    title = soup.select_one(TITLE)
+    return RawItem(
+        source=NAME,
+        source_item_id=item_id,
+        image_url=image_url,
+        complex_prompt=prompt,
+        negative_prompt=_panel_text(soup, "Negative prompt:"),
+        source_url=page_url,
+        width=w,
+        height=h,
+        model=None,
+        meta={
+            "title": title.get_text(strip=True) if title else None,
+            "style": query.get("style", [None])[0] or _dd(soup, "Style:"),
+            "ratio": query.get("ratio", [None])[0] or _dd(soup, "Aspect ratio:"),
+        },
+    )

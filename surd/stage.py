@@ -1,0 +1,60 @@
+"""What every stage shares: its pending input, batching into parts, and run counts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from storage.schemas import OK
+from storage.tables import PartTable
+
+T = TypeVar("T")
+
+
+@dataclass
+class StageRun:
+    """What one run of a stage did (the durable counts are in the tables; see surd.status)."""
+
+    stage: str
+    processed: int = 0
+    kept: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def add(self, rows: Sequence[dict[str, Any]]) -> None:
+        for row in rows:
+            self.processed += 1
+            if row["status"] == OK:
+                self.kept += 1
+            else:
+                reason = str(row["reason"]).split(":")[0]
+                self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+
+def pending(upstream: PartTable, downstream: PartTable, columns: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """Upstream rows that went on (status ok) and that the downstream table has not seen yet."""
+    done = downstream.ids()
+    cols = list(dict.fromkeys(["sample_id", "status", *columns]))
+    for row in upstream.iter_rows(cols):
+        if row["status"] == OK and row["sample_id"] not in done:
+            yield row
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def lookup(table: PartTable, ids: set[str], columns: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Rows of `table` for the given ids (streamed part by part)."""
+    out = {}
+    for row in table.iter_rows(["sample_id", *columns]):
+        if row["sample_id"] in ids:
+            out[row["sample_id"]] = row
+    return out
