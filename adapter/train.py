@@ -27,6 +27,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from adapter.model import AdapterConfig, SURAdapter, loss_cp, loss_llm
+from storage.tables import fault_point
 
 
 @dataclass
@@ -106,6 +107,7 @@ def save_checkpoint(out_dir: Path, adapter: SURAdapter, opt: torch.optim.Optimiz
                tmp / "state.pt")
     final = out_dir / f"ckpt-{step:06d}"
     os.replace(tmp, final)
+    fault_point("checkpoint", step)
     return final
 
 

@@ -29,6 +29,12 @@ def set_fault_hook(hook: FaultHook | None) -> None:
     _fault_hook = hook
 
 
+def fault_point(name: str, count: int) -> None:
+    """Where a kill test may stop the process: after `count` units of work named `name`."""
+    if _fault_hook is not None:
+        _fault_hook(name, count)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that it either exists whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,8 +124,7 @@ class PartTable:
         path = self.dir / name
         write_parquet_atomic(table, path)
         self._written += 1
-        if _fault_hook is not None:
-            _fault_hook(self.name, self._written)
+        fault_point(self.name, self._written)
         return path
 
     def provenance(self) -> list[dict[str, Any]]:

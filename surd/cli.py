@@ -246,7 +246,9 @@ def replay_serve(port: int = 8900) -> None:
 
 @app.command()
 def demo(data_root: Path = typer.Option(Path("data/demo"), help="where the demo writes"),
-         engine: str = typer.Option("prefect", help="prefect | local")) -> None:
+         engine: str = typer.Option("prefect", help="prefect | local"),
+         replay_port: int = typer.Option(8917, help="loopback port of the replay site; keep it "
+                                         "the same when resuming, since stored image URLs name it")) -> None:
     """The whole path offline: replay site → … → trained tiny adapter and its evaluation."""
     import os
 
@@ -254,7 +256,12 @@ def demo(data_root: Path = typer.Option(Path("data/demo"), help="where the demo 
     from surd.replay import ReplaySite
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    site = ReplaySite().start()
+    try:
+        site = ReplaySite().start(port=replay_port)
+    except OSError as exc:
+        console.print(f"[red]cannot serve the replay site on 127.0.0.1:{replay_port}: {exc}; "
+                      "pick another with --replay-port[/red]")
+        raise typer.Exit(2) from None
     try:
         cfg = demo_config(data_root, site)
         s = _settings(None, **cfg)

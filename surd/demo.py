@@ -22,7 +22,7 @@ def demo_config(data_root: Path, site: ReplaySite) -> dict[str, Any]:
                     "lexica": {"base_url": urls["lexica"], "queries": ["game ui", "fruit icons"]},
                     "sdonline": {"base_url": urls["sdonline"], "listing_slugs": ["ui-design", "replay"]}},
         "caption": {"batch_size": 8},
-        "review": {"auto_policy": "demo-margin-v1", "auto_min_margin": 0.0},
+        "review": {"auto_policy": "demo-margin-v1", "auto_min_margin": 0.5},
         "embed": {"llm": "tiny"},
         "adapter": {"base_model": "tiny", "steps": 20, "batch_size": 4, "lr": 1e-3,
                     "resolution": 32, "checkpoint_every": 10, "eval_images_per_prompt": 2,

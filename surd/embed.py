@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from storage.layout import DataDir
 from storage.schemas import embedding_schema
-from storage.tables import atomic_write_bytes, write_parquet_atomic
+from storage.tables import atomic_write_bytes, fault_point, write_parquet_atomic
 from surd.ids import sha1_text
 from surd.settings import Settings
 from surd.stage import batched
@@ -77,6 +77,7 @@ class EmbeddingStore:
     def __init__(self, data: DataDir, model_id: str) -> None:
         self.dir = data.embeddings_dir / slug(model_id)
         self.model_id = model_id
+        self._written = 0
 
     def meta(self) -> dict[str, Any]:
         path = self.dir / "meta.json"
@@ -117,7 +118,10 @@ class EmbeddingStore:
             table = pa.Table.from_arrays([pa.array(ids), pa.array(shas), col], schema=schema)
             write_parquet_atomic(table, tmp / f"layer-{k + 1:02d}.parquet", compression="none")
         final = self.dir / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+        fault_point("embeddings_tmp", 1)  # a kill here leaves only an ignored temp folder
         os.replace(tmp, final)
+        self._written += 1
+        fault_point("embeddings", self._written)
         return final
 
 

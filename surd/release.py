@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from storage.layout import DataDir
 from storage.schemas import RELEASE, SCHEMA_VERSION
-from storage.tables import write_parquet_atomic
+from storage.tables import fault_point, write_parquet_atomic
 from surd import __version__
 from surd.review import queue
 from surd.settings import Settings
@@ -101,6 +101,7 @@ def create_release(settings: Settings, data: DataDir, counts: dict[str, Any] | N
         write_parquet_atomic(pa.Table.from_pylist(rows[i : i + step], RELEASE), path,
                              row_group_size=settings.release.row_group_rows)
         shards.append({"file": path.name, "rows": len(rows[i : i + step]), "sha256": _sha256(path)})
+        fault_point("release", len(shards))
     before = set(parent["fingerprint"]) if parent else set()
     man = {
         "release": version, "created_at": datetime.now(UTC).isoformat(),

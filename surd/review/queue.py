@@ -14,6 +14,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from storage.tables import fault_point
+
 SCHEMA_VERSION = 1
 meta = sa.MetaData()
 
@@ -177,4 +179,5 @@ def auto_review(engine: sa.Engine, policy: str, min_margin: float) -> int:
         else:
             decide(engine, sid, f"policy:{policy}", "accept", actor_kind="auto")
         n += 1
+        fault_point("review", n)
     return n

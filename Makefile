@@ -1,0 +1,35 @@
+# Two commands do everything: `make demo` (the offline end-to-end run) and `make test`.
+# Each creates .venv on first use (and again whenever pyproject.toml or constraints.txt change).
+VENV ?= .venv
+PYTHON ?= python3
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
+export PYTHONWARNINGS := ignore::FutureWarning
+
+.PHONY: demo test lint typecheck install bench
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	# torch is pinned in the same command so pip keeps the CPU wheel (ENVIRONMENT.md 1b)
+	$(VENV)/bin/pip install -c constraints.txt torch==2.13.0 -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/surd demo --data-root data/demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -ra
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check surd storage adapter flows tests
+	$(VENV)/bin/ruff format --check surd storage adapter flows tests
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy

@@ -1,0 +1,89 @@
+"""The SUR-adapter: equations on small tensors, gradients, a short real run, resume."""
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adapter.model import AdapterConfig, SURAdapter, kl, loss_cp
+from adapter.train import TrainConfig, latest_checkpoint, train
+from storage.layout import DataDir
+from storage.schemas import RELEASE
+from surd.embed import EmbeddingStore
+from surd.models import tiny
+from surd.replay import synth_image
+
+
+def test_g_is_zero_at_init_so_c_prime_is_scaled_v() -> None:
+    a = SURAdapter(AdapterConfig(dim=8, llm_dim=16, eta=0.1))
+    assert torch.count_nonzero(a.g.weight) == 0 and torch.count_nonzero(a.g.bias) == 0
+    v = torch.randn(2, 5, 8)
+    c_prime, q = a(v)
+    torch.testing.assert_close(c_prime, 0.9 * v)
+    torch.testing.assert_close(q, a.h3(v))
+
+
+def test_kl_by_hand() -> None:
+    p, q = torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, float(np.log(3.0))]])
+    # softmax(p) = [.5,.5], softmax(q) = [.25,.75]: KL = .5 ln 2 + .5 ln(2/3)
+    assert float(kl(p, q, 1.0)) == pytest.approx(0.5 * np.log(2) + 0.5 * np.log(2 / 3), abs=1e-6)
+    assert float(loss_cp(q, q, 2.0)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_w0_is_seeded_fixed_and_saved() -> None:
+    a, b = (SURAdapter(AdapterConfig(dim=8, llm_dim=16, w0_seed=3)) for _ in range(2))
+    torch.testing.assert_close(a.w0, b.w0)
+    assert "w0" in a.state_dict() and not any(p is a.w0 for p in a.parameters())
+
+
+@pytest.fixture(scope="module")
+def tiny_release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("rel")
+    data = DataDir(root / "data").open()
+    rel = root / "v0001"
+    rel.mkdir()
+    prompts = ["a red cat", "a blue car on a street", "two dogs on the beach", "a castle at night"]
+    rows = [{"sample_id": f"s{i}", "image": synth_image(f"k{i}", 64)[0], "simple_prompt": p,
+             "complex_prompt": p + ", masterpiece, highly detailed, 8k"} for i, p in enumerate(prompts)]
+    pq.write_table(pa.Table.from_pylist(rows, RELEASE), rel / "shard-00000.parquet")
+    model, tok = tiny.llama(0)
+    from surd.embed import pooled_layers
+
+    store = EmbeddingStore(data, "tiny-llama")
+    store.write_part([r["sample_id"] for r in rows], ["x"] * 4, pooled_layers(model, tok, prompts))
+    return rel, store.dir
+
+
+def _sd(tmp: Path) -> dict:
+    return tiny.stable_diffusion(0, tmp)
+
+
+def test_only_adapter_trains_and_loss_goes_down(tiny_release, tmp_path: Path) -> None:
+    rel, emb = tiny_release
+    parts = _sd(tmp_path)
+    cfg = TrainConfig(steps=20, batch_size=4, lr=3e-3, checkpoint_every=100, lambda_llm=1.0, lambda_cp=1.0)
+    train(parts, rel, emb, tmp_path / "run", cfg)
+    assert all(not p.requires_grad for m in ("unet", "vae", "text_encoder") for p in parts[m].parameters())
+    import json
+
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 20
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def test_kill_and_resume_gives_the_same_weights(tiny_release, tmp_path: Path) -> None:
+    rel, emb = tiny_release
+    cfg = TrainConfig(steps=8, batch_size=2, lr=1e-3, checkpoint_every=4)
+    train(_sd(tmp_path), rel, emb, tmp_path / "full", cfg)
+    # "killed" after step 4: the checkpoint at 4 is all that survives, then a fresh process resumes
+    train(_sd(tmp_path), rel, emb, tmp_path / "cut", TrainConfig(**{**cfg.__dict__, "steps": 4}))
+    train(_sd(tmp_path), rel, emb, tmp_path / "cut", cfg)
+    a = load_file(str(latest_checkpoint(tmp_path / "full") / "adapter.safetensors"))
+    b = load_file(str(latest_checkpoint(tmp_path / "cut") / "adapter.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])

@@ -1,0 +1,85 @@
+"""Every bad input ends with its reason; good ones become 512² (here 64²) squares."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from surd.imaging import ImageRejected, NearDuplicateIndex, normalise
+from surd.settings import ImageSettings
+
+CFG = ImageSettings(size=64, min_side=32, max_pixels=4_000_000)
+
+
+def encode(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def noise(w: int, h: int, mode: str = "RGB") -> Image.Image:
+    arr = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    return Image.fromarray(arr, "RGB").convert(mode)
+
+
+@pytest.mark.parametrize("data,reason", [
+    (b"", "empty_body"),
+    (b"<!DOCTYPE html><html>blocked</html>", "not_an_image"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 50, "not_an_image"),
+])
+def test_rejections(data: bytes, reason: str) -> None:
+    with pytest.raises(ImageRejected) as err:
+        normalise(data, CFG)
+    assert err.value.reason == reason
+
+
+def test_truncated() -> None:
+    data = encode(noise(300, 300), "JPEG")
+    with pytest.raises(ImageRejected, match="truncated|corrupt_image"):
+        normalise(data[: len(data) // 2], CFG)
+
+
+def test_decompression_bomb() -> None:
+    data = encode(Image.new("RGB", (3000, 3000)), "PNG")
+    with pytest.raises(ImageRejected, match="decompression_bomb"):
+        normalise(data, CFG)
+
+
+def test_too_small_and_too_large() -> None:
+    with pytest.raises(ImageRejected, match="too_small"):
+        normalise(encode(noise(20, 100)), CFG)
+    with pytest.raises(ImageRejected, match="too_large"):
+        normalise(b"x" * 100, ImageSettings(max_bytes=10))
+
+
+@pytest.mark.parametrize("img", [noise(200, 100, "CMYK"), noise(100, 200, "P"), noise(120, 120, "RGBA"),
+                                 Image.fromarray(np.full((80, 90), 40000, dtype=np.uint16))])
+def test_modes_become_rgb_squares(img: Image.Image) -> None:
+    fmt = "TIFF" if img.mode == "CMYK" else "PNG"
+    out = normalise(encode(img, fmt), CFG)
+    back = Image.open(io.BytesIO(out.data))
+    assert back.size == (64, 64) and back.mode == "RGB"
+
+
+def test_animated_takes_first_frame_and_exif_rotation_applies() -> None:
+    frames = [Image.new("RGB", (100, 100), c) for c in ((255, 0, 0), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    out = normalise(buf.getvalue(), CFG)
+    assert out.orig_format == "GIF"
+    assert Image.open(io.BytesIO(out.data)).getpixel((32, 32))[0] > 200
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90°
+    rotated = normalise(encode(noise(200, 100), "JPEG", exif=exif), CFG)
+    assert (rotated.orig_width, rotated.orig_height) == (100, 200)
+
+
+def test_near_duplicates_found_exact_hashes_differ() -> None:
+    a = normalise(encode(noise(300, 300), "PNG"), CFG)
+    b = normalise(encode(noise(300, 300), "JPEG", quality=70), CFG)
+    assert a.sha256 != b.sha256
+    idx = NearDuplicateIndex(6)
+    idx.add(a.phash, "first")
+    assert idx.find(b.phash) == "first"
+    assert idx.find(normalise(encode(noise(301, 300).rotate(90)), CFG).phash) is None

@@ -1,0 +1,81 @@
+"""Model stages with the tiny profile: the real classes, seeded random weights."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from surd.caption import caption_images, strip_prompt
+from surd.clipfilter import is_truncated, keep, score
+from surd.embed import pooled_layers
+from surd.models import tiny
+from surd.settings import CaptionSettings
+
+
+@pytest.fixture(scope="module")
+def pics() -> list[Image.Image]:
+    rng = np.random.default_rng(1)
+    return [Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)) for _ in range(3)]
+
+
+def test_strip_prompt() -> None:
+    assert strip_prompt("a picture of a red cat", "a picture of ") == "a red cat"
+    assert strip_prompt("A Picture of  dogs ", "a picture of ") == "dogs"
+
+
+def test_captions_batched_equal_one_by_one(pics: list[Image.Image]) -> None:
+    model, proc = tiny.blip(0)
+    cfg = CaptionSettings(num_beams=2, max_length=12, min_length=6)
+    batched = caption_images(model, proc, pics, cfg)
+    single = [caption_images(model, proc, [p], cfg)[0] for p in pics]
+    assert batched == single
+    assert all(c and not c.startswith("a picture of") for c in batched)
+
+
+def test_clip_rule_exact_and_ties_keep() -> None:
+    assert keep(0.5, 0.5) and keep(0.51, 0.49) and not keep(0.49, 0.51)
+
+
+def test_clip_scores_match_hand_computation(pics: list[Image.Image]) -> None:
+    model, pre, tok = tiny.clip(0)
+    [s] = score(model, pre, tok, pics[:1], ["a cat"], ["a cat, masterpiece, 8k, trending"])
+    with torch.no_grad():
+        img = model.encode_image(pre(pics[0])[None], normalize=True)[0]
+        t = model.encode_text(tok(["a cat", "a cat, masterpiece, 8k, trending"]), normalize=True)
+        sims = t @ img
+        p = torch.softmax(model.logit_scale.exp() * sims, 0)
+    assert s["sim_simple"] == pytest.approx(float(sims[0]), abs=1e-5)
+    assert s["p_simple"] == pytest.approx(float(p[0]), abs=1e-5)
+    assert s["p_simple"] + s["p_complex"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_truncation_flag() -> None:
+    _, _, tok = tiny.clip(0)
+    assert not is_truncated(tok, "a cat")
+    assert is_truncated(tok, " ".join(["castle"] * 80))
+
+
+def test_layer_k_is_block_k_output_masked_mean() -> None:
+    model, tok = tiny.llama(0)
+    prompts = ["a red cat", "two dogs running on the beach at night"]
+    got = pooled_layers(model, tok, prompts)
+    assert got.shape == (2, 4, 64)
+    for i, p in enumerate(prompts):  # independent: blocks one by one, no padding at all
+        ids = tok([p], return_tensors="pt").input_ids
+        with torch.no_grad():
+            h = model.embed_tokens(ids)
+            pos = torch.arange(ids.shape[1])[None]
+            rope = model.rotary_emb(h, pos)
+            for k, layer in enumerate(model.layers):
+                out = layer(h, position_embeddings=rope, position_ids=pos)
+                h = out[0] if isinstance(out, tuple) else out
+                np.testing.assert_allclose(got[i, k], h[0].mean(0).numpy(), atol=2e-3)
+
+
+def test_left_and_right_padding_agree() -> None:
+    model, tok = tiny.llama(0)
+    prompts = ["a cat", "a very long prompt about a castle on a mountain"]
+    right = pooled_layers(model, tok, prompts)
+    tok.padding_side = "left"
+    left = pooled_layers(model, tok, prompts)
+    np.testing.assert_allclose(left, right, atol=1e-4)

@@ -1,0 +1,80 @@
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from storage import schemas
+from storage.catalog import connect
+from storage.layout import DataDir, SchemaVersionError
+
+SAMPLE = {pa.string(): "x", pa.int32(): 7, pa.int64(): 9, pa.float32(): 0.5, pa.bool_(): True,
+          pa.binary(): b"\x00\x01", pa.timestamp("us", tz="UTC"): datetime(2026, 1, 2, tzinfo=UTC)}
+
+
+def _row(schema: pa.Schema, i: int) -> dict:
+    row = {f.name: SAMPLE[f.type] for f in schema}
+    row[schema.names[0]] = f"id{i}"
+    return row
+
+
+@pytest.mark.parametrize("name", [*schemas.STAGE_TABLES, "crawl_pages"])
+def test_write_then_read_back(tmp_path: Path, name: str) -> None:
+    data = DataDir(tmp_path).open()
+    table = data.table(name)
+    rows = [_row(table.schema, i) for i in range(3)]
+    table.write(rows, provenance={"k": 1})
+    back = table.read().to_pylist()
+    assert back == rows
+    assert table.provenance() == [{"k": 1}]
+
+
+def test_release_and_embedding_schemas_round_trip(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    rows = [_row(schemas.RELEASE, 0)]
+    pq.write_table(pa.Table.from_pylist(rows, schemas.RELEASE), tmp_path / "r.parquet")
+    assert pq.read_table(tmp_path / "r.parquet").to_pylist() == rows
+    emb = schemas.embedding_schema(4)
+    t = pa.Table.from_pylist([{"sample_id": "a", "prompt_sha1": "s", "vector": [1.0, 2.0, 0.5, -1.0]}], emb)
+    pq.write_table(t, tmp_path / "e.parquet")
+    back = pq.read_table(tmp_path / "e.parquet")
+    assert back.schema.field("vector").type == pa.list_(pa.float16(), 4)
+    assert back.column("vector").to_pylist()[0] == [1.0, 2.0, 0.5, -1.0]
+
+
+def test_duplicate_keys_are_skipped_on_write(tmp_path: Path) -> None:
+    table = DataDir(tmp_path).open().table("captions")
+    row = {"sample_id": "a", "status": "ok", "reason": None, "simple_prompt": "p", "model_id": "m"}
+    assert table.write([row, row]) is not None
+    assert table.write([row]) is None
+    assert table.count() == 1
+
+
+def test_temp_files_are_invisible(tmp_path: Path) -> None:
+    table = DataDir(tmp_path).open().table("captions")
+    table.dir.mkdir(parents=True)
+    (table.dir / ".tmp-123-part-1.parquet").write_bytes(b"half a file")
+    assert table.parts() == [] and table.count() == 0
+
+
+def test_incompatible_schema_version_refused(tmp_path: Path) -> None:
+    DataDir(tmp_path).open()
+    (tmp_path / "SCHEMA_VERSION").write_text(json.dumps({"schema_version": 999}))
+    with pytest.raises(SchemaVersionError, match="schema version 999"):
+        DataDir(tmp_path).open()
+
+
+def test_foreign_directory_refused(tmp_path: Path) -> None:
+    (tmp_path / "something.txt").write_text("not ours")
+    with pytest.raises(SchemaVersionError, match="no SCHEMA_VERSION"):
+        DataDir(tmp_path).open()
+
+
+def test_duckdb_catalog_has_a_view_per_table(tmp_path: Path) -> None:
+    data = DataDir(tmp_path).open()
+    data.table("captions").write([{"sample_id": "a", "status": "ok", "reason": None,
+                                   "simple_prompt": "a cat", "model_id": "m"}])
+    con = connect(data)
+    assert con.sql("select simple_prompt from captions").fetchall() == [("a cat",)]
