@@ -30,8 +30,14 @@ Chooser = Callable[[Image.Image, Image.Image, str], float]
 
 
 @torch.no_grad()
-def generate(parts: dict[str, Any], prompt: str, seed: int, steps: int,
-             adapter: SURAdapter | None = None, guidance: float = 7.5) -> Image.Image:
+def generate(
+    parts: dict[str, Any],
+    prompt: str,
+    seed: int,
+    steps: int,
+    adapter: SURAdapter | None = None,
+    guidance: float = 7.5,
+) -> Image.Image:
     """DDIM sampling with classifier-free guidance; the adapter rewrites the prompt's states."""
     from diffusers import DDIMScheduler
 
@@ -57,8 +63,15 @@ def generate(parts: dict[str, Any], prompt: str, seed: int, steps: int,
     return Image.fromarray(arr)
 
 
-def evaluate(parts: dict[str, Any], adapter: SURAdapter, chooser: Chooser, out_dir: Path,
-             images_per_prompt: int, steps: int, suites: dict[str, list[str]] | None = None) -> dict[str, Any]:
+def evaluate(
+    parts: dict[str, Any],
+    adapter: SURAdapter,
+    chooser: Chooser,
+    out_dir: Path,
+    images_per_prompt: int,
+    steps: int,
+    suites: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
     """Write report.md, report.json and grid.png to out_dir and return the scores."""
     suites = suites or SUITES
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -77,16 +90,26 @@ def evaluate(parts: dict[str, Any], adapter: SURAdapter, chooser: Chooser, out_d
         scores[suite] = float(np.mean(choices))
     grid = _vstack(grid_rows)
     grid.save(out_dir / "grid.png")
-    report = {"clip_choice_adapter_vs_baseline": scores, "images_per_prompt": images_per_prompt,
-              "sampling_steps": steps,
-              "note": "1.0 = CLIP always prefers the adapter's image, 0.5 = no preference"}
+    report = {
+        "clip_choice_adapter_vs_baseline": scores,
+        "images_per_prompt": images_per_prompt,
+        "sampling_steps": steps,
+        "note": "1.0 = CLIP always prefers the adapter's image, 0.5 = no preference",
+    }
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
-    lines = ["# SUR-adapter evaluation", "",
-             "CLIP binary choice between the adapter's and the baseline's image for each prompt "
-             "(same seeds), mean over the suite; 0.5 = no preference.", "",
-             "| suite | prompts | CLIP choice of adapter |", "|---|---|---|",
-             *[f"| {s} | {len(suites[s])} | {v:.3f} |" for s, v in scores.items()], "",
-             "Grid (`grid.png`): per prompt row, pairs of baseline | adapter images.", ""]
+    lines = [
+        "# SUR-adapter evaluation",
+        "",
+        "CLIP binary choice between the adapter's and the baseline's image for each prompt "
+        "(same seeds), mean over the suite; 0.5 = no preference.",
+        "",
+        "| suite | prompts | CLIP choice of adapter |",
+        "|---|---|---|",
+        *[f"| {s} | {len(suites[s])} | {v:.3f} |" for s, v in scores.items()],
+        "",
+        "Grid (`grid.png`): per prompt row, pairs of baseline | adapter images.",
+        "",
+    ]
     (out_dir / "report.md").write_text("\n".join(lines))
     return report
 

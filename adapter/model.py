@@ -40,9 +40,11 @@ class SURAdapter(nn.Module):
         self.h2 = nn.Linear(d, d)
         self.h3 = nn.Linear(d, d)
         self.q_encoder = (
-            nn.TransformerEncoder(nn.TransformerEncoderLayer(d, max(1, d // 64), 4 * d, batch_first=True),
-                                  cfg.q_encoder_layers)
-            if cfg.q_encoder_layers else None
+            nn.TransformerEncoder(
+                nn.TransformerEncoderLayer(d, max(1, d // 64), 4 * d, batch_first=True), cfg.q_encoder_layers
+            )
+            if cfg.q_encoder_layers
+            else None
         )
         self.g = nn.Linear(d, d)
         nn.init.zeros_(self.g.weight)
@@ -73,7 +75,8 @@ def kl(p_logits: torch.Tensor, q_logits: torch.Tensor, tau: float) -> torch.Tens
 
 def loss_llm(adapter: SURAdapter, llm_vec: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """ℓ_LLM = KL(W0·f_LLM(p_s)/τ ‖ Q/τ), Q mean-pooled over tokens (Eq. 5)."""
-    target = llm_vec.float() @ adapter.w0.T
+    w0: torch.Tensor = adapter.w0  # type: ignore[assignment]
+    target = llm_vec.float() @ w0.T
     return kl(target, q.mean(1), adapter.cfg.tau)
 
 

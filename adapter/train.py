@@ -47,8 +47,9 @@ class TrainConfig:
 
 def read_release(release: Path) -> pa.Table:
     files = sorted(release.glob("shard-*.parquet"))
-    return pa.concat_tables([pq.read_table(f, columns=["sample_id", "image", "simple_prompt",
-                                                       "complex_prompt"]) for f in files])
+    return pa.concat_tables(
+        [pq.read_table(f, columns=["sample_id", "image", "simple_prompt", "complex_prompt"]) for f in files]
+    )
 
 
 def read_layer(emb_dir: Path, layer: int) -> tuple[dict[str, np.ndarray], int]:
@@ -68,8 +69,9 @@ def read_layer(emb_dir: Path, layer: int) -> tuple[dict[str, np.ndarray], int]:
 
 def encode_text(parts: dict[str, Any], prompts: list[str]) -> torch.Tensor:
     tok = parts["tokenizer"]
-    ids = tok(prompts, padding="max_length", truncation=True, max_length=tok.model_max_length,
-              return_tensors="pt").input_ids
+    ids = tok(
+        prompts, padding="max_length", truncation=True, max_length=tok.model_max_length, return_tensors="pt"
+    ).input_ids
     with torch.no_grad():
         return parts["text_encoder"](ids)[0]
 
@@ -79,11 +81,19 @@ def precompute(parts: dict[str, Any], table: pa.Table, resolution: int) -> dict[
     vae = parts["vae"]
     pics = []
     for b in table.column("image").to_pylist():
-        img = Image.open(io.BytesIO(b)).convert("RGB").resize((resolution, resolution), Image.Resampling.BICUBIC)
+        img = (
+            Image.open(io.BytesIO(b))
+            .convert("RGB")
+            .resize((resolution, resolution), Image.Resampling.BICUBIC)
+        )
         pics.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1))
     with torch.no_grad():
-        latents = torch.cat([vae.encode(torch.stack(pics[i : i + 16])).latent_dist.mean
-                             for i in range(0, len(pics), 16)]) * vae.config.scaling_factor
+        latents = (
+            torch.cat(
+                [vae.encode(torch.stack(pics[i : i + 16])).latent_dist.mean for i in range(0, len(pics), 16)]
+            )
+            * vae.config.scaling_factor
+        )
     return {
         "latents": latents,
         "simple": encode_text(parts, table.column("simple_prompt").to_pylist()),
@@ -96,15 +106,23 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def save_checkpoint(out_dir: Path, adapter: SURAdapter, opt: torch.optim.Optimizer, step: int,
-                    cfg: TrainConfig, extra: dict[str, Any]) -> Path:
+def save_checkpoint(
+    out_dir: Path,
+    adapter: SURAdapter,
+    opt: torch.optim.Optimizer,
+    step: int,
+    cfg: TrainConfig,
+    extra: dict[str, Any],
+) -> Path:
     tmp = out_dir / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in adapter.state_dict().items()}, str(tmp / "adapter.safetensors"))
-    (tmp / "config.json").write_text(json.dumps({"adapter": adapter.cfg.to_dict(), "train": asdict(cfg),
-                                                 "step": step, **extra}, indent=1))
-    torch.save({"optimizer": opt.state_dict(), "step": step, "torch_rng": torch.get_rng_state()},
-               tmp / "state.pt")
+    (tmp / "config.json").write_text(
+        json.dumps({"adapter": adapter.cfg.to_dict(), "train": asdict(cfg), "step": step, **extra}, indent=1)
+    )
+    torch.save(
+        {"optimizer": opt.state_dict(), "step": step, "torch_rng": torch.get_rng_state()}, tmp / "state.pt"
+    )
     final = out_dir / f"ckpt-{step:06d}"
     os.replace(tmp, final)
     fault_point("checkpoint", step)
@@ -118,8 +136,14 @@ def load_adapter(ckpt: Path) -> SURAdapter:
     return adapter.eval()
 
 
-def train(parts: dict[str, Any], release: Path, emb_dir: Path, out_dir: Path, cfg: TrainConfig,
-          log: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
+def train(
+    parts: dict[str, Any],
+    release: Path,
+    emb_dir: Path,
+    out_dir: Path,
+    cfg: TrainConfig,
+    log: Callable[[dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
     """Train (or resume) and return a summary; metrics go to out_dir/metrics.jsonl."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".tmp-*"):
@@ -134,8 +158,9 @@ def train(parts: dict[str, Any], release: Path, emb_dir: Path, out_dir: Path, cf
         raise ValueError(f"{len(missing)} released samples have no embedding for layer {layer}")
     llm = torch.from_numpy(np.stack([vectors[s] for s in table.column("sample_id").to_pylist()]))
     cache = precompute(parts, table, parts.get("resolution", cfg.resolution))
-    acfg = AdapterConfig(dim=cache["simple"].shape[-1], llm_dim=llm.shape[-1], eta=cfg.eta,
-                         tau=cfg.tau, w0_seed=cfg.seed)
+    acfg = AdapterConfig(
+        dim=cache["simple"].shape[-1], llm_dim=llm.shape[-1], eta=cfg.eta, tau=cfg.tau, w0_seed=cfg.seed
+    )
     torch.manual_seed(cfg.seed)
     adapter = SURAdapter(acfg)
     opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr)
@@ -147,8 +172,11 @@ def train(parts: dict[str, Any], release: Path, emb_dir: Path, out_dir: Path, cf
         opt.load_state_dict(state["optimizer"])
         start = state["step"]
     metrics_path = out_dir / "metrics.jsonl"
-    kept = [ln for ln in (metrics_path.read_text().splitlines() if metrics_path.exists() else [])
-            if json.loads(ln)["step"] <= start]
+    kept = [
+        ln
+        for ln in (metrics_path.read_text().splitlines() if metrics_path.exists() else [])
+        if json.loads(ln)["step"] <= start
+    ]
     metrics_path.write_text("".join(ln + "\n" for ln in kept))
     n = table.num_rows
     for step in range(start + 1, cfg.steps + 1):
@@ -167,14 +195,25 @@ def train(parts: dict[str, Any], release: Path, emb_dir: Path, out_dir: Path, cf
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        row = {"step": step, "loss": loss.item(), "loss_simple": l_simple.item(),
-               "loss_llm": l_llm.item(), "loss_cp": l_cp.item()}
+        row = {
+            "step": step,
+            "loss": loss.item(),
+            "loss_simple": l_simple.item(),
+            "loss_llm": l_llm.item(),
+            "loss_cp": l_cp.item(),
+        }
         with metrics_path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         if log:
             log(row)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save_checkpoint(out_dir, adapter, opt, step, cfg, {"release": release.name,
-                                                               "embeddings": emb_dir.name, "layer": layer})
+            save_checkpoint(
+                out_dir,
+                adapter,
+                opt,
+                step,
+                cfg,
+                {"release": release.name, "embeddings": emb_dir.name, "layer": layer},
+            )
     final = latest_checkpoint(out_dir)
     return {"checkpoint": str(final), "steps": cfg.steps, "layer": layer, "samples": n}

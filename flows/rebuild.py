@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -87,12 +88,21 @@ def rebuild(config: dict[str, Any] | None = None, train: bool = True) -> dict[st
         out["embed"] = embed_task(config, release)
         out["train"] = train_task(config, release, out["embed"]["model_id"])
         out["evaluate"] = evaluate_task(config, out["train"]["run_dir"])
-        create_markdown_artifact(key="adapter-evaluation",
-                                 markdown=open(out["evaluate"]["report"]).read())
+        create_markdown_artifact(
+            key="adapter-evaluation", markdown=Path(out["evaluate"]["report"]).read_text()
+        )
     st = status_task(config)
-    rows = [{"stage": k, "in": v["in"], "out": v["out"], "pending": v["pending"],
-             "dropped": ", ".join(f"{r}={n}" for r, n in sorted(v["dropped"].items()))}
-            for k, v in st["stages"].items() if isinstance(v, dict) and "in" in v]
+    rows = [
+        {
+            "stage": k,
+            "in": v["in"],
+            "out": v["out"],
+            "pending": v["pending"],
+            "dropped": ", ".join(f"{r}={n}" for r, n in sorted(v["dropped"].items())),
+        }
+        for k, v in st["stages"].items()
+        if isinstance(v, dict) and "in" in v
+    ]
     create_table_artifact(key="rebuild-counts", table=rows, description="items per stage")
     log.info("rebuild finished: release %s", release)
     out["status"] = st

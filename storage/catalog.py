@@ -31,8 +31,5 @@ def connect(data: DataDir, database: str = ":memory:") -> duckdb.DuckDBPyConnect
                 f"read_parquet('{_glob(rel, 'shard-*.parquet')}')"
             )
         if releases:
-            con.sql(
-                "create or replace view release_latest as select * from "
-                f"release_{releases[-1].name}"
-            )
+            con.sql(f"create or replace view release_latest as select * from release_{releases[-1].name}")
     return con

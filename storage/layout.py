@@ -83,6 +83,4 @@ class DataDir:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def save_state(self, name: str, value: dict[str, Any]) -> None:
-        atomic_write_bytes(
-            self.root / "state" / f"{name}.json", json.dumps(value, sort_keys=True).encode()
-        )
+        atomic_write_bytes(self.root / "state" / f"{name}.json", json.dumps(value, sort_keys=True).encode())

@@ -16,14 +16,26 @@ def train_config(settings: Settings) -> Any:
     from adapter.train import TrainConfig
 
     a = settings.adapter
-    return TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, lambda_llm=a.lambda_llm,
-                       lambda_cp=a.lambda_cp, eta=a.eta, tau=a.tau, resolution=a.resolution,
-                       checkpoint_every=a.checkpoint_every, seed=a.seed, layer=a.layer)
+    return TrainConfig(
+        steps=a.steps,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        lambda_llm=a.lambda_llm,
+        lambda_cp=a.lambda_cp,
+        eta=a.eta,
+        tau=a.tau,
+        resolution=a.resolution,
+        checkpoint_every=a.checkpoint_every,
+        seed=a.seed,
+        layer=a.layer,
+    )
 
 
 def run_dir(data: DataDir, release: Path, llm_model_id: str, settings: Settings) -> Path:
     a = settings.adapter
-    return data.runs_dir / f"{release.name}-{EmbeddingStore(data, llm_model_id).dir.name}-L{a.layer}-s{a.seed}"
+    return (
+        data.runs_dir / f"{release.name}-{EmbeddingStore(data, llm_model_id).dir.name}-L{a.layer}-s{a.seed}"
+    )
 
 
 def run_train(settings: Settings, data: DataDir, release: Path, llm_model_id: str) -> dict[str, Any]:
@@ -65,6 +77,12 @@ def run_evaluate(settings: Settings, data: DataDir, run: Path) -> dict[str, Any]
         raise FileNotFoundError(f"no checkpoint in {run}; train first")
     sd = profiles.stable_diffusion(settings)
     a = settings.adapter
-    report = evaluate(sd.model, load_adapter(ckpt), clip_chooser(settings), run / "eval",
-                      images_per_prompt=a.eval_images_per_prompt, steps=a.eval_steps)
+    report = evaluate(
+        sd.model,
+        load_adapter(ckpt),
+        clip_chooser(settings),
+        run / "eval",
+        images_per_prompt=a.eval_images_per_prompt,
+        steps=a.eval_steps,
+    )
     return {**report, "report": str(run / "eval" / "report.md")}

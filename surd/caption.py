@@ -30,12 +30,15 @@ def caption_images(model: Any, processor: Any, images: list[Image.Image], cfg: C
     inputs = processor(images=images, text=[cfg.prompt.strip()] * len(images), return_tensors="pt")
     inputs = {k: v.to(device) for k, v in inputs.items()}
     with torch.inference_mode():
-        out = model.generate(**inputs, num_beams=cfg.num_beams, max_length=cfg.max_length,
-                             min_length=cfg.min_length)
+        out = model.generate(
+            **inputs, num_beams=cfg.num_beams, max_length=cfg.max_length, min_length=cfg.min_length
+        )
     return [strip_prompt(t, cfg.prompt) for t in processor.batch_decode(out, skip_special_tokens=True)]
 
 
-def run_captions(settings: Settings, data: DataDir, progress: Callable[[int], None] | None = None) -> StageRun:
+def run_captions(
+    settings: Settings, data: DataDir, progress: Callable[[int], None] | None = None
+) -> StageRun:
     from surd.models import profiles
     from surd.models.tiny import device_for
 
@@ -53,12 +56,22 @@ def run_captions(settings: Settings, data: DataDir, progress: Callable[[int], No
         rows: list[dict[str, Any]] = []
         for sub in batched(batch, settings.caption.batch_size):
             pics = [Image.open(io.BytesIO(r["image"])).convert("RGB") for r in sub]
-            for r, text in zip(sub, caption_images(model, loaded.processor, pics, settings.caption), strict=True):
-                rows.append({"sample_id": r["sample_id"], "status": OK if text else DROPPED,
-                             "reason": None if text else "empty_caption",
-                             "simple_prompt": text or None, "model_id": loaded.model_id})
-        out.write(rows, provenance={"stage": "captions", "model_id": loaded.model_id,
-                                    "settings": settings.provenance()})
+            for r, text in zip(
+                sub, caption_images(model, loaded.processor, pics, settings.caption), strict=True
+            ):
+                rows.append(
+                    {
+                        "sample_id": r["sample_id"],
+                        "status": OK if text else DROPPED,
+                        "reason": None if text else "empty_caption",
+                        "simple_prompt": text or None,
+                        "model_id": loaded.model_id,
+                    }
+                )
+        out.write(
+            rows,
+            provenance={"stage": "captions", "model_id": loaded.model_id, "settings": settings.provenance()},
+        )
         run.add(rows)
         if progress:
             progress(len(rows))

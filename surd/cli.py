@@ -37,8 +37,13 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
 def _progress(label: str) -> Any:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    return Progress(SpinnerColumn(), TextColumn(f"{label}: " + "{task.completed} items"),
-                    TimeElapsedColumn(), console=console, transient=True)
+    return Progress(
+        SpinnerColumn(),
+        TextColumn(f"{label}: " + "{task.completed} items"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
 
 
 def _run_stage(label: str, fn: Any, *args: Any) -> Any:
@@ -71,15 +76,19 @@ def status(config: Path | None = CONFIG, as_json: bool = typer.Option(False, "--
         dropped = ", ".join(f"{r}={n}" for r, n in sorted(v["dropped"].items())) or "-"
         table.add_row(name, str(v["in"]), str(v["out"]), dropped, str(v["pending"]))
     console.print(table)
-    console.print(f"failed crawl pages: {st['crawl_pages_failed']}; latest release: "
-                  f"{st['stages']['release']['latest']}; adapter runs: {len(st['stages']['adapter_runs'])}")
+    console.print(
+        f"failed crawl pages: {st['crawl_pages_failed']}; latest release: "
+        f"{st['stages']['release']['latest']}; adapter runs: {len(st['stages']['adapter_runs'])}"
+    )
 
 
 @app.command()
-def crawl(source: str = typer.Argument(..., help="civitai | lexica | sdonline"),
-          limit: int | None = typer.Option(None, help="max raw items this crawl"),
-          base_url: str | None = typer.Option(None, help="a mirror, proxy or replay server"),
-          config: Path | None = CONFIG) -> None:
+def crawl(
+    source: str = typer.Argument(..., help="civitai | lexica | sdonline"),
+    limit: int | None = typer.Option(None, help="max raw items this crawl"),
+    base_url: str | None = typer.Option(None, help="a mirror, proxy or replay server"),
+    config: Path | None = CONFIG,
+) -> None:
     """Crawl one source into the raw items table (resumable)."""
     from surd import pipeline
     from surd.crawl import SOURCES
@@ -139,9 +148,12 @@ def review_serve(config: Path | None = CONFIG, host: str | None = None, port: in
 
 
 @review_app.command("add-steward")
-def add_steward(name: str, role: str = typer.Option("steward", help="steward | admin"),
-                password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True),
-                config: Path | None = CONFIG) -> None:
+def add_steward(
+    name: str,
+    role: str = typer.Option("steward", help="steward | admin"),
+    password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True),
+    config: Path | None = CONFIG,
+) -> None:
     """Create or reset a steward account."""
     from surd.review import auth, queue
 
@@ -165,7 +177,9 @@ def release_list(config: Path | None = CONFIG) -> None:
 
     for path in releases(open_data(_settings(config))):
         m = manifest(path)
-        console.print(f"{m['release']}  rows={m['rows']}  shards={len(m['shards'])}  parent={m['parent']}  {path}")
+        console.print(
+            f"{m['release']}  rows={m['rows']}  shards={len(m['shards'])}  parent={m['parent']}  {path}"
+        )
 
 
 @release_app.command("verify")
@@ -186,9 +200,11 @@ def release_verify(version: str, config: Path | None = CONFIG) -> None:
 
 
 @app.command()
-def embed(release: str = typer.Option("latest", help="vNNNN or latest"),
-          llm: str | None = typer.Option(None, help="tiny | llama-7b | llama-13b | llama-33b | a hub id"),
-          config: Path | None = CONFIG) -> None:
+def embed(
+    release: str = typer.Option("latest", help="vNNNN or latest"),
+    llm: str | None = typer.Option(None, help="tiny | llama-7b | llama-13b | llama-33b | a hub id"),
+    config: Path | None = CONFIG,
+) -> None:
     """Per-layer mean-pooled LLM states of every simple prompt of a release."""
     from surd import pipeline
     from surd.release import releases
@@ -213,9 +229,11 @@ def sql(query: str, config: Path | None = CONFIG) -> None:
 
 
 @app.command()
-def rebuild(config: Path | None = CONFIG,
-            engine: str = typer.Option("prefect", help="prefect (the flow) | local (in-process)"),
-            train: bool = typer.Option(True, help="also embed, train and evaluate")) -> None:
+def rebuild(
+    config: Path | None = CONFIG,
+    engine: str = typer.Option("prefect", help="prefect (the flow) | local (in-process)"),
+    train: bool = typer.Option(True, help="also embed, train and evaluate"),
+) -> None:
     """Run the whole path on the current settings."""
     s = _settings(config)
     if engine == "local":
@@ -245,10 +263,15 @@ def replay_serve(port: int = 8900) -> None:
 
 
 @app.command()
-def demo(data_root: Path = typer.Option(Path("data/demo"), help="where the demo writes"),
-         engine: str = typer.Option("prefect", help="prefect | local"),
-         replay_port: int = typer.Option(8917, help="loopback port of the replay site; keep it "
-                                         "the same when resuming, since stored image URLs name it")) -> None:
+def demo(
+    data_root: Path = typer.Option(Path("data/demo"), help="where the demo writes"),
+    engine: str = typer.Option("prefect", help="prefect | local"),
+    replay_port: int = typer.Option(
+        8917,
+        help="loopback port of the replay site; keep it "
+        "the same when resuming, since stored image URLs name it",
+    ),
+) -> None:
     """The whole path offline: replay site → … → trained tiny adapter and its evaluation."""
     import os
 
@@ -259,8 +282,10 @@ def demo(data_root: Path = typer.Option(Path("data/demo"), help="where the demo 
     try:
         site = ReplaySite().start(port=replay_port)
     except OSError as exc:
-        console.print(f"[red]cannot serve the replay site on 127.0.0.1:{replay_port}: {exc}; "
-                      "pick another with --replay-port[/red]")
+        console.print(
+            f"[red]cannot serve the replay site on 127.0.0.1:{replay_port}: {exc}; "
+            "pick another with --replay-port[/red]"
+        )
         raise typer.Exit(2) from None
     try:
         cfg = demo_config(data_root, site)
@@ -287,7 +312,10 @@ def _print_outputs(s: Settings, out: dict[str, Any]) -> None:
     st = compute(s, open_data(s))
     for k, v in st["stages"].items():
         if isinstance(v, dict) and "in" in v:
-            console.print(f"  {k:12s} in={v['in']:<4} out={v['out']:<4} pending={v['pending']:<3} dropped={v['dropped']}")
+            console.print(
+                f"  {k:12s} in={v['in']:<4} out={v['out']:<4} pending={v['pending']:<3} "
+                f"dropped={v['dropped']}"
+            )
     root = Path(s.data_root)
     console.print(f"tables:      {root / 'tables'}  (surd sql 'select * from images limit 5')")
     console.print(f"release:     {out.get('release')}  (dataset card: README.md inside)")
@@ -297,9 +325,11 @@ def _print_outputs(s: Settings, out: dict[str, Any]) -> None:
         console.print(f"adapter run: {out['train']['run_dir']}")
         console.print(f"evaluation:  {out['evaluate']['report']}")
     console.print(f"review queue: {s.review_database_url}")
-    console.print("review UI:   SURD_DATA_ROOT=" + str(root) + " surd review add-steward alice "
-                  "&& SURD_DATA_ROOT=" + str(root) + " surd review serve  → http://127.0.0.1:"
-                  f"{s.review.port}/")
+    console.print(
+        "review UI:   SURD_DATA_ROOT=" + str(root) + " surd review add-steward alice "
+        "&& SURD_DATA_ROOT=" + str(root) + " surd review serve  → http://127.0.0.1:"
+        f"{s.review.port}/"
+    )
     console.print(f"status:      SURD_DATA_ROOT={root} surd status")
 
 

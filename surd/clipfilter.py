@@ -31,8 +31,14 @@ def is_truncated(tokenizer: Any, text: str) -> bool:
     return len(tokenizer.encode(text)) + 2 > context
 
 
-def score(model: Any, preprocess: Any, tokenizer: Any, images: list[Image.Image],
-          simple: list[str], complex_: list[str]) -> list[dict[str, float]]:
+def score(
+    model: Any,
+    preprocess: Any,
+    tokenizer: Any,
+    images: list[Image.Image],
+    simple: list[str],
+    complex_: list[str],
+) -> list[dict[str, float]]:
     import torch
 
     device = next(model.parameters()).device
@@ -42,12 +48,20 @@ def score(model: Any, preprocess: Any, tokenizer: Any, images: list[Image.Image]
         n = len(images)
         sims = torch.stack([(img * txt[:n]).sum(-1), (img * txt[n:]).sum(-1)], dim=-1)
         probs = (model.logit_scale.exp() * sims).softmax(dim=-1)
-    return [{"sim_simple": float(s[0]), "sim_complex": float(s[1]),
-             "p_simple": float(p[0]), "p_complex": float(p[1])}
-            for s, p in zip(sims.float().cpu(), probs.float().cpu(), strict=True)]
+    return [
+        {
+            "sim_simple": float(s[0]),
+            "sim_complex": float(s[1]),
+            "p_simple": float(p[0]),
+            "p_complex": float(p[1]),
+        }
+        for s, p in zip(sims.float().cpu(), probs.float().cpu(), strict=True)
+    ]
 
 
-def run_clip_filter(settings: Settings, data: DataDir, progress: Callable[[int], None] | None = None) -> StageRun:
+def run_clip_filter(
+    settings: Settings, data: DataDir, progress: Callable[[int], None] | None = None
+) -> StageRun:
     from surd.models import profiles
     from surd.models.tiny import device_for
 
@@ -68,14 +82,31 @@ def run_clip_filter(settings: Settings, data: DataDir, progress: Callable[[int],
             pics = [Image.open(io.BytesIO(imgs[r["sample_id"]]["image"])).convert("RGB") for r in sub]
             simple = [r["simple_prompt"] for r in sub]
             complex_ = [raw[r["sample_id"]]["complex_prompt"] for r in sub]
-            for r, c, s in zip(sub, complex_, score(model, loaded.processor, loaded.extra, pics, simple, complex_), strict=True):
+            for r, c, s in zip(
+                sub,
+                complex_,
+                score(model, loaded.processor, loaded.extra, pics, simple, complex_),
+                strict=True,
+            ):
                 kept = keep(s["p_simple"], s["p_complex"])
-                rows.append({"sample_id": r["sample_id"], "status": OK if kept else DROPPED,
-                             "reason": None if kept else "clip_prefers_complex", **s,
-                             "complex_truncated": is_truncated(loaded.extra, c),
-                             "model_id": loaded.model_id})
-        out.write(rows, provenance={"stage": "clip_scores", "model_id": loaded.model_id,
-                                    "settings": settings.provenance()})
+                rows.append(
+                    {
+                        "sample_id": r["sample_id"],
+                        "status": OK if kept else DROPPED,
+                        "reason": None if kept else "clip_prefers_complex",
+                        **s,
+                        "complex_truncated": is_truncated(loaded.extra, c),
+                        "model_id": loaded.model_id,
+                    }
+                )
+        out.write(
+            rows,
+            provenance={
+                "stage": "clip_scores",
+                "model_id": loaded.model_id,
+                "settings": settings.provenance(),
+            },
+        )
         run.add(rows)
         if progress:
             progress(len(rows))

@@ -101,8 +101,13 @@ def crawl_source(
     if state.get("done") and not full:
         return CrawlStats(source, state["crawl_id"])
     if full or not state:
-        state = {"crawl_id": uuid.uuid4().hex[:12], "position": _start_position(source),
-                 "seen_positions": [], "items": 0, "done": False}
+        state = {
+            "crawl_id": uuid.uuid4().hex[:12],
+            "position": _start_position(source),
+            "seen_positions": [],
+            "items": 0,
+            "done": False,
+        }
         data.save_state(state_name, state)
     stats = CrawlStats(source, state["crawl_id"])
     raw = data.table("raw_items")
@@ -133,21 +138,45 @@ def crawl_source(
             rows.append(row)
         if limit is not None:
             rows = rows[: max(0, limit - state["items"])]
-        raw.write(rows, provenance={"crawl_id": state["crawl_id"], "source": source,
-                                    "page": page.url, "settings": settings.provenance()})
+        raw.write(
+            rows,
+            provenance={
+                "crawl_id": state["crawl_id"],
+                "source": source,
+                "page": page.url,
+                "settings": settings.provenance(),
+            },
+        )
         for i, (url, reason) in enumerate(page.failed_items):
-            pages.write([_page_row(f"{page_id}:item{i}", state, source, position, url, "failed",
-                                   reason, 0, None, now)])
+            pages.write(
+                [
+                    _page_row(
+                        f"{page_id}:item{i}", state, source, position, url, "failed", reason, 0, None, now
+                    )
+                ]
+            )
         repeated = page.next_position is not None and page.next_position in state["seen_positions"]
-        pages.write([_page_row(page_id, state, source, position, page.url, OK,
-                               "repeated_cursor" if repeated else None, len(rows),
-                               page.next_position, now)])
+        pages.write(
+            [
+                _page_row(
+                    page_id,
+                    state,
+                    source,
+                    position,
+                    page.url,
+                    OK,
+                    "repeated_cursor" if repeated else None,
+                    len(rows),
+                    page.next_position,
+                    now,
+                )
+            ]
+        )
         stats.pages_ok += 1
         stats.items_written += len(rows)
         state["items"] += len(rows)
         state["seen_positions"] = [*state["seen_positions"], position]
-        finished = (page.next_position is None or repeated
-                    or (limit is not None and state["items"] >= limit))
+        finished = page.next_position is None or repeated or (limit is not None and state["items"] >= limit)
         state["position"] = page.next_position or position
         state["done"] = finished
         data.save_state(state_name, state)
@@ -166,9 +195,27 @@ def _image_keys(rows: Any) -> dict[str, str]:
     return out
 
 
-def _page_row(page_id: str, state: dict[str, Any], source: str, position: str, url: str | None,
-              status: str, reason: str | None, items: int, nxt: str | None,
-              now: datetime) -> dict[str, Any]:
-    return {"page_id": page_id, "crawl_id": state["crawl_id"], "source": source,
-            "position": position, "url": url, "status": status, "reason": reason,
-            "items": items, "next_position": nxt, "fetched_at": now}
+def _page_row(
+    page_id: str,
+    state: dict[str, Any],
+    source: str,
+    position: str,
+    url: str | None,
+    status: str,
+    reason: str | None,
+    items: int,
+    nxt: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    return {
+        "page_id": page_id,
+        "crawl_id": state["crawl_id"],
+        "source": source,
+        "position": position,
+        "url": url,
+        "status": status,
+        "reason": reason,
+        "items": items,
+        "next_position": nxt,
+        "fetched_at": now,
+    }

@@ -104,10 +104,20 @@ class EmbeddingStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         n_layers, hidden = vectors.shape[1], vectors.shape[2]
         if not (self.dir / "meta.json").exists():
-            atomic_write_bytes(self.dir / "meta.json", json.dumps({
-                "model_id": self.model_id, "layers": n_layers, "hidden_size": hidden,
-                "dtype": "float16", "pooling": "masked mean of decoder block outputs, before final norm",
-                "layer_numbering": "1..L = output of decoder block k"}, indent=1).encode())
+            atomic_write_bytes(
+                self.dir / "meta.json",
+                json.dumps(
+                    {
+                        "model_id": self.model_id,
+                        "layers": n_layers,
+                        "hidden_size": hidden,
+                        "dtype": "float16",
+                        "pooling": "masked mean of decoder block outputs, before final norm",
+                        "layer_numbering": "1..L = output of decoder block k",
+                    },
+                    indent=1,
+                ).encode(),
+            )
         tmp = self.dir / f".tmp-{uuid.uuid4().hex}"
         tmp.mkdir()
         schema = embedding_schema(hidden)
@@ -125,8 +135,13 @@ class EmbeddingStore:
         return final
 
 
-def run_embed(settings: Settings, data: DataDir, release: Path, llm: str | None = None,
-              progress: Callable[[int], None] | None = None) -> tuple[int, str]:
+def run_embed(
+    settings: Settings,
+    data: DataDir,
+    release: Path,
+    llm: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[int, str]:
     """Embed every simple prompt of `release` not yet embedded for this LLM. Returns (n, model id)."""
     from surd.models import profiles
     from surd.models.tiny import device_for
@@ -152,8 +167,10 @@ def run_embed(settings: Settings, data: DataDir, release: Path, llm: str | None 
             tok = loaded.processor
             if tok.pad_token is None:
                 tok.pad_token = tok.eos_token
-        vectors = [pooled_layers(loaded.model, loaded.processor, [t[1] for t in b])
-                   for b in batched(part, max(1, settings.embed.batch_tokens // 64))]
+        vectors = [
+            pooled_layers(loaded.model, loaded.processor, [t[1] for t in b])
+            for b in batched(part, max(1, settings.embed.batch_tokens // 64))
+        ]
         store.write_part([t[0] for t in part], [t[2] for t in part], np.concatenate(vectors))
         done += len(part)
         if progress:

@@ -24,8 +24,13 @@ from surd.settings import CrawlSettings
 
 Expect = Literal["json", "html", "bytes"]
 RETRYABLE = {429, 500, 502, 503, 504, 520, 521, 522, 523, 524}
-BLOCK_MARKERS = (b"window._cf_translation", b"cf-browser-verification", b"challenge-platform",
-                 b"Just a moment...", b"Attention Required! | Cloudflare")
+BLOCK_MARKERS = (
+    b"window._cf_translation",
+    b"cf-browser-verification",
+    b"challenge-platform",
+    b"Just a moment...",
+    b"Attention Required! | Cloudflare",
+)
 
 
 class FetchError(Exception):

@@ -28,7 +28,9 @@ def opt_out(headers: httpx.Headers) -> str | None:
     return None
 
 
-def fetch_one(url: str, settings: Settings, client: PoliteClient) -> tuple[Normalised | None, str | None, int | None]:
+def fetch_one(
+    url: str, settings: Settings, client: PoliteClient
+) -> tuple[Normalised | None, str | None, int | None]:
     try:
         resp = client.get(url, expect="bytes", check_headers=opt_out)
     except FetchError as exc:
@@ -66,16 +68,29 @@ def run_images(
     return run
 
 
-def _row(raw: dict[str, Any], result: tuple[Normalised | None, str | None, int | None],
-         by_sha: dict[str, str], near: NearDuplicateIndex) -> dict[str, Any]:
+def _row(
+    raw: dict[str, Any],
+    result: tuple[Normalised | None, str | None, int | None],
+    by_sha: dict[str, str],
+    near: NearDuplicateIndex,
+) -> dict[str, Any]:
     img, reason, code = result
-    row: dict[str, Any] = {"sample_id": raw["sample_id"], "image_url": raw["image_url"],
-                           "http_status": code, "fetched_at": datetime.now(UTC)}
+    row: dict[str, Any] = {
+        "sample_id": raw["sample_id"],
+        "image_url": raw["image_url"],
+        "http_status": code,
+        "fetched_at": datetime.now(UTC),
+    }
     if img is None:
         return {**row, "status": DROPPED, "reason": reason}
     first = by_sha.get(img.sha256) or near.find(img.phash)
-    row.update(orig_width=img.orig_width, orig_height=img.orig_height,
-               orig_format=img.orig_format, sha256=img.sha256, phash=img.phash)
+    row.update(
+        orig_width=img.orig_width,
+        orig_height=img.orig_height,
+        orig_format=img.orig_format,
+        sha256=img.sha256,
+        phash=img.phash,
+    )
     if first:
         return {**row, "status": DROPPED, "reason": f"duplicate_of:{first}", "duplicate_of": first}
     by_sha[img.sha256] = raw["sample_id"]

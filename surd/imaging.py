@@ -64,8 +64,8 @@ def decode(data: bytes, cfg: ImageSettings) -> tuple[Image.Image, str]:
     except (OSError, SyntaxError, ValueError) as exc:
         reason = "truncated" if "truncated" in str(exc) else "corrupt_image"
         raise ImageRejected(reason) from None
-    img = ImageOps.exif_transpose(img) or img
-    return _to_rgb(img), fmt
+    upright: Image.Image = ImageOps.exif_transpose(img) or img
+    return _to_rgb(upright), fmt
 
 
 def square(img: Image.Image, size: int, mode: str) -> Image.Image:

@@ -35,9 +35,14 @@ def crawl(settings: Settings, source: str, progress: Progress = None) -> dict[st
     data = open_data(settings)
     with PoliteClient(settings.crawl) as client:
         stats = crawl_source(source, settings, data, client, progress=progress)
-    return {"source": source, "crawl_id": stats.crawl_id, "pages_ok": stats.pages_ok,
-            "pages_failed": stats.pages_failed, "items_written": stats.items_written,
-            "failures": stats.failures}
+    return {
+        "source": source,
+        "crawl_id": stats.crawl_id,
+        "pages_ok": stats.pages_ok,
+        "pages_failed": stats.pages_failed,
+        "items_written": stats.items_written,
+        "failures": stats.failures,
+    }
 
 
 def images(settings: Settings, progress: Progress = None) -> dict[str, Any]:
@@ -65,8 +70,11 @@ def review(settings: Settings) -> dict[str, Any]:
     from surd.review.stage import apply_auto_policy, enqueue_kept
 
     data = open_data(settings)
-    return {"enqueued": enqueue_kept(settings, data), "auto_decided": apply_auto_policy(settings),
-            "policy": settings.review.auto_policy}
+    return {
+        "enqueued": enqueue_kept(settings, data),
+        "auto_decided": apply_auto_policy(settings),
+        "policy": settings.review.auto_policy,
+    }
 
 
 def release(settings: Settings) -> str | None:
@@ -83,7 +91,9 @@ def release(settings: Settings) -> str | None:
     return str(existing[-1]) if existing else None
 
 
-def embed(settings: Settings, release_path: str, llm: str | None = None, progress: Progress = None) -> dict[str, Any]:
+def embed(
+    settings: Settings, release_path: str, llm: str | None = None, progress: Progress = None
+) -> dict[str, Any]:
     from surd.embed import run_embed
 
     n, model_id = run_embed(settings, open_data(settings), Path(release_path), llm, progress)
@@ -102,7 +112,9 @@ def evaluate(settings: Settings, run_dir: str) -> dict[str, Any]:
     return run_evaluate(settings, open_data(settings), Path(run_dir))
 
 
-def rebuild(settings: Settings, train_adapter: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+def rebuild(
+    settings: Settings, train_adapter: bool = True, log: Callable[[str], None] = print
+) -> dict[str, Any]:
     """The whole path in-process, without an orchestrator (the flow runs the same calls)."""
     out: dict[str, Any] = {}
     for source in settings.sources.enabled:

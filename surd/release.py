@@ -63,18 +63,28 @@ def accepted_rows(settings: Settings, data: DataDir) -> list[dict[str, Any]]:
     imgs = lookup(data.table("images"), ids, ["image", "sha256"])
     caps = lookup(data.table("captions"), ids, ["simple_prompt"])
     clip = lookup(data.table("clip_scores"), ids, ["p_simple", "p_complex"])
-    raw = lookup(data.table("raw_items"), ids, ["complex_prompt", "negative_prompt", "source",
-                                                "source_item_id", "source_url"])
+    raw = lookup(
+        data.table("raw_items"),
+        ids,
+        ["complex_prompt", "negative_prompt", "source", "source_item_id", "source_url"],
+    )
     rows = []
     for sid in sorted(ids):
         d, r = standing[sid], raw[sid]
-        rows.append({
-            "sample_id": sid, "image": imgs[sid]["image"], "sha256": imgs[sid]["sha256"],
-            "simple_prompt": d["simple_prompt"] or caps[sid]["simple_prompt"],
-            "caption": caps[sid]["simple_prompt"], **clip[sid], **r,
-            "decision_id": d["id"], "decided_by_kind": d["actor_kind"],
-            "licence_note": LICENCE_NOTES.get(r["source"], ""),
-        })
+        rows.append(
+            {
+                "sample_id": sid,
+                "image": imgs[sid]["image"],
+                "sha256": imgs[sid]["sha256"],
+                "simple_prompt": d["simple_prompt"] or caps[sid]["simple_prompt"],
+                "caption": caps[sid]["simple_prompt"],
+                **clip[sid],
+                **r,
+                "decision_id": d["id"],
+                "decided_by_kind": d["actor_kind"],
+                "licence_note": LICENCE_NOTES.get(r["source"], ""),
+            }
+        )
     return rows
 
 
@@ -83,7 +93,9 @@ def create_release(settings: Settings, data: DataDir, counts: dict[str, Any] | N
     rows = accepted_rows(settings, data)
     existing = releases(data)
     parent = manifest(existing[-1]) if existing else None
-    fingerprint = {r["sample_id"]: hashlib.sha1((r["simple_prompt"] or "").encode()).hexdigest() for r in rows}
+    fingerprint = {
+        r["sample_id"]: hashlib.sha1((r["simple_prompt"] or "").encode()).hexdigest() for r in rows
+    }
     if parent is not None and parent["fingerprint"] == fingerprint:
         return None
     if not rows:
@@ -98,18 +110,28 @@ def create_release(settings: Settings, data: DataDir, counts: dict[str, Any] | N
     step = settings.release.shard_rows
     for i in range(0, len(rows), step):
         path = tmp / f"shard-{i // step:05d}.parquet"
-        write_parquet_atomic(pa.Table.from_pylist(rows[i : i + step], RELEASE), path,
-                             row_group_size=settings.release.row_group_rows)
+        write_parquet_atomic(
+            pa.Table.from_pylist(rows[i : i + step], RELEASE),
+            path,
+            row_group_size=settings.release.row_group_rows,
+        )
         shards.append({"file": path.name, "rows": len(rows[i : i + step]), "sha256": _sha256(path)})
         fault_point("release", len(shards))
     before = set(parent["fingerprint"]) if parent else set()
     man = {
-        "release": version, "created_at": datetime.now(UTC).isoformat(),
-        "schema_version": SCHEMA_VERSION, "code_version": __version__,
-        "rows": len(rows), "shards": shards, "parent": parent["release"] if parent else None,
-        "added": sorted(set(fingerprint) - before), "removed": sorted(before - set(fingerprint)),
-        "fingerprint": fingerprint, "counts": counts or {},
-        "model_ids": _model_ids(data), "settings": settings.provenance(),
+        "release": version,
+        "created_at": datetime.now(UTC).isoformat(),
+        "schema_version": SCHEMA_VERSION,
+        "code_version": __version__,
+        "rows": len(rows),
+        "shards": shards,
+        "parent": parent["release"] if parent else None,
+        "added": sorted(set(fingerprint) - before),
+        "removed": sorted(before - set(fingerprint)),
+        "fingerprint": fingerprint,
+        "counts": counts or {},
+        "model_ids": _model_ids(data),
+        "settings": settings.provenance(),
     }
     (tmp / "manifest.json").write_text(json.dumps(man, indent=1, sort_keys=True))
     (tmp / "README.md").write_text(dataset_card(man, rows))
@@ -135,20 +157,35 @@ def dataset_card(man: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         by_source[r["source"]] = by_source.get(r["source"], 0) + 1
     counts = man.get("counts", {})
     lines = [
-        f"# SURD release {man['release']}", "",
+        f"# SURD release {man['release']}",
+        "",
         f"{man['rows']} samples in {len(man['shards'])} shard(s); parent: {man['parent'] or 'none'}; "
-        f"added {len(man['added'])}, removed {len(man['removed'])}.", "",
-        "## Counts in the paper's terms", "",
+        f"added {len(man['added'])}, removed {len(man['removed'])}.",
+        "",
+        "## Counts in the paper's terms",
+        "",
         "| collected (raw items with a prompt) | images kept | captioned | CLIP-kept | accepted |",
         "|---|---|---|---|---|",
-        "| " + " | ".join(str(counts.get(k, "?")) for k in
-                         ("raw_items", "images", "captions", "clip_scores", "accepted")) + " |", "",
-        "## Per source", "", *[f"- {s}: {n}" for s, n in sorted(by_source.items())], "",
-        "## Prompt lengths", "",
+        "| "
+        + " | ".join(
+            str(counts.get(k, "?")) for k in ("raw_items", "images", "captions", "clip_scores", "accepted")
+        )
+        + " |",
+        "",
+        "## Per source",
+        "",
+        *[f"- {s}: {n}" for s, n in sorted(by_source.items())],
+        "",
+        "## Prompt lengths",
+        "",
         f"- complex prompts: {lengths('complex_prompt')}",
-        f"- simple prompts: {lengths('simple_prompt')}", "",
-        "## Licences", "", *[f"- {LICENCE_NOTES[s]}" for s in sorted(by_source) if s in LICENCE_NOTES],
-        "", f"Made by SURD builder {man['code_version']} with models {json.dumps(man['model_ids'])}.",
+        f"- simple prompts: {lengths('simple_prompt')}",
+        "",
+        "## Licences",
+        "",
+        *[f"- {LICENCE_NOTES[s]}" for s in sorted(by_source) if s in LICENCE_NOTES],
+        "",
+        f"Made by SURD builder {man['code_version']} with models {json.dumps(man['model_ids'])}.",
     ]
     return "\n".join(lines) + "\n"
 

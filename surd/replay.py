@@ -30,20 +30,14 @@ from urllib.parse import parse_qs, quote, urlsplit
 import numpy as np
 from PIL import Image, ImageDraw
 
-FIXTURES_ENV = "SURD_FIXTURES_DIR"
 RECORDED_DETAIL_ID = "1"
 RECORDED_DETAIL_SLUG = "user-interface-game-for-interaction"
 
 
 def default_fixtures_dir() -> Path:
-    """`../shared/fixtures/sources` beside the checkout (where the project keeps them)."""
-    here = Path(__file__).resolve().parent.parent
-    for cand in (here / "shared" / "fixtures" / "sources", here.parent / "shared" / "fixtures" / "sources"):
-        if cand.exists():
-            return cand
-    raise FileNotFoundError(
-        "recorded source fixtures not found: expected shared/fixtures/sources beside the project"
-    )
+    """The recorded responses shipped with the package (a copy of shared/fixtures/sources,
+    each folder with its provenance README)."""
+    return Path(__file__).resolve().parent / "replay_data"
 
 
 def _seed(text: str) -> int:
@@ -183,7 +177,7 @@ class ReplaySite:
         site = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 import time
 
                 parts = urlsplit(self.path)

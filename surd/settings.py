@@ -43,9 +43,7 @@ class CivitaiSettings(_Section):
     base_url: str = "https://civitai.com"
     api_key: SecretStr | None = None
     nsfw: Literal["None", "Soft", "Mature", "X"] = "None"
-    sort: Literal[
-        "Most Reactions", "Most Comments", "Most Collected", "Newest", "Oldest"
-    ] = "Newest"
+    sort: Literal["Most Reactions", "Most Comments", "Most Collected", "Newest", "Oldest"] = "Newest"
     period: Literal["AllTime", "Year", "Month", "Week", "Day"] = "AllTime"
     page_size: int = Field(200, ge=1, le=200)
 

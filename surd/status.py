@@ -9,12 +9,12 @@ from storage.schemas import OK
 from surd.review import queue
 from surd.settings import Settings
 
-CHAIN = [("raw_items", None), ("images", "raw_items"), ("captions", "images"),
-         ("clip_scores", "captions")]
+CHAIN = [("raw_items", None), ("images", "raw_items"), ("captions", "images"), ("clip_scores", "captions")]
 
 
 def _summary(data: DataDir, name: str) -> tuple[int, int, dict[str, int], set[str]]:
-    ok, dropped, ids = 0, {}, set()
+    ok, ids = 0, set[str]()
+    dropped: dict[str, int] = {}
     total = 0
     for row in data.table(name).iter_rows(["sample_id", "status", "reason"]):
         total += 1
@@ -33,8 +33,12 @@ def status(settings: Settings, data: DataDir) -> dict[str, Any]:
     for name, upstream in CHAIN:
         total, ok, dropped, _ = _summary(data, name)
         came_in = total if upstream is None else kept[upstream]
-        stages[name] = {"in": came_in, "out": ok, "dropped": dropped,
-                        "pending": came_in - ok - sum(dropped.values())}
+        stages[name] = {
+            "in": came_in,
+            "out": ok,
+            "dropped": dropped,
+            "pending": came_in - ok - sum(dropped.values()),
+        }
         kept[name] = ok
     engine = queue.connect(settings.review_database_url)
     try:
@@ -48,26 +52,38 @@ def status(settings: Settings, data: DataDir) -> dict[str, Any]:
         if d["decision"] == "reject":
             key = f"rejected_by_{d['actor_kind']}:{d['reason']}"
             rejected[key] = rejected.get(key, 0) + 1
-    stages["review"] = {"in": kept["clip_scores"], "out": accepted, "dropped": rejected,
-                        "pending": kept["clip_scores"] - accepted - sum(rejected.values()),
-                        "queued": queued}
+    stages["review"] = {
+        "in": kept["clip_scores"],
+        "out": accepted,
+        "dropped": rejected,
+        "pending": kept["clip_scores"] - accepted - sum(rejected.values()),
+        "queued": queued,
+    }
     from surd.release import manifest, releases
 
     rels = releases(data)
     latest = manifest(rels[-1]) if rels else None
-    stages["release"] = {"in": accepted, "out": latest["rows"] if latest else 0, "dropped": {},
-                         "pending": accepted - (latest["rows"] if latest else 0),
-                         "latest": latest["release"] if latest else None}
+    stages["release"] = {
+        "in": accepted,
+        "out": latest["rows"] if latest else 0,
+        "dropped": {},
+        "pending": accepted - (latest["rows"] if latest else 0),
+        "latest": latest["release"] if latest else None,
+    }
     emb: dict[str, Any] = {}
     if data.embeddings_dir.exists():
         from surd.embed import EmbeddingStore
 
         released = set(latest["fingerprint"]) if latest else set()
-        for d in sorted(p for p in data.embeddings_dir.iterdir() if p.is_dir()):
-            store = EmbeddingStore(data, d.name)
-            have = {sid for sid, _ in store.keys()}
-            emb[d.name] = {"in": len(released), "out": len(released & have), "dropped": {},
-                           "pending": len(released - have)}
+        for emb_dir in sorted(p for p in data.embeddings_dir.iterdir() if p.is_dir()):
+            store = EmbeddingStore(data, emb_dir.name)
+            have = {sid for sid, _ in store.keys()}  # noqa: SIM118
+            emb[emb_dir.name] = {
+                "in": len(released),
+                "out": len(released & have),
+                "dropped": {},
+                "pending": len(released - have),
+            }
     stages["embeddings"] = emb
     runs = sorted(p.name for p in data.runs_dir.iterdir()) if data.runs_dir.exists() else []
     stages["adapter_runs"] = runs

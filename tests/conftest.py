@@ -13,9 +13,9 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="surd-prefect-"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
-import pytest  # noqa: E402
+import pytest
 
-from storage.torch_compat import install  # noqa: E402
+from storage.torch_compat import install
 
 install()
 

@@ -47,8 +47,15 @@ def tiny_release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     rel = root / "v0001"
     rel.mkdir()
     prompts = ["a red cat", "a blue car on a street", "two dogs on the beach", "a castle at night"]
-    rows = [{"sample_id": f"s{i}", "image": synth_image(f"k{i}", 64)[0], "simple_prompt": p,
-             "complex_prompt": p + ", masterpiece, highly detailed, 8k"} for i, p in enumerate(prompts)]
+    rows = [
+        {
+            "sample_id": f"s{i}",
+            "image": synth_image(f"k{i}", 64)[0],
+            "simple_prompt": p,
+            "complex_prompt": p + ", masterpiece, highly detailed, 8k",
+        }
+        for i, p in enumerate(prompts)
+    ]
     pq.write_table(pa.Table.from_pylist(rows, RELEASE), rel / "shard-00000.parquet")
     model, tok = tiny.llama(0)
     from surd.embed import pooled_layers

@@ -54,16 +54,37 @@ def _demo(root: Path, port: int, kill_at: str | None = None) -> subprocess.Compl
     env = {k: v for k, v in os.environ.items() if not k.startswith("SURD_")}
     if kill_at:
         env["SURD_FAULT_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, "-m", "surd.cli", "demo", "--engine", "local",
-                           "--data-root", str(root), "--replay-port", str(port)],
-                          env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "surd.cli",
+            "demo",
+            "--engine",
+            "local",
+            "--data-root",
+            str(root),
+            "--replay-port",
+            str(port),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _status(root: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SURD_")}
     env["SURD_DATA_ROOT"] = str(root)
-    out = subprocess.run([sys.executable, "-m", "surd.cli", "status", "--json"], env=env,
-                         capture_output=True, text=True, timeout=300, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "surd.cli", "status", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     st = json.loads(out.stdout)
     st.pop("data_root")
     return st
@@ -73,8 +94,18 @@ def _status(root: Path) -> dict:
 def test_sigkill_in_every_stage_then_resume(tmp_path: Path) -> None:
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     port = free_port()
-    for point in ["raw_items:2", "crawl_pages:3", "images:2", "captions:2", "clip_scores:2", "review:10",
-                  "release:1", "embeddings_tmp:1", "embeddings:2", "checkpoint:10"]:
+    for point in [
+        "raw_items:2",
+        "crawl_pages:3",
+        "images:2",
+        "captions:2",
+        "clip_scores:2",
+        "review:10",
+        "release:1",
+        "embeddings_tmp:1",
+        "embeddings:2",
+        "checkpoint:10",
+    ]:
         run = _demo(killed, port, point)
         assert run.returncode == -signal.SIGKILL, f"{point} was never reached:\n{run.stdout[-2000:]}"
     assert _demo(killed, port).returncode == 0
@@ -83,11 +114,15 @@ def test_sigkill_in_every_stage_then_resume(tmp_path: Path) -> None:
     assert st_killed == st_clean
     check_counts_add_up(st_clean["stages"])
     for table in (killed / "tables").iterdir():
-        ids = [i for p in sorted(table.glob("part-*.parquet"))
-               for i in pq.read_table(p).column(0).to_pylist()]
+        ids = [
+            i for p in sorted(table.glob("part-*.parquet")) for i in pq.read_table(p).column(0).to_pylist()
+        ]
         assert len(ids) == len(set(ids)), f"duplicate ids in {table.name}"
     man = [json.loads((r / "releases" / "v0001" / "manifest.json").read_text()) for r in (killed, clean)]
     assert man[0]["fingerprint"] == man[1]["fingerprint"]
     assert not (killed / "releases" / "v0002").exists()
-    weights = [sorted((r / "runs").glob("*/ckpt-000020/adapter.safetensors"))[0].read_bytes() for r in (killed, clean)]
+    weights = [
+        sorted((r / "runs").glob("*/ckpt-000020/adapter.safetensors"))[0].read_bytes()
+        for r in (killed, clean)
+    ]
     assert weights[0] == weights[1]

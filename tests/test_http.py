@@ -1,5 +1,6 @@
 """The polite client against a real loopback server with scripted answers."""
 
+import itertools
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,7 +22,7 @@ def server():
     script = Script()
 
     class H(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             script.seen.append((time.monotonic(), self.path, self.headers.get("User-Agent", "")))
             queue = script.answers.get(self.path.split("?")[0]) or [(404, {}, b"")]
             status, headers, body = queue.pop(0) if len(queue) > 1 else queue[0]
@@ -89,7 +90,7 @@ def test_rate_limit_holds_per_host(server) -> None:
         for t in threads:
             t.join()
     times = sorted(t for t, path, _ in script.seen if path == "/r")
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(times) == 8 and min(gaps) >= 0.09
 
 

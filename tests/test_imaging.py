@@ -23,11 +23,14 @@ def noise(w: int, h: int, mode: str = "RGB") -> Image.Image:
     return Image.fromarray(arr, "RGB").convert(mode)
 
 
-@pytest.mark.parametrize("data,reason", [
-    (b"", "empty_body"),
-    (b"<!DOCTYPE html><html>blocked</html>", "not_an_image"),
-    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 50, "not_an_image"),
-])
+@pytest.mark.parametrize(
+    "data,reason",
+    [
+        (b"", "empty_body"),
+        (b"<!DOCTYPE html><html>blocked</html>", "not_an_image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 50, "not_an_image"),
+    ],
+)
 def test_rejections(data: bytes, reason: str) -> None:
     with pytest.raises(ImageRejected) as err:
         normalise(data, CFG)
@@ -53,8 +56,15 @@ def test_too_small_and_too_large() -> None:
         normalise(b"x" * 100, ImageSettings(max_bytes=10))
 
 
-@pytest.mark.parametrize("img", [noise(200, 100, "CMYK"), noise(100, 200, "P"), noise(120, 120, "RGBA"),
-                                 Image.fromarray(np.full((80, 90), 40000, dtype=np.uint16))])
+@pytest.mark.parametrize(
+    "img",
+    [
+        noise(200, 100, "CMYK"),
+        noise(100, 200, "P"),
+        noise(120, 120, "RGBA"),
+        Image.fromarray(np.full((80, 90), 40000, dtype=np.uint16)),
+    ],
+)
 def test_modes_become_rgb_squares(img: Image.Image) -> None:
     fmt = "TIFF" if img.mode == "CMYK" else "PNG"
     out = normalise(encode(img, fmt), CFG)

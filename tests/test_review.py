@@ -10,8 +10,13 @@ from surd.review import auth, queue
 @pytest.fixture
 def engine(tmp_path: Path):
     e = queue.connect(f"sqlite:///{tmp_path / 'q.db'}")
-    queue.enqueue(e, [{"sample_id": f"s{i}", "simple_prompt": "a cat sitting down", "p_simple": 0.9,
-                       "p_complex": 0.1} for i in range(5)])
+    queue.enqueue(
+        e,
+        [
+            {"sample_id": f"s{i}", "simple_prompt": "a cat sitting down", "p_simple": 0.9, "p_complex": 0.1}
+            for i in range(5)
+        ],
+    )
     return e
 
 
@@ -35,9 +40,16 @@ def test_decisions_append_only_with_undo(engine) -> None:
     first = queue.decide(engine, "s1", "alice", "accept", simple_prompt="a cat")
     queue.decide(engine, "s2", "alice", "reject", reason="nsfw")
     with engine.begin() as conn:
-        conn.execute(queue.decisions.insert().values(sample_id="s1", actor="alice", actor_kind="human",
-                                                     decision="undo", previous_id=first,
-                                                     created_at=queue.datetime.now(queue.UTC)))
+        conn.execute(
+            queue.decisions.insert().values(
+                sample_id="s1",
+                actor="alice",
+                actor_kind="human",
+                decision="undo",
+                previous_id=first,
+                created_at=queue.datetime.now(queue.UTC),
+            )
+        )
     standing = queue.effective(engine)
     assert "s1" not in standing and standing["s2"]["reason"] == "nsfw"
     with pytest.raises(ValueError, match="needs a reason"):

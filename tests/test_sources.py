@@ -33,9 +33,14 @@ def test_civitai_wiki_example_keeps_weights_and_lora_verbatim() -> None:
 
 
 def test_civitai_edge_cases() -> None:
-    cases = {c["case"]: c for c in json.loads((CIV / "models_v1_images_edge_cases_2023-08-19.json").read_text())["cases"]}
+    cases = {
+        c["case"]: c
+        for c in json.loads((CIV / "models_v1_images_edge_cases_2023-08-19.json").read_text())["cases"]
+    }
+
     def row(case: str) -> dict:
         return civitai.parse_item(cases[case]["image"], "").to_row("c")
+
     assert row("meta_null")["reason"] == "no_prompt"
     assert row("meta_without_prompt")["reason"] == "no_prompt"
     assert row("empty_prompt")["reason"] == "no_prompt"
@@ -45,8 +50,13 @@ def test_civitai_edge_cases() -> None:
 
 
 def test_civitai_nested_meta_is_unwrapped() -> None:
-    obj = {"id": 5, "url": "https://image.civitai.com/k/u-1/width=450/5.jpeg", "width": 900, "height": 600,
-           "meta": {"id": 5, "meta": {"prompt": "a  castle ,  at night", "clipSkip": 2}}}
+    obj = {
+        "id": 5,
+        "url": "https://image.civitai.com/k/u-1/width=450/5.jpeg",
+        "width": 900,
+        "height": 600,
+        "meta": {"id": 5, "meta": {"prompt": "a  castle ,  at night", "clipSkip": 2}},
+    }
     item = civitai.parse_item(obj, "")
     assert item.to_row("c")["complex_prompt"] == "a castle, at night"
     assert item.meta["clip_skip"] == 2
@@ -60,7 +70,9 @@ def test_civitai_malformed_page(payload: object) -> None:
 
 
 def test_lexica_search_doc_example() -> None:
-    page = lexica.parse_search(json.loads((FIXTURES / "lexica" / "search_v1_docs_example.json").read_text()), "")
+    page = lexica.parse_search(
+        json.loads((FIXTURES / "lexica" / "search_v1_docs_example.json").read_text()), ""
+    )
     [item] = page.items
     assert item.to_row("c")["complex_prompt"] == "cute chubby blue fruits icons for mobile game ui"
     assert item.seed == "1413536227" and page.next_position is None
@@ -69,8 +81,10 @@ def test_lexica_search_doc_example() -> None:
 def test_sdonline_listing_and_detail() -> None:
     sd = FIXTURES / "stablediffusionweb"
     cards = sdonline.parse_listing((sd / "prompts_listing_cards_2024-10.html").read_text(), "u")
-    assert cards == [("/image/20704909-2048-chengdu-olympics-app-home-page", "20704909"),
-                     ("/image/21046819-user-interface-icons-for-poolrooms-interaction", "21046819")]
+    assert cards == [
+        ("/image/20704909-2048-chengdu-olympics-app-home-page", "20704909"),
+        ("/image/21046819-user-interface-icons-for-poolrooms-interaction", "21046819"),
+    ]
     item = sdonline.parse_detail((sd / "image_detail_prompt_panel_2024-10.html").read_text(), "u", "1")
     row = item.to_row("c")
     assert row["complex_prompt"] == "user interface, game, for interaction"

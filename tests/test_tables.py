@@ -9,8 +9,15 @@ from storage import schemas
 from storage.catalog import connect
 from storage.layout import DataDir, SchemaVersionError
 
-SAMPLE = {pa.string(): "x", pa.int32(): 7, pa.int64(): 9, pa.float32(): 0.5, pa.bool_(): True,
-          pa.binary(): b"\x00\x01", pa.timestamp("us", tz="UTC"): datetime(2026, 1, 2, tzinfo=UTC)}
+SAMPLE = {
+    pa.string(): "x",
+    pa.int32(): 7,
+    pa.int64(): 9,
+    pa.float32(): 0.5,
+    pa.bool_(): True,
+    pa.binary(): b"\x00\x01",
+    pa.timestamp("us", tz="UTC"): datetime(2026, 1, 2, tzinfo=UTC),
+}
 
 
 def _row(schema: pa.Schema, i: int) -> dict:
@@ -74,7 +81,8 @@ def test_foreign_directory_refused(tmp_path: Path) -> None:
 
 def test_duckdb_catalog_has_a_view_per_table(tmp_path: Path) -> None:
     data = DataDir(tmp_path).open()
-    data.table("captions").write([{"sample_id": "a", "status": "ok", "reason": None,
-                                   "simple_prompt": "a cat", "model_id": "m"}])
+    data.table("captions").write(
+        [{"sample_id": "a", "status": "ok", "reason": None, "simple_prompt": "a cat", "model_id": "m"}]
+    )
     con = connect(data)
     assert con.sql("select simple_prompt from captions").fetchall() == [("a cat",)]

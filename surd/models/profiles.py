@@ -64,9 +64,7 @@ def clip(settings: Settings) -> Loaded:
     import open_clip
 
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            CLIP_REAL[0], pretrained=CLIP_REAL[1]
-        )
+        model, _, preprocess = open_clip.create_model_and_transforms(CLIP_REAL[0], pretrained=CLIP_REAL[1])
     except RuntimeError as exc:
         raise _hub_error("/".join(CLIP_REAL), exc) from None
     return Loaded(model.eval(), preprocess, "/".join(CLIP_REAL), open_clip.get_tokenizer(CLIP_REAL[0]))

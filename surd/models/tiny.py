@@ -19,21 +19,201 @@ import torch
 
 import surd.models  # noqa: F401  (torch/torchvision compatibility first)
 
-WORDS = (
-    "a an the of in on at with and to from by for over under near top side front back two three "
-    "four five many some one man woman person people girl boy child dog cat bird horse car bus "
-    "street city road house room table chair bed window door wall tree trees flower flowers grass "
-    "field forest mountain mountains river lake sea beach sky cloud clouds sun moon night day light "
-    "dark red blue green yellow black white orange purple pink brown gray golden silver colorful "
-    "small large big tall long short old young happy beautiful cute fantasy portrait painting "
-    "picture photo drawing illustration art style detailed highly intricate digital concept "
-    "character anime cartoon realistic cinematic lighting sitting standing walking running holding "
-    "looking wearing dress hat hair eyes face hand hands castle dragon robot ship space planet star "
-    "stars fire water snow rain ice stone wood metal glass game ui icon icons logo design interface "
-    "masterpiece best quality ultra 8k render octane unreal engine trending artstation sharp focus "
-    "smooth soft warm cold background foreground scene view close up is are has its very "
-    "user interaction home page app olympics fruits mobile chubby"
-).split()
+WORDS = [
+    "a",
+    "an",
+    "the",
+    "of",
+    "in",
+    "on",
+    "at",
+    "with",
+    "and",
+    "to",
+    "from",
+    "by",
+    "for",
+    "over",
+    "under",
+    "near",
+    "top",
+    "side",
+    "front",
+    "back",
+    "two",
+    "three",
+    "four",
+    "five",
+    "many",
+    "some",
+    "one",
+    "man",
+    "woman",
+    "person",
+    "people",
+    "girl",
+    "boy",
+    "child",
+    "dog",
+    "cat",
+    "bird",
+    "horse",
+    "car",
+    "bus",
+    "street",
+    "city",
+    "road",
+    "house",
+    "room",
+    "table",
+    "chair",
+    "bed",
+    "window",
+    "door",
+    "wall",
+    "tree",
+    "trees",
+    "flower",
+    "flowers",
+    "grass",
+    "field",
+    "forest",
+    "mountain",
+    "mountains",
+    "river",
+    "lake",
+    "sea",
+    "beach",
+    "sky",
+    "cloud",
+    "clouds",
+    "sun",
+    "moon",
+    "night",
+    "day",
+    "light",
+    "dark",
+    "red",
+    "blue",
+    "green",
+    "yellow",
+    "black",
+    "white",
+    "orange",
+    "purple",
+    "pink",
+    "brown",
+    "gray",
+    "golden",
+    "silver",
+    "colorful",
+    "small",
+    "large",
+    "big",
+    "tall",
+    "long",
+    "short",
+    "old",
+    "young",
+    "happy",
+    "beautiful",
+    "cute",
+    "fantasy",
+    "portrait",
+    "painting",
+    "picture",
+    "photo",
+    "drawing",
+    "illustration",
+    "art",
+    "style",
+    "detailed",
+    "highly",
+    "intricate",
+    "digital",
+    "concept",
+    "character",
+    "anime",
+    "cartoon",
+    "realistic",
+    "cinematic",
+    "lighting",
+    "sitting",
+    "standing",
+    "walking",
+    "running",
+    "holding",
+    "looking",
+    "wearing",
+    "dress",
+    "hat",
+    "hair",
+    "eyes",
+    "face",
+    "hand",
+    "hands",
+    "castle",
+    "dragon",
+    "robot",
+    "ship",
+    "space",
+    "planet",
+    "star",
+    "stars",
+    "fire",
+    "water",
+    "snow",
+    "rain",
+    "ice",
+    "stone",
+    "wood",
+    "metal",
+    "glass",
+    "game",
+    "ui",
+    "icon",
+    "icons",
+    "logo",
+    "design",
+    "interface",
+    "masterpiece",
+    "best",
+    "quality",
+    "ultra",
+    "8k",
+    "render",
+    "octane",
+    "unreal",
+    "engine",
+    "trending",
+    "artstation",
+    "sharp",
+    "focus",
+    "smooth",
+    "soft",
+    "warm",
+    "cold",
+    "background",
+    "foreground",
+    "scene",
+    "view",
+    "close",
+    "up",
+    "is",
+    "are",
+    "has",
+    "its",
+    "very",
+    "user",
+    "interaction",
+    "home",
+    "page",
+    "app",
+    "olympics",
+    "fruits",
+    "mobile",
+    "chubby",
+]
 
 
 def device_for(name: str) -> torch.device:
@@ -66,14 +246,28 @@ def blip(seed: int = 0, image_size: int = 64) -> tuple[Any, Any]:
 
     tok = blip_tokenizer()
     cfg = BlipConfig(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2, image_size=image_size, patch_size=16,
-                           projection_dim=32),
-        text_config=dict(vocab_size=len(tok), hidden_size=32, encoder_hidden_size=32,
-                         intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         max_position_embeddings=64, bos_token_id=tok.bos_token_id,
-                         pad_token_id=tok.pad_token_id, sep_token_id=tok.sep_token_id,
-                         eos_token_id=tok.sep_token_id),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=image_size,
+            patch_size=16,
+            projection_dim=32,
+        ),
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=32,
+            encoder_hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=64,
+            bos_token_id=tok.bos_token_id,
+            pad_token_id=tok.pad_token_id,
+            sep_token_id=tok.sep_token_id,
+            eos_token_id=tok.sep_token_id,
+        ),
         projection_dim=32,
     )
     torch.manual_seed(seed)
@@ -112,13 +306,16 @@ def llama_tokenizer() -> Any:
 
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=400,
+        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     corpus = [" ".join(WORDS[i : i + 12]) for i in range(0, len(WORDS), 12)]
     bpe.train_from_iterator(corpus, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", pad_token="<pad>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
 
 
 def llama(seed: int = 0, layers: int = 4, hidden: int = 64) -> tuple[Any, Any]:
@@ -126,10 +323,18 @@ def llama(seed: int = 0, layers: int = 4, hidden: int = 64) -> tuple[Any, Any]:
     from transformers import LlamaConfig, LlamaModel
 
     tok = llama_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
-                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=256, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(seed)
     return LlamaModel(cfg).eval(), tok
 
@@ -139,12 +344,11 @@ def llama(seed: int = 0, layers: int = 4, hidden: int = 64) -> tuple[Any, Any]:
 def _clip_bpe_files() -> tuple[dict[str, int], list[str]]:
     """CLIP's real BPE vocab and merges, rebuilt from the file open_clip ships."""
     import open_clip
-
     from open_clip.tokenizer import bytes_to_unicode
 
     path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    merges = gzip.open(path).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
-    pairs = [m for m in merges]
+    with gzip.open(path) as fh:
+        pairs = fh.read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
     vocab = list(bytes_to_unicode().values())
     vocab = vocab + [v + "</w>" for v in vocab]
     vocab.extend("".join(m.split()) for m in pairs)
@@ -172,25 +376,50 @@ def stable_diffusion(seed: int, cache_dir: Path) -> dict[str, Any]:
 
     tok = clip_text_tokenizer(cache_dir)
     torch.manual_seed(seed)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                        num_hidden_layers=2, num_attention_heads=2,
-                                        max_position_embeddings=77, projection_dim=32,
-                                        bos_token_id=tok.bos_token_id,
-                                        eos_token_id=tok.eos_token_id,
-                                        pad_token_id=tok.pad_token_id)).eval()
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            projection_dim=32,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    ).eval()  # type: ignore[attr-defined]
     unet = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64),
-        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-        attention_head_dim=8, norm_num_groups=32,
-    ).eval()
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    ).eval()  # type: ignore[attr-defined]
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(32, 64),
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=32,
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        norm_num_groups=32,
         sample_size=32,
-    ).eval()
-    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                          num_train_timesteps=1000)
-    return {"unet": unet, "vae": vae, "text_encoder": text, "tokenizer": tok, "scheduler": sched,
-            "resolution": 32}
+    ).eval()  # type: ignore[attr-defined]
+    sched = DDPMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000
+    )
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text,
+        "tokenizer": tok,
+        "scheduler": sched,
+        "resolution": 32,
+    }

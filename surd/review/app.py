@@ -9,7 +9,6 @@ from __future__ import annotations
 import secrets
 import time
 from collections import defaultdict, deque
-from typing import Any
 
 from fastapi import FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -52,14 +51,19 @@ document.getElementById('edit').addEventListener('keydown', e => {
   if (e.key === 'Enter') { e.preventDefault(); document.getElementById('accept').click(); }
 });
 </script>""")
-EMPTY = _env.from_string("<!doctype html><title>SURD review</title><p>Nothing left to review, {{ user }}.</p>")
+EMPTY = _env.from_string(
+    "<!doctype html><title>SURD review</title><p>Nothing left to review, {{ user }}.</p>"
+)
 
 
 def create_app(settings: Settings) -> FastAPI:
     engine = queue.connect(settings.review_database_url)
     app = FastAPI(title="SURD review", docs_url=None, redoc_url=None)
-    secret = (settings.review.session_secret.get_secret_value() if settings.review.session_secret
-              else secrets.token_hex(32))
+    secret = (
+        settings.review.session_secret.get_secret_value()
+        if settings.review.session_secret
+        else secrets.token_hex(32)
+    )
     app.add_middleware(SessionMiddleware, secret_key=secret, https_only=False, same_site="strict")
     attempts: dict[str, deque[float]] = defaultdict(deque)
 
@@ -98,20 +102,37 @@ def create_app(settings: Settings) -> FastAPI:
         remaining = len(queue.queued_ids(engine)) - len(standing)
         if not got:
             return EMPTY.render(user=name)
-        return PAGE.render(item=got[0], user=name, csrf=request.session["csrf"], mine=mine,
-                           remaining=remaining, reasons=settings.review.reject_reasons)
+        return PAGE.render(
+            item=got[0],
+            user=name,
+            csrf=request.session["csrf"],
+            mine=mine,
+            remaining=remaining,
+            reasons=settings.review.reject_reasons,
+        )
 
     @app.post("/decide")
-    def decide(request: Request, csrf: str = Form(...), sample_id: str = Form(...),
-               decision: str = Form(...), reason: str = Form(""), simple_prompt: str = Form("")) -> Response:
+    def decide(
+        request: Request,
+        csrf: str = Form(...),
+        sample_id: str = Form(...),
+        decision: str = Form(...),
+        reason: str = Form(""),
+        simple_prompt: str = Form(""),
+    ) -> Response:
         name = user(request)
         if not secrets.compare_digest(csrf, str(request.session.get("csrf", ""))):
             raise HTTPException(status_code=403, detail="bad CSRF token")
         if decision == "reject" and reason not in settings.review.reject_reasons:
             raise HTTPException(status_code=422, detail="unknown reject reason")
-        queue.decide(engine, sample_id, name, decision,
-                     reason=reason if decision == "reject" else None,
-                     simple_prompt=simple_prompt.strip() or None if decision == "accept" else None)
+        queue.decide(
+            engine,
+            sample_id,
+            name,
+            decision,
+            reason=reason if decision == "reject" else None,
+            simple_prompt=simple_prompt.strip() or None if decision == "accept" else None,
+        )
         return RedirectResponse("/", status_code=303)
 
     @app.get("/image/{sample_id}")
@@ -123,9 +144,14 @@ def create_app(settings: Settings) -> FastAPI:
         rows = lookup(DataDir(settings.data_root).table("images"), {sample_id}, ["image"])
         if sample_id not in rows or rows[sample_id]["image"] is None:
             raise HTTPException(status_code=404)
-        ctype = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}[settings.images.encode_format]
-        return Response(rows[sample_id]["image"], media_type=ctype,
-                        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"})
+        ctype = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}[
+            settings.images.encode_format
+        ]
+        return Response(
+            rows[sample_id]["image"],
+            media_type=ctype,
+            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"},
+        )
 
     @app.post("/logout")
     def logout(request: Request) -> Response:
@@ -133,5 +159,3 @@ def create_app(settings: Settings) -> FastAPI:
         return RedirectResponse("/login", status_code=303)
 
     return app
-
-

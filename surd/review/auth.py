@@ -11,7 +11,8 @@ from argon2.exceptions import VerificationError
 from surd.review.queue import meta
 
 stewards = sa.Table(
-    "stewards", meta,
+    "stewards",
+    meta,
     sa.Column("name", sa.String(128), primary_key=True),
     sa.Column("password_hash", sa.String(256), nullable=False),
     sa.Column("role", sa.String(16), nullable=False),
@@ -29,8 +30,11 @@ def add_steward(engine: sa.Engine, name: str, password: str, role: str = "stewar
     meta.create_all(engine)
     with engine.begin() as conn:
         conn.execute(stewards.delete().where(stewards.c.name == name))
-        conn.execute(stewards.insert().values(name=name, password_hash=_hasher.hash(password),
-                                              role=role, created_at=datetime.now(UTC)))
+        conn.execute(
+            stewards.insert().values(
+                name=name, password_hash=_hasher.hash(password), role=role, created_at=datetime.now(UTC)
+            )
+        )
 
 
 def check(engine: sa.Engine, name: str, password: str) -> str | None:

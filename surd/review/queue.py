@@ -20,7 +20,8 @@ SCHEMA_VERSION = 1
 meta = sa.MetaData()
 
 items = sa.Table(
-    "items", meta,
+    "items",
+    meta,
     sa.Column("sample_id", sa.String(32), primary_key=True),
     sa.Column("payload", sa.Text, nullable=False),
     sa.Column("enqueued_at", sa.DateTime(timezone=True), nullable=False),
@@ -28,7 +29,8 @@ items = sa.Table(
     sa.Column("lease_expires", sa.DateTime(timezone=True)),
 )
 decisions = sa.Table(
-    "decisions", meta,
+    "decisions",
+    meta,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("sample_id", sa.String(32), sa.ForeignKey("items.sample_id"), nullable=False, index=True),
     sa.Column("actor", sa.String(128), nullable=False),
@@ -39,9 +41,7 @@ decisions = sa.Table(
     sa.Column("previous_id", sa.Integer),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
-schema_info = sa.Table(
-    "schema_info", meta, sa.Column("version", sa.Integer, nullable=False)
-)
+schema_info = sa.Table("schema_info", meta, sa.Column("version", sa.Integer, nullable=False))
 
 
 class QueueSchemaError(RuntimeError):
@@ -54,6 +54,7 @@ def connect(url: str) -> sa.Engine:
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url, future=True)
     if engine.dialect.name == "sqlite":
+
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _: Any) -> None:
             cur = dbapi_conn.cursor()
@@ -61,6 +62,7 @@ def connect(url: str) -> sa.Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+
     meta.create_all(engine)
     with engine.begin() as conn:
         found = conn.execute(sa.select(schema_info.c.version)).scalar()
@@ -86,8 +88,14 @@ def enqueue(engine: sa.Engine, rows: list[dict[str, Any]]) -> int:
     if not rows:
         return 0
     now = datetime.now(UTC)
-    values = [{"sample_id": r["sample_id"], "payload": json.dumps(r, default=str, sort_keys=True),
-               "enqueued_at": now} for r in rows]
+    values = [
+        {
+            "sample_id": r["sample_id"],
+            "payload": json.dumps(r, default=str, sort_keys=True),
+            "enqueued_at": now,
+        }
+        for r in rows
+    ]
     with engine.begin() as conn:
         result = conn.execute(_insert_ignore(engine, items), values)
     return int(result.rowcount or 0)
@@ -112,19 +120,36 @@ def effective(engine: sa.Engine) -> dict[str, dict[str, Any]]:
     return {sid: stack[-1] for sid, stack in standing.items() if stack}
 
 
-def decide(engine: sa.Engine, sample_id: str, actor: str, decision: str, *, actor_kind: str = "human",
-           reason: str | None = None, simple_prompt: str | None = None) -> int:
+def decide(
+    engine: sa.Engine,
+    sample_id: str,
+    actor: str,
+    decision: str,
+    *,
+    actor_kind: str = "human",
+    reason: str | None = None,
+    simple_prompt: str | None = None,
+) -> int:
     if decision not in ("accept", "reject"):
         raise ValueError("decision must be accept or reject")
     if decision == "reject" and not reason:
         raise ValueError("a rejection needs a reason")
     with engine.begin() as conn:
-        result = conn.execute(decisions.insert().values(
-            sample_id=sample_id, actor=actor, actor_kind=actor_kind, decision=decision,
-            reason=reason, simple_prompt=simple_prompt, created_at=datetime.now(UTC)))
-        conn.execute(items.update().where(items.c.sample_id == sample_id)
-                     .values(lease_owner=None, lease_expires=None))
-    return int(result.inserted_primary_key[0])
+        result = conn.execute(
+            decisions.insert().values(
+                sample_id=sample_id,
+                actor=actor,
+                actor_kind=actor_kind,
+                decision=decision,
+                reason=reason,
+                simple_prompt=simple_prompt,
+                created_at=datetime.now(UTC),
+            )
+        )
+        conn.execute(
+            items.update().where(items.c.sample_id == sample_id).values(lease_owner=None, lease_expires=None)
+        )
+    return int(result.inserted_primary_key[0])  # type: ignore[index]
 
 
 def claim(engine: sa.Engine, steward: str, n: int, lease_seconds: int) -> list[dict[str, Any]]:
@@ -135,8 +160,11 @@ def claim(engine: sa.Engine, steward: str, n: int, lease_seconds: int) -> list[d
     with engine.begin() as conn:
         free = conn.execute(
             sa.select(items.c.sample_id, items.c.payload)
-            .where(sa.or_(items.c.lease_owner.is_(None), items.c.lease_expires < now,
-                          items.c.lease_owner == steward))
+            .where(
+                sa.or_(
+                    items.c.lease_owner.is_(None), items.c.lease_expires < now, items.c.lease_owner == steward
+                )
+            )
             .order_by(items.c.enqueued_at, items.c.sample_id)
         ).all()
         for sid, payload in free:
@@ -145,8 +173,13 @@ def claim(engine: sa.Engine, steward: str, n: int, lease_seconds: int) -> list[d
             res = conn.execute(
                 items.update()
                 .where(items.c.sample_id == sid)
-                .where(sa.or_(items.c.lease_owner.is_(None), items.c.lease_expires < now,
-                              items.c.lease_owner == steward))
+                .where(
+                    sa.or_(
+                        items.c.lease_owner.is_(None),
+                        items.c.lease_expires < now,
+                        items.c.lease_owner == steward,
+                    )
+                )
                 .values(lease_owner=steward, lease_expires=now + timedelta(seconds=lease_seconds))
             )
             if res.rowcount == 1:

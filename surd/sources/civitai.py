@@ -69,9 +69,7 @@ def parse_item(obj: dict[str, Any], site: str) -> RawItem:
         source_item_id=str(obj["id"]),
         image_url=rendition_url(url, width, height) if url else None,
         complex_prompt=meta.get("prompt") if isinstance(meta.get("prompt"), str) else None,
-        negative_prompt=meta.get("negativePrompt")
-        if isinstance(meta.get("negativePrompt"), str)
-        else None,
+        negative_prompt=meta.get("negativePrompt") if isinstance(meta.get("negativePrompt"), str) else None,
         source_url=f"{site.rstrip('/')}/images/{obj['id']}",
         width=width,
         height=height,
@@ -79,8 +77,13 @@ def parse_item(obj: dict[str, Any], site: str) -> RawItem:
         seed=str(meta["seed"]) if meta.get("seed") is not None else None,
         nsfw_level=str(obj.get("nsfwLevel")) if obj.get("nsfwLevel") is not None else None,
         image_key=image_uuid(url) if url else None,
-        meta={"meta": meta, "clip_skip": clip_skip, "postId": obj.get("postId"),
-              "username": obj.get("username"), "baseModel": obj.get("baseModel")},
+        meta={
+            "meta": meta,
+            "clip_skip": clip_skip,
+            "postId": obj.get("postId"),
+            "username": obj.get("username"),
+            "baseModel": obj.get("baseModel"),
+        },
         drop_reason=None if kind == "image" else f"not_an_image_type:{kind}",
     )
 
