@@ -7,13 +7,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from surd.settings import Settings, SettingsError, load_settings
 
-app = typer.Typer(help="Build, review, release and use the SURD dataset.", no_args_is_help=True)
+app = typer.Typer(
+    help="Build, review, release and use the SURD dataset.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals may hold request headers with API keys
+)
 config_app = typer.Typer(help="Settings.", no_args_is_help=True)
 release_app = typer.Typer(help="Dataset releases.", no_args_is_help=True)
 review_app = typer.Typer(help="The review queue.", no_args_is_help=True)
@@ -334,11 +339,22 @@ def _print_outputs(s: Settings, out: dict[str, Any]) -> None:
 
 
 def main() -> None:
+    from surd.models.profiles import ModelUnavailable
+
     try:
-        app()
-    except SettingsError as exc:
+        code = app(standalone_mode=False)
+        if isinstance(code, int):
+            sys.exit(code)
+    except (SettingsError, ModelUnavailable) as exc:
         console.print(f"[red]{exc}[/red]")
         sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,10 @@ Progress = Callable[[int], None] | None
 
 
 def open_data(settings: Settings) -> DataDir:
+    if settings.device == "cuda":
+        from surd.models.tiny import device_for
+
+        device_for("cuda")  # no visible GPU: fail at start, naming the valid options
     data = DataDir(settings.data_root).open()
     if settings.fault_kill_at:
         table, _, n = settings.fault_kill_at.partition(":")

@@ -220,7 +220,9 @@ def device_for(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but no CUDA GPU is visible; set SURD_DEVICE=cpu or auto")
+        from surd.settings import SettingsError
+
+        raise SettingsError("device=cuda but no CUDA GPU is visible; set SURD_DEVICE=cpu or auto")
     return torch.device(name)
 
 
