@@ -74,6 +74,10 @@ def status(config: Path | None = CONFIG, as_json: bool = typer.Option(False, "--
     if as_json:
         print(json.dumps(st, indent=1))
         return
+    _print_status(st)
+
+
+def _print_status(st: dict[str, Any]) -> None:
     table = Table("stage", "in", "out", "dropped (by reason)", "pending", title=f"SURD at {st['data_root']}")
     rows = [(k, v) for k, v in st["stages"].items() if isinstance(v, dict) and "in" in v]
     rows += [(f"embeddings/{k}", v) for k, v in st["stages"]["embeddings"].items()]
@@ -314,13 +318,7 @@ def _print_outputs(s: Settings, out: dict[str, Any]) -> None:
     from surd.pipeline import open_data
     from surd.status import status as compute
 
-    st = compute(s, open_data(s))
-    for k, v in st["stages"].items():
-        if isinstance(v, dict) and "in" in v:
-            console.print(
-                f"  {k:12s} in={v['in']:<4} out={v['out']:<4} pending={v['pending']:<3} "
-                f"dropped={v['dropped']}"
-            )
+    _print_status(compute(s, open_data(s)))
     root = Path(s.data_root)
     console.print(f"tables:      {root / 'tables'}  (surd sql 'select * from images limit 5')")
     console.print(f"release:     {out.get('release')}  (dataset card: README.md inside)")

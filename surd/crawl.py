@@ -43,7 +43,7 @@ def _fetch_page(source: str, position: str, settings: Settings, client: PoliteCl
         url = f"{cfg.base_url.rstrip('/')}/api/v1/images"
         params = civitai.request_params(cfg, cursor)
         resp = client.get(url, params=params, headers=headers)
-        page = civitai.parse_page(resp.json(), _site(cfg.base_url, "https://civitai.com"))
+        page = civitai.parse_page(resp.json(), cfg.base_url)
         page.url = url + ("?cursor=" + cursor if cursor else "")
         return page
     if source == "lexica":
@@ -73,10 +73,6 @@ def _fetch_page(source: str, position: str, settings: Settings, client: PoliteCl
         nxt = str(index + 1) if index + 1 < len(src.sdonline.listing_slugs) else None
         return Page(items=items, next_position=nxt, url=url, failed_items=failed)
     raise ValueError(f"unknown source {source!r}; valid: {', '.join(SOURCES)}")
-
-
-def _site(base_url: str, default: str) -> str:
-    return base_url if base_url else default
 
 
 def _start_position(source: str) -> str:

@@ -150,9 +150,7 @@ def run_embed(
     table = pa.concat_tables([pq.read_table(s, columns=["sample_id", "simple_prompt"]) for s in shards])
     prompts = dict(zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True))
     loaded = None
-    model_id = llm or settings.embed.llm
-    if model_id == "tiny":
-        model_id = f"tiny-llama(seed={settings.seed})"
+    model_id = profiles.llm_model_id(settings, llm)
     store = EmbeddingStore(data, model_id)
     for stale in store.dir.glob(".tmp-*") if store.dir.exists() else []:
         shutil.rmtree(stale)

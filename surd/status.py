@@ -12,26 +12,25 @@ from surd.settings import Settings
 CHAIN = [("raw_items", None), ("images", "raw_items"), ("captions", "images"), ("clip_scores", "captions")]
 
 
-def _summary(data: DataDir, name: str) -> tuple[int, int, dict[str, int], set[str]]:
-    ok, ids = 0, set[str]()
+def _summary(data: DataDir, name: str) -> tuple[int, int, dict[str, int]]:
+    ok = 0
     dropped: dict[str, int] = {}
     total = 0
-    for row in data.table(name).iter_rows(["sample_id", "status", "reason"]):
+    for row in data.table(name).iter_rows(["status", "reason"]):
         total += 1
-        ids.add(row["sample_id"])
         if row["status"] == OK:
             ok += 1
         else:
             key = str(row["reason"]).split(":")[0]
             dropped[key] = dropped.get(key, 0) + 1
-    return total, ok, dropped, ids
+    return total, ok, dropped
 
 
 def status(settings: Settings, data: DataDir) -> dict[str, Any]:
     stages: dict[str, Any] = {}
     kept: dict[str, int] = {}
     for name, upstream in CHAIN:
-        total, ok, dropped, _ = _summary(data, name)
+        total, ok, dropped = _summary(data, name)
         came_in = total if upstream is None else kept[upstream]
         stages[name] = {
             "in": came_in,

@@ -70,13 +70,19 @@ def clip(settings: Settings) -> Loaded:
     return Loaded(model.eval(), preprocess, "/".join(CLIP_REAL), open_clip.get_tokenizer(CLIP_REAL[0]))
 
 
+def llm_model_id(settings: Settings, name: str | None = None) -> str:
+    """The id an LLM is recorded under (and its embeddings are stored under)."""
+    name = name or settings.embed.llm
+    return f"tiny-llama(seed={settings.seed})" if name == "tiny" else LLM_PRESETS.get(name, name)
+
+
 def llm(settings: Settings, name: str | None = None) -> Loaded:
     """A LLaMA-architecture model: `tiny`, a preset (llama-7b/13b/33b) or a hub id."""
     name = name or settings.embed.llm
     if name == "tiny":
         model, tok = tiny.llama(settings.seed)
-        return Loaded(model, tok, f"tiny-llama(seed={settings.seed})")
-    model_id = LLM_PRESETS.get(name, name)
+        return Loaded(model, tok, llm_model_id(settings, name))
+    model_id = llm_model_id(settings, name)
     from transformers import AutoModel, AutoTokenizer
 
     try:
