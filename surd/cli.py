@@ -327,7 +327,10 @@ def _print_outputs(s: Settings, out: dict[str, Any]) -> None:
     if out.get("train"):
         console.print(f"adapter run: {out['train']['run_dir']}")
         console.print(f"evaluation:  {out['evaluate']['report']}")
-    console.print(f"review queue: {s.review_database_url}")
+    from sqlalchemy.engine import make_url
+
+    queue_url = make_url(s.review_database_url).render_as_string(hide_password=True)
+    console.print(f"review queue: {queue_url}")
     console.print(
         "review UI:   SURD_DATA_ROOT=" + str(root) + " surd review add-steward alice "
         "&& SURD_DATA_ROOT=" + str(root) + " surd review serve  → http://127.0.0.1:"

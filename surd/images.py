@@ -56,7 +56,7 @@ def run_images(
         if row["status"] == OK:
             by_sha.setdefault(row["sha256"], row["sample_id"])
             near.add(row["phash"], row["sample_id"])
-    workers = settings.crawl.max_concurrency * 4
+    workers = settings.images.workers or settings.crawl.max_concurrency * 4
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for batch in batched(pending(raw, out, ["image_url"]), settings.part_size):
             results = list(pool.map(lambda r: fetch_one(r["image_url"], settings, client), batch))

@@ -74,7 +74,7 @@ class ImageSettings(_Section):
     encode_format: Literal["jpeg", "png", "webp"] = "jpeg"
     quality: int = Field(92, ge=1, le=100)
     phash_max_distance: int = Field(4, ge=0, le=64)
-    workers: int = Field(0, ge=0, description="decode/resize processes; 0 = all cores")
+    workers: int = Field(0, ge=0, description="download threads; 0 = 4 × crawl.max_concurrency")
 
 
 class CaptionSettings(_Section):
@@ -91,7 +91,7 @@ class ClipSettings(_Section):
 
 
 class ReviewSettings(_Section):
-    database_url: str | None = None  # default: SQLite under the data root
+    database_url: SecretStr | None = None  # may hold a password; default: SQLite under the data root
     lease_seconds: int = Field(900, ge=1)
     audit_share: float = Field(0.1, ge=0, le=1)
     reject_reasons: list[str] = [
@@ -187,7 +187,9 @@ class Settings(BaseSettings):
 
     @property
     def review_database_url(self) -> str:
-        return self.review.database_url or f"sqlite:///{self.data_root / 'review' / 'queue.db'}"
+        if self.review.database_url is not None:
+            return self.review.database_url.get_secret_value()
+        return f"sqlite:///{self.data_root / 'review' / 'queue.db'}"
 
 
 def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:

@@ -45,3 +45,10 @@ def test_secrets_masked_in_provenance(monkeypatch: pytest.MonkeyPatch) -> None:
     s = load_settings()
     assert s.sources.civitai.api_key.get_secret_value() == "sk-very-secret"
     assert "sk-very-secret" not in str(s.provenance())
+
+
+def test_database_password_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SURD_REVIEW__DATABASE_URL", "postgresql+psycopg://u:hunter22@db/surd")
+    s = load_settings()
+    assert s.review_database_url.endswith("u:hunter22@db/surd")
+    assert "hunter22" not in str(s.provenance())
