@@ -72,8 +72,9 @@ def encode_text(parts: dict[str, Any], prompts: list[str]) -> torch.Tensor:
     ids = tok(
         prompts, padding="max_length", truncation=True, max_length=tok.model_max_length, return_tensors="pt"
     ).input_ids
+    enc = parts["text_encoder"]
     with torch.no_grad():
-        return parts["text_encoder"](ids)[0]
+        return enc(ids.to(enc.device))[0].float()
 
 
 def precompute(parts: dict[str, Any], table: pa.Table, resolution: int) -> dict[str, torch.Tensor]:
@@ -90,7 +91,12 @@ def precompute(parts: dict[str, Any], table: pa.Table, resolution: int) -> dict[
     with torch.no_grad():
         latents = (
             torch.cat(
-                [vae.encode(torch.stack(pics[i : i + 16])).latent_dist.mean for i in range(0, len(pics), 16)]
+                [
+                    vae.encode(
+                        torch.stack(pics[i : i + 16]).to(vae.device, vae.dtype)
+                    ).latent_dist.mean.float()
+                    for i in range(0, len(pics), 16)
+                ]
             )
             * vae.config.scaling_factor
         )
@@ -136,6 +142,41 @@ def load_adapter(ckpt: Path) -> SURAdapter:
     return adapter.eval()
 
 
+def training_step(
+    unet: Any,
+    sched: Any,
+    adapter: SURAdapter,
+    opt: torch.optim.Optimizer,
+    latents: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    simple: torch.Tensor,
+    complex_: torch.Tensor,
+    llm: torch.Tensor,
+    cfg: TrainConfig,
+) -> dict[str, torch.Tensor]:
+    """One optimiser step of Algorithm 1: ℓ_simple + λ1·ℓ_LLM + λ2·ℓ_CP, adapter weights only.
+    On a GPU the frozen UNet runs under bf16 autocast."""
+    dev = latents.device
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        noisy = sched.add_noise(latents, noise, t)
+        c_prime, q = adapter(simple)
+        pred = unet(noisy, t, encoder_hidden_states=c_prime).sample
+    l_simple = F.mse_loss(pred.float(), noise.float())
+    l_llm = loss_llm(adapter, llm, q.float())
+    l_cp = loss_cp(c_prime.float(), complex_.float(), cfg.tau)
+    loss = l_simple + cfg.lambda_llm * l_llm + cfg.lambda_cp * l_cp
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return {
+        "loss": loss.detach(),
+        "loss_simple": l_simple.detach(),
+        "loss_llm": l_llm.detach(),
+        "loss_cp": l_cp.detach(),
+    }
+
+
 def train(
     parts: dict[str, Any],
     release: Path,
@@ -157,12 +198,16 @@ def train(
     if missing:
         raise ValueError(f"{len(missing)} released samples have no embedding for layer {layer}")
     llm = torch.from_numpy(np.stack([vectors[s] for s in table.column("sample_id").to_pylist()]))
-    cache = precompute(parts, table, parts.get("resolution", cfg.resolution))
+    dev = next(unet.parameters()).device
+    cache = {
+        k: v.to(dev) for k, v in precompute(parts, table, parts.get("resolution", cfg.resolution)).items()
+    }
+    llm = llm.to(dev)
     acfg = AdapterConfig(
         dim=cache["simple"].shape[-1], llm_dim=llm.shape[-1], eta=cfg.eta, tau=cfg.tau, w0_seed=cfg.seed
     )
     torch.manual_seed(cfg.seed)
-    adapter = SURAdapter(acfg)
+    adapter = SURAdapter(acfg).to(dev)
     opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr)
     start = 0
     ckpt = latest_checkpoint(out_dir)
@@ -182,26 +227,23 @@ def train(
     for step in range(start + 1, cfg.steps + 1):
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
-        latents = cache["latents"][idx]
-        noise = torch.randn(latents.shape, generator=gen)
-        t = torch.randint(0, sched.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
-        noisy = sched.add_noise(latents, noise, t)
-        c_prime, q = adapter(cache["simple"][idx])
-        pred = unet(noisy, t, encoder_hidden_states=c_prime).sample
-        l_simple = F.mse_loss(pred.float(), noise.float())
-        l_llm = loss_llm(adapter, llm[idx], q)
-        l_cp = loss_cp(c_prime, cache["complex"][idx], cfg.tau)
-        loss = l_simple + cfg.lambda_llm * l_llm + cfg.lambda_cp * l_cp
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        row = {
-            "step": step,
-            "loss": loss.item(),
-            "loss_simple": l_simple.item(),
-            "loss_llm": l_llm.item(),
-            "loss_cp": l_cp.item(),
-        }
+        noise = torch.randn(cache["latents"][idx].shape, generator=gen).to(dev)
+        t = torch.randint(0, sched.config.num_train_timesteps, (cfg.batch_size,), generator=gen).to(dev)
+        idx = idx.to(dev)
+        losses = training_step(
+            unet,
+            sched,
+            adapter,
+            opt,
+            cache["latents"][idx],
+            noise,
+            t,
+            cache["simple"][idx],
+            cache["complex"][idx],
+            llm[idx],
+            cfg,
+        )
+        row = {"step": step, **{k: v.item() for k, v in losses.items()}}
         with metrics_path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         if log:

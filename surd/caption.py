@@ -1,15 +1,24 @@
-"""The caption stage: BLIP's simple prompt for every kept image, in batches."""
+"""The caption stage: BLIP's simple prompt for every kept image, in batches.
+
+Generation follows LAVIS `blip_caption` / `base_coco`, the paper's captioner: the prompt
+"a picture of " is fed to the decoder, beam search with 3 beams, at most 30 and at least 10
+tokens in total (prompt included, as LAVIS counts them), and the prompt is stripped from the
+stored caption. Images are decoded and preprocessed in worker processes (surd.preprocess) while
+the model works; on a GPU the model runs in bf16.
+"""
 
 from __future__ import annotations
 
-import io
+import itertools
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from PIL import Image
 
 from storage.layout import DataDir
 from storage.schemas import DROPPED, OK
+from surd.preprocess import Spec, batches
 from surd.settings import CaptionSettings, Settings
 from surd.stage import StageRun, batched, pending
 
@@ -22,18 +31,36 @@ def strip_prompt(text: str, prompt: str) -> str:
     return text.strip()
 
 
-def caption_images(model: Any, processor: Any, images: list[Image.Image], cfg: CaptionSettings) -> list[str]:
-    """Captions of a batch, prompt prefix stripped (LAVIS `blip_caption` does the same)."""
-    import torch
+class BlipCaptioner:
+    """BLIP captioning of preprocessed pixel batches; load once, call per batch."""
 
-    device = next(model.parameters()).device
-    inputs = processor(images=images, text=[cfg.prompt.strip()] * len(images), return_tensors="pt")
-    inputs = {k: v.to(device) for k, v in inputs.items()}
-    with torch.inference_mode():
-        out = model.generate(
-            **inputs, num_beams=cfg.num_beams, max_length=cfg.max_length, min_length=cfg.min_length
+    def __init__(self, model: Any, processor: Any, cfg: CaptionSettings) -> None:
+        self.model, self.processor, self.cfg = model, processor, cfg
+        ip = processor.image_processor
+        self.spec = Spec(size=int(ip.size["height"]), mean=tuple(ip.image_mean), std=tuple(ip.image_std))
+        enc = processor.tokenizer([cfg.prompt.strip()], return_tensors="pt")
+        self.prompt_ids, self.prompt_mask = enc["input_ids"], enc["attention_mask"]
+
+    @torch.inference_mode()
+    def caption(self, pixels: torch.Tensor) -> list[str]:
+        p = next(self.model.parameters())
+        n = pixels.shape[0]
+        out = self.model.generate(
+            pixel_values=pixels.to(p.device, p.dtype, non_blocking=True),
+            input_ids=self.prompt_ids.to(p.device).repeat(n, 1),  # generate() writes into it
+            attention_mask=self.prompt_mask.to(p.device).repeat(n, 1),
+            num_beams=self.cfg.num_beams,
+            max_length=self.cfg.max_length,
+            min_length=self.cfg.min_length,
         )
-    return [strip_prompt(t, cfg.prompt) for t in processor.batch_decode(out, skip_special_tokens=True)]
+        texts = self.processor.batch_decode(out, skip_special_tokens=True)
+        return [strip_prompt(t, self.cfg.prompt) for t in texts]
+
+
+def caption_images(model: Any, processor: Any, images: list[Image.Image], cfg: CaptionSettings) -> list[str]:
+    """Captions of PIL images through the model's own processor (the reference path)."""
+    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+    return BlipCaptioner(model, processor, cfg).caption(pixels)
 
 
 def run_captions(
@@ -49,25 +76,25 @@ def run_captions(
     if first is None:
         return run
     loaded = profiles.captioner(settings)  # once per worker, only when there is work
-    model = loaded.model.to(device_for(settings.device))
-    import itertools
-
+    device = device_for(settings.device)
+    model = loaded.model.to(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    captioner = BlipCaptioner(model, loaded.processor, settings.caption)
     for batch in batched(itertools.chain([first], todo), settings.part_size):
-        rows: list[dict[str, Any]] = []
-        for sub in batched(batch, settings.caption.batch_size):
-            pics = [Image.open(io.BytesIO(r["image"])).convert("RGB") for r in sub]
-            for r, text in zip(
-                sub, caption_images(model, loaded.processor, pics, settings.caption), strict=True
-            ):
-                rows.append(
-                    {
-                        "sample_id": r["sample_id"],
-                        "status": OK if text else DROPPED,
-                        "reason": None if text else "empty_caption",
-                        "simple_prompt": text or None,
-                        "model_id": loaded.model_id,
-                    }
-                )
+        texts: list[str] = []
+        for pixels in batches(
+            [r["image"] for r in batch], captioner.spec, settings.caption.batch_size, settings.caption.workers
+        ):
+            texts.extend(captioner.caption(pixels))
+        rows = [
+            {
+                "sample_id": r["sample_id"],
+                "status": OK if text else DROPPED,
+                "reason": None if text else "empty_caption",
+                "simple_prompt": text or None,
+                "model_id": loaded.model_id,
+            }
+            for r, text in zip(batch, texts, strict=True)
+        ]
         out.write(
             rows,
             provenance={"stage": "captions", "model_id": loaded.model_id, "settings": settings.provenance()},

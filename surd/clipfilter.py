@@ -8,15 +8,16 @@ than CLIP's 77-token context are truncated by the tokenizer (as CLIP itself does
 
 from __future__ import annotations
 
-import io
 import itertools
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from PIL import Image
 
 from storage.layout import DataDir
 from storage.schemas import DROPPED, OK
+from surd.preprocess import CLIP_MEAN, CLIP_STD, Spec, batches
 from surd.settings import Settings
 from surd.stage import StageRun, batched, lookup, pending
 
@@ -31,6 +32,38 @@ def is_truncated(tokenizer: Any, text: str) -> bool:
     return len(tokenizer.encode(text)) + 2 > context
 
 
+class ClipScorer:
+    """CLIP's choice between [simple, complex] for each image; load once, call per batch."""
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        cfg = getattr(model.visual, "preprocess_cfg", {})
+        size = cfg.get("size", model.visual.image_size)
+        self.spec = Spec(
+            size=int(size[0] if isinstance(size, tuple | list) else size),
+            mean=tuple(cfg.get("mean", CLIP_MEAN)),
+            std=tuple(cfg.get("std", CLIP_STD)),
+        )
+
+    @torch.inference_mode()
+    def score(self, pixels: torch.Tensor, simple: list[str], complex_: list[str]) -> list[dict[str, float]]:
+        p = next(self.model.parameters())
+        n = pixels.shape[0]
+        img = self.model.encode_image(pixels.to(p.device, p.dtype, non_blocking=True), normalize=True)
+        txt = self.model.encode_text(self.tokenizer([*simple, *complex_]).to(p.device), normalize=True)
+        sims = torch.stack([(img * txt[:n]).sum(-1), (img * txt[n:]).sum(-1)], dim=-1).float()
+        probs = (self.model.logit_scale.exp().float() * sims).softmax(dim=-1)
+        return [
+            {
+                "sim_simple": float(s[0]),
+                "sim_complex": float(s[1]),
+                "p_simple": float(pr[0]),
+                "p_complex": float(pr[1]),
+            }
+            for s, pr in zip(sims.cpu(), probs.cpu(), strict=True)
+        ]
+
+
 def score(
     model: Any,
     preprocess: Any,
@@ -39,24 +72,9 @@ def score(
     simple: list[str],
     complex_: list[str],
 ) -> list[dict[str, float]]:
-    import torch
-
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        img = model.encode_image(torch.stack([preprocess(i) for i in images]).to(device), normalize=True)
-        txt = model.encode_text(tokenizer([*simple, *complex_]).to(device), normalize=True)
-        n = len(images)
-        sims = torch.stack([(img * txt[:n]).sum(-1), (img * txt[n:]).sum(-1)], dim=-1)
-        probs = (model.logit_scale.exp() * sims).softmax(dim=-1)
-    return [
-        {
-            "sim_simple": float(s[0]),
-            "sim_complex": float(s[1]),
-            "p_simple": float(p[0]),
-            "p_complex": float(p[1]),
-        }
-        for s, p in zip(sims.float().cpu(), probs.float().cpu(), strict=True)
-    ]
+    """Scores of PIL images through open_clip's own preprocessing (the reference path)."""
+    pixels = torch.stack([preprocess(i) for i in images])
+    return ClipScorer(model, tokenizer).score(pixels, simple, complex_)
 
 
 def run_clip_filter(
@@ -72,33 +90,35 @@ def run_clip_filter(
     if first is None:
         return run
     loaded = profiles.clip(settings)
-    model = loaded.model.to(device_for(settings.device))
+    device = device_for(settings.device)
+    scorer = ClipScorer(
+        loaded.model.to(device, torch.float16 if device.type == "cuda" else torch.float32), loaded.extra
+    )
     for batch in batched(itertools.chain([first], todo), settings.part_size):
         ids = {r["sample_id"] for r in batch}
         imgs = lookup(data.table("images"), ids, ["image"])
         raw = lookup(data.table("raw_items"), ids, ["complex_prompt"])
-        rows: list[dict[str, Any]] = []
-        for sub in batched(batch, settings.clip.batch_size):
-            pics = [Image.open(io.BytesIO(imgs[r["sample_id"]]["image"])).convert("RGB") for r in sub]
-            simple = [r["simple_prompt"] for r in sub]
-            complex_ = [raw[r["sample_id"]]["complex_prompt"] for r in sub]
-            for r, c, s in zip(
-                sub,
-                complex_,
-                score(model, loaded.processor, loaded.extra, pics, simple, complex_),
-                strict=True,
-            ):
-                kept = keep(s["p_simple"], s["p_complex"])
-                rows.append(
-                    {
-                        "sample_id": r["sample_id"],
-                        "status": OK if kept else DROPPED,
-                        "reason": None if kept else "clip_prefers_complex",
-                        **s,
-                        "complex_truncated": is_truncated(loaded.extra, c),
-                        "model_id": loaded.model_id,
-                    }
-                )
+        simple = [r["simple_prompt"] for r in batch]
+        complex_ = [raw[r["sample_id"]]["complex_prompt"] for r in batch]
+        scores: list[dict[str, float]] = []
+        step = settings.clip.batch_size
+        blobs = [imgs[r["sample_id"]]["image"] for r in batch]
+        for i, pixels in enumerate(batches(blobs, scorer.spec, step, settings.clip.workers)):
+            sl = slice(i * step, i * step + pixels.shape[0])
+            scores.extend(scorer.score(pixels, simple[sl], complex_[sl]))
+        rows = []
+        for r, c, sc in zip(batch, complex_, scores, strict=True):
+            kept = keep(sc["p_simple"], sc["p_complex"])
+            rows.append(
+                {
+                    "sample_id": r["sample_id"],
+                    "status": OK if kept else DROPPED,
+                    "reason": None if kept else "clip_prefers_complex",
+                    **sc,
+                    "complex_truncated": is_truncated(loaded.extra, c),
+                    "model_id": loaded.model_id,
+                }
+            )
         out.write(
             rows,
             provenance={

@@ -21,6 +21,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,24 +33,17 @@ from storage.layout import DataDir
 from storage.schemas import embedding_schema
 from storage.tables import atomic_write_bytes, fault_point, write_parquet_atomic
 from surd.ids import sha1_text
+from surd.llm_pool import LayerPooler, PooledBatch, decoder_layers
 from surd.settings import Settings
-from surd.stage import batched
 
 
 def slug(model_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", model_id)
 
 
-def decoder_layers(model: Any) -> Any:
-    base = getattr(model, "model", model)
-    layers = getattr(base, "layers", None)
-    if layers is None:
-        raise TypeError(f"{type(model).__name__} has no decoder `layers`; not a LLaMA-like model")
-    return layers
-
-
 def pooled_layers(model: Any, tokenizer: Any, prompts: list[str]) -> np.ndarray:
-    """(B, L, H) float32: masked mean over tokens of each decoder block's output."""
+    """(B, L, H) float32: masked mean over tokens of each decoder block's output, on a padded
+    batch. The reference for the fast path (surd.llm_pool), and usable with any padding side."""
     import torch
 
     device = next(model.parameters()).device
@@ -149,28 +143,50 @@ def run_embed(
     shards = sorted(release.glob("shard-*.parquet"))
     table = pa.concat_tables([pq.read_table(s, columns=["sample_id", "simple_prompt"]) for s in shards])
     prompts = dict(zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True))
-    loaded = None
     model_id = profiles.llm_model_id(settings, llm)
     store = EmbeddingStore(data, model_id)
     for stale in store.dir.glob(".tmp-*") if store.dir.exists() else []:
         shutil.rmtree(stale)
     have = store.keys()
     todo = [(sid, p, sha1_text(p)) for sid, p in sorted(prompts.items()) if (sid, sha1_text(p)) not in have]
-    todo.sort(key=lambda t: len(t[1]))  # similar lengths batch together: less padding
+    if not todo:
+        return 0, model_id
+    loaded = profiles.llm(settings, llm)
+    device = device_for(settings.device)
+    dtype = _dtype(settings.embed.dtype, device)
+    model = loaded.model.to(device=device, dtype=dtype)
+    ids = loaded.processor([t[1] for t in todo])["input_ids"]
+    pooler = LayerPooler(model)
     done = 0
-    for part in batched(todo, settings.part_size):
-        if loaded is None:
-            loaded = profiles.llm(settings, llm)
-            loaded.model.to(device_for(settings.device))
-            tok = loaded.processor
-            if tok.pad_token is None:
-                tok.pad_token = tok.eos_token
-        vectors = [
-            pooled_layers(loaded.model, loaded.processor, [t[1] for t in b])
-            for b in batched(part, max(1, settings.embed.batch_tokens // 64))
-        ]
-        store.write_part([t[0] for t in part], [t[2] for t in part], np.concatenate(vectors))
-        done += len(part)
+
+    def flush(batches: list[PooledBatch]) -> int:
+        order = [i for b in batches for i in b.indices]
+        vectors = np.concatenate([b.numpy() for b in batches])
+        store.write_part([todo[i][0] for i in order], [todo[i][2] for i in order], vectors)
         if progress:
-            progress(len(part))
+            progress(len(order))
+        return len(order)
+
+    try:
+        with ThreadPoolExecutor(max_workers=1) as writer:  # disk never stalls the GPU
+            futures = []
+            pending: list[PooledBatch] = []
+            for batch in pooler.run(ids, settings.embed.batch_tokens):
+                pending.append(batch)
+                if sum(len(b.indices) for b in pending) >= settings.part_size:
+                    futures.append(writer.submit(flush, pending))
+                    pending = []
+            if pending:
+                futures.append(writer.submit(flush, pending))
+            done = sum(f.result() for f in futures)
+    finally:
+        pooler.close()
     return done, model_id
+
+
+def _dtype(name: str, device: Any) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]

@@ -78,16 +78,17 @@ class ImageSettings(_Section):
 
 
 class CaptionSettings(_Section):
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(64, ge=1)
+    workers: int = Field(0, ge=0, description="decode/preprocess processes beside the model")
     prompt: str = "a picture of "
     num_beams: int = Field(3, ge=1)
-    max_length: int = Field(20, ge=1)
-    min_length: int = Field(5, ge=0)
-    image_size: int = Field(384, ge=16)
+    max_length: int = Field(30, ge=1, description="tokens in total, prompt included (as LAVIS)")
+    min_length: int = Field(10, ge=0, description="tokens in total, prompt included (as LAVIS)")
 
 
 class ClipSettings(_Section):
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(256, ge=1)
+    workers: int = Field(0, ge=0, description="decode/preprocess processes beside the model")
 
 
 class ReviewSettings(_Section):
@@ -116,7 +117,8 @@ class ReleaseSettings(_Section):
 
 class EmbedSettings(_Section):
     llm: str = "tiny"
-    batch_tokens: int = Field(8192, ge=16)
+    batch_tokens: int = Field(65536, ge=16, description="tokens per forward batch")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
 
 
 class AdapterSettings(_Section):

@@ -1,0 +1,141 @@
+"""BLIP captioning and the CLIP filter, end to end from stored 512² JPEGs (decode and
+preprocessing in worker processes included), with random weights of the real architectures.
+
+    python benchmarks/bench_caption_clip.py --size base --images 8192 --workers 14
+    python benchmarks/bench_caption_clip.py --size tiny --images 64 --workers 0   # CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from common import device, peak_gb, report, timed
+from images import image_set
+
+
+def blip(size: str, dev: torch.device):  # type: ignore[no-untyped-def]
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    from surd.models import tiny
+
+    if size == "tiny":
+        model, proc = tiny.blip(0)
+    else:  # BLIP base (ViT-B/16 at 384 px, BERT-base decoder), as Salesforce/blip-image-captioning-base
+        tok = tiny.blip_tokenizer()
+        cfg = BlipConfig(
+            text_config=dict(
+                bos_token_id=tok.bos_token_id,
+                pad_token_id=tok.pad_token_id,
+                sep_token_id=tok.sep_token_id,
+                eos_token_id=tok.sep_token_id,
+            )
+        )
+        torch.manual_seed(0)
+        model = BlipForConditionalGeneration(cfg).eval()
+        proc = BlipProcessor(image_processor=BlipImageProcessor(), tokenizer=tok)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    return model.to(dev, dtype), proc
+
+
+def clip(size: str, dev: torch.device):  # type: ignore[no-untyped-def]
+    import open_clip
+
+    from surd.models import tiny
+
+    if size == "tiny":
+        model, _, tok = tiny.clip(0)
+    else:
+        model, _, _ = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
+        tok = open_clip.get_tokenizer("ViT-B-32")
+    dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    return model.eval().to(dev, dtype), tok
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="base", choices=["base", "tiny"])
+    ap.add_argument("--images", type=int, default=8192)
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--caption-batch", type=int, default=256)
+    ap.add_argument("--beams", type=int, nargs="+", default=[1, 3])
+    ap.add_argument("--new-tokens", type=int, default=20)
+    ap.add_argument("--clip-batch", type=int, default=1024)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["caption", "clip"])
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+
+    from surd.caption import BlipCaptioner
+    from surd.clipfilter import ClipScorer
+    from surd.preprocess import batches
+    from surd.settings import CaptionSettings
+
+    dev = device()
+    blobs = image_set(args.images)
+    results = []
+    if "caption" not in args.skip:
+        model, proc = blip(args.size, dev)
+        for beams in args.beams:
+            prompt_len = len(proc.tokenizer("a picture of").input_ids) - 1
+            total = prompt_len + args.new_tokens  # forced length: random weights would stop anywhere
+            cap = BlipCaptioner(
+                model, proc, CaptionSettings(num_beams=beams, max_length=total, min_length=total)
+            )
+            bs = args.caption_batch
+
+            def run(cap: BlipCaptioner = cap, bs: int = bs) -> int:
+                return sum(len(cap.caption(px)) for px in batches(blobs, cap.spec, bs, args.workers))
+
+            run_warm = blobs[: bs * 2]
+            for px in batches(run_warm, cap.spec, bs, 0):
+                cap.caption(px)
+            torch.cuda.reset_peak_memory_stats() if dev.type == "cuda" else None
+            seconds = timed(run)
+            r = {
+                "bench": "caption",
+                "size": args.size,
+                "beams": beams,
+                "new_tokens": args.new_tokens,
+                "batch": bs,
+                "images": args.images,
+                "images_per_s": round(args.images / seconds, 1),
+                "workers": args.workers,
+                "peak_mem_gb": peak_gb(),
+            }
+            report(r, args.out)
+            results.append(r)
+        del model
+    if "clip" not in args.skip:
+        model, tok = clip(args.size, dev)
+        scorer = ClipScorer(model, tok)
+        simple = ["a cat sitting on a chair"] * args.clip_batch
+        complex_ = [
+            "a cat, masterpiece, best quality, highly detailed, 8k, trending on artstation"
+        ] * args.clip_batch
+
+        def run_clip() -> int:
+            n = 0
+            for px in batches(blobs, scorer.spec, args.clip_batch, args.workers):
+                n += len(scorer.score(px, simple[: px.shape[0]], complex_[: px.shape[0]]))
+            return n
+
+        for px in batches(blobs[: args.clip_batch], scorer.spec, args.clip_batch, 0):
+            scorer.score(px, simple[: px.shape[0]], complex_[: px.shape[0]])
+        seconds = timed(run_clip)
+        r = {
+            "bench": "clip_filter",
+            "size": args.size,
+            "batch": args.clip_batch,
+            "images": args.images,
+            "samples_per_s": round(args.images / seconds, 1),
+            "workers": args.workers,
+            "peak_mem_gb": peak_gb(),
+        }
+        report(r, args.out)
+        results.append(r)
+    return results
+
+
+if __name__ == "__main__":
+    main()
