@@ -108,6 +108,10 @@ def bench_mode(m: dict, mode: str, b: int, steps: int, dev: torch.device) -> dic
     unet.disable_gradient_checkpointing()
     if "checkpointing" in mode:
         unet.enable_gradient_checkpointing()
+    if "channels_last" in mode:
+        unet = unet.to(memory_format=torch.channels_last)
+    if "compile" in mode:
+        unet = torch.compile(unet)
     adapter = SURAdapter(AdapterConfig(dim=dim, llm_dim=m["llm_dim"])).to(dev)
     opt = torch.optim.AdamW(adapter.parameters(), lr=1e-5)
     g = torch.Generator(device=dev).manual_seed(0)
@@ -133,7 +137,7 @@ def bench_mode(m: dict, mode: str, b: int, steps: int, dev: torch.device) -> dic
             unet, sched, adapter, opt, state["latents"], noise, t, state["simple"], state["complex"], llm, cfg
         )
 
-    for _ in range(3):
+    for _ in range(3):  # warm-up (and compilation, where asked)
         step()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

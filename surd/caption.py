@@ -18,7 +18,7 @@ from PIL import Image
 
 from storage.layout import DataDir
 from storage.schemas import DROPPED, OK
-from surd.preprocess import Spec, batches
+from surd.preprocess import Spec, batches, normalize
 from surd.settings import CaptionSettings, Settings
 from surd.stage import StageRun, batched, pending
 
@@ -46,7 +46,7 @@ class BlipCaptioner:
         p = next(self.model.parameters())
         n = pixels.shape[0]
         out = self.model.generate(
-            pixel_values=pixels.to(p.device, p.dtype, non_blocking=True),
+            pixel_values=normalize(pixels, self.spec, p.device, p.dtype),
             input_ids=self.prompt_ids.to(p.device).repeat(n, 1),  # generate() writes into it
             attention_mask=self.prompt_mask.to(p.device).repeat(n, 1),
             num_beams=self.cfg.num_beams,

@@ -17,7 +17,7 @@ from PIL import Image
 
 from storage.layout import DataDir
 from storage.schemas import DROPPED, OK
-from surd.preprocess import CLIP_MEAN, CLIP_STD, Spec, batches
+from surd.preprocess import CLIP_MEAN, CLIP_STD, Spec, batches, normalize
 from surd.settings import Settings
 from surd.stage import StageRun, batched, lookup, pending
 
@@ -49,7 +49,7 @@ class ClipScorer:
     def score(self, pixels: torch.Tensor, simple: list[str], complex_: list[str]) -> list[dict[str, float]]:
         p = next(self.model.parameters())
         n = pixels.shape[0]
-        img = self.model.encode_image(pixels.to(p.device, p.dtype, non_blocking=True), normalize=True)
+        img = self.model.encode_image(normalize(pixels, self.spec, p.device, p.dtype), normalize=True)
         txt = self.model.encode_text(self.tokenizer([*simple, *complex_]).to(p.device), normalize=True)
         sims = torch.stack([(img * txt[:n]).sum(-1), (img * txt[n:]).sum(-1)], dim=-1).float()
         probs = (self.model.logit_scale.exp().float() * sims).softmax(dim=-1)

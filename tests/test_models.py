@@ -79,3 +79,40 @@ def test_left_and_right_padding_agree() -> None:
     tok.padding_side = "left"
     left = pooled_layers(model, tok, prompts)
     np.testing.assert_allclose(left, right, atol=1e-4)
+
+
+def test_fast_preprocessing_matches_the_models_own(pics: list[Image.Image]) -> None:
+    import io
+
+    from surd.caption import BlipCaptioner
+    from surd.clipfilter import ClipScorer
+    from surd.preprocess import normalize, to_tensor
+
+    big = pics[0].resize((512, 512))
+    buf = io.BytesIO()
+    big.save(buf, format="PNG")
+    model, proc = tiny.blip(0)
+    spec = BlipCaptioner(model, proc, CaptionSettings()).spec
+    fast = normalize(to_tensor(buf.getvalue(), spec)[None], spec, torch.device("cpu"), torch.float32)
+    ref = proc(images=[big], return_tensors="pt")["pixel_values"]
+    assert fast.shape == ref.shape and (fast - ref).abs().mean() < 0.02
+    cmodel, pre, tok = tiny.clip(0)
+    cspec = ClipScorer(cmodel, tok).spec
+    fast = normalize(to_tensor(buf.getvalue(), cspec)[None], cspec, torch.device("cpu"), torch.float32)
+    assert (fast - pre(big)[None]).abs().mean() < 0.02
+
+
+def test_bucketed_pooling_equals_masked_reference() -> None:
+    from surd.llm_pool import LayerPooler, equal_length_batches
+
+    model, tok = tiny.llama(0)
+    prompts = ["a red cat", "two dogs", "a castle at night on a hill", "a cat", "blue sky"]
+    ids = tok(prompts)["input_ids"]
+    out = np.zeros((len(prompts), 4, 64), dtype=np.float32)
+    pooler = LayerPooler(model)
+    for b in pooler.run(ids, batch_tokens=6):
+        out[b.indices] = b.numpy()
+    pooler.close()
+    np.testing.assert_allclose(out, pooled_layers(model, tok, prompts), atol=2e-3)
+    batches = equal_length_batches([3, 3, 3, 5, 1], batch_tokens=6)
+    assert batches == [[4], [0, 1], [2], [3]]
