@@ -28,8 +28,8 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -ra
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check surd storage adapter flows tests
-	$(VENV)/bin/ruff format --check surd storage adapter flows tests
+	$(VENV)/bin/ruff check surd storage adapter flows tests benchmarks
+	$(VENV)/bin/ruff format --check surd storage adapter flows tests benchmarks
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

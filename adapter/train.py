@@ -43,6 +43,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     seed: int = 0
     layer: int = -1
+    compile_unet: bool = True  # on a GPU: torch.compile the frozen UNet (0.131 → 0.089 s/step on H200)
 
 
 def read_release(release: Path) -> pa.Table:
@@ -199,6 +200,11 @@ def train(
         raise ValueError(f"{len(missing)} released samples have no embedding for layer {layer}")
     llm = torch.from_numpy(np.stack([vectors[s] for s in table.column("sample_id").to_pylist()]))
     dev = next(unet.parameters()).device
+    step_unet = unet
+    if dev.type == "cuda":
+        unet.to(torch.bfloat16)  # frozen: bf16 weights, no per-step casts under autocast
+        if cfg.compile_unet:
+            step_unet = torch.compile(unet)
     cache = {
         k: v.to(dev) for k, v in precompute(parts, table, parts.get("resolution", cfg.resolution)).items()
     }
@@ -231,7 +237,7 @@ def train(
         t = torch.randint(0, sched.config.num_train_timesteps, (cfg.batch_size,), generator=gen).to(dev)
         idx = idx.to(dev)
         losses = training_step(
-            unet,
+            step_unet,
             sched,
             adapter,
             opt,

@@ -28,6 +28,7 @@ def train_config(settings: Settings) -> Any:
         checkpoint_every=a.checkpoint_every,
         seed=a.seed,
         layer=a.layer,
+        compile_unet=a.compile_unet,
     )
 
 

@@ -134,6 +134,7 @@ class AdapterSettings(_Section):
     resolution: int = Field(512, ge=8)
     checkpoint_every: int = Field(500, ge=1)
     seed: int = 0
+    compile_unet: bool = True
     eval_images_per_prompt: int = Field(10, ge=1)
     eval_steps: int = Field(30, ge=1)
 

@@ -1,0 +1,49 @@
+"""The benchmark scripts run on CPU with tiny sizes (their GPU figures are in the README)."""
+
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+
+def test_embed_benchmark(tmp_path: Path) -> None:
+    import bench_embed
+
+    r = bench_embed.main(
+        ["--preset", "tiny", "--prompts", "64", "--naive", "4", "--out", str(tmp_path / "b.jsonl")]
+    )
+    assert r["prompts_per_s"] > 0 and r["naive_prompts_per_s"] > 0
+    assert (tmp_path / "b.jsonl").read_text().count("\n") == 1
+
+
+def test_caption_clip_benchmark() -> None:
+    import bench_caption_clip
+
+    rs = bench_caption_clip.main(
+        [
+            "--size",
+            "tiny",
+            "--images",
+            "8",
+            "--workers",
+            "0",
+            "--caption-batch",
+            "4",
+            "--clip-batch",
+            "4",
+            "--new-tokens",
+            "3",
+        ]
+    )
+    assert [r["bench"] for r in rs] == ["caption", "caption", "clip_filter"]
+    assert all(r.get("images_per_s", r.get("samples_per_s")) > 0 for r in rs)
+
+
+def test_adapter_step_benchmark() -> None:
+    import bench_adapter_step
+
+    rs = bench_adapter_step.main(
+        ["--size", "tiny", "--batch", "2", "--steps", "1", "--modes", "cached", "uncached"]
+    )
+    assert [r["mode"] for r in rs] == ["cached", "uncached"] and all(r["s_per_step"] > 0 for r in rs)
