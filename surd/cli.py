@@ -85,6 +85,12 @@ def _print_status(st: dict[str, Any]) -> None:
         dropped = ", ".join(f"{r}={n}" for r, n in sorted(v["dropped"].items())) or "-"
         table.add_row(name, str(v["in"]), str(v["out"]), dropped, str(v["pending"]))
     console.print(table)
+    for source, c in st.get("crawls", {}).items():
+        console.print(
+            f"crawl {source}: {c['crawl_id']} {'done' if c['done'] else 'unfinished'} "
+            f"({c['stop_reason'] or 'in progress'}), robots {c['robots']}, "
+            f"{'incremental' if c['incremental'] else 'full'} pass, {c['items']} items"
+        )
     console.print(
         f"failed crawl pages: {st['crawl_pages_failed']}; latest release: "
         f"{st['stages']['release']['latest']}; adapter runs: {len(st['stages']['adapter_runs'])}"
@@ -96,9 +102,11 @@ def crawl(
     source: str = typer.Argument(..., help="civitai | lexica | sdonline"),
     limit: int | None = typer.Option(None, help="max raw items this crawl"),
     base_url: str | None = typer.Option(None, help="a mirror, proxy or replay server"),
+    full: bool = typer.Option(False, help="a full pass, not one that stops at known items"),
     config: Path | None = CONFIG,
 ) -> None:
-    """Crawl one source into the raw items table (resumable)."""
+    """One pass over a source into the raw items table: resumes an unfinished pass, else an
+    incremental pass that stops where it reaches items it already has."""
     from surd import pipeline
     from surd.crawl import SOURCES
 
@@ -110,7 +118,10 @@ def crawl(
         over["sources"] = {source: {"base_url": base_url}}
     if limit:
         over["crawl"] = {"limit": limit}
-    console.print(_run_stage(f"crawl {source}", pipeline.crawl, _settings(config, **over), source))
+    with _progress(f"crawl {source}") as bar:
+        t = bar.add_task(source, total=None)
+        result = pipeline.crawl(_settings(config, **over), source, lambda n: bar.advance(t, n), full)
+    console.print(result)
 
 
 @app.command()

@@ -3,6 +3,12 @@
 Per source, the position (cursor, query index, listing index) is checkpointed only after the
 page's items and its log row are durably written. A crawl killed at any moment refetches at most
 one page, whose items are then skipped by sample id: no gap, no duplicate.
+
+A finished crawl is followed, on the next call, by an incremental pass from the start that stops
+at the first page holding nothing new (`full=True` makes a full pass instead). Every pass records
+how it ended (`end`, `limit`, `repeated_cursor`, `reached_known_items`, or the failure that
+stopped it, after which the next call resumes at the failed page) and whether robots.txt was
+obeyed or overridden for the source.
 """
 
 from __future__ import annotations
@@ -30,53 +36,75 @@ class CrawlStats:
     pages_ok: int = 0
     pages_failed: int = 0
     items_written: int = 0
+    new_items: int = 0
+    stop_reason: str | None = None
     failures: list[str] = field(default_factory=list)
 
 
-def _fetch_page(source: str, position: str, settings: Settings, client: PoliteClient) -> Page:
-    """One page of one source at `position` (its cursor or index)."""
-    src = settings.sources
-    if source == "civitai":
-        cfg = src.civitai
-        cursor = None if position == "start" else position
-        headers = {"Authorization": f"Bearer {cfg.api_key.get_secret_value()}"} if cfg.api_key else None
-        url = f"{cfg.base_url.rstrip('/')}/api/v1/images"
-        params = civitai.request_params(cfg, cursor)
-        resp = client.get(url, params=params, headers=headers)
-        page = civitai.parse_page(resp.json(), cfg.base_url)
-        page.url = url + ("?cursor=" + cursor if cursor else "")
-        return page
-    if source == "lexica":
-        index = int(position)
-        query = src.lexica.queries[index]
-        url = f"{src.lexica.base_url.rstrip('/')}/api/v1/search"
-        page = lexica.parse_search(client.get(url, params={"q": query}).json(), src.lexica.base_url)
-        page.next_position = str(index + 1) if index + 1 < len(src.lexica.queries) else None
-        page.url = f"{url}?q={query}"
-        return page
-    if source == "sdonline":
-        index = int(position)
-        base = src.sdonline.base_url.rstrip("/")
-        url = f"{base}/prompts/{src.sdonline.listing_slugs[index]}"
-        cards = sdonline.parse_listing(client.get(url, expect="html").content.decode(), url)
-        items: list[RawItem] = []
-        failed: list[tuple[str, str]] = []
-        for path, item_id in cards:
-            detail_url = base + path
-            try:
-                html = client.get(detail_url, expect="html").content.decode()
-                items.append(sdonline.parse_detail(html, detail_url, item_id))
-            except FetchError as exc:
-                failed.append((detail_url, exc.reason))
-            except ParseError as exc:
-                failed.append((detail_url, f"parse_error:{exc}"))
-        nxt = str(index + 1) if index + 1 < len(src.sdonline.listing_slugs) else None
-        return Page(items=items, next_position=nxt, url=url, failed_items=failed)
-    raise ValueError(f"unknown source {source!r}; valid: {', '.join(SOURCES)}")
+def obey_robots(settings: Settings, source: str) -> bool:
+    override = getattr(settings.sources, source).obey_robots
+    return settings.crawl.obey_robots if override is None else override
 
 
-def _start_position(source: str) -> str:
-    return "start" if source == "civitai" else "0"
+def _civitai(position: str, settings: Settings, client: PoliteClient) -> Page:
+    cfg = settings.sources.civitai
+    cursor = None if position == "start" else position
+    headers = {"Authorization": f"Bearer {cfg.api_key.get_secret_value()}"} if cfg.api_key else None
+    url = f"{cfg.base_url.rstrip('/')}/api/v1/images"
+    resp = client.get(url, params=civitai.request_params(cfg, cursor), headers=headers)
+    page = civitai.parse_page(resp.json(), cfg.base_url)
+    page.url = url + ("?cursor=" + cursor if cursor else "")
+    return page
+
+
+def _lexica(position: str, settings: Settings, client: PoliteClient) -> Page:
+    cfg = settings.sources.lexica
+    qi, _, cur = position.partition(":")
+    index, query = int(qi), cfg.queries[int(qi)]
+    following = f"{index + 1}:0" if index + 1 < len(cfg.queries) else None
+    if cfg.mode == "search":
+        url = f"{cfg.base_url.rstrip('/')}/api/v1/search"
+        page = lexica.parse_search(client.get(url, params={"q": query}).json(), cfg.base_url)
+        page.next_position, page.url = following, f"{url}?q={query}"
+        return page
+    url = f"{cfg.base_url.rstrip('/')}/api/infinite-prompts"
+    body = lexica.infinite_body(query, int(cur or 0), cfg.model)
+    page = lexica.parse_infinite(client.post_json(url, body).json(), cfg.base_url, cfg.image_base_url)
+    page.next_position = f"{index}:{page.next_position}" if page.next_position else following
+    page.url = f"{url}#q={query}&cursor={cur or 0}"
+    return page
+
+
+def _sdonline(position: str, settings: Settings, client: PoliteClient) -> Page:
+    cfg = settings.sources.sdonline
+    index = int(position.partition(":")[0])
+    base = cfg.base_url.rstrip("/")
+    url = f"{base}/prompts/{cfg.listing_slugs[index]}"
+    cards = sdonline.parse_listing(client.get(url, expect="html").content.decode(), url)
+    items: list[RawItem] = []
+    failed: list[tuple[str, str]] = []
+    for path, item_id in cards:
+        detail_url = base + path
+        try:
+            items.append(
+                sdonline.parse_detail(
+                    client.get(detail_url, expect="html").content.decode(), detail_url, item_id
+                )
+            )
+        except FetchError as exc:
+            failed.append((detail_url, exc.reason))
+        except ParseError as exc:
+            failed.append((detail_url, f"parse_error:{exc}"))
+    nxt = f"{index + 1}:0" if index + 1 < len(cfg.listing_slugs) else None
+    return Page(items=items, next_position=nxt, url=url, failed_items=failed)
+
+
+FETCHERS: dict[str, Callable[[str, Settings, PoliteClient], Page]] = {
+    "civitai": _civitai,
+    "lexica": _lexica,
+    "sdonline": _sdonline,
+}
+START = {"civitai": "start", "lexica": "0:0", "sdonline": "0:0"}
 
 
 def crawl_source(
@@ -89,39 +117,64 @@ def crawl_source(
     full: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> CrawlStats:
-    """Crawl one source until its end, its limit, or a repeating cursor; resumable at any point."""
+    """One pass over a source: resumes an unfinished pass, else starts a new one."""
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; valid: {', '.join(SOURCES)}")
     state_name = f"crawl-{source}"
     state = data.state(state_name)
-    if state.get("done") and not full:
-        return CrawlStats(source, state["crawl_id"])
-    if full or not state:
+    if full or not state or state.get("done"):
         state = {
             "crawl_id": uuid.uuid4().hex[:12],
-            "position": _start_position(source),
+            "position": START[source],
             "seen_positions": [],
             "items": 0,
             "done": False,
+            "incremental": bool(state) and not full,
+            "robots": "obeyed" if obey_robots(settings, source) else "overridden",
+            "started_at": datetime.now(UTC).isoformat(),
         }
         data.save_state(state_name, state)
     stats = CrawlStats(source, state["crawl_id"])
-    raw = data.table("raw_items")
-    pages = data.table("crawl_pages")
+    raw, pages = data.table("raw_items"), data.table("crawl_pages")
     limit = limit or settings.crawl.limit
     keys = _image_keys(raw.iter_rows(["sample_id", "status", "image_key"]))
+    meta = {
+        "crawl_id": state["crawl_id"],
+        "source": source,
+        "robots": state["robots"],
+        "incremental": state["incremental"],
+        "settings": settings.provenance(),
+    }
     while True:
         position = state["position"]
         page_id = f"{state['crawl_id']}:{source}:{position}"
         now = datetime.now(UTC)
         try:
-            page = _fetch_page(source, position, settings, client)
-        except (FetchError, ParseError, ValueError) as exc:
+            page = FETCHERS[source](position, settings, client)
+        except (FetchError, ParseError) as exc:
             reason = exc.reason if isinstance(exc, FetchError) else f"parse_error:{exc}"
-            pages.write([_page_row(page_id, state, source, position, None, "failed", reason, 0, None, now)])
+            pages.write(
+                [
+                    _page_row(
+                        f"{page_id}:failed:{uuid.uuid4().hex[:6]}",
+                        state,
+                        source,
+                        position,
+                        None,
+                        "failed",
+                        reason,
+                        0,
+                        None,
+                        now,
+                    )
+                ],
+                provenance=meta,
+            )
             stats.pages_failed += 1
             stats.failures.append(f"{position}: {reason}")
-            break  # a failing part raises in the flow's retry; the checkpoint stays on this page
+            stats.stop_reason = reason  # the checkpoint stays: the next call retries this page
+            break
+        known = raw.ids()
         rows = []
         for item in page.items:
             row = item.to_row(state["crawl_id"])
@@ -134,51 +187,56 @@ def crawl_source(
             rows.append(row)
         if limit is not None:
             rows = rows[: max(0, limit - state["items"])]
-        raw.write(
-            rows,
-            provenance={
-                "crawl_id": state["crawl_id"],
-                "source": source,
-                "page": page.url,
-                "settings": settings.provenance(),
-            },
-        )
+        new = sum(1 for r in rows if r["sample_id"] not in known)
+        raw.write(rows, provenance={**meta, "page": page.url})
         for i, (url, reason) in enumerate(page.failed_items):
             pages.write(
                 [
                     _page_row(
                         f"{page_id}:item{i}", state, source, position, url, "failed", reason, 0, None, now
                     )
-                ]
+                ],
+                provenance=meta,
             )
-        repeated = page.next_position is not None and page.next_position in state["seen_positions"]
+        repeated = page.next_position is not None and page.next_position in [
+            *state["seen_positions"],
+            position,
+        ]
+        reached_known = state["incremental"] and bool(page.items) and new == 0
+        stop = (
+            "repeated_cursor"
+            if repeated
+            else "reached_known_items"
+            if reached_known
+            else "limit"
+            if limit is not None and state["items"] + len(rows) >= limit
+            else "end"
+            if page.next_position is None
+            else None
+        )
         pages.write(
             [
                 _page_row(
-                    page_id,
-                    state,
-                    source,
-                    position,
-                    page.url,
-                    OK,
-                    "repeated_cursor" if repeated else None,
-                    len(rows),
-                    page.next_position,
-                    now,
+                    page_id, state, source, position, page.url, OK, stop, len(rows), page.next_position, now
                 )
-            ]
+            ],
+            provenance=meta,
         )
         stats.pages_ok += 1
         stats.items_written += len(rows)
-        state["items"] += len(rows)
-        state["seen_positions"] = [*state["seen_positions"], position]
-        finished = page.next_position is None or repeated or (limit is not None and state["items"] >= limit)
-        state["position"] = page.next_position or position
-        state["done"] = finished
+        stats.new_items += new
+        state.update(
+            items=state["items"] + len(rows),
+            seen_positions=[*state["seen_positions"], position],
+            position=page.next_position or position,
+            done=stop is not None,
+            stop_reason=stop,
+        )
         data.save_state(state_name, state)
         if progress:
             progress(len(rows))
-        if finished:
+        if stop is not None:
+            stats.stop_reason = stop
             break
     return stats
 

@@ -162,9 +162,12 @@ def run_embed(
     def flush(batches: list[PooledBatch]) -> int:
         order = [i for b in batches for i in b.indices]
         vectors = np.concatenate([b.numpy() for b in batches])
-        store.write_part([todo[i][0] for i in order], [todo[i][2] for i in order], vectors)
-        if progress:
-            progress(len(order))
+        step = settings.part_size  # parts stay small whatever the batch size: the unit of resume
+        for k in range(0, len(order), step):
+            part = order[k : k + step]
+            store.write_part([todo[i][0] for i in part], [todo[i][2] for i in part], vectors[k : k + step])
+            if progress:
+                progress(len(part))
         return len(order)
 
     try:

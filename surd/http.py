@@ -7,6 +7,7 @@ Every failure ends as a `FetchError` whose `reason` is stored with the item or p
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -14,7 +15,7 @@ import urllib.robotparser
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -47,11 +48,11 @@ class Response:
     headers: httpx.Headers
     content: bytes
     attempts: int = 1
+    parsed: Any = None
 
-    def json(self) -> object:
-        import json
-
-        return json.loads(self.content)
+    def json(self) -> Any:
+        """The body as JSON (already parsed and checked when fetched with expect='json')."""
+        return self.parsed if self.parsed is not None else json.loads(self.content)
 
 
 @dataclass
@@ -250,4 +251,10 @@ class PoliteClient:
             content = b"".join(chunks)
             if expect != "bytes" and looks_blocked(content, expect):
                 return FetchError("blocked", url), None
-            return Response(str(resp.url), resp.status_code, resp.headers, content)
+            parsed = None
+            if expect == "json":
+                try:
+                    parsed = json.loads(content)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    return FetchError("bad_json", url), None  # truncated or garbled: retried
+            return Response(str(resp.url), resp.status_code, resp.headers, content, parsed=parsed)

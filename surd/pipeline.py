@@ -32,21 +32,16 @@ def open_data(settings: Settings) -> DataDir:
     return data
 
 
-def crawl(settings: Settings, source: str, progress: Progress = None) -> dict[str, Any]:
-    from surd.crawl import crawl_source
+def crawl(settings: Settings, source: str, progress: Progress = None, full: bool = False) -> dict[str, Any]:
+    """One pass over a source (resuming an unfinished one); the client honours its robots policy."""
+    from dataclasses import asdict
+
+    from surd.crawl import crawl_source, obey_robots
     from surd.http import PoliteClient
 
     data = open_data(settings)
-    with PoliteClient(settings.crawl) as client:
-        stats = crawl_source(source, settings, data, client, progress=progress)
-    return {
-        "source": source,
-        "crawl_id": stats.crawl_id,
-        "pages_ok": stats.pages_ok,
-        "pages_failed": stats.pages_failed,
-        "items_written": stats.items_written,
-        "failures": stats.failures,
-    }
+    with PoliteClient(settings.crawl, obey_robots=obey_robots(settings, source)) as client:
+        return asdict(crawl_source(source, settings, data, client, progress=progress, full=full))
 
 
 def images(settings: Settings, progress: Progress = None) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import io
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 RECORDED_DETAIL_ID = "1"
+Canned = tuple[int, dict[str, str], bytes, float]  # status, headers, body, delay in seconds
 RECORDED_DETAIL_SLUG = "user-interface-game-for-interaction"
 
 
@@ -74,8 +76,22 @@ class ReplaySite:
         self.fault_every = fault_every
         self.base_url = ""
         self.requests: list[tuple[float, str]] = []
+        self.robots = "User-agent: *\nAllow: /\n"
+        self._scripted: dict[str, list[Canned]] = {}
+        self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._civitai = self._load_civitai()
+
+    def script(self, path: str, *responses: Canned) -> None:
+        """Answer the next requests to `path` with these, in order, before the recorded ones
+        (tests use it for 429s, 503s, block pages, truncated bodies, slow answers)."""
+        with self._lock:
+            self._scripted.setdefault(path, []).extend(responses)
+
+    def _next_scripted(self, path: str) -> Canned | None:
+        with self._lock:
+            queue = self._scripted.get(path)
+            return queue.pop(0) if queue else None
 
     # -- recorded data -------------------------------------------------------------------
     def _load_civitai(self) -> list[dict[str, Any]]:
@@ -126,7 +142,7 @@ class ReplaySite:
     def route(self, path: str, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
         sd = self.fixtures / "stablediffusionweb"
         if path == "/robots.txt":
-            return 200, "text/plain", b"User-agent: *\nAllow: /\n"
+            return 200, "text/plain", self.robots.encode()
         if path == "/civitai/api/v1/images":
             body = self._rewrite(json.dumps(self.civitai_page(query)))
             return 200, "application/json", body.encode()
@@ -151,6 +167,43 @@ class ReplaySite:
         if path.startswith("/img/"):
             return self.image(path)
         return 404, "text/html", b"<!DOCTYPE html><html><body>Not found</body></html>"
+
+    def route_post(self, path: str, body: bytes) -> tuple[int, str, bytes]:
+        """Lexica's infinite-prompts feed, in its documented shape, built from the recorded
+        search response (no recorded feed response exists): one page, then no cursor."""
+        if path != "/lexica/api/infinite-prompts":
+            return 404, "application/json", b'{"error":"not found"}'
+        try:
+            req = json.loads(body)
+        except json.JSONDecodeError:
+            return 400, "application/json", b'{"error":"bad json"}'
+        if int(req.get("cursor") or 0) > 0:
+            return 200, "application/json", b'{"prompts": [], "images": []}'
+        found = json.loads((self.fixtures / "lexica" / "search_v1_docs_example.json").read_text())["images"]
+        prompts = [
+            {
+                "id": i["promptid"],
+                "prompt": i["prompt"],
+                "negativePrompt": "",
+                "seed": i["seed"],
+                "c": i["guidance"],
+                "model": i["model"],
+                "width": i["width"],
+                "height": i["height"],
+                "grid": i["grid"],
+                "images": [{"id": i["id"]}],
+            }
+            for i in found
+        ]
+        images = [
+            {"id": i["id"], "promptid": i["promptid"], "width": i["width"], "height": i["height"]}
+            for i in found
+        ]
+        return (
+            200,
+            "application/json",
+            json.dumps({"prompts": prompts, "images": images, "nextCursor": 50}).encode(),
+        )
 
     def image(self, path: str) -> tuple[int, str, bytes]:
         segs = path.split("/")
@@ -178,16 +231,35 @@ class ReplaySite:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                import time
+                self._answer(None)
 
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self._answer(self.rfile.read(length))
+
+            def _answer(self, body_in: bytes | None) -> None:
                 parts = urlsplit(self.path)
                 site.requests.append((time.monotonic(), self.path))
-                status, ctype, body = site.route(parts.path, parse_qs(parts.query))
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                canned = site._next_scripted(parts.path)
+                headers: dict[str, str] = {}
+                if canned is not None:
+                    status, headers, body, delay = canned
+                    ctype = headers.pop("Content-Type", "application/json")
+                    time.sleep(delay)
+                elif body_in is not None:
+                    status, ctype, body = site.route_post(parts.path, body_in)
+                else:
+                    status, ctype, body = site.route(parts.path, parse_qs(parts.query))
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", ctype)
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    return  # the client gave up (a timeout test): nothing left to answer
 
             def log_message(self, format: str, *args: Any) -> None:
                 return None  # the crawler's own tables record every request outcome

@@ -41,6 +41,9 @@ class CrawlSettings(_Section):
 
 class CivitaiSettings(_Section):
     base_url: str = "https://civitai.com"
+    obey_robots: bool | None = Field(
+        None, description="None = crawl.obey_robots; civitai.com's robots.txt disallows /api/*"
+    )
     api_key: SecretStr | None = None
     nsfw: Literal["None", "Soft", "Mature", "X"] = "None"
     sort: Literal["Most Reactions", "Most Comments", "Most Collected", "Newest", "Oldest"] = "Newest"
@@ -50,11 +53,16 @@ class CivitaiSettings(_Section):
 
 class LexicaSettings(_Section):
     base_url: str = "https://lexica.art"
+    image_base_url: str = "https://image.lexica.art"
+    obey_robots: bool | None = None
+    mode: Literal["search", "infinite"] = "search"
+    model: str = "lexica-aperture-v3.5"
     queries: list[str] = ["portrait", "landscape", "cat", "city", "fantasy"]
 
 
 class SdOnlineSettings(_Section):
     base_url: str = "https://stablediffusionweb.com"
+    obey_robots: bool | None = None
     listing_slugs: list[str] = ["ui-design", "cel-shading", "monogram-logo"]
 
 

@@ -87,4 +87,16 @@ def status(settings: Settings, data: DataDir) -> dict[str, Any]:
     runs = sorted(p.name for p in data.runs_dir.iterdir()) if data.runs_dir.exists() else []
     stages["adapter_runs"] = runs
     failed_pages = sum(1 for r in data.table("crawl_pages").iter_rows(["status"]) if r["status"] != OK)
-    return {"data_root": str(data.root), "stages": stages, "crawl_pages_failed": failed_pages}
+    crawls = {}
+    for source in ("civitai", "lexica", "sdonline"):
+        st = data.state(f"crawl-{source}")
+        if st:
+            crawls[source] = {
+                k: st.get(k) for k in ("crawl_id", "done", "stop_reason", "robots", "incremental", "items")
+            }
+    return {
+        "data_root": str(data.root),
+        "stages": stages,
+        "crawl_pages_failed": failed_pages,
+        "crawls": crawls,
+    }

@@ -111,7 +111,9 @@ def test_sigkill_in_every_stage_then_resume(tmp_path: Path) -> None:
     assert _demo(killed, port).returncode == 0
     assert _demo(clean, free_port()).returncode == 0
     st_killed, st_clean = _status(killed), _status(clean)
-    assert st_killed == st_clean
+    # every stage's counts agree; the crawl history differs by design (each rerun after a finished
+    # crawl makes an incremental pass, which logs its own pages)
+    assert st_killed["stages"] == st_clean["stages"]
     check_counts_add_up(st_clean["stages"])
     for table in (killed / "tables").iterdir():
         ids = [

@@ -98,3 +98,60 @@ def test_sdonline_changed_markup_is_a_parser_failure() -> None:
         sdonline.parse_listing("<html><body>redesigned</body></html>", "https://x/prompts/a")
     with pytest.raises(ParseError, match="no prompt panel"):
         sdonline.parse_detail("<html><h1>t</h1></html>", "https://x/image/1-a", "1")
+
+
+def test_civitai_models_pages_match_the_original_surd_outputs() -> None:
+    """The 2023 /models pages give exactly the prompts SURD's own pipeline kept for those images."""
+    items = [
+        i
+        for f in ("models_v1_page1_2023-08-19.trimmed.json", "models_v1_page2_2023-08-19.trimmed.json")
+        for i in civitai.parse_models_page(json.loads((CIV / f).read_text()), "").items
+    ]
+    assert len(items) == 68
+    by_key = {i.image_key: i.to_row("c") for i in items}
+    derived = json.loads((CIV / "surd_derived_data.json").read_text())["items"]
+    for d in derived:
+        row = by_key[d["url"].split("/")[-3]]
+        assert row["complex_prompt"] == normalise_prompt(d["prompt"])
+        assert (row["negative_prompt"] or "") == normalise_prompt(d["negativePrompt"])
+    captions = [json.loads(line) for line in (CIV / "surd_derived_metadata.jsonl").read_text().splitlines()]
+    for c in captions:
+        assert by_key[c["file_name"]]["complex_prompt"] == normalise_prompt(c["prompt"])
+    nsfw = {i.nsfw_level for i in items}
+    assert {"None", "Mature"} <= nsfw
+
+
+def test_civitai_devdocs_example_and_trpc_answer() -> None:
+    dev = civitai.parse_page(json.loads((CIV / "images_v1_devdocs_example_2026.json").read_text()), "")
+    assert [i.complex_prompt for i in dev.items] == ["..."]  # the doc elides the prompt itself
+    trpc = civitai.parse_trpc_posts(
+        json.loads((CIV / "trpc_image.getImagesAsPostsInfinite_2026-04.json").read_text()), ""
+    )
+    assert len(trpc.items) == 2 and trpc.next_position is None
+    assert {i.to_row("c")["reason"] for i in trpc.items} == {"no_prompt"}  # meta is null on that route
+
+
+def test_lexica_infinite_feed_joins_images_to_prompts() -> None:
+    payload = {
+        "prompts": [
+            {
+                "id": "p1",
+                "prompt": "a castle,  at dawn",
+                "negativePrompt": "blurry",
+                "seed": "7",
+                "c": 7,
+                "model": "lexica-aperture-v2",
+                "grid": False,
+            }
+        ],
+        "images": [
+            {"id": "i1", "promptid": "p1", "width": 512, "height": 768},
+            {"id": "i2", "promptid": "missing"},
+        ],
+        "nextCursor": 50,
+    }
+    page = lexica.parse_infinite(payload, "https://lexica.art", "https://image.lexica.art")
+    first, orphan = (i.to_row("c") for i in page.items)
+    assert first["complex_prompt"] == "a castle, at dawn" and first["negative_prompt"] == "blurry"
+    assert first["image_url"] == "https://image.lexica.art/full_jpg/i1" and page.next_position == "50"
+    assert orphan["reason"] == "no_prompt"

@@ -75,7 +75,7 @@ def parse_item(obj: dict[str, Any], site: str) -> RawItem:
         height=height,
         model=meta.get("Model") or obj.get("baseModel"),
         seed=str(meta["seed"]) if meta.get("seed") is not None else None,
-        nsfw_level=str(obj.get("nsfwLevel")) if obj.get("nsfwLevel") is not None else None,
+        nsfw_level=_nsfw(obj),
         image_key=image_uuid(url) if url else None,
         meta={
             "meta": meta,
@@ -86,6 +86,50 @@ def parse_item(obj: dict[str, Any], site: str) -> RawItem:
         },
         drop_reason=None if kind == "image" else f"not_an_image_type:{kind}",
     )
+
+
+def _nsfw(obj: dict[str, Any]) -> str | None:
+    level = obj.get("nsfwLevel")
+    if level is None and isinstance(obj.get("nsfw"), str):  # the 2023 /models enum
+        level = obj["nsfw"]
+    return str(level) if level is not None else None
+
+
+def parse_models_page(payload: Any, site: str) -> Page:
+    """The 2023 `/api/v1/models` page SURD was built from (its images lost `meta` in 2024-02):
+    kept for regression against the original dataset, not for crawling."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("items"), list):
+        raise ParseError("civitai models: expected an object with an 'items' list")
+    items = [
+        parse_item(img, site)
+        for model in payload["items"]
+        for version in model.get("modelVersions") or []
+        for img in version.get("images") or []
+    ]
+    nxt = (payload.get("metadata") or {}).get("nextPage")
+    return Page(items=items, next_position=str(nxt) if nxt else None)
+
+
+def parse_trpc_posts(payload: Any, site: str) -> Page:
+    """The internal `image.getImagesAsPostsInfinite` answer: images carry a bare uuid and no
+    prompt (that needs one `image.getGenerationData` call each), so every item is dropped
+    with `no_prompt`; kept to document and test that path, not to crawl it."""
+    try:
+        data = payload["result"]["data"]["json"]
+        posts = data["items"]
+    except (KeyError, TypeError):
+        raise ParseError("civitai trpc: expected result.data.json.items") from None
+    items = []
+    for post in posts:
+        for img in post.get("images") or []:
+            name = img.get("name") or f"{img['id']}.jpeg"
+            obj = {
+                **img,
+                "url": f"https://image.civitai.com/xG1nkqKTMzGDvpLrqFT7WA/{img['url']}/original=true/{name}",
+            }
+            items.append(parse_item(obj, site))
+    nxt = data.get("nextCursor")
+    return Page(items=items, next_position=str(nxt) if nxt else None)
 
 
 def parse_page(payload: Any, site: str) -> Page:

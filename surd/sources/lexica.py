@@ -35,3 +35,38 @@ def parse_search(payload: Any, site: str) -> Page:
             )
         )
     return Page(items=items, next_position=None)
+
+
+def infinite_body(query: str, cursor: int, model: str) -> dict[str, Any]:
+    """The website's own feed request (gallery-dl sends the same)."""
+    return {"text": query, "searchMode": "images", "source": "search", "cursor": cursor, "model": model}
+
+
+def parse_infinite(payload: Any, site: str, image_base: str) -> Page:
+    """`{prompts, images, nextCursor}`: each image joined to its prompt by `promptid`."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("images"), list):
+        raise ParseError("lexica feed: expected an object with an 'images' list")
+    prompts = {p.get("id"): p for p in payload.get("prompts") or [] if isinstance(p, dict)}
+    items = []
+    for img in payload["images"]:
+        if not isinstance(img, dict) or not img.get("id"):
+            raise ParseError("lexica feed: an image without an id")
+        p = prompts.get(img.get("promptid"), {})
+        items.append(
+            RawItem(
+                source=NAME,
+                source_item_id=str(img["id"]),
+                image_url=f"{image_base.rstrip('/')}/full_jpg/{img['id']}",
+                complex_prompt=p.get("prompt") if isinstance(p.get("prompt"), str) else None,
+                negative_prompt=p.get("negativePrompt") if isinstance(p.get("negativePrompt"), str) else None,
+                source_url=f"{site.rstrip('/')}/prompt/{img.get('promptid')}",
+                width=to_int(img.get("width") or p.get("width")),
+                height=to_int(img.get("height") or p.get("height")),
+                model=p.get("model"),
+                seed=str(p["seed"]) if p.get("seed") is not None else None,
+                meta={"promptid": img.get("promptid"), "guidance": p.get("c"), "grid": p.get("grid")},
+                drop_reason="grid_image" if p.get("grid") else None,
+            )
+        )
+    nxt = payload.get("nextCursor")
+    return Page(items=items, next_position=str(nxt) if nxt and items else None)
