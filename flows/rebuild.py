@@ -7,6 +7,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.concurrency.sync import concurrency
 
 from surd import pipeline
 from surd.settings import Settings, load_settings
@@ -18,7 +19,10 @@ def _settings(config: dict[str, Any]) -> Settings:
 
 @task(retries=2, retry_delay_seconds=5, task_run_name="crawl-{source}")
 def crawl_task(config: dict[str, Any], source: str) -> dict[str, Any]:
-    return pipeline.crawl(_settings(config), source)
+    # one crawler per site across all deployments and workers, when the global concurrency
+    # limit `crawl-<source>` exists (created by the production set-up); without it, no wait
+    with concurrency(f"crawl-{source}", occupy=1):
+        return pipeline.crawl(_settings(config), source)
 
 
 @task(retries=2, retry_delay_seconds=5)

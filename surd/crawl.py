@@ -22,7 +22,7 @@ from typing import Any
 from storage.layout import DataDir
 from storage.schemas import OK
 from surd.http import FetchError, PoliteClient
-from surd.settings import Settings
+from surd.settings import CrawlSettings, Settings
 from surd.sources import civitai, lexica, sdonline
 from surd.sources.base import Page, ParseError, RawItem
 
@@ -44,6 +44,17 @@ class CrawlStats:
 def obey_robots(settings: Settings, source: str) -> bool:
     override = getattr(settings.sources, source).obey_robots
     return settings.crawl.obey_robots if override is None else override
+
+
+def politeness(settings: Settings, source: str) -> CrawlSettings:
+    """The crawl settings with this source's overrides applied."""
+    src = getattr(settings.sources, source)
+    update = {
+        k: getattr(src, k)
+        for k in ("obey_robots", "requests_per_second", "max_concurrency")
+        if getattr(src, k) is not None
+    }
+    return settings.crawl.model_copy(update=update)
 
 
 def _civitai(position: str, settings: Settings, client: PoliteClient) -> Page:

@@ -25,7 +25,12 @@ def demo_config(data_root: Path, site: ReplaySite) -> dict[str, Any]:
         },
         "sources": {
             "civitai": {"base_url": urls["civitai"], "page_size": 25},
-            "lexica": {"base_url": urls["lexica"], "queries": ["game ui", "fruit icons"]},
+            "lexica": {
+                "base_url": urls["lexica"],
+                "queries": ["game ui", "fruit icons"],
+                "requests_per_second": 100.0,
+                "image_base_url": f"{site.base_url}/img/lexica",
+            },
             "sdonline": {"base_url": urls["sdonline"], "listing_slugs": ["ui-design", "replay"]},
         },
         "caption": {"batch_size": 8},

@@ -36,11 +36,11 @@ def crawl(settings: Settings, source: str, progress: Progress = None, full: bool
     """One pass over a source (resuming an unfinished one); the client honours its robots policy."""
     from dataclasses import asdict
 
-    from surd.crawl import crawl_source, obey_robots
+    from surd.crawl import crawl_source, politeness
     from surd.http import PoliteClient
 
     data = open_data(settings)
-    with PoliteClient(settings.crawl, obey_robots=obey_robots(settings, source)) as client:
+    with PoliteClient(politeness(settings, source)) as client:
         return asdict(crawl_source(source, settings, data, client, progress=progress, full=full))
 
 

@@ -77,6 +77,7 @@ class ReplaySite:
         self.base_url = ""
         self.requests: list[tuple[float, str]] = []
         self.robots = "User-agent: *\nAllow: /\n"
+        self.auth_seen: list[str] = []  # Authorization headers received, for tests
         self._scripted: dict[str, list[Canned]] = {}
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -240,6 +241,7 @@ class ReplaySite:
             def _answer(self, body_in: bytes | None) -> None:
                 parts = urlsplit(self.path)
                 site.requests.append((time.monotonic(), self.path))
+                site.auth_seen.append(self.headers.get("Authorization", ""))
                 canned = site._next_scripted(parts.path)
                 headers: dict[str, str] = {}
                 if canned is not None:

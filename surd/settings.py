@@ -39,11 +39,16 @@ class CrawlSettings(_Section):
     limit: int | None = Field(None, ge=1, description="max raw items per source and crawl")
 
 
-class CivitaiSettings(_Section):
-    base_url: str = "https://civitai.com"
-    obey_robots: bool | None = Field(
-        None, description="None = crawl.obey_robots; civitai.com's robots.txt disallows /api/*"
-    )
+class _SourcePoliteness(_Section):
+    """Per-source overrides of the crawl's politeness (None = the `crawl` section's value)."""
+
+    obey_robots: bool | None = None
+    requests_per_second: float | None = Field(None, gt=0)
+    max_concurrency: int | None = Field(None, ge=1)
+
+
+class CivitaiSettings(_SourcePoliteness):
+    base_url: str = "https://civitai.com"  # note: civitai.com's robots.txt disallows /api/*
     api_key: SecretStr | None = None
     nsfw: Literal["None", "Soft", "Mature", "X"] = "None"
     sort: Literal["Most Reactions", "Most Comments", "Most Collected", "Newest", "Oldest"] = "Newest"
@@ -51,18 +56,17 @@ class CivitaiSettings(_Section):
     page_size: int = Field(200, ge=1, le=200)
 
 
-class LexicaSettings(_Section):
+class LexicaSettings(_SourcePoliteness):
     base_url: str = "https://lexica.art"
     image_base_url: str = "https://image.lexica.art"
-    obey_robots: bool | None = None
+    requests_per_second: float | None = Field(1 / 3, gt=0)  # 20/min, as the known API clients
     mode: Literal["search", "infinite"] = "search"
     model: str = "lexica-aperture-v3.5"
     queries: list[str] = ["portrait", "landscape", "cat", "city", "fantasy"]
 
 
-class SdOnlineSettings(_Section):
+class SdOnlineSettings(_SourcePoliteness):
     base_url: str = "https://stablediffusionweb.com"
-    obey_robots: bool | None = None
     listing_slugs: list[str] = ["ui-design", "cel-shading", "monogram-logo"]
 
 

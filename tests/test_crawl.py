@@ -45,6 +45,7 @@ def settings(root: Path, site: ReplaySite, **crawl: object) -> Settings:
             "lexica": {
                 "base_url": urls["lexica"],
                 "queries": ["a", "b"],
+                "requests_per_second": 50.0,
                 "image_base_url": f"{site.base_url}/img/lexica",
             },
             "sdonline": {"base_url": urls["sdonline"], "listing_slugs": ["ui-design", "replay"]},
@@ -81,11 +82,12 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> list[tuple]:
 def test_429_retry_after_is_honoured_and_the_rate_never_exceeded(
     tmp_path: Path, site: ReplaySite, reference
 ) -> None:
-    site.script(CIVITAI, (429, {"Retry-After": "1"}, b'{"error":"slow down"}', 0.0))
+    too_many = (429, {"Retry-After": "1"}, b'{"error":"slow down"}', 0.0)
+    site.script(CIVITAI, too_many, too_many)  # 429 for a while
     out = pipeline.crawl(settings(tmp_path, site, requests_per_second=5.0), "civitai")
     assert out["stop_reason"] == "end" and raw_rows(tmp_path) == reference
     times = civitai_requests(site)
-    assert times[1] - times[0] >= 1.0  # waited for Retry-After
+    assert times[1] - times[0] >= 1.0 and times[2] - times[1] >= 1.0  # waited for Retry-After each time
     assert min(b - a for a, b in itertools.pairwise(times)) >= 0.19  # ≤ 5 requests/s
 
 
@@ -232,3 +234,21 @@ def test_sigkill_mid_crawl_resumes_to_the_same_table(tmp_path: Path, site: Repla
     assert subprocess.run(cmd, env=env, capture_output=True, timeout=120).returncode == 0
     assert time.monotonic() - start < 120
     assert raw_rows(tmp_path) == reference
+
+
+def test_api_key_is_sent_as_bearer_and_never_stored(tmp_path: Path, site: ReplaySite, monkeypatch) -> None:
+    monkeypatch.setenv("SURD_SOURCES__CIVITAI__API_KEY", "sk-live-12345")
+    assert pipeline.crawl(settings(tmp_path, site), "civitai")["stop_reason"] == "end"
+    assert "Bearer sk-live-12345" in site.auth_seen
+    for f in tmp_path.rglob("*"):
+        if f.is_file():
+            assert b"sk-live-12345" not in f.read_bytes(), f
+
+
+def test_per_source_rate_overrides_the_crawl_default(tmp_path: Path, site: ReplaySite) -> None:
+    from surd.crawl import politeness
+
+    cfg = settings(tmp_path, site, requests_per_second=9.0)
+    assert politeness(cfg, "civitai").requests_per_second == 9.0
+    assert politeness(cfg, "lexica").requests_per_second == 50.0
+    assert load_settings().sources.lexica.requests_per_second == pytest.approx(1 / 3)
