@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
 export PYTHONWARNINGS := ignore::FutureWarning
 
-.PHONY: demo test lint typecheck install bench
+.PHONY: demo test lint typecheck install bench-images bench-gpu
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,15 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
+
+# img2dataset lives in its own venv: it is only the benchmark's peer, never a dependency.
+.venv-img2dataset/bin/img2dataset:
+	$(PYTHON) -m venv .venv-img2dataset
+	.venv-img2dataset/bin/pip install -q img2dataset
+
+bench-images: $(STAMP) .venv-img2dataset/bin/img2dataset
+	$(VENV)/bin/python benchmarks/bench_images.py --images 5000 --threads 32 \
+		--img2dataset .venv-img2dataset/bin/img2dataset --out benchmarks/results/images-$(shell hostname).jsonl
+
+bench-gpu:
+	bash benchmarks/run_gpu.sh

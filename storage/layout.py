@@ -56,7 +56,8 @@ class DataDir:
                 schema, key = CRAWL_PAGES, "page_id"
             else:
                 schema = STAGE_TABLES[name]
-        return PartTable(self.root / "tables", name, schema, key)
+        # the images table holds JPEG bytes, which do not compress: spend no CPU trying
+        return PartTable(self.root / "tables", name, schema, key, "none" if name == "images" else "zstd")
 
     @property
     def tables_dir(self) -> Path:

@@ -60,11 +60,14 @@ def write_parquet_atomic(
 class PartTable:
     """A table stored as `<root>/<name>/part-*.parquet`, keyed by `key`."""
 
-    def __init__(self, root: Path, name: str, schema: pa.Schema, key: str = "sample_id") -> None:
+    def __init__(
+        self, root: Path, name: str, schema: pa.Schema, key: str = "sample_id", compression: str = "zstd"
+    ) -> None:
         self.dir = Path(root) / name
         self.name = name
         self.schema = schema
         self.key = key
+        self.compression = compression
         self._written = 0
         self._ids_by_part: dict[Path, list[str]] = {}
 
@@ -122,10 +125,35 @@ class PartTable:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
         name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
         path = self.dir / name
-        write_parquet_atomic(table, path)
+        write_parquet_atomic(table, path, compression=self.compression)
         self._written += 1
         fault_point(self.name, self._written)
         return path
+
+    def replace_rows(self, rows: Iterable[dict[str, Any]], provenance: dict[str, Any] | None = None) -> int:
+        """Swap existing rows for new versions of them (a retry), part by part: each touched part
+        is rewritten whole and renamed over itself, so a reader sees the old part or the new one."""
+        new = {r[self.key]: r for r in rows}
+        replaced = 0
+        for part in self.parts():
+            if not new:
+                break
+            old = pq.read_table(part)
+            keys = old.column(self.key).to_pylist()
+            hits = sum(1 for k in keys if k in new)
+            if not hits:
+                continue
+            merged = [new.pop(k) if k in new else row for k, row in zip(keys, old.to_pylist(), strict=True)]
+            table = pa.Table.from_pylist(merged, self.schema)
+            meta = {
+                **(old.schema.metadata or {}),
+                b"surd.provenance": json.dumps(provenance or {}, sort_keys=True).encode(),
+            }
+            write_parquet_atomic(table.replace_schema_metadata(meta), part, compression=self.compression)
+            replaced += hits
+        if new:
+            raise KeyError(f"{len(new)} rows to replace are not in table {self.name}")
+        return replaced
 
     def provenance(self) -> list[dict[str, Any]]:
         out = []

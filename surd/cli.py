@@ -124,12 +124,34 @@ def crawl(
     console.print(result)
 
 
-@app.command()
-def images(config: Path | None = CONFIG) -> None:
+images_app = typer.Typer(help="The images stage.")
+app.add_typer(images_app, name="images")
+
+
+@images_app.callback(invoke_without_command=True)
+def images(ctx: typer.Context, config: Path | None = CONFIG) -> None:
     """Fetch, validate, normalise and deduplicate the images of new raw items."""
+    if ctx.invoked_subcommand is not None:
+        return
     from surd import pipeline
 
     console.print(_run_stage("images", pipeline.images, _settings(config)))
+
+
+@images_app.command("retry")
+def images_retry(
+    reason: list[str] = typer.Option(
+        None,
+        "--reason",
+        help="reason prefix, e.g. http_503 (repeatable); "
+        "default: timeouts, connection errors, blocks, 429 and 5xx",
+    ),
+    config: Path | None = CONFIG,
+) -> None:
+    """Fetch again only the items that failed."""
+    from surd import pipeline
+
+    console.print(_run_stage("retry", pipeline.images_retry, _settings(config), reason or None))
 
 
 @app.command()

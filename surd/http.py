@@ -7,6 +7,7 @@ Every failure ends as a `FetchError` whose `reason` is stored with the item or p
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import threading
@@ -81,6 +82,57 @@ def looks_blocked(content: bytes, expect: Expect) -> bool:
     if any(m in head for m in BLOCK_MARKERS):
         return True
     return expect == "json" and head.lstrip()[:1] == b"<"
+
+
+def backoff_seconds(s: CrawlSettings, attempt: int, retry_after: str | None, factor: float = 1.0) -> float:
+    """`Retry-After` (seconds or an HTTP date) when given, else exponential backoff with jitter."""
+    if retry_after:
+        if retry_after.strip().replace(".", "", 1).isdigit():
+            return min(float(retry_after), s.backoff_max_s)
+        try:
+            delta = parsedate_to_datetime(retry_after).timestamp() - time.time()
+            return min(max(delta, 0.0), s.backoff_max_s)
+        except (TypeError, ValueError):
+            retry_after = None  # unparseable: exponential backoff below
+    base = s.backoff_base_s * factor * (2**attempt)
+    return min(base * (0.5 + random.random()), s.backoff_max_s)
+
+
+HeadCheck = Callable[[httpx.Headers], str | None]
+
+
+def check_head(
+    resp: httpx.Response, url: str, check_headers: HeadCheck | None, cap: int
+) -> tuple[FetchError, str | None] | None:
+    """Decide on status and headers before reading the body: retry (error, Retry-After),
+    raise for a final failure, or None to read on."""
+    if resp.status_code in RETRYABLE:
+        return FetchError(f"http_{resp.status_code}", url), resp.headers.get("retry-after")
+    if resp.status_code >= 400:
+        raise FetchError(f"http_{resp.status_code}", url)
+    if check_headers is not None:
+        veto = check_headers(resp.headers)
+        if veto:
+            raise FetchError(veto, url)
+    declared = resp.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > cap:
+        raise FetchError("too_large", url, f"{declared} bytes")
+    return None
+
+
+def check_body(
+    resp: httpx.Response, url: str, content: bytes, expect: Expect
+) -> Response | tuple[FetchError, str | None]:
+    """A block page or unparseable JSON is retried; anything else is the answer."""
+    if expect != "bytes" and looks_blocked(content, expect):
+        return FetchError("blocked", url), None
+    parsed = None
+    if expect == "json":
+        try:
+            parsed = json.loads(content)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return FetchError("bad_json", url), None  # truncated or garbled
+    return Response(str(resp.url), resp.status_code, resp.headers, content, parsed=parsed)
 
 
 class PoliteClient:
@@ -169,18 +221,7 @@ class PoliteClient:
         return self._send(url, "json", None, None, self.settings.max_retries, body)
 
     def _backoff(self, attempt: int, retry_after: str | None, factor: float = 1.0) -> float:
-        s = self.settings
-        if retry_after:
-            try:
-                return min(float(retry_after), s.backoff_max_s)
-            except ValueError:
-                try:
-                    delta = parsedate_to_datetime(retry_after).timestamp() - time.time()
-                    return min(max(delta, 0.0), s.backoff_max_s)
-                except (TypeError, ValueError):
-                    pass  # unparseable header: fall through to exponential backoff
-        base = s.backoff_base_s * factor * (2**attempt)
-        return min(base * (0.5 + random.random()), s.backoff_max_s)
+        return backoff_seconds(self.settings, attempt, retry_after, factor)
 
     def _send(
         self,
@@ -230,31 +271,153 @@ class PoliteClient:
     ) -> Response | tuple[FetchError, str | None]:
         method = "POST" if body is not None else "GET"
         with self._client.stream(method, url, headers=headers, json=body) as resp:
-            if resp.status_code in RETRYABLE:
-                return FetchError(f"http_{resp.status_code}", url), resp.headers.get("retry-after")
-            if resp.status_code >= 400:
-                raise FetchError(f"http_{resp.status_code}", url)
-            if check_headers is not None:
-                veto = check_headers(resp.headers)
-                if veto:
-                    raise FetchError(veto, url)
-            declared = resp.headers.get("content-length")
-            cap = self.settings.max_response_bytes
-            if declared and declared.isdigit() and int(declared) > cap:
-                raise FetchError("too_large", url, f"{declared} bytes")
+            early = check_head(resp, url, check_headers, self.settings.max_response_bytes)
+            if early is not None:
+                return early
             chunks, size = [], 0
             for chunk in resp.iter_bytes():
+                size += len(chunk)
+                if size > self.settings.max_response_bytes:
+                    raise FetchError("too_large", url, f"> {self.settings.max_response_bytes} bytes")
+                chunks.append(chunk)
+            return check_body(resp, url, b"".join(chunks), expect)
+
+
+@dataclass
+class _AsyncHost:
+    interval: float
+    slots: asyncio.Semaphore
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    next_at: float = 0.0
+    penalty_until: float = 0.0
+
+    async def wait_turn(self) -> None:
+        async with self.lock:
+            now = time.monotonic()
+            start = max(now, self.next_at, self.penalty_until)
+            self.next_at = start + self.interval
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+class AsyncPoliteClient:
+    """The asyncio twin of PoliteClient for bulk fetches (images): the same per-host rate and
+    concurrency, retries, `Retry-After`, block pages, robots.txt, redirect cap and size cap."""
+
+    def __init__(
+        self,
+        settings: CrawlSettings,
+        *,
+        max_connections: int = 256,
+        robots_cache: dict[str, urllib.robotparser.RobotFileParser | None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._client = httpx.AsyncClient(
+            timeout=settings.timeout_s,
+            follow_redirects=True,
+            max_redirects=5,
+            headers={"User-Agent": user_agent(settings.contact_url)},
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+        self._hosts: dict[str, _AsyncHost] = {}
+        self._robots: dict[str, asyncio.Future[urllib.robotparser.RobotFileParser | None]] = {}
+        self._known = robots_cache if robots_cache is not None else {}  # may outlive this client
+        self.requests_sent = 0
+
+    async def __aenter__(self) -> AsyncPoliteClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.aclose()
+
+    def _host(self, url: str) -> _AsyncHost:
+        key = urlsplit(url).netloc
+        if key not in self._hosts:
+            self._hosts[key] = _AsyncHost(
+                interval=1.0 / self.settings.requests_per_second,
+                slots=asyncio.Semaphore(self.settings.max_concurrency),
+            )
+        return self._hosts[key]
+
+    async def allowed(self, url: str) -> bool:
+        if not self.settings.obey_robots:
+            return True
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        if origin in self._known:
+            rules = self._known[origin]
+            return rules is None or rules.can_fetch(self._client.headers["User-Agent"], url)
+        if origin not in self._robots:
+            fut: asyncio.Future[urllib.robotparser.RobotFileParser | None] = asyncio.Future()
+            self._robots[origin] = fut
+            try:
+                resp = await self._send(f"{origin}/robots.txt", "bytes", None, retries=1)
+                rules = urllib.robotparser.RobotFileParser()
+                rules.parse(resp.content.decode("utf-8", "replace").splitlines())
+                fut.set_result(rules)
+            except FetchError as exc:
+                if exc.reason.startswith("http_4"):
+                    fut.set_result(None)  # no robots.txt: everything allowed
+                else:
+                    del self._robots[origin]  # unreachable robots.txt: do not guess, ask again later
+                    fut.set_exception(exc)
+                    fut.exception()  # retrieved here; waiters get it too
+                    raise
+        found = await self._robots[origin]
+        self._known[origin] = found
+        return found is None or found.can_fetch(self._client.headers["User-Agent"], url)
+
+    async def get(
+        self, url: str, *, expect: Expect = "bytes", check_headers: HeadCheck | None = None
+    ) -> Response:
+        if not await self.allowed(url):
+            raise FetchError("robots_disallowed", url)
+        return await self._send(url, expect, check_headers, self.settings.max_retries)
+
+    async def _send(
+        self, url: str, expect: Expect, check_headers: HeadCheck | None, retries: int
+    ) -> Response:
+        host = self._host(url)
+        last: FetchError | None = None
+        for attempt in range(retries + 1):
+            await host.wait_turn()
+            async with host.slots:
+                self.requests_sent += 1
+                try:
+                    result = await self._once(url, expect, check_headers)
+                except httpx.TimeoutException:
+                    last, wait = FetchError("timeout", url), backoff_seconds(self.settings, attempt, None)
+                except httpx.TooManyRedirects:
+                    raise FetchError("too_many_redirects", url) from None
+                except httpx.TransportError as exc:
+                    last = FetchError("connection_error", url, type(exc).__name__)
+                    wait = backoff_seconds(self.settings, attempt, None)
+                else:
+                    if isinstance(result, Response):
+                        result.attempts = attempt + 1
+                        return result
+                    last = result[0]
+                    factor = 4.0 if last.reason == "blocked" else 1.0
+                    wait = backoff_seconds(self.settings, attempt, result[1], factor)
+            if attempt < retries:
+                if last.reason == "blocked":
+                    host.penalty_until = time.monotonic() + wait
+                await asyncio.sleep(wait)
+        assert last is not None
+        raise last
+
+    async def _once(
+        self, url: str, expect: Expect, check_headers: HeadCheck | None
+    ) -> Response | tuple[FetchError, str | None]:
+        cap = self.settings.max_response_bytes
+        async with self._client.stream("GET", url) as resp:
+            early = check_head(resp, url, check_headers, cap)
+            if early is not None:
+                return early
+            chunks, size = [], 0
+            async for chunk in resp.aiter_bytes():
                 size += len(chunk)
                 if size > cap:
                     raise FetchError("too_large", url, f"> {cap} bytes")
                 chunks.append(chunk)
-            content = b"".join(chunks)
-            if expect != "bytes" and looks_blocked(content, expect):
-                return FetchError("blocked", url), None
-            parsed = None
-            if expect == "json":
-                try:
-                    parsed = json.loads(content)
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    return FetchError("bad_json", url), None  # truncated or garbled: retried
-            return Response(str(resp.url), resp.status_code, resp.headers, content, parsed=parsed)
+            return check_body(resp, url, b"".join(chunks), expect)

@@ -1,9 +1,22 @@
-"""The images stage: fetch each raw item's image, validate, normalise to a square, deduplicate."""
+"""The images stage: fetch each raw item's image, validate, normalise to a square, deduplicate.
+
+Parts go to worker processes, one per core; each downloads its part on asyncio (httpx) under its
+share of the per-host politeness limits and decodes and resizes each image (JPEG draft mode,
+threads) as it arrives, so only the small normalised images come back. At most two parts per
+worker are in flight, whatever the number of items. Parts are written in input order, so "the
+first" of two duplicates is the same on every run.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+import asyncio
+import ctypes
+import os
+import signal
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,12 +24,16 @@ import httpx
 
 from storage.layout import DataDir
 from storage.schemas import DROPPED, OK
-from surd.http import FetchError, PoliteClient
+from surd.http import AsyncPoliteClient, FetchError
 from surd.imaging import ImageRejected, NearDuplicateIndex, Normalised, normalise
-from surd.settings import Settings
+from surd.settings import CrawlSettings, ImageSettings, Settings
 from surd.stage import StageRun, batched, pending
 
 OPT_OUT = ("noai", "noimageai")
+TRANSIENT = ("timeout", "connection_error", "blocked", "http_429", "http_5")
+
+Fetched = tuple[bytes | None, str | None, int | None]  # body, failure reason, HTTP status
+Result = tuple[Normalised | None, str | None, int | None]
 
 
 def opt_out(headers: httpx.Headers) -> str | None:
@@ -28,52 +45,42 @@ def opt_out(headers: httpx.Headers) -> str | None:
     return None
 
 
-def fetch_one(
-    url: str, settings: Settings, client: PoliteClient
-) -> tuple[Normalised | None, str | None, int | None]:
+async def fetch(client: AsyncPoliteClient, url: str) -> Fetched:
     try:
-        resp = client.get(url, expect="bytes", check_headers=opt_out)
+        resp = await client.get(url, expect="bytes", check_headers=opt_out)
     except FetchError as exc:
-        code = int(exc.reason[5:]) if exc.reason.startswith("http_") else None
-        return None, exc.reason, code
+        return None, exc.reason, int(exc.reason[5:]) if exc.reason.startswith("http_") else None
+    return resp.content, None, resp.status
+
+
+def decode(fetched: Fetched, cfg: ImageSettings) -> Result:
+    """Runs in a worker process: bytes → Normalised, or the reason it was rejected."""
+    body, reason, code = fetched
+    if body is None:
+        return None, reason, code
     try:
-        return normalise(resp.content, settings.images), None, resp.status
+        return normalise(body, cfg), None, code
     except ImageRejected as exc:
-        return None, exc.reason, resp.status
+        return None, exc.reason, code
 
 
-def run_images(
-    settings: Settings,
-    data: DataDir,
-    client: PoliteClient,
-    progress: Callable[[int], None] | None = None,
-) -> StageRun:
-    raw, out = data.table("raw_items"), data.table("images")
-    run = StageRun("images")
-    by_sha: dict[str, str] = {}
-    near = NearDuplicateIndex(settings.images.phash_max_distance)
-    for row in out.iter_rows(["sample_id", "status", "sha256", "phash"]):
-        if row["status"] == OK:
-            by_sha.setdefault(row["sha256"], row["sample_id"])
-            near.add(row["phash"], row["sample_id"])
-    workers = settings.images.workers or settings.crawl.max_concurrency * 4
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for batch in batched(pending(raw, out, ["image_url"]), settings.part_size):
-            results = list(pool.map(lambda r: fetch_one(r["image_url"], settings, client), batch))
-            rows = [_row(r, res, by_sha, near) for r, res in zip(batch, results, strict=True)]
-            out.write(rows, provenance={"stage": "images", "settings": settings.provenance()})
-            run.add(rows)
-            if progress:
-                progress(len(rows))
-    return run
+class _Deduper:
+    def __init__(self, rows: Iterable[dict[str, Any]], max_distance: int) -> None:
+        self.by_sha: dict[str, str] = {}
+        self.near = NearDuplicateIndex(max_distance)
+        for row in rows:
+            if row["status"] == OK:
+                self.add(row["sha256"], row["phash"], row["sample_id"])
+
+    def add(self, sha: str, phash: str, ident: str) -> None:
+        self.by_sha.setdefault(sha, ident)
+        self.near.add(phash, ident)
+
+    def first(self, img: Normalised) -> str | None:
+        return self.by_sha.get(img.sha256) or self.near.find(img.phash)
 
 
-def _row(
-    raw: dict[str, Any],
-    result: tuple[Normalised | None, str | None, int | None],
-    by_sha: dict[str, str],
-    near: NearDuplicateIndex,
-) -> dict[str, Any]:
+def _row(raw: dict[str, Any], result: Result, dedup: _Deduper) -> dict[str, Any]:
     img, reason, code = result
     row: dict[str, Any] = {
         "sample_id": raw["sample_id"],
@@ -83,7 +90,6 @@ def _row(
     }
     if img is None:
         return {**row, "status": DROPPED, "reason": reason}
-    first = by_sha.get(img.sha256) or near.find(img.phash)
     row.update(
         orig_width=img.orig_width,
         orig_height=img.orig_height,
@@ -91,8 +97,112 @@ def _row(
         sha256=img.sha256,
         phash=img.phash,
     )
-    if first:
+    first = dedup.first(img)
+    if first and first != raw["sample_id"]:
         return {**row, "status": DROPPED, "reason": f"duplicate_of:{first}", "duplicate_of": first}
-    by_sha[img.sha256] = raw["sample_id"]
-    near.add(img.phash, raw["sample_id"])
+    dedup.add(img.sha256, img.phash, raw["sample_id"])
     return {**row, "status": OK, "reason": None, "image": img.data}
+
+
+def die_with_parent(parent: int) -> None:
+    """Pool initializer: a worker ends when the stage's process does (even by SIGKILL), so a
+    killed run leaves no orphan still downloading (Linux prctl PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the call above
+        os._exit(1)
+
+
+DECODE_THREADS = 2  # per worker process: Pillow releases the GIL while decoding and resizing
+_ROBOTS: dict[str, Any] = {}  # robots.txt rules, per worker process, across parts
+
+
+def process_part(rows: list[dict[str, Any]], politeness: CrawlSettings, cfg: ImageSettings) -> list[Result]:
+    """In a worker process: download a part (asyncio) and decode each image as it arrives
+    (threads), so the big original bodies never cross a process boundary."""
+
+    async def run() -> list[Result]:
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(DECODE_THREADS) as threads:
+            async with AsyncPoliteClient(politeness, robots_cache=_ROBOTS) as client:
+
+                async def one(row: dict[str, Any]) -> Result:
+                    fetched = await fetch(client, row["image_url"])
+                    return await loop.run_in_executor(threads, decode, fetched, cfg)
+
+                return list(await asyncio.gather(*(one(r) for r in rows)))
+
+    return asyncio.run(run())
+
+
+def run_images(
+    settings: Settings,
+    data: DataDir,
+    progress: Callable[[int], None] | None = None,
+    rows: Iterable[dict[str, Any]] | None = None,
+) -> StageRun:
+    """Process the raw items not yet in the images table (or the given `rows`, for retries)."""
+    raw, out = data.table("raw_items"), data.table("images")
+    run = StageRun("images")
+    dedup = _Deduper(
+        out.iter_rows(["sample_id", "status", "sha256", "phash"]), settings.images.phash_max_distance
+    )
+    retrying = rows is not None
+    todo = rows if rows is not None else pending(raw, out, ["image_url"])
+
+    def emit(batch: list[dict[str, Any]], results: list[Result]) -> None:
+        new = [_row(r, res, dedup) for r, res in zip(batch, results, strict=True)]
+        if retrying:
+            out.replace_rows(
+                new, provenance={"stage": "images", "retry": True, "settings": settings.provenance()}
+            )
+        else:
+            out.write(new, provenance={"stage": "images", "settings": settings.provenance()})
+        run.add(new)
+        if progress:
+            progress(len(new))
+
+    workers = settings.images.workers or os.cpu_count() or 1
+    # the per-host limits hold across all workers: each gets its share
+    share = settings.crawl.model_copy(
+        update={
+            "requests_per_second": settings.images.requests_per_second / workers,
+            "max_concurrency": max(1, settings.images.max_concurrency // workers),
+        }
+    )
+    parts = batched(todo, settings.part_size)
+    if workers == 1:
+        for batch in parts:
+            emit(batch, process_part(batch, share, settings.images))
+        return run
+    window: deque[tuple[list[dict[str, Any]], Future[list[Result]]]] = deque()
+    pool = ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),))
+    with pool:  # at most 2 parts per worker in memory
+        for batch in parts:
+            window.append((batch, pool.submit(process_part, batch, share, settings.images)))
+            if len(window) >= 2 * workers:
+                done, fut = window.popleft()
+                emit(done, fut.result())
+        while window:
+            done, fut = window.popleft()
+            emit(done, fut.result())
+    return run
+
+
+def retry_failed(
+    settings: Settings,
+    data: DataDir,
+    reasons: list[str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> StageRun:
+    """Fetch again only the items that failed (by default the transient failures)."""
+    wanted = tuple(reasons) if reasons else TRANSIENT
+    failed = [
+        r
+        for r in data.table("images").iter_rows(["sample_id", "status", "reason", "image_url"])
+        if r["status"] == DROPPED
+        and str(r["reason"]).startswith(wanted)
+        and not str(r["reason"]).startswith("duplicate_of")
+    ]
+    return run_images(settings, data, progress, rows=failed)

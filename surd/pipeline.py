@@ -45,12 +45,17 @@ def crawl(settings: Settings, source: str, progress: Progress = None, full: bool
 
 
 def images(settings: Settings, progress: Progress = None) -> dict[str, Any]:
-    from surd.http import PoliteClient
     from surd.images import run_images
 
-    data = open_data(settings)
-    with PoliteClient(settings.crawl) as client:
-        return vars(run_images(settings, data, client, progress))
+    return vars(run_images(settings, open_data(settings), progress))
+
+
+def images_retry(
+    settings: Settings, reasons: list[str] | None = None, progress: Progress = None
+) -> dict[str, Any]:
+    from surd.images import retry_failed
+
+    return vars(retry_failed(settings, open_data(settings), reasons, progress))
 
 
 def captions(settings: Settings, progress: Progress = None) -> dict[str, Any]:

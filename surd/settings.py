@@ -80,13 +80,16 @@ class SourcesSettings(_Section):
 class ImageSettings(_Section):
     size: int = Field(512, ge=16)
     resize_mode: Literal["center_crop", "pad"] = "center_crop"
+    resample: Literal["bicubic", "lanczos", "bilinear"] = "bicubic"  # antialiased when downscaling
     min_side: int = Field(64, ge=1)
     max_pixels: int = Field(90_000_000, gt=0, description="decompression-bomb limit")
     max_bytes: int = Field(30_000_000, gt=0)
     encode_format: Literal["jpeg", "png", "webp"] = "jpeg"
     quality: int = Field(92, ge=1, le=100)
-    phash_max_distance: int = Field(4, ge=0, le=64)
-    workers: int = Field(0, ge=0, description="download threads; 0 = 4 × crawl.max_concurrency")
+    phash_max_distance: int = Field(8, ge=0, le=63)
+    workers: int = Field(0, ge=0, description="decode/resize processes; 0 = all cores")
+    requests_per_second: float = Field(10.0, gt=0, description="per image host")
+    max_concurrency: int = Field(16, ge=1, description="per image host")
 
 
 class CaptionSettings(_Section):

@@ -47,3 +47,12 @@ def test_adapter_step_benchmark() -> None:
         ["--size", "tiny", "--batch", "2", "--steps", "1", "--modes", "cached", "uncached"]
     )
     assert [r["mode"] for r in rs] == ["cached", "uncached"] and all(r["s_per_step"] > 0 for r in rs)
+
+
+def test_images_benchmark_ours_only(tmp_path: Path) -> None:
+    import bench_images
+
+    r = bench_images.main(
+        ["--images", "30", "--processes", "2", "--threads", "8", "--cache", str(tmp_path / "c")]
+    )
+    assert r["surd_images_per_s"] > 0 and r["surd_ok"] == 29  # item 0 is both truncated and a 404

@@ -120,6 +120,17 @@ def test_sigkill_in_every_stage_then_resume(tmp_path: Path) -> None:
             i for p in sorted(table.glob("part-*.parquet")) for i in pq.read_table(p).column(0).to_pylist()
         ]
         assert len(ids) == len(set(ids)), f"duplicate ids in {table.name}"
+    for name, cols in (
+        ("raw_items", ["sample_id", "status", "reason", "complex_prompt"]),
+        ("images", ["sample_id", "status", "reason", "sha256", "duplicate_of"]),
+        ("captions", ["sample_id", "status", "simple_prompt"]),
+        ("clip_scores", ["sample_id", "status", "p_simple"]),
+    ):
+        tables = [
+            sorted(tuple(r.values()) for r in pq.read_table(root / "tables" / name, columns=cols).to_pylist())
+            for root in (killed, clean)
+        ]
+        assert tables[0] == tables[1], name
     man = [json.loads((r / "releases" / "v0001" / "manifest.json").read_text()) for r in (killed, clean)]
     assert man[0]["fingerprint"] == man[1]["fingerprint"]
     assert not (killed / "releases" / "v0002").exists()

@@ -86,8 +86,11 @@ def test_animated_takes_first_frame_and_exif_rotation_applies() -> None:
 
 
 def test_near_duplicates_found_exact_hashes_differ() -> None:
-    a = normalise(encode(noise(300, 300), "PNG"), CFG)
-    b = normalise(encode(noise(300, 300), "JPEG", quality=70), CFG)
+    from surd.replay import synth_image
+
+    picture = Image.open(io.BytesIO(synth_image("near", 400)[0])).convert("RGB")
+    a = normalise(encode(picture, "PNG"), CFG)
+    b = normalise(encode(picture, "JPEG", quality=70), CFG)
     assert a.sha256 != b.sha256
     idx = NearDuplicateIndex(6)
     idx.add(a.phash, "first")
