@@ -8,6 +8,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -27,6 +28,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from adapter.model import AdapterConfig, SURAdapter, loss_cp, loss_llm
+from storage.embeddings import read_layer
 from storage.tables import fault_point
 
 
@@ -51,21 +53,6 @@ def read_release(release: Path) -> pa.Table:
     return pa.concat_tables(
         [pq.read_table(f, columns=["sample_id", "image", "simple_prompt", "complex_prompt"]) for f in files]
     )
-
-
-def read_layer(emb_dir: Path, layer: int) -> tuple[dict[str, np.ndarray], int]:
-    """One layer (1..L, or -1 for the last) of the stored embeddings: only its files are read."""
-    meta = json.loads((emb_dir / "meta.json").read_text())
-    k = meta["layers"] if layer == -1 else layer
-    if not 1 <= k <= meta["layers"]:
-        raise ValueError(f"layer {layer} out of range 1..{meta['layers']} (or -1 for the last)")
-    out: dict[str, np.ndarray] = {}
-    for part in sorted(p for p in emb_dir.iterdir() if p.name.startswith("part-")):
-        t = pq.read_table(part / f"layer-{k:02d}.parquet", columns=["sample_id", "vector"])
-        vecs = np.asarray(t.column("vector").combine_chunks().flatten()).reshape(t.num_rows, -1)
-        for sid, v in zip(t.column("sample_id").to_pylist(), vecs, strict=True):
-            out[sid] = v.astype(np.float32)
-    return out, k
 
 
 def encode_text(parts: dict[str, Any], prompts: list[str]) -> torch.Tensor:
@@ -194,7 +181,13 @@ def train(
     for m in (unet, vae, text):
         m.requires_grad_(False)
     table = read_release(release)
-    vectors, layer = read_layer(emb_dir, cfg.layer)
+    wanted = {
+        sid: hashlib.sha1((p or "").encode()).hexdigest()
+        for sid, p in zip(
+            table.column("sample_id").to_pylist(), table.column("simple_prompt").to_pylist(), strict=True
+        )
+    }
+    vectors, layer = read_layer(emb_dir, cfg.layer, wanted)
     missing = [s for s in table.column("sample_id").to_pylist() if s not in vectors]
     if missing:
         raise ValueError(f"{len(missing)} released samples have no embedding for layer {layer}")

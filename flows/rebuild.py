@@ -8,6 +8,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.concurrency.sync import concurrency
+from prefect.events import emit_event
 
 from surd import pipeline
 from surd.settings import Settings, load_settings
@@ -46,8 +47,21 @@ def review_task(config: dict[str, Any]) -> dict[str, Any]:
 
 
 @task
-def release_task(config: dict[str, Any]) -> str | None:
-    return pipeline.release(_settings(config))
+def release_task(config: dict[str, Any]) -> dict[str, Any]:
+    info = pipeline.release_info(_settings(config))
+    if info["created"]:  # a deployment trigger on this event starts training on the new release
+        emit_event(
+            event="surd.release.published",
+            resource={"prefect.resource.id": f"surd.release.{info['release']}"},
+            payload={
+                "release": info["release"],
+                "path": info["path"],
+                "rows": info["rows"],
+                "counts": info["counts"],
+                "published": info["published"],
+            },
+        )
+    return info
 
 
 @task(retries=1)
@@ -86,7 +100,7 @@ def rebuild(config: dict[str, Any] | None = None, train: bool = True) -> dict[st
     out["captions"] = captions_task(config)
     out["clip_scores"] = clip_task(config)
     out["review"] = review_task(config)
-    release = release_task(config)
+    release = release_task(config)["path"]
     out["release"] = release
     if release and train:
         out["embed"] = embed_task(config, release)

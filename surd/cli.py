@@ -225,20 +225,72 @@ def release_list(config: Path | None = CONFIG) -> None:
 
 
 @release_app.command("verify")
-def release_verify(version: str, config: Path | None = CONFIG) -> None:
-    """Recompute every shard's sha256 and row count."""
-    from surd.pipeline import open_data
+def release_verify(version: str = typer.Argument("latest"), config: Path | None = CONFIG) -> None:
+    """Recompute every shard's sha256 and row count; a damaged shard is named (exit 1)."""
     from surd.release import verify
 
-    path = open_data(_settings(config)).releases_dir / version
-    if not (path / "manifest.json").exists():
-        console.print(f"[red]no release {version} at {path}[/red]")
-        raise typer.Exit(2)
+    _, path = _release_path(config, version)
     problems = verify(path)
     for p in problems:
         console.print(f"[red]{p}[/red]")
     console.print("ok" if not problems else f"{len(problems)} problem(s)")
     raise typer.Exit(1 if problems else 0)
+
+
+def _release_path(config: Path | None, version: str) -> tuple[Settings, Path]:
+    from surd.pipeline import open_data
+    from surd.release import releases
+
+    s = _settings(config)
+    data = open_data(s)
+    rels = releases(data)
+    path = rels[-1] if version == "latest" and rels else data.releases_dir / version
+    if not (path / "manifest.json").exists():
+        console.print(f"[red]no release {version} under {data.releases_dir}[/red]")
+        raise typer.Exit(2)
+    return s, path
+
+
+@release_app.command("export")
+def release_export(
+    version: str = typer.Argument("latest", help="vNNNN or latest"),
+    fmt: str = typer.Option("imagefolder", "--format", help="imagefolder | surd-adapter"),
+    out: Path = typer.Option(..., help="folder to write (replaced atomically)"),
+    layer: int = typer.Option(-1, help="LLM layer for surd-adapter's prompt2vec (1..L, -1 = last)"),
+    llm: str | None = typer.Option(None, help="which embeddings (model id or preset); default: settings"),
+    config: Path | None = CONFIG,
+) -> None:
+    """Export a release for the paper's training code or Hugging Face's imagefolder loader."""
+    from surd.embed import EmbeddingStore
+    from surd.exports import export_release
+    from surd.models.profiles import llm_model_id
+    from surd.pipeline import open_data
+
+    s, path = _release_path(config, version)
+    emb = EmbeddingStore(open_data(s), llm_model_id(s, llm)).dir if fmt == "surd-adapter" else None
+    try:
+        console.print(export_release(path, out, fmt, emb, layer))
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+@release_app.command("publish")
+def release_publish(
+    version: str = typer.Argument("latest", help="vNNNN or latest"),
+    to: str | None = typer.Option(None, help="a path or URL (s3://…); default: release.location"),
+    config: Path | None = CONFIG,
+) -> None:
+    """Copy a release to a local path or an object store (shards first, manifest last)."""
+    from storage.releases import publish
+    from surd.release import storage_options
+
+    s, path = _release_path(config, version)
+    target = to or s.release.location
+    if not target:
+        console.print("[red]give --to or set SURD_RELEASE__LOCATION[/red]")
+        raise typer.Exit(2)
+    console.print(publish(path, target, **storage_options(s)))
 
 
 @app.command()

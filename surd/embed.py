@@ -89,10 +89,11 @@ class EmbeddingStore:
             out.update(zip(t.column(0).to_pylist(), t.column(1).to_pylist(), strict=True))
         return out
 
-    def read_layer(self, layer: int) -> pa.Table:
+    def read_layer(self, layer: int) -> tuple[dict[str, Any], int]:
         """One layer of every embedded prompt; the other layers' files are never opened."""
-        files = [p / f"layer-{layer:02d}.parquet" for p in self.parts()]
-        return pa.concat_tables([pq.read_table(f) for f in files]) if files else pa.table({})
+        from storage.embeddings import read_layer
+
+        return read_layer(self.dir, layer)
 
     def write_part(self, ids: list[str], shas: list[str], vectors: np.ndarray) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -83,6 +83,13 @@ def review(settings: Settings) -> dict[str, Any]:
 
 def release(settings: Settings) -> str | None:
     """Create a release if the accepted set changed; returns the latest release's path."""
+    return release_info(settings)["path"]
+
+
+def release_info(settings: Settings) -> dict[str, Any]:
+    """Create a release if the accepted set changed (and publish it where settings say); returns
+    the latest release: path, whether it is new, its rows and counts, and where it was published."""
+    from storage.releases import publish
     from surd import release as rel
     from surd.status import status
 
@@ -90,9 +97,23 @@ def release(settings: Settings) -> str | None:
     st = status(settings, data)["stages"]
     counts = {k: st[k]["out"] for k in ("raw_items", "images", "captions", "clip_scores")}
     counts["accepted"] = st["review"]["out"]
-    rel.create_release(settings, data, counts)
+    created = rel.create_release(settings, data, counts)
     existing = rel.releases(data)
-    return str(existing[-1]) if existing else None
+    if not existing:
+        return {"path": None, "created": False}
+    latest = existing[-1]
+    man = rel.manifest(latest)
+    info: dict[str, Any] = {
+        "path": str(latest),
+        "created": created is not None,
+        "release": man["release"],
+        "rows": man["rows"],
+        "counts": man["counts"],
+        "published": None,
+    }
+    if settings.release.location:
+        info["published"] = publish(latest, settings.release.location, **rel.storage_options(settings))
+    return info
 
 
 def embed(

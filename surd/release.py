@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import statistics
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,17 +87,49 @@ def accepted_rows(settings: Settings, data: DataDir) -> list[dict[str, Any]]:
     return rows
 
 
+def _row_key(row: dict[str, Any]) -> str:
+    """What makes a released row the same row: its simple prompt and the decision behind it."""
+    return hashlib.sha1(f"{row['simple_prompt'] or ''}\x1f{row['decision_id']}".encode()).hexdigest()
+
+
+def _reusable(
+    parent_dir: Path, parent: dict[str, Any], current: dict[str, str]
+) -> list[tuple[str, list[str]]]:
+    """Parent shards every row of which is released again unchanged: (file, its sample ids)."""
+    import pyarrow.parquet as pq
+
+    out = []
+    for shard in parent["shards"]:
+        ids = pq.read_table(parent_dir / shard["file"], columns=["sample_id"]).column(0).to_pylist()
+        if all(current.get(i) == parent["fingerprint"].get(i) for i in ids):
+            out.append((shard["file"], ids))
+    return out
+
+
+def _cut(rows: list[dict[str, Any]], max_rows: int, max_bytes: int) -> list[list[dict[str, Any]]]:
+    shards: list[list[dict[str, Any]]] = [[]]
+    size = 0
+    for row in rows:
+        row_bytes = len(row["image"] or b"") + 1024
+        if shards[-1] and (len(shards[-1]) >= max_rows or size + row_bytes > max_bytes):
+            shards.append([])
+            size = 0
+        shards[-1].append(row)
+        size += row_bytes
+    return [s for s in shards if s]
+
+
 def create_release(settings: Settings, data: DataDir, counts: dict[str, Any] | None = None) -> Path | None:
-    """Write a new release of the accepted samples; None when nothing changed since the last."""
+    """Write a new release of the accepted samples; None when nothing changed since the last.
+
+    Parent shards whose rows are all unchanged are hard-linked into the new release (no copy,
+    same bytes, same hash); the other rows go to new shards."""
     rows = accepted_rows(settings, data)
     existing = releases(data)
-    parent = manifest(existing[-1]) if existing else None
-    fingerprint = {
-        r["sample_id"]: hashlib.sha1((r["simple_prompt"] or "").encode()).hexdigest() for r in rows
-    }
-    if parent is not None and parent["fingerprint"] == fingerprint:
-        return None
-    if not rows:
+    parent_dir = existing[-1] if existing else None
+    parent = manifest(parent_dir) if parent_dir else None
+    fingerprint = {r["sample_id"]: _row_key(r) for r in rows}
+    if not rows or (parent is not None and parent["fingerprint"] == fingerprint):
         return None
     version = f"v{len(existing) + 1:04d}"
     data.releases_dir.mkdir(parents=True, exist_ok=True)
@@ -106,16 +137,22 @@ def create_release(settings: Settings, data: DataDir, counts: dict[str, Any] | N
         shutil.rmtree(stale)  # left by a killed writer; never visible as a release
     tmp = data.releases_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
-    shards = []
-    step = settings.release.shard_rows
-    for i in range(0, len(rows), step):
-        path = tmp / f"shard-{i // step:05d}.parquet"
+    shards: list[dict[str, Any]] = []
+    reused_ids: set[str] = set()
+    if parent is not None and parent_dir is not None:
+        by_file = {sh["file"]: sh for sh in parent["shards"]}
+        for file, ids in _reusable(parent_dir, parent, fingerprint):
+            name = f"shard-{len(shards):05d}.parquet"
+            os.link(parent_dir / file, tmp / name)
+            shards.append({**by_file[file], "file": name, "reused_from": f"{parent['release']}/{file}"})
+            reused_ids.update(ids)
+    fresh = [r for r in rows if r["sample_id"] not in reused_ids]
+    for chunk in _cut(fresh, settings.release.shard_rows, settings.release.shard_bytes):
+        path = tmp / f"shard-{len(shards):05d}.parquet"
         write_parquet_atomic(
-            pa.Table.from_pylist(rows[i : i + step], RELEASE),
-            path,
-            row_group_size=settings.release.row_group_rows,
+            pa.Table.from_pylist(chunk, RELEASE), path, row_group_size=settings.release.row_group_rows
         )
-        shards.append({"file": path.name, "rows": len(rows[i : i + step]), "sha256": _sha256(path)})
+        shards.append({"file": path.name, "rows": len(chunk), "sha256": _sha256(path)})
         fault_point("release", len(shards))
     before = set(parent["fingerprint"]) if parent else set()
     man = {
@@ -128,13 +165,18 @@ def create_release(settings: Settings, data: DataDir, counts: dict[str, Any] | N
         "parent": parent["release"] if parent else None,
         "added": sorted(set(fingerprint) - before),
         "removed": sorted(before - set(fingerprint)),
+        "changed": sorted(
+            i for i in set(fingerprint) & before if parent and parent["fingerprint"][i] != fingerprint[i]
+        ),
         "fingerprint": fingerprint,
         "counts": counts or {},
         "model_ids": _model_ids(data),
         "settings": settings.provenance(),
     }
     (tmp / "manifest.json").write_text(json.dumps(man, indent=1, sort_keys=True))
-    (tmp / "README.md").write_text(dataset_card(man, rows))
+    from surd.card import write_card
+
+    write_card(tmp, man, rows)
     os.replace(tmp, data.releases_dir / version)
     return data.releases_dir / version
 
@@ -147,62 +189,20 @@ def _model_ids(data: DataDir) -> dict[str, list[str]]:
     return out
 
 
-def dataset_card(man: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    def lengths(key: str) -> str:
-        vals = [len((r[key] or "").split()) for r in rows]
-        return f"mean {statistics.mean(vals):.1f} words, median {statistics.median(vals)}, max {max(vals)}"
-
-    by_source: dict[str, int] = {}
-    for r in rows:
-        by_source[r["source"]] = by_source.get(r["source"], 0) + 1
-    counts = man.get("counts", {})
-    lines = [
-        f"# SURD release {man['release']}",
-        "",
-        f"{man['rows']} samples in {len(man['shards'])} shard(s); parent: {man['parent'] or 'none'}; "
-        f"added {len(man['added'])}, removed {len(man['removed'])}.",
-        "",
-        "## Counts in the paper's terms",
-        "",
-        "| collected (raw items with a prompt) | images kept | captioned | CLIP-kept | accepted |",
-        "|---|---|---|---|---|",
-        "| "
-        + " | ".join(
-            str(counts.get(k, "?")) for k in ("raw_items", "images", "captions", "clip_scores", "accepted")
-        )
-        + " |",
-        "",
-        "## Per source",
-        "",
-        *[f"- {s}: {n}" for s, n in sorted(by_source.items())],
-        "",
-        "## Prompt lengths",
-        "",
-        f"- complex prompts: {lengths('complex_prompt')}",
-        f"- simple prompts: {lengths('simple_prompt')}",
-        "",
-        "## Licences",
-        "",
-        *[f"- {LICENCE_NOTES[s]}" for s in sorted(by_source) if s in LICENCE_NOTES],
-        "",
-        f"Made by SURD builder {man['code_version']} with models {json.dumps(man['model_ids'])}.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
 def verify(path: Path) -> list[str]:
     """Recompute every shard's hash and row count; returns the problems found (empty = sound)."""
-    import pyarrow.parquet as pq
+    from storage.releases import verify_files
 
-    problems = []
-    for shard in manifest(path)["shards"]:
-        f = path / shard["file"]
-        if not f.exists():
-            problems.append(f"{shard['file']}: missing")
-            continue
-        if _sha256(f) != shard["sha256"]:
-            problems.append(f"{shard['file']}: sha256 mismatch")
-            continue
-        if pq.ParquetFile(f).metadata.num_rows != shard["rows"]:
-            problems.append(f"{shard['file']}: row count mismatch")
-    return problems
+    return verify_files(str(path), manifest(path)["shards"])
+
+
+def storage_options(settings: Settings) -> dict[str, Any]:
+    r = settings.release
+    opts: dict[str, Any] = {}
+    if r.endpoint_url:
+        opts["endpoint_url"] = r.endpoint_url
+    if r.access_key:
+        opts["key"] = r.access_key.get_secret_value()
+    if r.secret_key:
+        opts["secret"] = r.secret_key.get_secret_value()
+    return opts

@@ -127,7 +127,12 @@ class ReviewSettings(_Section):
 
 class ReleaseSettings(_Section):
     shard_rows: int = Field(2000, ge=1)
-    row_group_rows: int = Field(256, ge=1)
+    shard_bytes: int = Field(512_000_000, ge=1, description="image bytes per shard, at most")
+    row_group_rows: int = Field(256, ge=1, description="rows per Parquet row group (streaming unit)")
+    location: str | None = Field(None, description="also publish releases here, e.g. s3://bucket/surd")
+    endpoint_url: str | None = Field(None, description="an S3-compatible store (MinIO, ...)")
+    access_key: SecretStr | None = None
+    secret_key: SecretStr | None = None
 
 
 class EmbedSettings(_Section):

@@ -14,6 +14,7 @@ from adapter.train import TrainConfig, latest_checkpoint, train
 from storage.layout import DataDir
 from storage.schemas import RELEASE
 from surd.embed import EmbeddingStore
+from surd.ids import sha1_text
 from surd.models import tiny
 from surd.replay import synth_image
 
@@ -61,7 +62,9 @@ def tiny_release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from surd.embed import pooled_layers
 
     store = EmbeddingStore(data, "tiny-llama")
-    store.write_part([r["sample_id"] for r in rows], ["x"] * 4, pooled_layers(model, tok, prompts))
+    store.write_part(
+        [r["sample_id"] for r in rows], [sha1_text(p) for p in prompts], pooled_layers(model, tok, prompts)
+    )
     return rel, store.dir
 
 

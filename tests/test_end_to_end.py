@@ -48,6 +48,25 @@ def test_demo_flow_under_prefect(prefect_api, tmp_path: Path, replay) -> None:
     assert Path(out["evaluate"]["report"]).read_text().startswith("# SUR-adapter evaluation")
     card = (Path(out["release"]) / "README.md").read_text()
     assert f"{stages['release']['out']} samples" in card
+    published = _events("surd.release.published")
+    assert [e.resource.id for e in published] == ["surd.release.v0001"]
+    assert published[0].payload["rows"] == stages["release"]["out"]
+
+
+def _events(name: str, wait_s: float = 30.0) -> list:
+    """Events as the Prefect server stored them (they arrive asynchronously)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    deadline = time.monotonic() + wait_s
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_events(EventFilter(event=EventNameFilter(name=[name])), limit=50)
+            if page.events or time.monotonic() > deadline:
+                return page.events
+            time.sleep(0.5)
 
 
 def _demo(root: Path, port: int, kill_at: str | None = None) -> subprocess.CompletedProcess:

@@ -1,0 +1,210 @@
+"""Releases: shards, manifest, reuse, verify, card, exports, readers, object storage."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from storage.layout import DataDir
+from storage.releases import list_published, publish, stream, verify_files
+from surd import pipeline
+from surd.release import create_release, manifest, releases, verify
+from surd.review import queue
+from surd.settings import Settings, load_settings
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, replay) -> tuple[Path, dict]:
+    """A data root taken through crawl → review (auto policy) by the real stages, no release yet."""
+    from surd.demo import demo_config
+
+    root = tmp_path_factory.mktemp("rel") / "data"
+    cfg = demo_config(root, replay)
+    cfg["release"] = {"shard_rows": 8}
+    s = load_settings(**cfg)
+    for source in s.sources.enabled:
+        pipeline.crawl(s, source)
+    pipeline.images(s)
+    pipeline.captions(s)
+    pipeline.clip_filter(s)
+    pipeline.review(s)
+    return root, cfg
+
+
+@pytest.fixture
+def data(built, tmp_path: Path) -> tuple[Settings, DataDir]:
+    root, cfg = built
+    copy = tmp_path / "data"
+    shutil.copytree(root, copy)
+    return load_settings(**{**cfg, "data_root": str(copy)}), DataDir(copy)
+
+
+def test_release_manifest_card_and_round_trip(data) -> None:
+    settings, d = data
+    path = create_release(settings, d, {"raw_items": 74, "accepted": 38})
+    man = manifest(path)
+    assert man["release"] == "v0001" and man["parent"] is None and man["rows"] == len(man["fingerprint"])
+    assert sum(s["rows"] for s in man["shards"]) == man["rows"] and all(s["rows"] <= 8 for s in man["shards"])
+    assert verify(path) == []
+    rows = [r for b in stream(path) for r in b.to_pylist()]
+    assert len(rows) == man["rows"] and len({r["sample_id"] for r in rows}) == man["rows"]
+    assert all(Image.open(io.BytesIO(r["image"])).size == (512, 512) for r in rows[:3])
+    only = next(stream(path, ["sample_id", "simple_prompt"]))
+    assert only.schema.names == ["sample_id", "simple_prompt"]  # column projection
+    card = (path / "README.md").read_text()
+    assert "| 74 |" in card and "![prompt lengths](prompt_lengths.png)" in card
+    assert Image.open(path / "prompt_lengths.png").size[0] > 300
+    assert create_release(settings, d) is None  # nothing changed: no new release
+
+
+def test_verify_names_a_truncated_and_a_flipped_shard(data) -> None:
+    settings, d = data
+    path = create_release(settings, d)
+    shards = manifest(path)["shards"]
+    first, second = path / shards[0]["file"], path / shards[1]["file"]
+    first.write_bytes(first.read_bytes()[:-100])
+    raw = bytearray(second.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    second.write_bytes(bytes(raw))
+    problems = verify(path)
+    assert [p.split(":")[0] for p in problems] == [shards[0]["file"], shards[1]["file"]]
+
+
+def test_next_release_reuses_unchanged_shards_and_states_its_difference(data) -> None:
+    settings, d = data
+    v1 = create_release(settings, d)
+    m1 = manifest(v1)
+    engine = queue.connect(settings.review_database_url)
+    last_shard_ids = pq.read_table(v1 / m1["shards"][-1]["file"], columns=["sample_id"]).column(0).to_pylist()
+    edited = last_shard_ids[0]
+    queue.decide(engine, edited, "alice", "accept", simple_prompt="a hand-edited caption")
+    rejected = last_shard_ids[1]
+    queue.decide(engine, rejected, "alice", "reject", reason="nsfw")
+    v2 = create_release(settings, d)
+    m2 = manifest(v2)
+    assert m2["parent"] == "v0001" and m2["removed"] == [rejected] and m2["changed"] == [edited]
+    reused = [s for s in m2["shards"] if "reused_from" in s]
+    assert len(reused) == len(m1["shards"]) - 1  # all but the shard that held the two changes
+    for s in reused:
+        src = v1 / s["reused_from"].split("/")[1]
+        assert (v2 / s["file"]).stat().st_ino == src.stat().st_ino  # hard link: not copied
+    assert verify(v2) == [] and verify(v1) == []  # the parent is untouched
+    rows = {
+        r["sample_id"]: r
+        for b in stream(v2, ["sample_id", "simple_prompt", "caption"])
+        for r in b.to_pylist()
+    }
+    assert (
+        rows[edited]["simple_prompt"] == "a hand-edited caption"
+        and rows[edited]["caption"] != "a hand-edited caption"
+    )
+    assert rejected not in rows
+
+
+def test_a_killed_writer_leaves_no_visible_release(data) -> None:
+    settings, d = data
+    d.releases_dir.mkdir(parents=True)
+    half = d.releases_dir / ".tmp-v0001-dead"
+    half.mkdir()
+    (half / "shard-00000.parquet").write_bytes(b"half")
+    assert releases(d) == []
+    path = create_release(settings, d)
+    assert path.name == "v0001" and not half.exists()
+
+
+def test_exports_load_with_hugging_face_datasets(data, tmp_path: Path) -> None:
+    from datasets import load_dataset
+
+    settings, d = data
+    path = create_release(settings, d)
+    expected = sorted(
+        (r["simple_prompt"], r["complex_prompt"])
+        for b in stream(path, ["simple_prompt", "complex_prompt"])
+        for r in b.to_pylist()
+    )
+    shards = [str(path / s["file"]) for s in manifest(path)["shards"]]
+    plain = load_dataset("parquet", data_files=shards, split="train")
+    assert sorted(zip(plain["simple_prompt"], plain["complex_prompt"], strict=True)) == expected
+    from surd.exports import export_release
+
+    out = tmp_path / "export"
+    assert export_release(path, out, "imagefolder")["rows"] == len(expected)
+    folder = load_dataset("imagefolder", data_dir=str(out), split="train")
+    assert sorted(zip(folder["text"], folder["prompt"], strict=True)) == expected
+    assert folder[0]["image"].size == (512, 512)
+
+
+def test_prompt2vec_export_reads_one_layer(data, tmp_path: Path) -> None:
+    import torch
+
+    from surd.exports import export_release
+
+    settings, d = data
+    path = create_release(settings, d)
+    _, model_id = pipeline.embed(settings, str(path)).values()
+    from surd.embed import EmbeddingStore
+
+    emb = EmbeddingStore(d, model_id).dir
+    result = export_release(path, tmp_path / "x", "surd-adapter", emb, layer=2)
+    table = torch.load(result["prompt2vec"])
+    assert len(table) == result["prompts"] and all(v.shape == (64,) for v in table.values())
+    with pytest.raises(ValueError, match="out of range"):
+        export_release(path, tmp_path / "y", "surd-adapter", emb, layer=9)
+
+
+def test_reading_one_layer_needs_no_other_layer_file(data) -> None:
+    from storage.embeddings import read_layer
+    from surd.embed import EmbeddingStore
+
+    settings, d = data
+    path = create_release(settings, d)
+    _, model_id = pipeline.embed(settings, str(path)).values()
+    emb = EmbeddingStore(d, model_id).dir
+    before, _ = read_layer(emb, 3)
+    for f in emb.glob("part-*/layer-*.parquet"):
+        if f.name != "layer-03.parquet":
+            f.unlink()  # gone: a reader that touched them would fail
+    after, k = read_layer(emb, 3)
+    assert k == 3 and len(after) == manifest(path)["rows"]
+    assert all((after[i] == before[i]).all() for i in before)
+
+
+@pytest.fixture(scope="module")
+def s3():
+    from moto.server import ThreadedMotoServer
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    opts = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "testing", "secret": "testing"}
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**opts)
+    fs.mkdir("surd-releases")
+    yield opts, fs
+    server.stop()
+
+
+def test_publish_to_an_s3_compatible_store(data, s3) -> None:
+    opts, fs = s3
+    settings, d = data
+    path = create_release(settings, d)
+    url = publish(path, "s3://surd-releases/surd", **opts)
+    assert url == "s3://surd-releases/surd/v0001"
+    assert list_published("s3://surd-releases/surd", **opts) == ["v0001"]
+    man = json.loads(fs.cat("surd-releases/surd/v0001/manifest.json"))
+    assert verify_files("surd-releases/surd/v0001", man["shards"], fs) == []
+    remote = [
+        r for b in stream("surd-releases/surd/v0001", ["sample_id"], filesystem=fs) for r in b.to_pylist()
+    ]
+    assert len(remote) == man["rows"]
+    fs.pipe("surd-releases/surd/v0001/" + man["shards"][0]["file"], b"not parquet")
+    assert verify_files("surd-releases/surd/v0001", man["shards"], fs)[0].startswith(man["shards"][0]["file"])
