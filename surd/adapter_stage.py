@@ -13,23 +13,12 @@ from surd.settings import Settings
 
 
 def train_config(settings: Settings) -> Any:
+    """The adapter section of the settings as the trainer's config (same field names)."""
+    from dataclasses import fields
+
     from adapter.train import TrainConfig
 
-    a = settings.adapter
-    return TrainConfig(
-        steps=a.steps,
-        batch_size=a.batch_size,
-        lr=a.lr,
-        lambda_llm=a.lambda_llm,
-        lambda_cp=a.lambda_cp,
-        eta=a.eta,
-        tau=a.tau,
-        resolution=a.resolution,
-        checkpoint_every=a.checkpoint_every,
-        seed=a.seed,
-        layer=a.layer,
-        compile_unet=a.compile_unet,
-    )
+    return TrainConfig(**{f.name: getattr(settings.adapter, f.name) for f in fields(TrainConfig)})
 
 
 def run_dir(data: DataDir, release: Path, llm_model_id: str, settings: Settings) -> Path:

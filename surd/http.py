@@ -57,20 +57,32 @@ class Response:
 
 
 @dataclass
-class _Host:
+class _Pace:
+    """Request slots of one host, `interval` apart, later while a block penalty lasts."""
+
     interval: float
-    slots: threading.BoundedSemaphore
-    lock: threading.Lock = field(default_factory=threading.Lock)
     next_at: float = 0.0
     penalty_until: float = 0.0
 
+    def reserve(self) -> float:
+        """Book the next slot (the caller holds its host's lock); seconds to wait for it."""
+        now = time.monotonic()
+        start = max(now, self.next_at, self.penalty_until)
+        self.next_at = start + self.interval
+        return start - now
+
+
+@dataclass
+class _Host:
+    pace: _Pace
+    slots: threading.BoundedSemaphore
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
     def wait_turn(self, sleep: Callable[[float], None]) -> None:
         with self.lock:
-            now = time.monotonic()
-            start = max(now, self.next_at, self.penalty_until)
-            self.next_at = start + self.interval
-        if start > now:
-            sleep(start - now)
+            delay = self.pace.reserve()
+        if delay > 0:
+            sleep(delay)
 
 
 def user_agent(contact_url: str) -> str:
@@ -174,7 +186,7 @@ class PoliteClient:
         with self._lock:
             if key not in self._hosts:
                 self._hosts[key] = _Host(
-                    interval=1.0 / self.settings.requests_per_second,
+                    pace=_Pace(1.0 / self.settings.requests_per_second),
                     slots=threading.BoundedSemaphore(self.settings.max_concurrency),
                 )
             return self._hosts[key]
@@ -256,7 +268,7 @@ class PoliteClient:
                     wait = self._backoff(attempt, result[1], factor)
             if attempt < retries:
                 if last.reason == "blocked":
-                    host.penalty_until = time.monotonic() + wait
+                    host.pace.penalty_until = time.monotonic() + wait
                 self._sleep(wait)
         assert last is not None
         raise last
@@ -285,19 +297,15 @@ class PoliteClient:
 
 @dataclass
 class _AsyncHost:
-    interval: float
+    pace: _Pace
     slots: asyncio.Semaphore
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    next_at: float = 0.0
-    penalty_until: float = 0.0
 
     async def wait_turn(self) -> None:
         async with self.lock:
-            now = time.monotonic()
-            start = max(now, self.next_at, self.penalty_until)
-            self.next_at = start + self.interval
-        if start > now:
-            await asyncio.sleep(start - now)
+            delay = self.pace.reserve()
+        if delay > 0:
+            await asyncio.sleep(delay)
 
 
 class AsyncPoliteClient:
@@ -334,7 +342,7 @@ class AsyncPoliteClient:
         key = urlsplit(url).netloc
         if key not in self._hosts:
             self._hosts[key] = _AsyncHost(
-                interval=1.0 / self.settings.requests_per_second,
+                pace=_Pace(1.0 / self.settings.requests_per_second),
                 slots=asyncio.Semaphore(self.settings.max_concurrency),
             )
         return self._hosts[key]
@@ -401,7 +409,7 @@ class AsyncPoliteClient:
                     wait = backoff_seconds(self.settings, attempt, result[1], factor)
             if attempt < retries:
                 if last.reason == "blocked":
-                    host.penalty_until = time.monotonic() + wait
+                    host.pace.penalty_until = time.monotonic() + wait
                 await asyncio.sleep(wait)
         assert last is not None
         raise last
