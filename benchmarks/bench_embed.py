@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--min-len", type=int, default=6)
     ap.add_argument("--max-len", type=int, default=24)
     ap.add_argument("--naive", type=int, default=0, help="also time N prompts one at a time")
+    ap.add_argument("--compile", action="store_true", help="torch.compile each decoder block")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     gen = torch.Generator().manual_seed(0)
     lengths = torch.randint(args.min_len, args.max_len + 1, (args.prompts,), generator=gen).tolist()
     seqs = [torch.randint(3, 32000, (n,), generator=gen).tolist() for n in lengths]
-    pooler = LayerPooler(model)
+    pooler = LayerPooler(model, compile_blocks=args.compile)
 
     def run_all() -> None:
         for b in pooler.run(seqs, args.batch_tokens):
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         "matmul_peak_tflops": round(peak, 1) if peak else None,
         "fraction_of_peak": round(tflops / peak, 3) if peak else None,
         "batch_tokens": args.batch_tokens,
+        "compiled": args.compile,
         "peak_mem_gb": peak_gb(),
     }
     if args.naive:

@@ -157,7 +157,7 @@ def run_embed(
     dtype = _dtype(settings.embed.dtype, device)
     model = loaded.model.to(device=device, dtype=dtype)
     ids = loaded.processor([t[1] for t in todo])["input_ids"]
-    pooler = LayerPooler(model)
+    pooler = LayerPooler(model, compile_blocks=settings.embed.compile_blocks and device.type == "cuda")
     done = 0
 
     def flush(batches: list[PooledBatch]) -> int:

@@ -54,13 +54,16 @@ class PooledBatch:
 class LayerPooler:
     """Mean over tokens of every decoder block's output, for batches of equal-length sequences."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, compile_blocks: bool = False) -> None:
         self.model = model
         self.base = getattr(model, "model", model)
         self.layers = decoder_layers(model)
         self.device = next(model.parameters()).device
         self._out: torch.Tensor | None = None
         self._handles = [layer.register_forward_hook(self._hook(k)) for k, layer in enumerate(self.layers)]
+        if compile_blocks:  # fuse each block's norms, rotary and activations; hooks stay outside
+            for layer in self.layers:
+                layer.compile(dynamic=True)
 
     def _hook(self, k: int) -> Any:
         def hook(_module: Any, _inp: Any, out: Any) -> None:

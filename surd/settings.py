@@ -139,6 +139,7 @@ class EmbedSettings(_Section):
     llm: str = "tiny"
     batch_tokens: int = Field(65536, ge=16, description="tokens per forward batch")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    compile_blocks: bool = Field(True, description="on a GPU: torch.compile each decoder block")
 
 
 class AdapterSettings(_Section):
