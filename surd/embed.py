@@ -71,6 +71,7 @@ class EmbeddingStore:
     def __init__(self, data: DataDir, model_id: str) -> None:
         self.dir = data.embeddings_dir / slug(model_id)
         self.model_id = model_id
+        self.revision: str | None = None
         self._written = 0
 
     def meta(self) -> dict[str, Any]:
@@ -104,6 +105,7 @@ class EmbeddingStore:
                 json.dumps(
                     {
                         "model_id": self.model_id,
+                        "revision": self.revision,
                         "layers": n_layers,
                         "hidden_size": hidden,
                         "dtype": "float16",
@@ -137,9 +139,12 @@ def run_embed(
     llm: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[int, str]:
-    """Embed every simple prompt of `release` not yet embedded for this LLM. Returns (n, model id)."""
+    """Embed every simple prompt of `release` not yet embedded for this LLM. Returns (n, model id).
+
+    With `embed.workers` > 1 the prompts are split into that many slices, each embedded by its
+    own process on its own device (`cuda:<rank>` on a GPU machine: one worker per GPU); each
+    worker writes its own parts, so a killed worker loses nothing the others wrote."""
     from surd.models import profiles
-    from surd.models.tiny import device_for
 
     shards = sorted(release.glob("shard-*.parquet"))
     table = pa.concat_tables([pq.read_table(s, columns=["sample_id", "simple_prompt"]) for s in shards])
@@ -152,13 +157,50 @@ def run_embed(
     todo = [(sid, p, sha1_text(p)) for sid, p in sorted(prompts.items()) if (sid, sha1_text(p)) not in have]
     if not todo:
         return 0, model_id
+    workers = min(settings.embed.workers, len(todo))
+    if workers <= 1:
+        return embed_slice(settings, data, llm, todo, None, progress), model_id
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # CUDA cannot be forked
+    procs = [
+        ctx.Process(target=embed_slice, args=(settings, data, llm, todo[r::workers], r))
+        for r in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    failed = [r for r, proc in enumerate(procs) if proc.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"embedding workers {failed} failed; rerun to finish (finished parts are kept)")
+    return len(todo), model_id
+
+
+def embed_slice(
+    settings: Settings,
+    data: DataDir,
+    llm: str | None,
+    todo: list[tuple[str, str, str]],
+    rank: int | None,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Embed (sample id, prompt, sha1) triples on one device: `rank` picks `cuda:<rank>` on GPU."""
+    import torch
+
+    from surd.models import profiles
+    from surd.models.tiny import device_for
+
     loaded = profiles.llm(settings, llm)
+    store = EmbeddingStore(data, profiles.llm_model_id(settings, llm))
     device = device_for(settings.device)
+    if device.type == "cuda" and rank is not None:
+        device = torch.device("cuda", rank % torch.cuda.device_count())
     dtype = _dtype(settings.embed.dtype, device)
-    model = loaded.model.to(device=device, dtype=dtype)
+    model = loaded.model if loaded.split else loaded.model.to(device=device, dtype=dtype)
+    store.revision = loaded.revision
     ids = loaded.processor([t[1] for t in todo])["input_ids"]
     pooler = LayerPooler(model, compile_blocks=settings.embed.compile_blocks and device.type == "cuda")
-    done = 0
 
     def flush(batches: list[PooledBatch]) -> int:
         order = [i for b in batches for i in b.indices]
@@ -182,10 +224,9 @@ def run_embed(
                     pending = []
             if pending:
                 futures.append(writer.submit(flush, pending))
-            done = sum(f.result() for f in futures)
+            return sum(f.result() for f in futures)
     finally:
         pooler.close()
-    return done, model_id
 
 
 def _dtype(name: str, device: Any) -> Any:

@@ -140,6 +140,8 @@ class EmbedSettings(_Section):
     batch_tokens: int = Field(65536, ge=16, description="tokens per forward batch")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     compile_blocks: bool = Field(True, description="on a GPU: torch.compile each decoder block")
+    workers: int = Field(1, ge=1, description="embedding processes; on GPUs, one per GPU")
+    split_across_gpus: bool = Field(False, description="spread one model over all GPUs (33B)")
 
 
 class AdapterSettings(_Section):

@@ -208,3 +208,33 @@ def test_publish_to_an_s3_compatible_store(data, s3) -> None:
     assert len(remote) == man["rows"]
     fs.pipe("surd-releases/surd/v0001/" + man["shards"][0]["file"], b"not parquet")
     assert verify_files("surd-releases/surd/v0001", man["shards"], fs)[0].startswith(man["shards"][0]["file"])
+
+
+def test_embedding_workers_split_the_work_and_agree(data, tmp_path: Path) -> None:
+    """Two worker processes (one per GPU on a GPU machine; here two CPU processes) write their
+    own parts; the layer read back equals a single worker's, and meta records what was loaded."""
+    import numpy as np
+
+    from storage.embeddings import meta, read_layer
+    from surd.embed import EmbeddingStore
+
+    settings, d = data
+    path = create_release(settings, d)
+    other = tmp_path / "other"
+    shutil.copytree(d.root, other)
+    two = load_settings(
+        **{
+            **json.loads(settings.model_dump_json()),
+            "data_root": str(other),
+            "embed": {"llm": "tiny", "workers": 2},
+        }
+    )
+    one = load_settings(**{**json.loads(settings.model_dump_json()), "embed": {"llm": "tiny"}})
+    n1, model_id = pipeline.embed(one, str(path)).values()
+    n2, _ = pipeline.embed(two, str(other / "releases" / path.name)).values()
+    assert n1 == n2 == manifest(path)["rows"]
+    a, _ = read_layer(EmbeddingStore(d, model_id).dir, -1)
+    b, _ = read_layer(EmbeddingStore(DataDir(other), model_id).dir, -1)
+    assert a.keys() == b.keys() and all(np.allclose(a[k], b[k], atol=1e-3) for k in a)
+    assert meta(EmbeddingStore(DataDir(other), model_id).dir)["revision"] == "seeded-random(seed=0)"
+    assert pipeline.embed(two, str(other / "releases" / path.name))["embedded"] == 0  # nothing left

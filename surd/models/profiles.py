@@ -41,6 +41,8 @@ class Loaded:
     processor: Any
     model_id: str
     extra: Any = None
+    revision: str | None = None  # what exactly was loaded (hub commit, wheel, seed)
+    split: bool = False  # placed across several GPUs already (device_map="auto")
 
 
 def captioner(settings: Settings) -> Loaded:
@@ -121,21 +123,28 @@ def smollm2_dir() -> Path:
 
 
 def llm(settings: Settings, name: str | None = None) -> Loaded:
-    """A LLaMA-architecture model: `tiny`, a preset (llama-7b/13b/33b) or a hub id."""
+    """A LLaMA-architecture model: `tiny`, `smollm2-135m`, a preset (llama-7b/13b/33b) or a hub id.
+    With `embed.split_across_gpus` and several GPUs visible, it is spread over them (33B)."""
     name = name or settings.embed.llm
     if name == "tiny":
         model, tok = tiny.llama(settings.seed)
-        return Loaded(model, tok, llm_model_id(settings, name))
+        return Loaded(
+            model, tok, llm_model_id(settings, name), revision=f"seeded-random(seed={settings.seed})"
+        )
     model_id = llm_model_id(settings, name)
+    import torch
     from transformers import AutoModel, AutoTokenizer
 
     source = str(smollm2_dir()) if model_id == SMOLLM2 else model_id
+    split = settings.embed.split_across_gpus and torch.cuda.device_count() > 1
+    kwargs: dict[str, Any] = {"device_map": "auto", "dtype": torch.bfloat16} if split else {}
     try:
         tok = AutoTokenizer.from_pretrained(source)
-        model = AutoModel.from_pretrained(source).eval()
+        model = AutoModel.from_pretrained(source, **kwargs).eval()
     except OSError as exc:
         raise _hub_error(model_id, exc) from None
-    return Loaded(model, tok, model_id)
+    revision = SMOLLM2_ID if model_id == SMOLLM2 else getattr(model.config, "_commit_hash", None)
+    return Loaded(model, tok, model_id, revision=revision, split=split)
 
 
 def stable_diffusion(settings: Settings) -> Loaded:
