@@ -38,6 +38,7 @@ def publish(local: Path, url: str, **storage_options: Any) -> str:
 
     fs, root = fsspec.core.url_to_fs(url.rstrip("/"), **storage_options)
     target = f"{root}/{local.name}"
+    fs.makedirs(target, exist_ok=True)
     files = sorted(p for p in local.iterdir() if p.is_file() and p.name != "manifest.json")
     for f in files:
         fs.put_file(str(f), f"{target}/{f.name}")

@@ -89,7 +89,7 @@ def release(settings: Settings) -> str | None:
 def release_info(settings: Settings) -> dict[str, Any]:
     """Create a release if the accepted set changed (and publish it where settings say); returns
     the latest release: path, whether it is new, its rows and counts, and where it was published."""
-    from storage.releases import publish
+    from storage.releases import list_published, publish
     from surd import release as rel
     from surd.status import status
 
@@ -112,7 +112,10 @@ def release_info(settings: Settings) -> dict[str, Any]:
         "published": None,
     }
     if settings.release.location:
-        info["published"] = publish(latest, settings.release.location, **rel.storage_options(settings))
+        opts = rel.storage_options(settings)
+        if created is not None or latest.name not in list_published(settings.release.location, **opts):
+            publish(latest, settings.release.location, **opts)
+        info["published"] = f"{settings.release.location.rstrip('/')}/{latest.name}"
     return info
 
 

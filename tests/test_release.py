@@ -238,3 +238,16 @@ def test_embedding_workers_split_the_work_and_agree(data, tmp_path: Path) -> Non
     assert a.keys() == b.keys() and all(np.allclose(a[k], b[k], atol=1e-3) for k in a)
     assert meta(EmbeddingStore(DataDir(other), model_id).dir)["revision"] == "seeded-random(seed=0)"
     assert pipeline.embed(two, str(other / "releases" / path.name))["embedded"] == 0  # nothing left
+
+
+def test_rebuild_publishes_each_release_once(data, tmp_path: Path) -> None:
+    settings, _ = data
+    target = tmp_path / "published"
+    s = load_settings(**{**json.loads(settings.model_dump_json()), "release": {"location": str(target)}})
+    first = pipeline.release_info(s)
+    assert first["created"] and first["published"].endswith("/v0001")
+    shard = target / "v0001" / manifest(Path(first["path"]))["shards"][0]["file"]
+    stamp = shard.stat().st_mtime_ns
+    again = pipeline.release_info(s)
+    assert not again["created"] and shard.stat().st_mtime_ns == stamp  # not uploaded twice
+    assert list_published(str(target)) == ["v0001"]
