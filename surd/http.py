@@ -147,6 +147,35 @@ def check_body(
     return Response(str(resp.url), resp.status_code, resp.headers, content, parsed=parsed)
 
 
+Outcome = Response | tuple[FetchError, str | None] | httpx.HTTPError
+
+
+def settle(
+    s: CrawlSettings, pace: _Pace, url: str, attempt: int, outcome: Outcome
+) -> tuple[Response | None, FetchError, float]:
+    """One attempt's outcome → the response, or the failure and the wait before the next try.
+    A redirect loop is final; a block page also pushes the host's next slot back."""
+    if isinstance(outcome, Response):
+        outcome.attempts = attempt + 1
+        return outcome, FetchError("ok", url), 0.0
+    if isinstance(outcome, httpx.TooManyRedirects):
+        raise FetchError("too_many_redirects", url) from None
+    if isinstance(outcome, httpx.TimeoutException):
+        return None, FetchError("timeout", url), backoff_seconds(s, attempt, None)
+    if isinstance(outcome, httpx.HTTPError):
+        return (
+            None,
+            FetchError("connection_error", url, type(outcome).__name__),
+            backoff_seconds(s, attempt, None),
+        )
+    error, retry_after = outcome
+    blocked = error.reason == "blocked"
+    wait = backoff_seconds(s, attempt, retry_after, 4.0 if blocked else 1.0)
+    if blocked:
+        pace.penalty_until = time.monotonic() + wait
+    return None, error, wait
+
+
 class PoliteClient:
     """A thread-safe HTTP client that never exceeds its per-host rate and concurrency."""
 
@@ -232,9 +261,6 @@ class PoliteClient:
             raise FetchError("robots_disallowed", url)
         return self._send(url, "json", None, None, self.settings.max_retries, body)
 
-    def _backoff(self, attempt: int, retry_after: str | None, factor: float = 1.0) -> float:
-        return backoff_seconds(self.settings, attempt, retry_after, factor)
-
     def _send(
         self,
         url: str,
@@ -250,25 +276,15 @@ class PoliteClient:
             host.wait_turn(self._sleep)
             with host.slots:
                 self.requests_sent += 1
+                outcome: Outcome
                 try:
-                    result = self._once(url, expect, headers, check_headers, body)
-                except httpx.TimeoutException:
-                    last, wait = FetchError("timeout", url), self._backoff(attempt, None)
-                except httpx.TooManyRedirects:
-                    raise FetchError("too_many_redirects", url) from None
-                except httpx.TransportError as exc:
-                    last = FetchError("connection_error", url, type(exc).__name__)
-                    wait = self._backoff(attempt, None)
-                else:
-                    if isinstance(result, Response):
-                        result.attempts = attempt + 1
-                        return result
-                    last = result[0]
-                    factor = 4.0 if last.reason == "blocked" else 1.0
-                    wait = self._backoff(attempt, result[1], factor)
+                    outcome = self._once(url, expect, headers, check_headers, body)
+                except (httpx.TimeoutException, httpx.TooManyRedirects, httpx.TransportError) as exc:
+                    outcome = exc
+                resp, last, wait = settle(self.settings, host.pace, url, attempt, outcome)
+                if resp is not None:
+                    return resp
             if attempt < retries:
-                if last.reason == "blocked":
-                    host.pace.penalty_until = time.monotonic() + wait
                 self._sleep(wait)
         assert last is not None
         raise last
@@ -391,25 +407,15 @@ class AsyncPoliteClient:
             await host.wait_turn()
             async with host.slots:
                 self.requests_sent += 1
+                outcome: Outcome
                 try:
-                    result = await self._once(url, expect, check_headers)
-                except httpx.TimeoutException:
-                    last, wait = FetchError("timeout", url), backoff_seconds(self.settings, attempt, None)
-                except httpx.TooManyRedirects:
-                    raise FetchError("too_many_redirects", url) from None
-                except httpx.TransportError as exc:
-                    last = FetchError("connection_error", url, type(exc).__name__)
-                    wait = backoff_seconds(self.settings, attempt, None)
-                else:
-                    if isinstance(result, Response):
-                        result.attempts = attempt + 1
-                        return result
-                    last = result[0]
-                    factor = 4.0 if last.reason == "blocked" else 1.0
-                    wait = backoff_seconds(self.settings, attempt, result[1], factor)
+                    outcome = await self._once(url, expect, check_headers)
+                except (httpx.TimeoutException, httpx.TooManyRedirects, httpx.TransportError) as exc:
+                    outcome = exc
+                resp, last, wait = settle(self.settings, host.pace, url, attempt, outcome)
+                if resp is not None:
+                    return resp
             if attempt < retries:
-                if last.reason == "blocked":
-                    host.pace.penalty_until = time.monotonic() + wait
                 await asyncio.sleep(wait)
         assert last is not None
         raise last
