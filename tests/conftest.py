@@ -50,3 +50,12 @@ def demo_settings(tmp_path: Path, replay: ReplaySite):
     from surd.settings import load_settings
 
     return load_settings(**demo_config(tmp_path / "data", replay))
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    from tests.pg import PostgresServer
+
+    server = PostgresServer(free_port()).start()
+    yield server
+    server.stop()

@@ -1,33 +1,33 @@
-"""Steward accounts: argon2-hashed passwords, roles admin and steward."""
+"""Steward accounts: argon2-hashed passwords, roles admin and steward, API bearer tokens.
+
+A token is shown once when created; the database keeps only its SHA-256.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError
 
-from surd.review.queue import meta
+from surd.review.db import reader
+from surd.review.schema import stewards, tokens
 
-stewards = sa.Table(
-    "stewards",
-    meta,
-    sa.Column("name", sa.String(128), primary_key=True),
-    sa.Column("password_hash", sa.String(256), nullable=False),
-    sa.Column("role", sa.String(16), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-)
 ROLES = ("steward", "admin")
 _hasher = PasswordHasher()
 
 
 def add_steward(engine: sa.Engine, name: str, password: str, role: str = "steward") -> None:
+    """Create a steward, or reset their password and role."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    if not name or len(name) > 128 or not name.isprintable() or name.startswith("policy:"):
+        raise ValueError("a steward name is 1–128 printable characters and cannot start with 'policy:'")
     if len(password) < 8:
         raise ValueError("a password needs at least 8 characters")
-    meta.create_all(engine)
     with engine.begin() as conn:
         conn.execute(stewards.delete().where(stewards.c.name == name))
         conn.execute(
@@ -37,9 +37,15 @@ def add_steward(engine: sa.Engine, name: str, password: str, role: str = "stewar
         )
 
 
+def list_stewards(engine: sa.Engine) -> list[dict[str, str]]:
+    with reader(engine) as conn:
+        rows = conn.execute(sa.select(stewards.c.name, stewards.c.role).order_by(stewards.c.name)).all()
+    return [{"name": n, "role": r} for n, r in rows]
+
+
 def check(engine: sa.Engine, name: str, password: str) -> str | None:
     """The steward's role when the password matches, else None."""
-    with engine.connect() as conn:
+    with reader(engine) as conn:
         row = conn.execute(sa.select(stewards).where(stewards.c.name == name)).mappings().first()
     if row is None:
         _hasher.hash(password)  # same work either way: no user enumeration by timing
@@ -49,3 +55,30 @@ def check(engine: sa.Engine, name: str, password: str) -> str | None:
     except VerificationError:
         return None
     return str(row["role"])
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token(engine: sa.Engine, name: str) -> str:
+    """A new API token for an existing steward; only its hash is stored."""
+    token = "surd_" + secrets.token_urlsafe(32)
+    with engine.begin() as conn:
+        if conn.execute(sa.select(stewards.c.name).where(stewards.c.name == name)).first() is None:
+            raise ValueError(f"no steward {name!r}")
+        conn.execute(
+            tokens.insert().values(token_sha256=_digest(token), steward=name, created_at=datetime.now(UTC))
+        )
+    return token
+
+
+def check_token(engine: sa.Engine, token: str) -> tuple[str, str] | None:
+    """(steward, role) for a valid token, else None."""
+    with reader(engine) as conn:
+        row = conn.execute(
+            sa.select(stewards.c.name, stewards.c.role)
+            .join(tokens, tokens.c.steward == stewards.c.name)
+            .where(tokens.c.token_sha256 == _digest(token))
+        ).first()
+    return (str(row[0]), str(row[1])) if row else None

@@ -30,7 +30,7 @@ def enqueue_kept(settings: Settings, data: DataDir) -> int:
         rows = [{**r, **caps[r["sample_id"]], **raw[r["sample_id"]]} for r in batch]
         for row in rows:
             row.pop("status", None)
-        added += queue.enqueue(engine, rows)
+        added += queue.enqueue(engine, rows, settings.review.audit_share)
     engine.dispose()
     return added
 

@@ -1,0 +1,81 @@
+"""The review database's tables (SQLAlchemy Core), at the newest migration.
+
+`decisions` is the append-only audit log: who decided what, when, and what the value was before.
+`standing` holds each steward's current decision per item and `items.state`/`final_*` the item's
+outcome; both are derived from the log inside the same transaction that appends to it.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+meta = sa.MetaData()
+UTC_TS = sa.DateTime(timezone=True)
+
+items = sa.Table(
+    "items",
+    meta,
+    sa.Column("sample_id", sa.String(32), primary_key=True),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("enqueued_at", UTC_TS, nullable=False),
+    sa.Column("lease_owner", sa.String(128)),
+    sa.Column("lease_expires", UTC_TS),
+    sa.Column("source", sa.String(32)),
+    sa.Column("margin", sa.Float),  # p_simple - p_complex
+    sa.Column("nsfw_level", sa.String(16)),
+    sa.Column("needed", sa.Integer, nullable=False, server_default="1"),  # 2 for an audit item
+    sa.Column("state", sa.String(8), nullable=False, server_default="open"),  # open | final
+    sa.Column("final_decision", sa.String(16)),
+    sa.Column("final_reason", sa.String(64)),
+    sa.Column("final_prompt", sa.Text),
+    sa.Column("final_actor", sa.String(400)),
+    sa.Column("final_actor_kind", sa.String(8)),
+    sa.Column("final_at", UTC_TS),
+    sa.Column("final_decision_id", sa.Integer),  # the latest decision the outcome rests on
+    sa.Index("ix_items_claim", "state", "enqueued_at", "sample_id"),
+    sa.Index("ix_items_lease", "lease_owner"),
+)
+decisions = sa.Table(
+    "decisions",
+    meta,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("sample_id", sa.String(32), sa.ForeignKey("items.sample_id"), nullable=False, index=True),
+    sa.Column("actor", sa.String(128), nullable=False, index=True),
+    sa.Column("actor_kind", sa.String(8), nullable=False),  # human | auto
+    sa.Column("decision", sa.String(16), nullable=False),  # accept | reject | undo
+    sa.Column("reason", sa.String(64)),
+    sa.Column("simple_prompt", sa.Text),  # the edited prompt, when edited (the caption stays in payload)
+    sa.Column("previous_id", sa.Integer),  # the decision this one replaces or undoes
+    sa.Column("previous_decision", sa.String(16)),
+    sa.Column("previous_reason", sa.String(64)),
+    sa.Column("previous_prompt", sa.Text),
+    sa.Column("created_at", UTC_TS, nullable=False),
+)
+standing = sa.Table(
+    "standing",
+    meta,
+    sa.Column("sample_id", sa.String(32), sa.ForeignKey("items.sample_id"), primary_key=True),
+    sa.Column("actor", sa.String(128), primary_key=True),
+    sa.Column("actor_kind", sa.String(8), nullable=False),
+    sa.Column("decision_id", sa.Integer, nullable=False),
+    sa.Column("decision", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(64)),
+    sa.Column("simple_prompt", sa.Text),
+    sa.Column("created_at", UTC_TS, nullable=False),
+    sa.Index("ix_standing_actor", "actor", "decision_id"),
+)
+stewards = sa.Table(
+    "stewards",
+    meta,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("password_hash", sa.String(256), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("created_at", UTC_TS, nullable=False),
+)
+tokens = sa.Table(
+    "tokens",
+    meta,
+    sa.Column("token_sha256", sa.String(64), primary_key=True),
+    sa.Column("steward", sa.String(128), sa.ForeignKey("stewards.name", ondelete="CASCADE"), nullable=False),
+    sa.Column("created_at", UTC_TS, nullable=False),
+)
