@@ -179,29 +179,78 @@ def review_enqueue(config: Path | None = CONFIG) -> None:
 
 
 @review_app.command("serve")
-def review_serve(config: Path | None = CONFIG, host: str | None = None, port: int | None = None) -> None:
-    """Serve the review web app."""
+def review_serve(
+    config: Path | None = CONFIG,
+    host: str | None = None,
+    port: int | None = None,
+    workers: int = typer.Option(1, min=1, help="server processes (share one database)"),
+) -> None:
+    """Serve the review web app and its JSON API."""
+    import os
+    import secrets
+
     import uvicorn
 
-    from surd.review.app import create_app
+    from surd.review import queue
 
     s = _settings(config)
-    uvicorn.run(create_app(s), host=host or s.review.host, port=port or s.review.port)
+    queue.connect(s.review_database_url).dispose()  # migrate once, before any worker starts
+    if config is not None:
+        os.environ["SURD_CONFIG"] = str(config)
+    if workers > 1 and s.review.session_secret is None:
+        # every worker must sign sessions with the same key; it lives only in this process tree
+        os.environ["SURD_REVIEW__SESSION_SECRET"] = secrets.token_hex(32)
+    uvicorn.run(
+        "surd.review.app:from_env",
+        factory=True,
+        host=host or s.review.host,
+        port=port or s.review.port,
+        workers=workers,
+        log_level="warning",
+    )
 
 
 @review_app.command("add-steward")
 def add_steward(
     name: str,
     role: str = typer.Option("steward", help="steward | admin"),
-    password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True),
+    password: str = typer.Option(
+        ..., prompt=True, hide_input=True, confirmation_prompt=True, envvar="SURD_NEW_STEWARD_PASSWORD"
+    ),
+    token: bool = typer.Option(False, "--token", help="also create an API token (shown once)"),
     config: Path | None = CONFIG,
 ) -> None:
-    """Create or reset a steward account."""
+    """Create or reset a steward account (and, with --token, an API bearer token)."""
     from surd.review import auth, queue
 
     s = _settings(config)
-    auth.add_steward(queue.connect(s.review_database_url), name, password, role)
+    engine = queue.connect(s.review_database_url)
+    try:
+        auth.add_steward(engine, name, password, role)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
     console.print(f"steward {name} ({role}) saved")
+    if token:
+        console.print(f"API token (shown once): {auth.new_token(engine, name)}", soft_wrap=True)
+
+
+@review_app.command("export")
+def review_export(
+    out: Path = typer.Argument(..., help="a .parquet or .jsonl file"),
+    what: str = typer.Option("outcomes", help="outcomes (one row per item) | audit (every decision)"),
+    config: Path | None = CONFIG,
+) -> None:
+    """Export every item's outcome, or the append-only decision log."""
+    from surd.review import export, queue
+
+    if what not in ("outcomes", "audit") or out.suffix not in (".parquet", ".jsonl"):
+        console.print("[red]--what is outcomes or audit, and OUT ends in .parquet or .jsonl[/red]")
+        raise typer.Exit(2)
+    engine = queue.connect(_settings(config).review_database_url)
+    rows = queue.export_rows(engine, what)
+    n = export.write_parquet(rows, out) if out.suffix == ".parquet" else export.write_jsonl(rows, out)
+    console.print(f"{n} rows → {out}")
 
 
 @release_app.command("create")
@@ -395,7 +444,9 @@ def demo(
             out = pipeline.rebuild(s, log=console.print)
     finally:
         site.stop()
-    _print_outputs(s, out)
+    from surd.demo import demo_login
+
+    _print_outputs(s, {**out, "review_login": demo_login(s)})
 
 
 def _print_outputs(s: Settings, out: dict[str, Any]) -> None:
@@ -416,11 +467,16 @@ def _print_outputs(s: Settings, out: dict[str, Any]) -> None:
 
     queue_url = make_url(s.review_database_url).render_as_string(hide_password=True)
     console.print(f"review queue: {queue_url}")
+    login = out.get("review_login")
     console.print(
-        "review UI:   SURD_DATA_ROOT=" + str(root) + " surd review add-steward alice "
-        "&& SURD_DATA_ROOT=" + str(root) + " surd review serve  → http://127.0.0.1:"
-        f"{s.review.port}/"
+        f"review UI:    SURD_DATA_ROOT={root} surd review serve  → http://127.0.0.1:{s.review.port}/"
     )
+    if login:
+        console.print(
+            f"              log in as {login['name']} / {login['password']} (admin; a demo account made "
+            f"for this data root; {login['open']} item(s) left for stewards)",
+            soft_wrap=True,
+        )
     console.print(f"status:      SURD_DATA_ROOT={root} surd status")
 
 

@@ -47,3 +47,18 @@ def demo_config(data_root: Path, site: ReplaySite) -> dict[str, Any]:
             "eval_steps": 4,
         },
     }
+
+
+def demo_login(settings: Any) -> dict[str, Any]:
+    """A fresh admin account for the demo's review UI (new password each run), and the open count."""
+    import secrets
+
+    from surd.review import auth, queue
+
+    engine = queue.connect(settings.review_database_url)
+    try:
+        password = secrets.token_urlsafe(12)
+        auth.add_steward(engine, "steward", password, "admin")
+        return {"name": "steward", "password": password, "open": queue.progress(engine)["remaining"]}
+    finally:
+        engine.dispose()

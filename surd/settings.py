@@ -120,9 +120,14 @@ class ReviewSettings(_Section):
     ]
     auto_policy: Literal["none", "demo-margin-v1"] = "none"
     auto_min_margin: float = -0.5
+    claim_batch: int = Field(10, ge=1, le=200, description="items a steward holds at once in the UI")
+    prefetch: int = Field(5, ge=0, le=50, description="next images the review page preloads")
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=1, le=65535)
     session_secret: SecretStr | None = None
+    session_max_age_s: int = Field(12 * 3600, ge=60)
+    secure_cookies: bool = Field(True, description="Secure session cookie; off only for plain-HTTP loopback")
+    login_attempts_per_minute: int = Field(10, ge=1)
 
 
 class ReleaseSettings(_Section):

@@ -1,8 +1,11 @@
-"""The review web app over its real routes and database: auth, CSRF, escaping."""
+"""The review web app over its real routes and database: auth, roles, CSRF, escaping, headers, API."""
+
+from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from surd.review import auth, queue
@@ -12,10 +15,10 @@ from surd.settings import load_settings
 XSS = "<script>alert('x')</script> a castle"
 
 
-def _client(tmp_path: Path) -> TestClient:
-    settings = load_settings(data_root=tmp_path)
+def _seed(settings) -> None:
     engine = queue.connect(settings.review_database_url)
     auth.add_steward(engine, "alice", "correct horse")
+    auth.add_steward(engine, "root", "root password", "admin")
     queue.enqueue(
         engine,
         [
@@ -23,36 +26,218 @@ def _client(tmp_path: Path) -> TestClient:
                 "sample_id": "s1",
                 "simple_prompt": "a cat",
                 "complex_prompt": XSS,
-                "negative_prompt": None,
+                "negative_prompt": "<img src=x onerror=alert(1)>",
                 "p_simple": 0.7,
                 "p_complex": 0.3,
                 "source": "civitai",
-                "source_url": "https://civitai.com/images/1",
-            }
+                "source_url": "javascript:alert(1)",
+            },
+            {
+                "sample_id": "s2",
+                "simple_prompt": "a dog",
+                "complex_prompt": "a dog, 8k",
+                "p_simple": 0.6,
+                "p_complex": 0.4,
+                "source": "lexica",
+                "source_url": "https://lexica.art/prompt/2",
+            },
         ],
     )
-    return TestClient(create_app(settings))
+    engine.dispose()
 
 
-def test_anonymous_is_sent_to_login(tmp_path: Path) -> None:
-    c = _client(tmp_path)
-    for method, path in (("get", "/"), ("get", "/image/s1"), ("post", "/decide")):
-        r = getattr(c, method)(path, follow_redirects=False)
-        assert r.status_code in (303, 422) and (r.status_code == 422 or r.headers["location"] == "/login")
+@pytest.fixture
+def app(tmp_path: Path):
+    settings = load_settings(data_root=tmp_path)
+    _seed(settings)
+    return create_app(settings)
 
 
-def test_login_review_escaped_and_csrf(tmp_path: Path) -> None:
-    c = _client(tmp_path)
+def _client(app) -> TestClient:
+    return TestClient(app, base_url="https://testserver")  # the session cookie is Secure
+
+
+def _login(c: TestClient, name: str, password: str) -> str:
+    r = c.post("/login", data={"name": name, "password": password})
+    assert r.status_code == 200, r.text
+    return re.search(r'name="csrf" value="([^"]+)"', c.get("/").text).group(1)
+
+
+def test_every_route_refuses_anonymous_access(app) -> None:
+    c = _client(app)
+    checked = 0
+    from surd.review import api, web
+
+    for route in [*web.router.routes, *api.router.routes]:
+        path = getattr(route, "path", "")
+        if path in ("/login",) or path.startswith("/static"):
+            continue
+        url = re.sub(r"\{[^}]+\}", "s1", path)
+        for method in getattr(route, "methods", set()) - {"HEAD"}:
+            r = c.request(method, url, follow_redirects=False)
+            if path.startswith("/api"):
+                assert r.status_code == 401, (method, path)
+            else:
+                assert r.status_code in (303, 422) and (
+                    r.status_code == 422 or r.headers["location"] == "/login"
+                ), (method, path)
+                if r.status_code == 422:  # form validation ran first: with the form, still refused
+                    r = c.request(
+                        method,
+                        url,
+                        data={
+                            "csrf": "x",
+                            "sample_id": "s1",
+                            "decision": "accept",
+                            "name": "n",
+                            "password": "p",
+                            "role": "admin",
+                            "steward": "alice",
+                        },
+                        follow_redirects=False,
+                    )
+                    assert r.status_code == 303 and r.headers["location"] == "/login", (method, path)
+            checked += 1
+    assert checked >= 14
+
+
+def test_login_sets_a_secure_http_only_cookie_and_is_rate_limited(app) -> None:
+    c = _client(app)
     assert c.post("/login", data={"name": "alice", "password": "nope"}).status_code == 401
-    assert c.post("/login", data={"name": "alice", "password": "correct horse"}).status_code == 200
-    page = c.get("/").text
+    r = c.post("/login", data={"name": "alice", "password": "correct horse"}, follow_redirects=False)
+    cookie = r.headers["set-cookie"].lower()
+    assert (
+        r.status_code == 303 and "httponly" in cookie and "secure" in cookie and "samesite=strict" in cookie
+    )
+    codes = [c.post("/login", data={"name": "mallory", "password": "guess"}).status_code for _ in range(12)]
+    assert codes.count(401) == 8 and codes[-1] == 429  # 10 per minute per address; two already used
+
+
+def test_review_page_escapes_untrusted_text_and_sends_safe_headers(app) -> None:
+    c = _client(app)
+    _login(c, "alice", "correct horse")
+    r = c.get("/")
+    page = r.text
     assert "<script>alert" not in page and "&lt;script&gt;alert" in page
-    csrf = re.search(r'name=csrf value="([^"]+)"', page).group(1)
-    bad = c.post("/decide", data={"csrf": "forged", "sample_id": "s1", "decision": "accept"})
-    assert bad.status_code == 403
-    ok = c.post(
+    assert "<img src=x" not in page and "&lt;img src=x" in page
+    assert "javascript:alert" not in page and "no source link" in page  # a non-web URL is not linked
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert (
+        "script-src 'self'" in r.headers["content-security-policy"]
+        and "unsafe-inline" not in r.headers["content-security-policy"]
+    )
+    assert r.headers["x-frame-options"] == "DENY" and r.headers["cache-control"] == "no-store"
+    assert '<link rel="preload" as="image" href="/image/s2">' in page  # the next image is prefetched
+
+
+def test_csrf_is_required_on_every_state_changing_request(app) -> None:
+    c = _client(app)
+    csrf = _login(c, "root", "root password")
+    forms = {
+        "/decide": {"sample_id": "s1", "decision": "accept"},
+        "/undo": {},
+        "/filters": {"source": "lexica"},
+        "/logout": {},
+        "/admin/stewards": {"name": "eve", "password": "long enough", "role": "admin"},
+        "/admin/tokens": {"name": "alice"},
+        "/admin/leases/release": {"steward": "root"},
+    }
+    for path, data in forms.items():
+        assert c.post(path, data={**data, "csrf": "forged"}).status_code == 403, path
+        assert c.post(path, data=data).status_code == 422, path  # no token at all
+    engine = queue.connect(app.state.settings.review_database_url)
+    assert queue.effective(engine) == {} and [s["name"] for s in auth.list_stewards(engine)] == [
+        "alice",
+        "root",
+    ]
+    r = c.post(
         "/decide", data={"csrf": csrf, "sample_id": "s1", "decision": "accept", "simple_prompt": "a grey cat"}
     )
-    assert ok.status_code == 200 and "Nothing left to review" in ok.text
-    standing = queue.effective(queue.connect(f"sqlite:///{tmp_path / 'review' / 'queue.db'}"))
-    assert standing["s1"]["simple_prompt"] == "a grey cat" and standing["s1"]["actor"] == "alice"
+    assert r.status_code == 200
+    got = queue.effective(engine)["s1"]
+    assert got.pop("id") >= 1
+    assert got == {
+        "decision": "accept",
+        "reason": None,
+        "simple_prompt": "a grey cat",
+        "actor": "root",
+        "actor_kind": "human",
+    }
+
+
+def test_stewards_cannot_reach_admin_actions(app) -> None:
+    c = _client(app)
+    csrf = _login(c, "alice", "correct horse")
+    assert c.get("/admin").status_code == 403
+    assert c.get("/admin/export").status_code == 403
+    for path in ("/admin/stewards", "/admin/tokens", "/admin/leases/release"):
+        data = {"csrf": csrf, "name": "alice", "password": "long enough", "role": "admin", "steward": "x"}
+        assert c.post(path, data=data).status_code == 403, path
+    engine = queue.connect(app.state.settings.review_database_url)
+    assert auth.check(engine, "alice", "long enough") is None  # no self-promotion
+
+
+def test_admin_page_shows_leases_agreement_and_exports(app) -> None:
+    c = _client(app)
+    _login(c, "root", "root password")
+    page = c.get("/admin").text
+    assert "root" in page and "No audit item has two decisions yet" in page
+    assert "<td>root</td><td>2</td>" in page  # root holds both items after opening the review page
+    parquet = c.get("/admin/export?what=outcomes&format=parquet")
+    assert parquet.status_code == 200 and parquet.content[:4] == b"PAR1"
+    lines = c.get("/admin/export?what=outcomes&format=jsonl").text.splitlines()
+    assert len(lines) == 2
+
+
+def test_api_with_bearer_tokens_and_its_openapi_schema(app) -> None:
+    engine = queue.connect(app.state.settings.review_database_url)
+    alice = {"Authorization": f"Bearer {auth.new_token(engine, 'alice')}"}
+    root = {"Authorization": f"Bearer {auth.new_token(engine, 'root')}"}
+    c = _client(app)
+    assert c.post("/api/claim", json={"n": 5}, headers={"Authorization": "Bearer nope"}).status_code == 401
+    got = c.post("/api/claim", json={"n": 5, "source": "lexica"}, headers=alice).json()
+    assert [i["sample_id"] for i in got["items"]] == ["s2"] and got["lease_seconds"] == 900
+    assert (
+        c.post(
+            "/api/decide", json={"sample_id": "s2", "decision": "reject", "reason": "bogus"}, headers=alice
+        ).status_code
+        == 422
+    )
+    assert (
+        c.post("/api/decide", json={"sample_id": "s2", "decision": "accept"}, headers=root).status_code == 409
+    )
+    r = c.post("/api/decide", json={"sample_id": "s2", "decision": "reject", "reason": "nsfw"}, headers=alice)
+    assert r.status_code == 200 and r.json()["state"] == "final"
+    assert c.post("/api/undo", headers=alice).json() == {"sample_id": "s2"}
+    assert c.get("/api/progress", headers=alice).json()["remaining"] == 2
+    assert c.get("/api/export", headers=alice).status_code == 403
+    audit = c.get("/api/export?what=audit", headers=root).text.splitlines()
+    assert len(audit) == 2 and '"undo"' in audit[1]
+    schema = c.get("/api/openapi.json", headers=alice).json()
+    assert {"/api/claim", "/api/decide", "/api/undo", "/api/export", "/api/progress"} <= set(schema["paths"])
+    assert not any(p.startswith("/admin") or p == "/" for p in schema["paths"])
+
+
+def test_images_are_served_with_their_real_type(tmp_path: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    from storage.layout import DataDir
+    from storage.schemas import OK
+
+    data = DataDir(tmp_path).open()
+    settings = load_settings(data_root=tmp_path)
+    _seed(settings)
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(buf, "JPEG")
+    table = data.table("images")
+    row = {name: None for name in table.schema.names}
+    row.update(sample_id="s1", status=OK, image=buf.getvalue())
+    table.write([row])
+    c = _client(create_app(settings))
+    _login(c, "alice", "correct horse")
+    r = c.get("/image/s1")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg" and r.content == buf.getvalue()
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert c.get("/image/s2").status_code == 404

@@ -1,0 +1,134 @@
+"""The JSON API beside the UI: bearer tokens, described by its OpenAPI schema at /api/openapi.json."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from surd.review import auth, queue
+
+router = APIRouter(prefix="/api", tags=["review"])
+_bearer = HTTPBearer(auto_error=False)
+
+
+class Caller(BaseModel):
+    name: str
+    role: str
+
+
+def caller(request: Request, cred: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Caller:
+    if cred is None or cred.scheme.lower() != "bearer":
+        raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+    found = auth.check_token(request.app.state.engine, cred.credentials)
+    if found is None:
+        raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
+    return Caller(name=found[0], role=found[1])
+
+
+def admin(who: Caller = Depends(caller)) -> Caller:
+    if who.role != "admin":
+        raise HTTPException(403, "admins only")
+    return who
+
+
+class ClaimRequest(BaseModel):
+    n: int = Field(10, ge=1, le=200, description="items to lease")
+    source: str | None = None
+    margin_min: float | None = None
+    margin_max: float | None = None
+    nsfw_levels: list[str] | None = None
+
+
+class ClaimResponse(BaseModel):
+    items: list[dict[str, Any]]
+    lease_seconds: int
+
+
+class DecideRequest(BaseModel):
+    sample_id: str
+    decision: Literal["accept", "reject"]
+    reason: str | None = None
+    simple_prompt: str | None = Field(None, max_length=500, description="an edited simple prompt (accept)")
+
+
+class DecideResponse(BaseModel):
+    decision_id: int
+    state: str
+
+
+class UndoResponse(BaseModel):
+    sample_id: str | None
+
+
+@router.post("/claim", response_model=ClaimResponse)
+def claim(body: ClaimRequest, request: Request, who: Caller = Depends(caller)) -> ClaimResponse:
+    s = request.app.state.settings
+    filters = queue.Filters(
+        body.source, body.margin_min, body.margin_max, tuple(body.nsfw_levels) if body.nsfw_levels else None
+    )
+    got = queue.claim(request.app.state.engine, who.name, body.n, s.review.lease_seconds, filters)
+    return ClaimResponse(items=got, lease_seconds=s.review.lease_seconds)
+
+
+@router.post("/decide", response_model=DecideResponse)
+def decide(body: DecideRequest, request: Request, who: Caller = Depends(caller)) -> DecideResponse:
+    s = request.app.state.settings
+    if body.decision == "reject" and body.reason not in s.review.reject_reasons:
+        raise HTTPException(422, f"reason must be one of {', '.join(s.review.reject_reasons)}")
+    engine = request.app.state.engine
+    try:
+        did = queue.decide(
+            engine,
+            body.sample_id,
+            who.name,
+            body.decision,
+            reason=body.reason if body.decision == "reject" else None,
+            simple_prompt=(body.simple_prompt or "").strip() or None,
+        )
+    except queue.QueueError as exc:
+        raise HTTPException(409, str(exc)) from None
+    got = queue.item(engine, body.sample_id)
+    return DecideResponse(decision_id=did, state=got["state"] if got else "unknown")
+
+
+@router.post("/undo", response_model=UndoResponse)
+def undo(request: Request, who: Caller = Depends(caller)) -> UndoResponse:
+    s = request.app.state.settings
+    return UndoResponse(sample_id=queue.undo(request.app.state.engine, who.name, s.review.lease_seconds))
+
+
+@router.get("/progress")
+def progress(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
+    engine = request.app.state.engine
+    return {**queue.progress(engine), "agreement": queue.agreement(engine)}
+
+
+def _jsonl(rows: Iterator[dict[str, Any]]) -> Iterator[bytes]:
+    buf: list[str] = []
+    for r in rows:
+        buf.append(json.dumps(r, ensure_ascii=False))
+        if len(buf) == 1000:
+            yield ("\n".join(buf) + "\n").encode()
+            buf = []
+    if buf:
+        yield ("\n".join(buf) + "\n").encode()
+
+
+@router.get("/export", response_class=StreamingResponse)
+def export(
+    request: Request, what: Literal["outcomes", "audit"] = "outcomes", who: Caller = Depends(admin)
+) -> StreamingResponse:
+    """Every item's outcome, or the whole decision log, as JSON lines (streamed)."""
+    rows = queue.export_rows(request.app.state.engine, what)
+    return StreamingResponse(_jsonl(rows), media_type="application/x-ndjson")
+
+
+@router.get("/openapi.json", include_in_schema=False)
+def openapi(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
+    return request.app.openapi()

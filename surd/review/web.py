@@ -1,0 +1,308 @@
+"""The steward UI: server-rendered pages, keyboard-first, every prompt escaped (Jinja autoescape).
+
+Every page but /login needs a session; every POST carries the session's CSRF token; admin pages
+need the admin role; login attempts are rate-limited per client address and per name.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from surd.review import auth, export, queue
+from surd.review.api import _jsonl
+
+router = APIRouter(include_in_schema=False)
+templates = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape(default=True)
+)
+templates.tests["web_url"] = lambda v: isinstance(v, str) and v.startswith(("https://", "http://"))
+
+
+class Session:
+    def __init__(self, request: Request, admin: bool = False) -> None:
+        name = request.session.get("user")
+        if not name:
+            raise HTTPException(status_code=303, headers={"Location": "/login"})
+        self.request = request
+        self.name = str(name)
+        self.role = str(request.session.get("role"))
+        self.csrf = str(request.session["csrf"])
+        if admin and self.role != "admin":
+            raise HTTPException(status_code=403, detail="admins only")
+        self.engine = request.app.state.engine
+        self.settings = request.app.state.settings
+
+    def check_csrf(self, token: str) -> None:
+        if not secrets.compare_digest(token.encode(), self.csrf.encode()):
+            raise HTTPException(status_code=403, detail="bad CSRF token")
+
+    @property
+    def filters(self) -> queue.Filters:
+        f = self.request.session.get("filters") or {}
+        levels = f.get("nsfw_levels")
+        return queue.Filters(
+            f.get("source"), f.get("margin_min"), f.get("margin_max"), tuple(levels) if levels else None
+        )
+
+    def render(self, template: str, status: int = 200, **extra: Any) -> HTMLResponse:
+        ctx = {
+            "user": self.name,
+            "role": self.role,
+            "csrf": self.csrf,
+            "progress": queue.progress(self.engine),
+            "filters": self.filters,
+            "sources": ("civitai", "lexica", "sdonline"),
+            **extra,
+        }
+        return HTMLResponse(templates.get_template(template).render(**ctx), status_code=status)
+
+
+def _limited(request: Request, key: str, per_minute: int) -> bool:
+    attempts: dict[str, deque[float]] = request.app.state.login_attempts
+    window = attempts[key]
+    now = time.monotonic()
+    while window and now - window[0] > 60:
+        window.popleft()
+    if len(window) >= per_minute:
+        return True
+    window.append(now)
+    return False
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form() -> str:
+    return templates.get_template("login.html").render(error=None, user=None)
+
+
+@router.post("/login")
+def login(request: Request, name: str = Form(...), password: str = Form(...)) -> Response:
+    limit = request.app.state.settings.review.login_attempts_per_minute
+    ip = request.client.host if request.client else "?"
+    page = templates.get_template("login.html")
+    if _limited(request, f"ip:{ip}", limit) or _limited(request, f"name:{name}", limit):
+        return HTMLResponse(
+            page.render(error="Too many attempts; wait a minute.", user=None), status_code=429
+        )
+    role = auth.check(request.app.state.engine, name, password)
+    if role is None:
+        return HTMLResponse(page.render(error="Wrong name or password.", user=None), status_code=401)
+    request.session.clear()
+    request.session.update(user=name, role=role, csrf=secrets.token_urlsafe(32))
+    return RedirectResponse("/", status_code=303)
+
+
+@router.post("/logout")
+def logout(request: Request, csrf: str = Form(...)) -> Response:
+    s = Session(request)
+    s.check_csrf(csrf)
+    request.session.clear()
+    return RedirectResponse("/login", status_code=303)
+
+
+def _page(s: Session, sample_id: str, held: list[dict[str, Any]], previous: str | None) -> HTMLResponse:
+    full = queue.item(s.engine, sample_id, s.name)
+    if full is None:
+        raise HTTPException(404)
+    ids = [h["sample_id"] for h in held]
+    at = ids.index(sample_id) if sample_id in ids else -1
+    after = ids[at + 1 :] + ids[:at] if at >= 0 else ids
+    return s.render(
+        "review.html",
+        item=full,
+        mine=full.get("mine"),
+        upcoming=after[: s.settings.review.prefetch],
+        next_href=f"/?at={after[0]}" if after else None,
+        previous=previous,
+        held=len(ids),
+        reasons=s.settings.review.reject_reasons,
+    )
+
+
+def _held(s: Session) -> list[dict[str, Any]]:
+    return queue.claim(
+        s.engine, s.name, s.settings.review.claim_batch, s.settings.review.lease_seconds, s.filters
+    )
+
+
+@router.get("/", response_class=HTMLResponse)
+def review(request: Request, at: str | None = None) -> Response:
+    s = Session(request)
+    held = _held(s)
+    previous = queue.last_decided(s.engine, s.name)
+    if not held:
+        return s.render("empty.html", previous=previous)
+    current = at if at in {h["sample_id"] for h in held} else held[0]["sample_id"]
+    return _page(s, str(current), held, previous)
+
+
+@router.get("/item/{sample_id}", response_class=HTMLResponse)
+def item_page(request: Request, sample_id: str) -> Response:
+    """An item this steward decided (previous) or holds: shows their decision; deciding replaces it."""
+    s = Session(request)
+    got = queue.item(s.engine, sample_id, s.name)
+    if got is None or (got["mine"] is None and got["lease_owner"] != s.name):
+        raise HTTPException(404)
+    before = got["mine"]["decision_id"] if got["mine"] else None
+    return _page(s, sample_id, _held(s), queue.last_decided(s.engine, s.name, before_id=before))
+
+
+@router.post("/decide")
+def decide(
+    request: Request,
+    csrf: str = Form(...),
+    sample_id: str = Form(...),
+    decision: str = Form(...),
+    reason: str = Form(""),
+    simple_prompt: str = Form(""),
+) -> Response:
+    s = Session(request)
+    s.check_csrf(csrf)
+    if decision not in ("accept", "reject"):
+        raise HTTPException(422, "decision must be accept or reject")
+    if decision == "reject" and reason not in s.settings.review.reject_reasons:
+        raise HTTPException(422, "unknown reject reason")
+    edited = simple_prompt.strip()[:500] or None
+    try:
+        queue.decide(
+            s.engine,
+            sample_id,
+            s.name,
+            decision,
+            reason=reason if decision == "reject" else None,
+            simple_prompt=edited if decision == "accept" else None,
+        )
+    except queue.QueueError as exc:
+        raise HTTPException(409, str(exc)) from None
+    return RedirectResponse("/", status_code=303)
+
+
+@router.post("/undo")
+def undo(request: Request, csrf: str = Form(...)) -> Response:
+    s = Session(request)
+    s.check_csrf(csrf)
+    sid = queue.undo(s.engine, s.name, s.settings.review.lease_seconds)
+    return RedirectResponse(f"/?at={sid}" if sid else "/", status_code=303)
+
+
+def _float_or_none(v: str) -> float | None:
+    v = v.strip()
+    if not v:
+        return None
+    try:
+        return float(v)
+    except ValueError:
+        raise HTTPException(422, f"not a number: {v[:20]!r}") from None
+
+
+@router.post("/filters")
+def set_filters(
+    request: Request,
+    csrf: str = Form(...),
+    source: str = Form(""),
+    margin_min: str = Form(""),
+    margin_max: str = Form(""),
+    nsfw_levels: str = Form(""),
+) -> Response:
+    s = Session(request)
+    s.check_csrf(csrf)
+    levels = [x.strip() for x in nsfw_levels.split(",") if x.strip()]
+    request.session["filters"] = {
+        "source": source or None,
+        "margin_min": _float_or_none(margin_min),
+        "margin_max": _float_or_none(margin_max),
+        "nsfw_levels": levels or None,
+    }
+    queue.release_leases(s.engine, steward=s.name)  # what was held under the old filters goes back
+    return RedirectResponse("/", status_code=303)
+
+
+@router.get("/image/{sample_id}")
+def image(request: Request, sample_id: str) -> Response:
+    s = Session(request)
+    from storage.layout import DataDir
+    from surd.stage import lookup
+
+    rows = lookup(DataDir(s.settings.data_root).table("images"), {sample_id}, ["image"])
+    if sample_id not in rows or rows[sample_id]["image"] is None:
+        raise HTTPException(status_code=404)
+    ctype = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}[s.settings.images.encode_format]
+    return Response(
+        rows[sample_id]["image"], media_type=ctype, headers={"Cache-Control": "private, max-age=3600"}
+    )
+
+
+def _admin_page(s: Session, **extra: Any) -> HTMLResponse:
+    stewards = auth.list_stewards(s.engine)
+    return s.render(
+        "admin.html",
+        stewards=stewards,
+        steward_names={x["name"] for x in stewards},
+        roles=auth.ROLES,
+        leases=queue.open_leases(s.engine),
+        agreement=queue.agreement(s.engine),
+        **extra,
+    )
+
+
+@router.get("/admin", response_class=HTMLResponse)
+def admin(request: Request) -> Response:
+    return _admin_page(Session(request, admin=True))
+
+
+@router.post("/admin/stewards", response_class=HTMLResponse)
+def admin_add_steward(
+    request: Request,
+    csrf: str = Form(...),
+    name: str = Form(...),
+    password: str = Form(...),
+    role: str = Form(...),
+) -> Response:
+    s = Session(request, admin=True)
+    s.check_csrf(csrf)
+    try:
+        auth.add_steward(s.engine, name.strip(), password, role)
+    except ValueError as exc:
+        return _admin_page(s, message=str(exc))
+    return _admin_page(s, message=f"Steward {name.strip()} saved.")
+
+
+@router.post("/admin/tokens", response_class=HTMLResponse)
+def admin_token(request: Request, csrf: str = Form(...), name: str = Form(...)) -> Response:
+    s = Session(request, admin=True)
+    s.check_csrf(csrf)
+    return _admin_page(s, new_token={"steward": name, "token": auth.new_token(s.engine, name)})
+
+
+@router.post("/admin/leases/release", response_class=HTMLResponse)
+def admin_release(request: Request, csrf: str = Form(...), steward: str = Form(...)) -> Response:
+    s = Session(request, admin=True)
+    s.check_csrf(csrf)
+    n = queue.release_leases(s.engine, steward=steward)
+    return _admin_page(s, message=f"{n} item(s) of {steward} returned to the queue.")
+
+
+@router.get("/admin/export")
+def admin_export(request: Request, what: str = "outcomes", format: str = "parquet") -> Response:
+    s = Session(request, admin=True)
+    if what not in ("outcomes", "audit") or format not in ("parquet", "jsonl"):
+        raise HTTPException(422, "what: outcomes|audit, format: parquet|jsonl")
+    rows = queue.export_rows(s.engine, what)
+    name = f"surd-review-{what}.{format}"
+    headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+    if format == "jsonl":
+        return StreamingResponse(_jsonl(rows), media_type="application/x-ndjson", headers=headers)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        export.write_parquet(rows, path)
+        data = io.BytesIO(path.read_bytes())
+    return StreamingResponse(data, media_type="application/vnd.apache.parquet", headers=headers)

@@ -1,0 +1,134 @@
+"""A steward's session in a real browser: Debian's Chromium driven by Playwright, keyboard only."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from storage.layout import DataDir
+from storage.schemas import OK
+from surd.review import auth, queue
+from surd.review.app import create_app
+from surd.settings import load_settings
+from tests.conftest import free_port
+from tests.serve import ThreadedServer
+
+CHROMIUM = "/usr/bin/chromium"
+XSS = "<script>window.pwned=1;alert('xss')</script><img src=x onerror=\"window.pwned=2\"> a castle"
+
+
+def seed_review(root: Path, n: int = 4):
+    """A data root with n queued items and their images; s1's complex prompt is an XSS payload."""
+    data = DataDir(root).open()
+    settings = load_settings(data_root=root)
+    engine = queue.connect(settings.review_database_url)
+    auth.add_steward(engine, "alice", "correct horse")
+    rows, images = [], []
+    for i in range(1, n + 1):
+        rows.append(
+            {
+                "sample_id": f"s{i}",
+                "simple_prompt": f"a photo of thing {i}",
+                "complex_prompt": XSS if i == 1 else f"thing {i}, ultra detailed, 8k, trending on artstation",
+                "negative_prompt": "blurry",
+                "p_simple": 0.6,
+                "p_complex": 0.4,
+                "source": "civitai",
+                "source_url": f"https://civitai.com/images/{i}",
+                "nsfw_level": 1,
+            }
+        )
+        buf = io.BytesIO()
+        Image.new("RGB", (512, 512), (40 * i, 120, 200 - 30 * i)).save(buf, "JPEG")
+        row = dict.fromkeys(data.table("images").schema.names)
+        row.update(sample_id=f"s{i}", status=OK, image=buf.getvalue())
+        images.append(row)
+    queue.enqueue(engine, rows)
+    data.table("images").write(images)
+    return settings, engine
+
+
+@pytest.fixture
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: apt-get install -y chromium (.ci/run does this)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--disable-sync",
+            ],
+        )
+        yield b
+        b.close()
+
+
+def test_a_steward_reviews_a_batch_with_the_keyboard_only(tmp_path: Path, browser) -> None:
+    settings, engine = seed_review(tmp_path)
+    with ThreadedServer(create_app(settings), free_port()) as server:
+        page = browser.new_page()
+        dialogs: list[str] = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(server.url + "/")
+        assert page.url.endswith("/login")
+        page.keyboard.type("alice")
+        page.keyboard.press("Tab")
+        page.keyboard.type("correct horse")
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
+
+        # the XSS payload is shown as text, and nothing of it ran
+        assert page.text_content("#complex") == XSS
+        assert page.evaluate("window.pwned") is None and dialogs == []
+        assert page.evaluate("document.getElementById('image').naturalWidth") == 512
+        assert page.locator('link[rel="preload"][as="image"]').count() == 3
+        assert "mine 0" in page.text_content("#progress") and "remaining 4 of 4" in page.text_content(
+            "#progress"
+        )
+
+        with page.expect_navigation():
+            page.keyboard.press("a")  # accept s1
+        assert page.text_content("#simple") == "a photo of thing 2"
+        assert "mine 1" in page.text_content("#progress")
+        with page.expect_navigation():
+            page.keyboard.press("3")  # reject s2: reason 3
+        with page.expect_navigation():
+            page.keyboard.press("e")
+            page.keyboard.press("Control+a")
+            page.keyboard.type("a red fox")
+            page.keyboard.press("Enter")  # accept s3 with the edited prompt
+        assert "mine 3" in page.text_content("#progress") and "remaining 1 of 4" in page.text_content(
+            "#progress"
+        )
+        with page.expect_navigation():
+            page.keyboard.press("u")  # undo: s3 comes back
+        assert page.text_content("#simple") == "a photo of thing 3"
+        assert "mine 2" in page.text_content("#progress")
+        with page.expect_navigation():
+            page.keyboard.press("p")  # previous: my decision on s2
+        assert "reject" in page.text_content("#mine") and "low_quality" in page.text_content("#mine")
+        with page.expect_navigation():
+            page.keyboard.press("n")  # back to the queue
+        assert re.search(r"thing [34]$", page.text_content("#simple"))
+        page.set_viewport_size({"width": 1400, "height": 900})
+        page.screenshot(path=str(tmp_path / "review.png"))
+
+    standing = queue.effective(engine)
+    assert standing["s1"]["decision"] == "accept" and standing["s1"]["simple_prompt"] is None
+    assert standing["s2"]["decision"] == "reject" and standing["s2"]["reason"] == "low_quality"
+    assert "s3" not in standing and "s4" not in standing
+    audit = list(queue.export_rows(engine, "audit"))
+    assert [a["decision"] for a in audit] == ["accept", "reject", "accept", "undo"]
+    assert audit[2]["simple_prompt"] == "a red fox" and audit[3]["previous_prompt"] == "a red fox"
+    assert (tmp_path / "review.png").stat().st_size > 10_000
