@@ -11,6 +11,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.events import emit_event
 
 from surd import pipeline
+from surd.review.queue import progress_markdown
 from surd.settings import Settings, load_settings
 
 
@@ -43,7 +44,14 @@ def clip_task(config: dict[str, Any]) -> dict[str, Any]:
 
 @task
 def review_task(config: dict[str, Any]) -> dict[str, Any]:
-    return pipeline.review(_settings(config))
+    """Enqueue and move on: stewards decide at their pace; the release takes what is decided."""
+    out = pipeline.review(_settings(config))
+    create_markdown_artifact(
+        key="review-queue",
+        markdown=progress_markdown(out["queue"]),
+        description=f"review queue after this run ({out['enqueued']} enqueued)",
+    )
+    return out
 
 
 @task

@@ -71,14 +71,21 @@ def clip_filter(settings: Settings, progress: Progress = None) -> dict[str, Any]
 
 
 def review(settings: Settings) -> dict[str, Any]:
+    from surd.review import queue
     from surd.review.stage import apply_auto_policy, enqueue_kept
 
     data = open_data(settings)
-    return {
+    out: dict[str, Any] = {
         "enqueued": enqueue_kept(settings, data),
         "auto_decided": apply_auto_policy(settings),
         "policy": settings.review.auto_policy,
     }
+    engine = queue.connect(settings.review_database_url)
+    try:
+        out["queue"] = {**queue.progress(engine), "agreement": queue.agreement(engine)}
+    finally:
+        engine.dispose()
+    return out
 
 
 def release(settings: Settings) -> str | None:

@@ -56,3 +56,23 @@ def test_images_benchmark_ours_only(tmp_path: Path) -> None:
         ["--images", "30", "--processes", "2", "--threads", "8", "--cache", str(tmp_path / "c")]
     )
     assert r["surd_images_per_s"] > 0 and r["surd_ok"] == 29  # item 0 is both truncated and a 404
+
+
+def test_review_benchmark_tiny(tmp_path: Path) -> None:
+    import bench_review
+
+    [r] = bench_review.main(
+        [
+            "--stewards",
+            "4",
+            "--items",
+            "30",
+            "--workers",
+            "1",
+            "--backends",
+            "sqlite",
+            "--out",
+            str(tmp_path / "r.jsonl"),
+        ]
+    )
+    assert r["errors"] == 0 and r["final_items"] == 30 and r["decisions"] >= 30 and r["decide_p95_ms"] > 0
