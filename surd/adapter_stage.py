@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +29,31 @@ def run_dir(data: DataDir, release: Path, llm_model_id: str, settings: Settings)
     )
 
 
-def run_train(settings: Settings, data: DataDir, release: Path, llm_model_id: str) -> dict[str, Any]:
+def run_train(
+    settings: Settings,
+    data: DataDir,
+    release: Path,
+    llm_model_id: str,
+    log: Callable[[dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
     from adapter.train import train
     from surd.models import profiles
 
     sd = profiles.stable_diffusion(settings)
     out = run_dir(data, release, llm_model_id, settings)
-    summary = train(sd.model, release, EmbeddingStore(data, llm_model_id).dir, out, train_config(settings))
+    summary = train(
+        sd.model, release, EmbeddingStore(data, llm_model_id).dir, out, train_config(settings), log=log
+    )
     return {**summary, "run_dir": str(out), "base_model": sd.model_id}
 
 
-def clip_chooser(settings: Settings) -> Any:
-    """p(CLIP picks image a over image b for the prompt): softmax over the two similarities."""
+def clip_scorers(settings: Settings) -> Any:
+    """CLIP as the paper's chooser (softmax over two images' similarities to the prompt) and as a
+    similarity (100·cos), plus the pyiqa quality metrics that can load here."""
     import torch
 
+    from adapter.evaluate import Scorers
+    from adapter.quality import load_metrics
     from surd.models import profiles
 
     loaded = profiles.clip(settings)
@@ -54,11 +66,45 @@ def clip_chooser(settings: Settings) -> Any:
             p = (model.logit_scale.exp() * (imgs @ txt.T).squeeze(-1)).softmax(0)
         return float(p[0])
 
-    return choose
+    def similarity(a: Image.Image, prompt: str) -> float:
+        with torch.inference_mode():
+            img = model.encode_image(preprocess(a).unsqueeze(0), normalize=True)
+            txt = model.encode_text(tok([prompt]), normalize=True)
+        return float(100 * (img @ txt.T).item())
+
+    quality, skipped = load_metrics(settings.adapter.eval_quality_metrics)
+    return Scorers(choose=choose, similarity=similarity, quality=quality, skipped=skipped)
 
 
-def run_evaluate(settings: Settings, data: DataDir, run: Path) -> dict[str, Any]:
+def generate_images(
+    settings: Settings, run: Path, prompt: str, out: Path, n: int, seed: int, steps: int, baseline: bool
+) -> list[Path]:
+    """`surd generate`: n images of the prompt with the run's adapter (and the baseline's, if asked)."""
+    from adapter.pipeline import generate, sd_pipeline
+    from adapter.train import latest_checkpoint, load_adapter
+    from surd.models import profiles
+
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        raise FileNotFoundError(f"no checkpoint in {run}; train first")
+    parts = profiles.stable_diffusion(settings).model
+    adapter = load_adapter(ckpt)
+    pipe = sd_pipeline(parts)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i in range(n):
+        for kind, a in (("adapter", adapter), ("baseline", None)) if baseline else (("adapter", adapter),):
+            path = out / f"{kind}-s{seed + i}.png"
+            generate(pipe, parts, prompt, seed=seed + i, steps=steps, adapter=a).save(path)
+            written.append(path)
+    return written
+
+
+def run_evaluate(
+    settings: Settings, data: DataDir, run: Path, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     from adapter.evaluate import evaluate
+    from adapter.suites import SUITES
     from adapter.train import latest_checkpoint, load_adapter
     from surd.models import profiles
 
@@ -70,9 +116,11 @@ def run_evaluate(settings: Settings, data: DataDir, run: Path) -> dict[str, Any]
     report = evaluate(
         sd.model,
         load_adapter(ckpt),
-        clip_chooser(settings),
+        clip_scorers(settings),
         run / "eval",
         images_per_prompt=a.eval_images_per_prompt,
         steps=a.eval_steps,
+        suites={k: v[: a.eval_prompts_per_suite] for k, v in SUITES.items()},
+        progress=progress,
     )
     return {**report, "report": str(run / "eval" / "report.md")}

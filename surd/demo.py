@@ -45,6 +45,7 @@ def demo_config(data_root: Path, site: ReplaySite) -> dict[str, Any]:
             "checkpoint_every": 10,
             "eval_images_per_prompt": 2,
             "eval_steps": 4,
+            "log_every": 5,
         },
     }
 

@@ -135,16 +135,23 @@ def embed(
     return {"embedded": n, "model_id": model_id}
 
 
-def train(settings: Settings, release_path: str, llm_model_id: str) -> dict[str, Any]:
+def train(
+    settings: Settings,
+    release_path: str,
+    llm_model_id: str,
+    log: Callable[[dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
     from surd.adapter_stage import run_train
 
-    return run_train(settings, open_data(settings), Path(release_path), llm_model_id)
+    return run_train(settings, open_data(settings), Path(release_path), llm_model_id, log=log)
 
 
-def evaluate(settings: Settings, run_dir: str) -> dict[str, Any]:
+def evaluate(
+    settings: Settings, run_dir: str, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     from surd.adapter_stage import run_evaluate
 
-    return run_evaluate(settings, open_data(settings), Path(run_dir))
+    return run_evaluate(settings, open_data(settings), Path(run_dir), progress=progress)
 
 
 def rebuild(

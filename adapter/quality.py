@@ -1,0 +1,70 @@
+"""Image-quality metrics of the paper's Table 3 (CLIP-IQA, MUSIQ, BRISQUE) through pyiqa, and
+the paired t-test it reports (baseline vs adapter, same prompts and seeds).
+
+pyiqa is an optional extra (`pip install 'surd-builder[eval]'`) and its metrics need weights it
+downloads on first use; a metric that cannot load is skipped with its reason, never faked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+# name → True when higher is better (pyiqa's `lower_better` says the same at run time)
+PAPER_METRICS = {"clipiqa": True, "musiq": True, "brisque": False}
+Metric = Callable[[Image.Image], float]
+
+
+def load_metrics(
+    names: Sequence[str] = tuple(PAPER_METRICS), device: str = "cpu"
+) -> tuple[dict[str, Metric], dict[str, str]]:
+    """(metrics that loaded, {metric: why it was skipped})."""
+    try:
+        import pyiqa
+    except ImportError:
+        why = "pyiqa is not installed (pip install 'surd-builder[eval]')"
+        return {}, dict.fromkeys(names, why)
+    import torch
+    import torchvision.transforms.functional as TF
+
+    loaded: dict[str, Metric] = {}
+    skipped: dict[str, str] = {}
+    for name in names:
+        try:
+            m = pyiqa.create_metric(name, device=device, as_loss=False)
+        except Exception as exc:  # a missing weight file or no network: recorded, not raised
+            skipped[name] = f"could not load ({type(exc).__name__}: {str(exc)[:160]})"
+            continue
+
+        def score(img: Image.Image, m: Any = m) -> float:
+            with torch.inference_mode():
+                return float(m(TF.to_tensor(img).unsqueeze(0).to(device)).item())
+
+        loaded[name] = score
+    return loaded, skipped
+
+
+def paired_ttest(baseline: Sequence[float], adapter: Sequence[float]) -> dict[str, Any]:
+    """Two-sided paired t-test (scipy.stats.ttest_rel) of adapter vs baseline."""
+    from scipy import stats
+
+    a, b = np.asarray(adapter, dtype=float), np.asarray(baseline, dtype=float)
+    out: dict[str, Any] = {
+        "n": int(a.size),
+        "baseline_mean": float(b.mean()) if b.size else None,
+        "adapter_mean": float(a.mean()) if a.size else None,
+        "t": None,
+        "p_value": None,
+    }
+    if a.size < 2 or np.allclose(a - b, (a - b)[0]):
+        out["note"] = "fewer than 2 pairs or constant differences: no test"
+        return out
+    res = stats.ttest_rel(a, b)
+    out["t"], out["p_value"] = float(res.statistic), float(res.pvalue)
+    if math.isnan(out["p_value"]):
+        out["p_value"] = None
+    return out
