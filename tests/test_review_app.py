@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import re
 from pathlib import Path
 
@@ -66,9 +68,9 @@ def _login(c: TestClient, name: str, password: str) -> str:
 def test_every_route_refuses_anonymous_access(app) -> None:
     c = _client(app)
     checked = 0
-    from surd.review import api, web
+    from surd.review import api, judge, web
 
-    for route in [*web.router.routes, *api.router.routes]:
+    for route in [*web.router.routes, *judge.router.routes, *api.router.routes]:
         path = getattr(route, "path", "")
         if path in ("/login",) or path.startswith("/static"):
             continue
@@ -93,6 +95,8 @@ def test_every_route_refuses_anonymous_access(app) -> None:
                             "password": "p",
                             "role": "admin",
                             "steward": "alice",
+                            "pair_id": "p",
+                            "pick": "left",
                         },
                         follow_redirects=False,
                     )
@@ -241,3 +245,57 @@ def test_images_are_served_with_their_real_type(tmp_path: Path) -> None:
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg" and r.content == buf.getvalue()
     assert r.headers["x-content-type-options"] == "nosniff"
     assert c.get("/image/s2").status_code == 404
+
+
+def test_stewards_judge_evaluation_pairs_blinded(app, tmp_path: Path) -> None:
+    from PIL import Image
+
+    run = tmp_path / "runs" / "v0001-tiny-L-1-s0" / "eval"
+    (run / "images").mkdir(parents=True)
+    pairs = []
+    for i, (suite, side) in enumerate((("action", "left"), ("action", "right"), ("color", "left"))):
+        for kind, colour in (("adapter", (200, 0, 0)), ("baseline", (0, 0, 200))):
+            Image.new("RGB", (16, 16), colour).save(run / "images" / f"p{i}-{kind}.png")
+        other = "right" if side == "left" else "left"
+        pairs.append(
+            {
+                "pair_id": f"p{i}",
+                "suite": suite,
+                "prompt": f"prompt <b>{i}</b>",
+                "origin": "ours",
+                "seed": 0,
+                side: f"images/p{i}-adapter.png",
+                other: f"images/p{i}-baseline.png",
+                "adapter_side": side,
+                "clip_choice_adapter": 0.25 * (i + 1),
+            }
+        )
+    (run / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    c = _client(app)
+    csrf = _login(c, "alice", "correct horse")
+    assert "v0001-tiny-L-1-s0" in c.get("/judge").text
+    page = c.get("/judge/v0001-tiny-L-1-s0").text
+    assert "adapter.png" not in page and "baseline.png" not in page and "&lt;b&gt;0&lt;/b&gt;" in page
+    left = c.get("/judge/v0001-tiny-L-1-s0/image/p0/left")
+    assert (
+        left.headers["content-type"] == "image/png"
+        and Image.open(io.BytesIO(left.content)).getpixel((0, 0))[0] > 150
+    )
+    assert c.get("/judge/../../etc/image/p0/left").status_code == 404
+    assert c.get("/judge/v0001-tiny-L-1-s0/image/p0/up").status_code == 404
+    assert (
+        c.post("/judge/v0001-tiny-L-1-s0", data={"csrf": "bad", "pair_id": "p0", "pick": "left"}).status_code
+        == 403
+    )
+    for pair_id, pick in (("p0", "left"), ("p1", "left"), ("p2", "tie")):  # adapter, baseline, tie
+        assert (
+            c.post(
+                "/judge/v0001-tiny-L-1-s0", data={"csrf": csrf, "pair_id": pair_id, "pick": pick}
+            ).status_code
+            == 200
+        )
+    done = c.get("/judge/v0001-tiny-L-1-s0").text
+    assert (
+        "<td>action</td><td>2</td><td>2</td><td>1</td><td>1</td><td>0</td><td>0.5</td><td>0.375</td>" in done
+    )
+    assert "<td>color</td><td>1</td><td>1</td><td>0</td><td>0</td><td>1</td><td>n/a</td><td>0.75</td>" in done

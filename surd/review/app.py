@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.middleware.sessions import SessionMiddleware
 
-from surd.review import api, queue, web
+from surd.review import api, judge, queue, web
 from surd.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     app.include_router(web.router)
+    app.include_router(judge.router)
     app.include_router(api.router)
     return app
 

@@ -286,7 +286,11 @@ def decide(
     now = datetime.now(UTC)
     with engine.begin() as conn:
         item_q = sa.select(
-            items.c.state, items.c.needed, items.c.lease_owner, items.c.lease_expires, items.c.final_actor_kind
+            items.c.state,
+            items.c.needed,
+            items.c.lease_owner,
+            items.c.lease_expires,
+            items.c.final_actor_kind,
         ).where(items.c.sample_id == sample_id)
         if engine.dialect.name == "postgresql":
             item_q = item_q.with_for_update()

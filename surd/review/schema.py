@@ -79,3 +79,12 @@ tokens = sa.Table(
     sa.Column("steward", sa.String(128), sa.ForeignKey("stewards.name", ondelete="CASCADE"), nullable=False),
     sa.Column("created_at", UTC_TS, nullable=False),
 )
+judgments = sa.Table(
+    "judgments",
+    meta,
+    sa.Column("run", sa.String(200), primary_key=True),
+    sa.Column("pair_id", sa.String(64), primary_key=True),
+    sa.Column("steward", sa.String(128), primary_key=True),
+    sa.Column("choice", sa.String(8), nullable=False),  # adapter | baseline | tie
+    sa.Column("created_at", UTC_TS, nullable=False),
+)

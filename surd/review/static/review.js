@@ -21,6 +21,9 @@
     else if (form && /^[1-9]$/.test(e.key) && reason && Number(e.key) <= reason.options.length) {
       reason.selectedIndex = Number(e.key) - 1; click('reject');
     }
+    else if (!form && document.getElementById('judge') && ['1', '2', '0'].includes(e.key)) {
+      click({ '1': 'left', '2': 'right', '0': 'tie' }[e.key]);
+    }
     else if (e.key === 'u') click('undo');
     else if (e.key === 'n') go('next');
     else if (e.key === 'p') go('prev');

@@ -1,0 +1,156 @@
+"""Stewards judge an adapter's evaluation pairs, blinded: the paper judged semantic accuracy by
+hand. Each pair shows the prompt and two images from the same seed; which one is the adapter's is
+hidden (the side is drawn per pair, and image URLs name only the side). A judgement is
+adapter | baseline | tie; one per steward and pair, changeable."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+
+from surd.review.db import reader
+from surd.review.schema import judgments
+from surd.review.web import Session
+
+router = APIRouter(include_in_schema=False)
+RUN_NAME = re.compile(r"^[A-Za-z0-9._()=,-]+$")
+
+
+def _runs(root: Path) -> list[str]:
+    runs = root / "runs"
+    return (
+        sorted(p.name for p in runs.iterdir() if (p / "eval" / "pairs.jsonl").exists())
+        if runs.exists()
+        else []
+    )
+
+
+def _pairs(root: Path, run: str) -> list[dict[str, Any]]:
+    if not RUN_NAME.match(run) or run not in _runs(root):
+        raise HTTPException(404)
+    path = root / "runs" / run / "eval" / "pairs.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def record(engine: sa.Engine, run: str, pair_id: str, steward: str, choice: str) -> None:
+    if choice not in ("adapter", "baseline", "tie"):
+        raise ValueError("choice: adapter | baseline | tie")
+    with engine.begin() as conn:
+        conn.execute(
+            judgments.delete().where(
+                judgments.c.run == run, judgments.c.pair_id == pair_id, judgments.c.steward == steward
+            )
+        )
+        conn.execute(
+            judgments.insert().values(
+                run=run, pair_id=pair_id, steward=steward, choice=choice, created_at=datetime.now(UTC)
+            )
+        )
+
+
+def summary(engine: sa.Engine, run: str, pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per suite: judgements, the adapter's share of non-tie judgements, and CLIP's choice (proxy)."""
+    with reader(engine) as conn:
+        rows = conn.execute(
+            sa.select(judgments.c.pair_id, judgments.c.choice).where(judgments.c.run == run)
+        ).all()
+    suite_of = {p["pair_id"]: p["suite"] for p in pairs}
+    by_suite: dict[str, Counter[str]] = {}
+    for pair_id, choice in rows:
+        by_suite.setdefault(suite_of.get(pair_id, "?"), Counter())[choice] += 1
+    out = {}
+    for suite in dict.fromkeys(p["suite"] for p in pairs):
+        c = by_suite.get(suite, Counter())
+        decisive = c["adapter"] + c["baseline"]
+        clip = [p["clip_choice_adapter"] for p in pairs if p["suite"] == suite]
+        out[suite] = {
+            "pairs": len(clip),
+            "judgements": sum(c.values()),
+            "adapter": c["adapter"],
+            "baseline": c["baseline"],
+            "tie": c["tie"],
+            "adapter_share": round(c["adapter"] / decisive, 4) if decisive else None,
+            "clip_choice_proxy": round(sum(clip) / len(clip), 4) if clip else None,
+        }
+    return out
+
+
+def _page(s: Session, template: str, **ctx: Any) -> HTMLResponse:
+    return s.render(template, **ctx)
+
+
+@router.get("/judge", response_class=HTMLResponse)
+def runs_page(request: Request) -> Response:
+    s = Session(request)
+    root = Path(s.settings.data_root)
+    runs = [{"name": r, **{"pairs": len(_pairs(root, r))}} for r in _runs(root)]
+    return _page(s, "judge_runs.html", runs=runs)
+
+
+@router.get("/judge/{run}", response_class=HTMLResponse)
+def next_pair(request: Request, run: str) -> Response:
+    s = Session(request)
+    pairs = _pairs(Path(s.settings.data_root), run)
+    with reader(s.engine) as conn:
+        mine = set(
+            conn.execute(
+                sa.select(judgments.c.pair_id).where(judgments.c.run == run, judgments.c.steward == s.name)
+            ).scalars()
+        )
+    todo = [p for p in pairs if p["pair_id"] not in mine]
+    results = summary(s.engine, run, pairs)
+    if not todo:
+        return _page(s, "judge_done.html", run=run, results=results)
+    p = todo[0]
+    return _page(
+        s,
+        "judge.html",
+        run=run,
+        pair={k: p[k] for k in ("pair_id", "prompt", "suite")},
+        done=len(mine),
+        total=len(pairs),
+    )
+
+
+@router.get("/judge/{run}/results", response_class=HTMLResponse)
+def results_page(request: Request, run: str) -> Response:
+    s = Session(request)
+    pairs = _pairs(Path(s.settings.data_root), run)
+    return _page(s, "judge_done.html", run=run, results=summary(s.engine, run, pairs))
+
+
+@router.get("/judge/{run}/image/{pair_id}/{side}")
+def image(request: Request, run: str, pair_id: str, side: str) -> Response:
+    s = Session(request)
+    if side not in ("left", "right"):
+        raise HTTPException(404)
+    root = Path(s.settings.data_root)
+    pair = next((p for p in _pairs(root, run) if p["pair_id"] == pair_id), None)
+    if pair is None:
+        raise HTTPException(404)
+    path = (root / "runs" / run / "eval" / pair[side]).resolve()
+    if not path.is_relative_to((root / "runs" / run / "eval").resolve()) or not path.exists():
+        raise HTTPException(404)
+    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.post("/judge/{run}")
+def judge(
+    request: Request, run: str, csrf: str = Form(...), pair_id: str = Form(...), pick: str = Form(...)
+) -> Response:
+    s = Session(request)
+    s.check_csrf(csrf)
+    pair = next((p for p in _pairs(Path(s.settings.data_root), run) if p["pair_id"] == pair_id), None)
+    if pair is None or pick not in ("left", "right", "tie"):
+        raise HTTPException(422, "unknown pair or pick")
+    choice = "tie" if pick == "tie" else ("adapter" if pick == pair["adapter_side"] else "baseline")
+    record(s.engine, run, pair_id, s.name, choice)
+    return RedirectResponse(f"/judge/{run}", status_code=303)
