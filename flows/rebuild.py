@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -10,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.concurrency.sync import concurrency
 from prefect.events import emit_event
 
+from flows.adapter import embed_flow, evaluate_flow, train_flow
 from surd import pipeline
 from surd.review.queue import progress_markdown
 from surd.settings import Settings, load_settings
@@ -72,27 +72,18 @@ def release_task(config: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
-@task(retries=1)
-def embed_task(config: dict[str, Any], release: str) -> dict[str, Any]:
-    return pipeline.embed(_settings(config), release)
-
-
-@task
-def train_task(config: dict[str, Any], release: str, llm_model_id: str) -> dict[str, Any]:
-    return pipeline.train(_settings(config), release, llm_model_id)
-
-
-@task
-def evaluate_task(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    return pipeline.evaluate(_settings(config), run_dir)
-
-
 @task
 def status_task(config: dict[str, Any]) -> dict[str, Any]:
     from surd.status import status
 
     settings = _settings(config)
     return status(settings, pipeline.open_data(settings))
+
+
+@flow(name="release")
+def release_flow(config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Release what stewards have decided since the last release (nothing if unchanged)."""
+    return release_task(config or {})
 
 
 @flow(name="rebuild")
@@ -110,13 +101,10 @@ def rebuild(config: dict[str, Any] | None = None, train: bool = True) -> dict[st
     out["review"] = review_task(config)
     release = release_task(config)["path"]
     out["release"] = release
-    if release and train:
-        out["embed"] = embed_task(config, release)
-        out["train"] = train_task(config, release, out["embed"]["model_id"])
-        out["evaluate"] = evaluate_task(config, out["train"]["run_dir"])
-        create_markdown_artifact(
-            key="adapter-evaluation", markdown=Path(out["evaluate"]["report"]).read_text()
-        )
+    if release and train:  # in production these run as their own deployments, on events
+        out["embed"] = embed_flow(release, config=config)
+        out["train"] = train_flow(release, out["embed"]["model_id"], config=config)
+        out["evaluate"] = evaluate_flow(out["train"]["run_dir"], config=config)
     st = status_task(config)
     rows = [
         {

@@ -22,10 +22,12 @@ app = typer.Typer(
 config_app = typer.Typer(help="Settings.", no_args_is_help=True)
 release_app = typer.Typer(help="Dataset releases.", no_args_is_help=True)
 review_app = typer.Typer(help="The review queue.", no_args_is_help=True)
+deploy_app = typer.Typer(help="Prefect deployments (needs PREFECT_API_URL).", no_args_is_help=True)
 replay_app = typer.Typer(help="The offline replay site.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(release_app, name="release")
 app.add_typer(review_app, name="review")
+app.add_typer(deploy_app, name="deploy")
 app.add_typer(replay_app, name="replay")
 console = Console()
 CONFIG = typer.Option(None, "--config", "-c", help="TOML settings file (else $SURD_CONFIG or ./surd.toml)")
@@ -359,6 +361,86 @@ def embed(
         console.print(f"[red]no release {release}[/red]")
         raise typer.Exit(2)
     console.print(_run_stage("embed", pipeline.embed, s, str(path), llm))
+
+
+def _run_path(s: Settings, run: str) -> Path:
+    from surd import pipeline
+
+    path = Path(run) if Path(run).is_dir() else pipeline.open_data(s).runs_dir / run
+    if not path.is_dir():
+        runs = sorted(p.name for p in pipeline.open_data(s).runs_dir.glob("*") if p.is_dir())
+        console.print(f"[red]no adapter run {run}; runs: {', '.join(runs) or 'none'}[/red]")
+        raise typer.Exit(2)
+    return path
+
+
+@app.command()
+def train(
+    release: str = typer.Option("latest", help="vNNNN or latest"),
+    llm: str | None = typer.Option(None, help="the embeddings' LLM (default: settings)"),
+    config: Path | None = CONFIG,
+) -> None:
+    """Train (or resume) the SUR-adapter on a release and one embedding layer."""
+    from surd import pipeline
+    from surd.models.profiles import llm_model_id
+
+    s, path = _release_path(config, release)
+    out = pipeline.train(
+        s, str(path), llm_model_id(s, llm), log=lambda r: console.print(r) if r["step"] % 50 == 0 else None
+    )
+    console.print(out)
+
+
+@app.command()
+def evaluate(
+    run: str = typer.Argument(..., help="a run name under runs/ or its path"), config: Path | None = CONFIG
+) -> None:
+    """Evaluate a trained adapter: Action, Color, Counting suites; report, grid and judging pairs."""
+    from surd import pipeline
+
+    s = _settings(config)
+    out = pipeline.evaluate(s, str(_run_path(s, run)), progress=console.print)
+    console.print(Path(out["report"]).read_text())
+
+
+@app.command()
+def generate(
+    prompt: str,
+    run: str = typer.Option(..., help="a run name under runs/ or its path"),
+    out: Path = typer.Option(Path("generated"), help="folder for the PNGs"),
+    n: int = typer.Option(1, min=1),
+    seed: int = 0,
+    steps: int = typer.Option(30, min=1),
+    baseline: bool = typer.Option(False, help="also the base model's image from the same seed"),
+    config: Path | None = CONFIG,
+) -> None:
+    """Generate images of a prompt with a trained adapter."""
+    from surd.adapter_stage import generate_images
+
+    s = _settings(config)
+    for path in generate_images(s, _run_path(s, run), prompt, out, n, seed, steps, baseline):
+        console.print(str(path))
+
+
+@deploy_app.command("setup")
+def deploy_setup(config: Path | None = CONFIG) -> None:
+    """Create the work pools (cpu, gpu) and global concurrency limits the deployments use."""
+    from flows.deployments import setup
+
+    console.print(setup(_settings(config)))
+
+
+@deploy_app.command("serve")
+def deploy_serve(config: Path | None = CONFIG) -> None:
+    """Serve every deployment from this process: schedules and event triggers included."""
+    import os
+
+    from flows.deployments import serve_all
+
+    s = _settings(config)
+    if config is not None:
+        os.environ["SURD_CONFIG"] = str(config.resolve())  # the flow runs read the same settings
+    serve_all(s)
 
 
 @app.command()

@@ -165,6 +165,17 @@ class AdapterSettings(_Section):
     compile_unet: bool = True
     eval_images_per_prompt: int = Field(10, ge=1)
     eval_steps: int = Field(30, ge=1)
+    log_every: int = Field(50, ge=1, description="training steps between loss lines in the flow's log")
+    eval_prompts_per_suite: int = Field(15, ge=1, le=15, description="of Action, Color, Counting (15 each)")
+    eval_quality_metrics: list[str] = Field(
+        ["clipiqa", "musiq", "brisque"], description="pyiqa metrics (the `eval` extra); skipped when absent"
+    )
+
+
+class DeploySettings(_Section):
+    rebuild_cron: str = Field("0 3 * * 1", description="the rebuild deployment's schedule (cron)")
+    release_cron: str = Field("0 * * * *", description="the release deployment's schedule (cron)")
+    timezone: str = "UTC"
 
 
 class Settings(BaseSettings):
@@ -191,6 +202,7 @@ class Settings(BaseSettings):
     release: ReleaseSettings = ReleaseSettings()
     embed: EmbedSettings = EmbedSettings()
     adapter: AdapterSettings = AdapterSettings()
+    deploy: DeploySettings = DeploySettings()
     fault_kill_at: str | None = Field(
         None, description="testing only: 'table:n' SIGKILLs the process after n parts"
     )

@@ -66,6 +66,15 @@ def test_demo_flow_under_prefect(prefect_api, tmp_path: Path, replay) -> None:
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["review-queue"]))
         )
     assert len(arts) == 1 and f"| {q['items']} | {q['final']} | {q['accepted']} |" in arts[0].data
+    with get_client(sync_client=True) as client:
+        losses = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["adapter-training-losses"]))
+        )
+    [table] = losses
+    logged = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert [r["step"] for r in logged][-1] == 20 and all(r["loss"] > 0 for r in logged)
+    report = json.loads((Path(out["evaluate"]["report"]).parent / "report.json").read_text())
+    assert report["pairs"] == 45 * 2 and "clip_similarity" in report["paired_t_tests"]
 
 
 def _events(name: str, wait_s: float = 30.0) -> list:

@@ -1,0 +1,182 @@
+"""The deployed path: a real Prefect server process, `surd deploy setup` and `surd deploy serve`,
+the cron schedule registered, and a release event that runs embed → train → evaluate."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import free_port
+from tests.prefect_server import PrefectServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _toml(d: dict, prefix: str = "") -> str:
+    """The few types the demo config holds (str, int, float, bool, list of str, nested dicts)."""
+    flat, nested = [], []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            nested.append(_toml(v, f"{prefix}{k}."))
+        else:
+            flat.append(f"{k} = {json.dumps(v)}")
+    head = f"[{prefix[:-1]}]\n" if prefix and flat else ""
+    return head + "\n".join(flat) + "\n\n" + "".join(nested)
+
+
+def test_prefect_yaml_matches_the_served_deployments() -> None:
+    from flows.deployments import FLOWS, PLAN
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    deps = {d["name"]: d for d in spec["deployments"]}
+    assert set(deps) == set(PLAN)
+    for name, (pool, event, params) in PLAN.items():
+        d = deps[name]
+        assert d["work_pool"]["name"] == pool
+        module, fn = d["entrypoint"].split(":")
+        assert (
+            getattr(__import__(module.replace("/", ".").removesuffix(".py"), fromlist=[fn]), fn)
+            is FLOWS[name]
+        )
+        if event:
+            [t] = d["triggers"]
+            assert t["expect"] == [event] and t["parameters"] == params
+        else:
+            assert d["schedules"][0]["cron"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = PrefectServer(tmp_path_factory.mktemp("prefect"), free_port()).start()
+    yield s
+    s.stop()
+
+
+def _client(server):
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    class _Ctx:
+        def __enter__(self):
+            self.ts = temporary_settings({PREFECT_API_URL: server.url})
+            self.ts.__enter__()
+            self.c = SyncPrefectClient(server.url)
+            self.c.__enter__()
+            return self.c
+
+        def __exit__(self, *exc):
+            self.c.__exit__(*exc)
+            self.ts.__exit__(*exc)
+
+    return _Ctx()
+
+
+@pytest.mark.slow
+def test_deployed_path_release_event_runs_embed_train_evaluate(server, tmp_path: Path, replay) -> None:
+    from surd import pipeline
+    from surd.demo import demo_config
+    from surd.settings import load_settings
+
+    cfg = demo_config(tmp_path / "data", replay)
+    cfg["embed"] = {"llm": "tiny"}
+    cfg["adapter"].update(eval_prompts_per_suite=1, eval_images_per_prompt=1, log_every=5)
+    cfg["deploy"] = {"rebuild_cron": "17 4 * * 2"}
+    toml = tmp_path / "surd.toml"
+    toml.write_text(_toml(cfg))
+    settings = load_settings(config_file=toml)
+    release = pipeline.rebuild(settings, train_adapter=False, log=lambda _: None)["release"]
+    assert release
+
+    env = {**server.env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    surd = [sys.executable, "-m", "surd.cli"]
+    setup = subprocess.run(
+        [*surd, "deploy", "setup", "--config", str(toml)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert setup.returncode == 0, setup.stderr
+    log = (tmp_path / "serve.log").open("w")
+    serve = subprocess.Popen(
+        [*surd, "deploy", "serve", "--config", str(toml)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        with _client(server) as client:
+            deadline = time.monotonic() + 180
+            while True:
+                try:
+                    dep = {
+                        n: client.read_deployment_by_name(f"{n}/{n}")
+                        for n in ("rebuild", "release", "embed", "train", "evaluate")
+                    }
+                    break
+                except Exception as exc:  # not registered yet: keep polling, with the reason kept
+                    last = exc
+                assert serve.poll() is None and time.monotonic() < deadline, (
+                    last,
+                    (tmp_path / "serve.log").read_text()[-3000:],
+                )
+                time.sleep(1)
+            assert dep["rebuild"].schedules[0].schedule.cron == "17 4 * * 2"
+            assert dep["rebuild"].parameters == {"train": False}
+            limits = {lim.name: lim.limit for lim in client.read_global_concurrency_limits()}
+            assert limits["crawl-civitai"] == 1 and {p.name for p in client.read_work_pools()} >= {
+                "cpu",
+                "gpu",
+            }
+
+            emit = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    (
+                        "from prefect.events import emit_event; "
+                        f"emit_event(event='surd.release.published', resource={{'prefect.resource.id': 'surd.release.v0001'}}, payload={{'path': {str(release)!r}}})"
+                    ),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert emit.returncode == 0, emit.stderr
+            from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+            def runs(name):
+                return client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep[name].id]))
+                )
+
+            deadline = time.monotonic() + 420
+            while True:
+                done = {n: [r.state.type.value for r in runs(n)] for n in ("embed", "train", "evaluate")}
+                if done["evaluate"] and done["evaluate"][0] in ("COMPLETED", "FAILED", "CRASHED"):
+                    break
+                assert time.monotonic() < deadline, (done, (tmp_path / "serve.log").read_text()[-4000:])
+                time.sleep(2)
+            assert done == {"embed": ["COMPLETED"], "train": ["COMPLETED"], "evaluate": ["COMPLETED"]}, (
+                tmp_path / "serve.log"
+            ).read_text()[-4000:]
+            [train_run] = runs("train")
+            assert train_run.parameters["release"] == str(release)
+            logs = client.read_logs()
+            assert any("loss" in rec.message and "simple" in rec.message for rec in logs)
+    finally:
+        os.killpg(serve.pid, signal.SIGTERM)
+        serve.wait(timeout=60)
+    runs_dir = settings.data_root / "runs"
+    [run] = list(runs_dir.iterdir())
+    assert (run / "eval" / "report.md").read_text().startswith("# SUR-adapter evaluation")
