@@ -34,7 +34,13 @@ def _settings(config: dict[str, Any] | None, **adapter: Any) -> Settings:
 @flow(name="embed")
 def embed_flow(release: str, llm: str | None = None, config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Per-layer mean-pooled LLM states of every simple prompt of the release (incremental)."""
-    out = pipeline.embed(_settings(config), release, llm)
+    settings = _settings(config)
+    if settings.scale.enabled:  # partitions on Dask workers, one per GPU on a GPU machine
+        from flows import scale
+
+        out = scale.run(config or {}, settings, "embed", release=release, llm=llm)
+    else:
+        out = pipeline.embed(settings, release, llm)
     get_run_logger().info("embedded %d prompts with %s", out["embedded"], out["model_id"])
     emit_event(
         event="surd.embeddings.completed",

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.concurrency.sync import concurrency
 from prefect.events import emit_event
 
+from flows import scale
 from flows.adapter import embed_flow, evaluate_flow, train_flow
 from surd import pipeline
 from surd.review.queue import progress_markdown
@@ -27,19 +35,37 @@ def crawl_task(config: dict[str, Any], source: str) -> dict[str, Any]:
         return pipeline.crawl(_settings(config), source)
 
 
+def _with_progress(settings: Settings, stage: str, run: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """Run a stage with a progress artifact (share of the items pending when it started)."""
+    from surd.status import status
+
+    todo = status(settings, pipeline.open_data(settings))["stages"][stage]["pending"]
+    if not todo:
+        return run(settings)
+    artifact = cast(UUID, create_progress_artifact(progress=0.0, key=f"{stage.replace('_', '-')}-progress"))
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        update_progress_artifact(artifact, progress=min(100.0, 100.0 * done / todo))
+
+    return run(settings, progress=advance)
+
+
 @task(retries=2, retry_delay_seconds=5)
 def images_task(config: dict[str, Any]) -> dict[str, Any]:
-    return pipeline.images(_settings(config))
+    return _with_progress(_settings(config), "images", pipeline.images)
 
 
 @task(retries=1)
 def captions_task(config: dict[str, Any]) -> dict[str, Any]:
-    return pipeline.captions(_settings(config))
+    return _with_progress(_settings(config), "captions", pipeline.captions)
 
 
 @task(retries=1)
 def clip_task(config: dict[str, Any]) -> dict[str, Any]:
-    return pipeline.clip_filter(_settings(config))
+    return _with_progress(_settings(config), "clip_scores", pipeline.clip_filter)
 
 
 @task
@@ -96,8 +122,12 @@ def rebuild(config: dict[str, Any] | None = None, train: bool = True) -> dict[st
     for source in settings.sources.enabled:
         out[f"crawl_{source}"] = crawl_task(config, source)
     out["images"] = images_task(config)
-    out["captions"] = captions_task(config)
-    out["clip_scores"] = clip_task(config)
+    if settings.scale.enabled:  # partitions on Dask workers (flows/scale.py)
+        out["captions"] = scale.run(config, settings, "captions")
+        out["clip_scores"] = scale.run(config, settings, "clip_scores")
+    else:
+        out["captions"] = captions_task(config)
+        out["clip_scores"] = clip_task(config)
     out["review"] = review_task(config)
     release = release_task(config)["path"]
     out["release"] = release

@@ -20,7 +20,7 @@ from storage.layout import DataDir
 from storage.schemas import DROPPED, OK
 from surd.preprocess import Spec, batches, normalize
 from surd.settings import CaptionSettings, Settings
-from surd.stage import StageRun, batched, pending
+from surd.stage import Partition, StageRun, batched, pending
 
 
 def strip_prompt(text: str, prompt: str) -> str:
@@ -64,14 +64,17 @@ def caption_images(model: Any, processor: Any, images: list[Image.Image], cfg: C
 
 
 def run_captions(
-    settings: Settings, data: DataDir, progress: Callable[[int], None] | None = None
+    settings: Settings,
+    data: DataDir,
+    progress: Callable[[int], None] | None = None,
+    part: Partition = None,
 ) -> StageRun:
     from surd.models import profiles
     from surd.models.tiny import device_for
 
     images, out = data.table("images"), data.table("captions")
     run = StageRun("captions")
-    todo = pending(images, out, ["image"])
+    todo = pending(images, out, ["image"], part)
     first = next(todo, None)
     if first is None:
         return run

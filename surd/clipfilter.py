@@ -19,7 +19,7 @@ from storage.layout import DataDir
 from storage.schemas import DROPPED, OK
 from surd.preprocess import CLIP_MEAN, CLIP_STD, Spec, batches, normalize
 from surd.settings import Settings
-from surd.stage import StageRun, batched, lookup, pending
+from surd.stage import Partition, StageRun, batched, lookup, pending
 
 
 def keep(p_simple: float, p_complex: float) -> bool:
@@ -78,14 +78,17 @@ def score(
 
 
 def run_clip_filter(
-    settings: Settings, data: DataDir, progress: Callable[[int], None] | None = None
+    settings: Settings,
+    data: DataDir,
+    progress: Callable[[int], None] | None = None,
+    part: Partition = None,
 ) -> StageRun:
     from surd.models import profiles
     from surd.models.tiny import device_for
 
     captions, out = data.table("captions"), data.table("clip_scores")
     run = StageRun("clip_scores")
-    todo = pending(captions, out, ["simple_prompt"])
+    todo = pending(captions, out, ["simple_prompt"], part)
     first = next(todo, None)
     if first is None:
         return run

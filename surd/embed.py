@@ -35,6 +35,7 @@ from storage.tables import atomic_write_bytes, fault_point, write_parquet_atomic
 from surd.ids import sha1_text
 from surd.llm_pool import LayerPooler, PooledBatch, decoder_layers
 from surd.settings import Settings
+from surd.stage import Partition, in_partition
 
 
 def slug(model_id: str) -> str:
@@ -138,8 +139,10 @@ def run_embed(
     release: Path,
     llm: str | None = None,
     progress: Callable[[int], None] | None = None,
+    part: Partition = None,
 ) -> tuple[int, str]:
-    """Embed every simple prompt of `release` not yet embedded for this LLM. Returns (n, model id).
+    """Embed every simple prompt of `release` not yet embedded for this LLM (only partition `part`
+    of them, when given). Returns (n, model id).
 
     With `embed.workers` > 1 the prompts are split into that many slices, each embedded by its
     own process on its own device (`cuda:<rank>` on a GPU machine: one worker per GPU); each
@@ -154,7 +157,11 @@ def run_embed(
     for stale in store.dir.glob(".tmp-*") if store.dir.exists() else []:
         shutil.rmtree(stale)
     have = store.keys()
-    todo = [(sid, p, sha1_text(p)) for sid, p in sorted(prompts.items()) if (sid, sha1_text(p)) not in have]
+    todo = [
+        (sid, p, sha1_text(p))
+        for sid, p in sorted(prompts.items())
+        if (sid, sha1_text(p)) not in have and in_partition(sid, part)
+    ]
     if not todo:
         return 0, model_id
     workers = min(settings.embed.workers, len(todo))

@@ -11,6 +11,7 @@ from typing import Any
 from storage.layout import DataDir
 from storage.tables import set_fault_hook
 from surd.settings import Settings
+from surd.stage import Partition
 
 Progress = Callable[[int], None] | None
 
@@ -58,16 +59,16 @@ def images_retry(
     return vars(retry_failed(settings, open_data(settings), reasons, progress))
 
 
-def captions(settings: Settings, progress: Progress = None) -> dict[str, Any]:
+def captions(settings: Settings, progress: Progress = None, part: Partition = None) -> dict[str, Any]:
     from surd.caption import run_captions
 
-    return vars(run_captions(settings, open_data(settings), progress))
+    return vars(run_captions(settings, open_data(settings), progress, part))
 
 
-def clip_filter(settings: Settings, progress: Progress = None) -> dict[str, Any]:
+def clip_filter(settings: Settings, progress: Progress = None, part: Partition = None) -> dict[str, Any]:
     from surd.clipfilter import run_clip_filter
 
-    return vars(run_clip_filter(settings, open_data(settings), progress))
+    return vars(run_clip_filter(settings, open_data(settings), progress, part))
 
 
 def review(settings: Settings) -> dict[str, Any]:
@@ -127,11 +128,15 @@ def release_info(settings: Settings) -> dict[str, Any]:
 
 
 def embed(
-    settings: Settings, release_path: str, llm: str | None = None, progress: Progress = None
+    settings: Settings,
+    release_path: str,
+    llm: str | None = None,
+    progress: Progress = None,
+    part: Partition = None,
 ) -> dict[str, Any]:
     from surd.embed import run_embed
 
-    n, model_id = run_embed(settings, open_data(settings), Path(release_path), llm, progress)
+    n, model_id = run_embed(settings, open_data(settings), Path(release_path), llm, progress, part)
     return {"embedded": n, "model_id": model_id}
 
 

@@ -172,6 +172,16 @@ class AdapterSettings(_Section):
     )
 
 
+class ScaleSettings(_Section):
+    dask_address: str | None = Field(None, description="a Dask scheduler, e.g. tcp://scheduler:8786")
+    local_workers: int = Field(0, ge=0, description=">0: a Dask LocalCluster of that many processes")
+    partitions: int = Field(0, ge=0, description="partitions per batch stage; 0: one per Dask worker")
+
+    @property
+    def enabled(self) -> bool:
+        return self.dask_address is not None or self.local_workers > 0
+
+
 class DeploySettings(_Section):
     rebuild_cron: str = Field("0 3 * * 1", description="the rebuild deployment's schedule (cron)")
     release_cron: str = Field("0 * * * *", description="the release deployment's schedule (cron)")
@@ -203,6 +213,7 @@ class Settings(BaseSettings):
     embed: EmbedSettings = EmbedSettings()
     adapter: AdapterSettings = AdapterSettings()
     deploy: DeploySettings = DeploySettings()
+    scale: ScaleSettings = ScaleSettings()
     fault_kill_at: str | None = Field(
         None, description="testing only: 'table:n' SIGKILLs the process after n parts"
     )

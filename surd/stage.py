@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -31,12 +32,26 @@ class StageRun:
                 self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
 
-def pending(upstream: PartTable, downstream: PartTable, columns: Sequence[str]) -> Iterator[dict[str, Any]]:
-    """Upstream rows that went on (status ok) and that the downstream table has not seen yet."""
+Partition = tuple[int, int] | None  # (k, n): this worker's share of the items; None: all
+
+
+def in_partition(sample_id: str, part: Partition) -> bool:
+    """A stable split of the items into n disjoint partitions (by a hash of the id)."""
+    if part is None:
+        return True
+    k, n = part
+    return int(hashlib.sha1(sample_id.encode()).hexdigest()[:8], 16) % n == k
+
+
+def pending(
+    upstream: PartTable, downstream: PartTable, columns: Sequence[str], part: Partition = None
+) -> Iterator[dict[str, Any]]:
+    """Upstream rows that went on (status ok) and that the downstream table has not seen yet
+    (only partition `part` of them, when given)."""
     done = downstream.ids()
     cols = list(dict.fromkeys(["sample_id", "status", *columns]))
     for row in upstream.iter_rows(cols):
-        if row["status"] == OK and row["sample_id"] not in done:
+        if row["status"] == OK and row["sample_id"] not in done and in_partition(row["sample_id"], part):
             yield row
 
 

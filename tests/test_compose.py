@@ -49,7 +49,11 @@ def test_compose_file_validates_and_keeps_the_production_rules() -> None:
 def test_secrets_come_only_from_the_env_file(tmp_path: Path) -> None:
     text = (ROOT / "docker-compose.yml").read_text()
     for line in text.splitlines():
-        if re.search(r"(PASSWORD|SECRET|API_KEY|ACCESS_KEY)\w*:\s*\S", line) and "${" not in line and "*surd-env" not in line:
+        if (
+            re.search(r"(PASSWORD|SECRET|API_KEY|ACCESS_KEY)\w*:\s*\S", line)
+            and "${" not in line
+            and "*surd-env" not in line
+        ):
             pytest.fail(f"a secret value written in docker-compose.yml: {line.strip()}")
     (tmp_path / "empty.env").write_text("")
     missing = _compose("config", "-q", env_file=str(tmp_path / "empty.env"))
@@ -63,6 +67,10 @@ def test_secrets_come_only_from_the_env_file(tmp_path: Path) -> None:
 
 def test_compose_and_prefect_yaml_use_the_same_work_pools() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    pools = {s["command"][s["command"].index("--pool") + 1] for s in compose["services"].values() if "--pool" in s.get("command", [])}
+    pools = {
+        s["command"][s["command"].index("--pool") + 1]
+        for s in compose["services"].values()
+        if "--pool" in s.get("command", [])
+    }
     deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
     assert pools == {d["work_pool"]["name"] for d in deployments} == {"cpu", "gpu"}

@@ -73,8 +73,100 @@ def test_demo_flow_under_prefect(prefect_api, tmp_path: Path, replay) -> None:
     [table] = losses
     logged = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert [r["step"] for r in logged][-1] == 20 and all(r["loss"] > 0 for r in logged)
+    with get_client(sync_client=True) as client:
+        prog = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["images-progress", "captions-progress"])
+            )
+        )
+        [counts] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["rebuild-counts"]))
+        )
+    assert {a.key for a in prog} == {"images-progress", "captions-progress"} and all(
+        float(a.data) == 100.0 for a in prog
+    )
+    table = json.loads(counts.data) if isinstance(counts.data, str) else counts.data
+    # the artifact says what `surd status` says now
+    from surd.pipeline import open_data
+    from surd.settings import load_settings
+    from surd.status import status
+
+    settings = load_settings(**demo_config(tmp_path / "data", replay))
+    now = status(settings, open_data(settings))["stages"]
+    for row in table:
+        st = now[row["stage"]]
+        assert (row["in"], row["out"], row["pending"]) == (st["in"], st["out"], st["pending"]), row["stage"]
     report = json.loads((Path(out["evaluate"]["report"]).parent / "report.json").read_text())
     assert report["pairs"] == 45 * 2 and "clip_similarity" in report["paired_t_tests"]
+
+
+def _rows(root: Path, table: str) -> list[dict]:
+    from storage.layout import DataDir
+
+    t = DataDir(root).table(table).read()
+    return sorted(
+        t.drop([c for c in ("model_id",) if c in t.column_names]).to_pylist(), key=lambda r: r["sample_id"]
+    )
+
+
+def test_dask_local_cluster_gives_the_same_tables(prefect_api, tmp_path: Path, replay) -> None:
+    """Captions, CLIP scores and embeddings from 2 Dask worker processes equal a single process's."""
+    import numpy as np
+
+    from flows.adapter import embed_flow
+    from flows.scale import run as run_partitioned
+    from storage.embeddings import read_layer
+    from surd import pipeline
+    from surd.demo import demo_config
+    from surd.settings import load_settings
+
+    roots = {}
+    for name, scale in (("single", {}), ("dask", {"local_workers": 2})):
+        cfg = demo_config(tmp_path / name, replay)
+        cfg["embed"] = {"llm": "tiny"}
+        cfg["scale"] = scale
+        s = load_settings(**cfg)
+        for source in s.sources.enabled:
+            pipeline.crawl(s, source)
+        pipeline.images(s)
+        if scale:
+            caps = run_partitioned(cfg, s, "captions")
+            clip = run_partitioned(cfg, s, "clip_scores")
+            assert caps["partitions"] == 2 and caps["processed"] == pipeline.open_data(s).table(
+                "images"
+            ).count() - sum(
+                1 for r in pipeline.open_data(s).table("images").iter_rows(["status"]) if r["status"] != "ok"
+            )
+        else:
+            caps, clip = pipeline.captions(s), pipeline.clip_filter(s)
+        pipeline.review(s)
+        release = pipeline.release(s)
+        emb = embed_flow(release, config=cfg) if scale else pipeline.embed(s, release)
+        roots[name] = (s, caps, clip, emb)
+    (a, caps_a, clip_a, emb_a), (b, caps_b, clip_b, emb_b) = roots["single"], roots["dask"]
+    assert {k: caps_a[k] for k in ("processed", "kept", "dropped")} == {
+        k: caps_b[k] for k in ("processed", "kept", "dropped")
+    }
+    assert {k: clip_a[k] for k in ("processed", "kept", "dropped")} == {
+        k: clip_b[k] for k in ("processed", "kept", "dropped")
+    }
+    assert _rows(a.data_root, "captions") == _rows(b.data_root, "captions")
+    ca, cb = _rows(a.data_root, "clip_scores"), _rows(b.data_root, "clip_scores")
+    assert [(r["sample_id"], r["status"], r["reason"]) for r in ca] == [
+        (r["sample_id"], r["status"], r["reason"]) for r in cb
+    ]
+    for ra, rb in zip(ca, cb, strict=True):
+        for k, v in ra.items():
+            if isinstance(v, float):
+                assert abs(v - rb[k]) < 1e-5, (ra["sample_id"], k)
+    assert emb_a["embedded"] == emb_b["embedded"] > 0 and emb_a["model_id"] == emb_b["model_id"]
+    from surd.embed import EmbeddingStore
+
+    va, _ = read_layer(EmbeddingStore(pipeline.open_data(a), emb_a["model_id"]).dir, -1)
+    vb, _ = read_layer(EmbeddingStore(pipeline.open_data(b), emb_b["model_id"]).dir, -1)
+    assert va.keys() == vb.keys()
+    for sid in va:
+        np.testing.assert_allclose(va[sid], vb[sid], atol=1e-3)
 
 
 def _events(name: str, wait_s: float = 30.0) -> list:

@@ -1,0 +1,90 @@
+"""Scale-out on Dask through prefect-dask: a batch stage (captions, CLIP, embeddings) split into
+partitions by a stable hash of the sample id, one Prefect task per partition on a Dask worker.
+
+Each partition writes its own parts, so partitions never touch the same rows, a failed one is
+retried alone, and the result equals a single-process run's. On a GPU machine, one Dask worker
+per GPU: each worker pins itself to the GPU of its index. The images stage stays on its own
+process pool: its per-host politeness limits and its near-duplicate check need one view of all
+items (see README).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, task
+from prefect_dask import DaskTaskRunner
+
+from surd import pipeline
+from surd.settings import Settings, load_settings
+
+
+def task_runner(settings: Settings) -> DaskTaskRunner:
+    sc = settings.scale
+    if sc.dask_address:
+        return DaskTaskRunner(address=sc.dask_address)
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={"n_workers": sc.local_workers, "threads_per_worker": 1, "processes": True},
+    )
+
+
+def partitions(settings: Settings) -> int:
+    sc = settings.scale
+    return sc.partitions or sc.local_workers or 2
+
+
+def pin_gpu() -> None:
+    """On a Dask worker of a multi-GPU machine: use the GPU of this worker's index."""
+    import torch
+
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        return
+    from distributed import get_worker
+
+    name = str(get_worker().name)
+    index = int(name) if name.isdigit() else sum(name.encode())
+    torch.cuda.set_device(index % torch.cuda.device_count())
+
+
+@task(retries=1, task_run_name="{stage}-part-{k}-of-{n}")
+def stage_part(config: dict[str, Any], stage: str, k: int, n: int, extra: dict[str, Any]) -> dict[str, Any]:
+    pin_gpu()
+    settings = load_settings(**config)
+    if stage == "captions":
+        return pipeline.captions(settings, part=(k, n))
+    if stage == "clip_scores":
+        return pipeline.clip_filter(settings, part=(k, n))
+    if stage == "embed":
+        return pipeline.embed(settings, extra["release"], extra.get("llm"), part=(k, n))
+    raise ValueError(f"no partitioned stage {stage!r}")
+
+
+def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One stage summary from the partitions' (counts add up)."""
+    out: dict[str, Any] = dict(results[0])
+    for r in results[1:]:
+        for key, value in r.items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                out[key] += value
+            elif isinstance(value, dict):
+                merged = dict(out[key])
+                for reason, n in value.items():
+                    merged[reason] = merged.get(reason, 0) + n
+                out[key] = merged
+    out["partitions"] = len(results)
+    return out
+
+
+@flow(name="partitioned-stage")
+def partitioned(
+    config: dict[str, Any], stage: str, n: int, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    futures = [stage_part.submit(config, stage, k, n, extra or {}) for k in range(n)]
+    return merge([f.result() for f in futures])
+
+
+def run(config: dict[str, Any], settings: Settings, stage: str, **extra: Any) -> dict[str, Any]:
+    """The stage on the Dask cluster of the settings, one task per partition."""
+    sub = partitioned.with_options(task_runner=task_runner(settings))  # type: ignore[arg-type]
+    return sub(config, stage, partitions(settings), extra)
