@@ -24,6 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -45,6 +47,10 @@ class TrainConfig:
     checkpoint_every: int = 500
     seed: int = 0
     layer: int = -1
+    random_flip: bool = True  # horizontal flip, p = 0.5 per sample and step (the paper's --random_flip)
+    cache_latents: bool = True  # VAE latents and text states computed once; False: every step
+    lr_scheduler: str = "constant"  # diffusers' get_scheduler name (the paper: constant, no warm-up)
+    lr_warmup_steps: int = 0
     compile_unet: bool = True  # on a GPU: torch.compile the frozen UNet (0.131 → 0.089 s/step on H200)
 
 
@@ -65,34 +71,48 @@ def encode_text(parts: dict[str, Any], prompts: list[str]) -> torch.Tensor:
         return enc(ids.to(enc.device))[0].float()
 
 
-def precompute(parts: dict[str, Any], table: pa.Table, resolution: int) -> dict[str, torch.Tensor]:
-    """VAE latents and text states of every sample, computed once and reused every step."""
-    vae = parts["vae"]
+def pixels(table: pa.Table, resolution: int) -> torch.Tensor:
+    """The release's images as (N, 3, r, r) in [-1, 1]: centre-cropped to a square, then resized."""
     pics = []
     for b in table.column("image").to_pylist():
-        img = (
-            Image.open(io.BytesIO(b))
-            .convert("RGB")
-            .resize((resolution, resolution), Image.Resampling.BICUBIC)
+        img = Image.open(io.BytesIO(b)).convert("RGB")
+        side = min(img.size)
+        left, top = (img.width - side) // 2, (img.height - side) // 2
+        img = img.crop((left, top, left + side, top + side)).resize(
+            (resolution, resolution), Image.Resampling.BICUBIC
         )
         pics.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1))
+    return torch.stack(pics)
+
+
+def encode_latents(vae: Any, pix: torch.Tensor) -> torch.Tensor:
+    """VAE latents (the posterior mean, scaled), 16 images at a time."""
     with torch.no_grad():
-        latents = (
+        return (
             torch.cat(
                 [
-                    vae.encode(
-                        torch.stack(pics[i : i + 16]).to(vae.device, vae.dtype)
-                    ).latent_dist.mean.float()
-                    for i in range(0, len(pics), 16)
+                    vae.encode(pix[i : i + 16].to(vae.device, vae.dtype)).latent_dist.mean.float()
+                    for i in range(0, len(pix), 16)
                 ]
             )
             * vae.config.scaling_factor
         )
-    return {
-        "latents": latents,
+
+
+def precompute(
+    parts: dict[str, Any], table: pa.Table, resolution: int, flip: bool = False
+) -> dict[str, torch.Tensor]:
+    """VAE latents (and those of the mirrored images, for random flips) and text states of every
+    sample, computed once and reused every step."""
+    pix = pixels(table, resolution)
+    out = {
+        "latents": encode_latents(parts["vae"], pix),
         "simple": encode_text(parts, table.column("simple_prompt").to_pylist()),
         "complex": encode_text(parts, table.column("complex_prompt").to_pylist()),
     }
+    if flip:
+        out["latents_flipped"] = encode_latents(parts["vae"], pix.flip(-1))
+    return out
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
@@ -107,6 +127,7 @@ def save_checkpoint(
     step: int,
     cfg: TrainConfig,
     extra: dict[str, Any],
+    lr_scheduler: Any = None,
 ) -> Path:
     tmp = out_dir / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir(parents=True)
@@ -115,7 +136,13 @@ def save_checkpoint(
         json.dumps({"adapter": adapter.cfg.to_dict(), "train": asdict(cfg), "step": step, **extra}, indent=1)
     )
     torch.save(
-        {"optimizer": opt.state_dict(), "step": step, "torch_rng": torch.get_rng_state()}, tmp / "state.pt"
+        {
+            "optimizer": opt.state_dict(),
+            "lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
+            "step": step,
+            "torch_rng": torch.get_rng_state(),
+        },
+        tmp / "state.pt",
     )
     final = out_dir / f"ckpt-{step:06d}"
     os.replace(tmp, final)
@@ -142,6 +169,8 @@ def training_step(
     complex_: torch.Tensor,
     llm: torch.Tensor,
     cfg: TrainConfig,
+    backward: Callable[[torch.Tensor], None] | None = None,
+    lr_scheduler: Any = None,
 ) -> dict[str, torch.Tensor]:
     """One optimiser step of Algorithm 1: ℓ_simple + λ1·ℓ_LLM + λ2·ℓ_CP, adapter weights only.
     On a GPU the frozen UNet runs under bf16 autocast."""
@@ -155,8 +184,10 @@ def training_step(
     l_cp = loss_cp(c_prime.float(), complex_.float(), cfg.tau)
     loss = l_simple + cfg.lambda_llm * l_llm + cfg.lambda_cp * l_cp
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    (backward or torch.Tensor.backward)(loss)
     opt.step()
+    if lr_scheduler is not None:
+        lr_scheduler.step()
     return {
         "loss": loss.detach(),
         "loss_simple": l_simple.detach(),
@@ -198,23 +229,42 @@ def train(
         unet.to(torch.bfloat16)  # frozen: bf16 weights, no per-step casts under autocast
         if cfg.compile_unet:
             step_unet = torch.compile(unet)
-    cache = {
-        k: v.to(dev) for k, v in precompute(parts, table, parts.get("resolution", cfg.resolution)).items()
-    }
-    llm = llm.to(dev)
-    acfg = AdapterConfig(
-        dim=cache["simple"].shape[-1], llm_dim=llm.shape[-1], eta=cfg.eta, tau=cfg.tau, w0_seed=cfg.seed
+    res = parts.get("resolution", cfg.resolution)
+    simple_prompts = table.column("simple_prompt").to_pylist()
+    complex_prompts = table.column("complex_prompt").to_pylist()
+    if cfg.cache_latents:
+        cache = {k: v.to(dev) for k, v in precompute(parts, table, res, cfg.random_flip).items()}
+        text_dim = cache["simple"].shape[-1]
+    else:
+        pix = pixels(table, res)
+        text_dim = parts["text_encoder"].config.hidden_size
+    latent_shape = (
+        cfg.batch_size,
+        unet.config.in_channels,
+        res // 2 ** (len(vae.config.block_out_channels) - 1),
+        res // 2 ** (len(vae.config.block_out_channels) - 1),
     )
+    llm = llm.to(dev)
+    acfg = AdapterConfig(dim=text_dim, llm_dim=llm.shape[-1], eta=cfg.eta, tau=cfg.tau, w0_seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     adapter = SURAdapter(acfg).to(dev)
     opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr)
+    lr_sched = get_scheduler(
+        cfg.lr_scheduler, opt, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.steps
+    )
     start = 0
     ckpt = latest_checkpoint(out_dir)
     if ckpt is not None:
         adapter.load_state_dict(load_file(str(ckpt / "adapter.safetensors")))
         state = torch.load(ckpt / "state.pt", weights_only=False)
         opt.load_state_dict(state["optimizer"])
+        if state.get("lr_scheduler") is not None:
+            lr_sched.load_state_dict(state["lr_scheduler"])
         start = state["step"]
+    # accelerate places the trainable parts and runs the backward pass (bf16 autocast is explicit
+    # in training_step, around the frozen UNet too)
+    accelerator = Accelerator(cpu=dev.type == "cpu")
+    p_adapter, p_opt, p_sched = accelerator.prepare(adapter, opt, lr_sched)
     metrics_path = out_dir / "metrics.jsonl"
     kept = [
         ln
@@ -226,21 +276,37 @@ def train(
     for step in range(start + 1, cfg.steps + 1):
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
-        noise = torch.randn(cache["latents"][idx].shape, generator=gen).to(dev)
+        flip = torch.rand(cfg.batch_size, generator=gen) < 0.5
+        if not cfg.random_flip:
+            flip[:] = False
+        noise = torch.randn(latent_shape, generator=gen).to(dev)
         t = torch.randint(0, sched.config.num_train_timesteps, (cfg.batch_size,), generator=gen).to(dev)
-        idx = idx.to(dev)
+        if cfg.cache_latents:
+            latents = cache["latents"][idx.to(dev)]
+            if cfg.random_flip:
+                mirrored = cache["latents_flipped"][idx.to(dev)]
+                latents = torch.where(flip.to(dev).view(-1, 1, 1, 1), mirrored, latents)
+            simple, complex_ = cache["simple"][idx.to(dev)], cache["complex"][idx.to(dev)]
+        else:  # VAE and text encoder every step
+            batch = pix[idx]
+            batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
+            latents = encode_latents(vae, batch).to(dev)
+            simple = encode_text(parts, [simple_prompts[i] for i in idx.tolist()]).to(dev)
+            complex_ = encode_text(parts, [complex_prompts[i] for i in idx.tolist()]).to(dev)
         losses = training_step(
             step_unet,
             sched,
-            adapter,
-            opt,
-            cache["latents"][idx],
+            p_adapter,
+            p_opt,
+            latents,
             noise,
             t,
-            cache["simple"][idx],
-            cache["complex"][idx],
-            llm[idx],
+            simple,
+            complex_,
+            llm[idx.to(dev)],
             cfg,
+            backward=accelerator.backward,
+            lr_scheduler=p_sched,
         )
         row = {"step": step, **{k: v.item() for k, v in losses.items()}}
         with metrics_path.open("a") as fh:
@@ -250,11 +316,12 @@ def train(
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save_checkpoint(
                 out_dir,
-                adapter,
+                accelerator.unwrap_model(p_adapter),
                 opt,
                 step,
                 cfg,
                 {"release": release.name, "embeddings": emb_dir.name, "layer": layer},
+                lr_sched,
             )
     final = latest_checkpoint(out_dir)
     return {"checkpoint": str(final), "steps": cfg.steps, "layer": layer, "samples": n}

@@ -161,6 +161,10 @@ class AdapterSettings(_Section):
     tau: float = Field(1.0, gt=0)
     resolution: int = Field(512, ge=8)
     checkpoint_every: int = Field(500, ge=1)
+    random_flip: bool = True
+    cache_latents: bool = Field(True, description="VAE latents and text states once, reused every step")
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = Field(0, ge=0)
     seed: int = 0
     compile_unet: bool = True
     eval_images_per_prompt: int = Field(10, ge=1)

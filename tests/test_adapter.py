@@ -97,3 +97,22 @@ def test_kill_and_resume_gives_the_same_weights(tiny_release, tmp_path: Path) ->
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k])
+
+
+def test_cached_latents_equal_encoding_every_step_flips_included(tiny_release, tmp_path: Path) -> None:
+    import json
+
+    rel, emb = tiny_release
+    base = {"steps": 4, "batch_size": 4, "lr": 1e-3, "checkpoint_every": 100, "random_flip": True}
+    train(_sd(tmp_path), rel, emb, tmp_path / "cached", TrainConfig(**base, cache_latents=True))
+    train(_sd(tmp_path), rel, emb, tmp_path / "every", TrainConfig(**base, cache_latents=False))
+    read = lambda d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    for a, b in zip(read("cached"), read("every"), strict=True):
+        assert a["step"] == b["step"]
+        for k in ("loss", "loss_simple", "loss_llm", "loss_cp"):
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (a["step"], k)
+    # the flip is real: without it, the same seeds give other losses
+    train(_sd(tmp_path), rel, emb, tmp_path / "noflip", TrainConfig(**{**base, "random_flip": False}))
+    assert [r["loss_simple"] for r in read("noflip")] != [r["loss_simple"] for r in read("cached")]
+    state = torch.load(latest_checkpoint(tmp_path / "cached") / "state.pt", weights_only=False)
+    assert state["lr_scheduler"]["last_epoch"] == 4 and state["step"] == 4
