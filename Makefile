@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
 export PYTHONWARNINGS := ignore::FutureWarning
 
-.PHONY: demo test lint typecheck install bench-images bench-gpu
+.PHONY: demo test lint typecheck install bench-images bench-gpu lavis-env
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -47,3 +47,12 @@ bench-images: $(STAMP) .venv-img2dataset/bin/img2dataset
 
 bench-gpu:
 	bash benchmarks/run_gpu.sh
+
+# LAVIS (the paper's captioner) pins transformers<4.27 and numpy<2: it gets its own venv, never the
+# main one (ENVIRONMENT.md section 2). The caption stage talks to it with caption.backend=lavis.
+.venv-lavis/.installed:
+	$(PYTHON) -m venv .venv-lavis
+	.venv-lavis/bin/pip install torch==2.13.0 salesforce-lavis==1.0.2 'numpy<2' 'pandas<2.3' 'scikit-image<0.25' 'scipy<1.15'
+	touch $@
+
+lavis-env: .venv-lavis/.installed

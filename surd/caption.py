@@ -63,44 +63,62 @@ def caption_images(model: Any, processor: Any, images: list[Image.Image], cfg: C
     return BlipCaptioner(model, processor, cfg).caption(pixels)
 
 
+def _backend(settings: Settings) -> tuple[Callable[[list[dict[str, Any]]], list[str]], str]:
+    """(caption a part's rows, model id) for the configured backend, loaded once."""
+    if settings.caption.backend == "lavis":
+        from surd.caption_lavis import LavisCaptioner
+
+        lavis = LavisCaptioner(settings)
+        return lambda rows: [
+            strip_prompt(t, settings.caption.prompt) for t in lavis.caption([r["image"] for r in rows])
+        ], lavis.model_id
+    from surd.models import profiles
+    from surd.models.tiny import device_for
+
+    loaded = profiles.captioner(settings)
+    device = device_for(settings.device)
+    model = loaded.model.to(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    captioner = BlipCaptioner(model, loaded.processor, settings.caption)
+
+    def caption_rows(rows: list[dict[str, Any]]) -> list[str]:
+        texts: list[str] = []
+        for pixels in batches(
+            [r["image"] for r in rows], captioner.spec, settings.caption.batch_size, settings.caption.workers
+        ):
+            texts.extend(captioner.caption(pixels))
+        return texts
+
+    return caption_rows, str(loaded.model_id)
+
+
 def run_captions(
     settings: Settings,
     data: DataDir,
     progress: Callable[[int], None] | None = None,
     part: Partition = None,
 ) -> StageRun:
-    from surd.models import profiles
-    from surd.models.tiny import device_for
-
     images, out = data.table("images"), data.table("captions")
     run = StageRun("captions")
     todo = pending(images, out, ["image"], part)
     first = next(todo, None)
     if first is None:
         return run
-    loaded = profiles.captioner(settings)  # once per worker, only when there is work
-    device = device_for(settings.device)
-    model = loaded.model.to(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
-    captioner = BlipCaptioner(model, loaded.processor, settings.caption)
+    caption_rows, model_id = _backend(settings)  # once per worker, only when there is work
     for batch in batched(itertools.chain([first], todo), settings.part_size):
-        texts: list[str] = []
-        for pixels in batches(
-            [r["image"] for r in batch], captioner.spec, settings.caption.batch_size, settings.caption.workers
-        ):
-            texts.extend(captioner.caption(pixels))
+        texts = caption_rows(batch)
         rows = [
             {
                 "sample_id": r["sample_id"],
                 "status": OK if text else DROPPED,
                 "reason": None if text else "empty_caption",
                 "simple_prompt": text or None,
-                "model_id": loaded.model_id,
+                "model_id": model_id,
             }
             for r, text in zip(batch, texts, strict=True)
         ]
         out.write(
             rows,
-            provenance={"stage": "captions", "model_id": loaded.model_id, "settings": settings.provenance()},
+            provenance={"stage": "captions", "model_id": model_id, "settings": settings.provenance()},
         )
         run.add(rows)
         if progress:

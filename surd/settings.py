@@ -93,6 +93,10 @@ class ImageSettings(_Section):
 
 
 class CaptionSettings(_Section):
+    backend: Literal["transformers", "lavis"] = Field(
+        "transformers", description="lavis: LAVIS itself, in its own venv (make lavis-env)"
+    )
+    lavis_python: str = Field(".venv-lavis/bin/python", description="the LAVIS venv's python")
     batch_size: int = Field(64, ge=1)
     workers: int = Field(0, ge=0, description="decode/preprocess processes beside the model")
     prompt: str = "a picture of "
