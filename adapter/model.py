@@ -6,6 +6,12 @@ With V = f_En(p_s), the text encoder's states of the simple prompt:
     c' = η · c + (1 − η) · V
 W0 is a fixed Kaiming-initialised projection of the LLM vector to Q's width, seeded and saved
 with the checkpoint (the paper's public code drew it at random and never saved it).
+
+Two variants, side by side (`q_encoder_layers`, setting `adapter.q_encoder_layers`):
+
+    paper, Sec. 4.2 (default, 0)      Q = h3(V)
+    public code (SUR_adapter.py, 2)   Q = TransformerEncoder_2(h3(V)): two encoder layers on the Q
+                                      branch before the attention and the ℓ_LLM distillation
 """
 
 from __future__ import annotations

@@ -47,6 +47,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     seed: int = 0
     layer: int = -1
+    q_encoder_layers: int = 0  # 0: the paper's adapter; 2: the public code's variant (adapter/model.py)
     random_flip: bool = True  # horizontal flip, p = 0.5 per sample and step (the paper's --random_flip)
     cache_latents: bool = True  # VAE latents and text states computed once; False: every step
     lr_scheduler: str = "constant"  # diffusers' get_scheduler name (the paper: constant, no warm-up)
@@ -245,7 +246,14 @@ def train(
         res // 2 ** (len(vae.config.block_out_channels) - 1),
     )
     llm = llm.to(dev)
-    acfg = AdapterConfig(dim=text_dim, llm_dim=llm.shape[-1], eta=cfg.eta, tau=cfg.tau, w0_seed=cfg.seed)
+    acfg = AdapterConfig(
+        dim=text_dim,
+        llm_dim=llm.shape[-1],
+        eta=cfg.eta,
+        tau=cfg.tau,
+        w0_seed=cfg.seed,
+        q_encoder_layers=cfg.q_encoder_layers,
+    )
     torch.manual_seed(cfg.seed)
     adapter = SURAdapter(acfg).to(dev)
     opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr)

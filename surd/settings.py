@@ -165,6 +165,7 @@ class AdapterSettings(_Section):
     tau: float = Field(1.0, gt=0)
     resolution: int = Field(512, ge=8)
     checkpoint_every: int = Field(500, ge=1)
+    q_encoder_layers: int = Field(0, ge=0, description="0: the paper's adapter; 2: its public code's")
     random_flip: bool = True
     cache_latents: bool = Field(True, description="VAE latents and text states once, reused every step")
     lr_scheduler: str = "constant"

@@ -116,3 +116,14 @@ def test_cached_latents_equal_encoding_every_step_flips_included(tiny_release, t
     assert [r["loss_simple"] for r in read("noflip")] != [r["loss_simple"] for r in read("cached")]
     state = torch.load(latest_checkpoint(tmp_path / "cached") / "state.pt", weights_only=False)
     assert state["lr_scheduler"]["last_epoch"] == 4 and state["step"] == 4
+
+
+def test_the_public_code_variant_trains_from_settings(tiny_release, tmp_path: Path) -> None:
+    import json
+
+    rel, emb = tiny_release
+    cfg = TrainConfig(steps=2, batch_size=2, lr=1e-3, checkpoint_every=100, q_encoder_layers=2)
+    train(_sd(tmp_path), rel, emb, tmp_path / "variant", cfg)
+    ckpt = latest_checkpoint(tmp_path / "variant")
+    assert json.loads((ckpt / "config.json").read_text())["adapter"]["q_encoder_layers"] == 2
+    assert any(k.startswith("q_encoder.layers.1.") for k in load_file(str(ckpt / "adapter.safetensors")))
