@@ -121,11 +121,12 @@ def rebuild(config: dict[str, Any] | None = None, train: bool = True) -> dict[st
     out: dict[str, Any] = {}
     for source in settings.sources.enabled:
         out[f"crawl_{source}"] = crawl_task(config, source)
-    out["images"] = images_task(config)
-    if settings.scale.enabled:  # partitions on Dask workers (flows/scale.py)
+    if settings.scale.enabled:  # parts and partitions on Dask workers (flows/scale.py)
+        out["images"] = scale.run_images(config, settings)
         out["captions"] = scale.run(config, settings, "captions")
         out["clip_scores"] = scale.run(config, settings, "clip_scores")
     else:
+        out["images"] = images_task(config)
         out["captions"] = captions_task(config)
         out["clip_scores"] = clip_task(config)
     out["review"] = review_task(config)

@@ -1,11 +1,14 @@
-"""Scale-out on Dask through prefect-dask: a batch stage (captions, CLIP, embeddings) split into
-partitions by a stable hash of the sample id, one Prefect task per partition on a Dask worker.
+"""Scale-out on Dask through prefect-dask.
 
-Each partition writes its own parts, so partitions never touch the same rows, a failed one is
-retried alone, and the result equals a single-process run's. On a GPU machine, one Dask worker
-per GPU: each worker pins itself to the GPU of its index. The images stage stays on its own
-process pool: its per-host politeness limits and its near-duplicate check need one view of all
-items (see README).
+Captions, CLIP and embeddings: split into partitions by a stable hash of the sample id, one
+Prefect task per partition on a Dask worker. Each partition writes its own parts, so partitions
+never touch the same rows, a failed one is retried alone, and the result equals a single-process
+run's. On a GPU machine, one Dask worker per GPU: each worker pins itself to the GPU of its index.
+
+Images: each part of raw items is fetched and decoded by a task on a Dask worker, under that
+worker's share of the per-host politeness limits; the flow writes the parts in input order and
+decides duplicates itself, so "the first" of two duplicates is the same as in a single-process
+run.
 """
 
 from __future__ import annotations
@@ -58,6 +61,29 @@ def stage_part(config: dict[str, Any], stage: str, k: int, n: int, extra: dict[s
     if stage == "embed":
         return pipeline.embed(settings, extra["release"], extra.get("llm"), part=(k, n))
     raise ValueError(f"no partitioned stage {stage!r}")
+
+
+@task(retries=1, task_run_name="images-part-{n_rows}-items")
+def images_part(rows: list[dict[str, Any]], politeness: Any, cfg: Any, n_rows: int) -> list[Any]:
+    from surd.images import process_part
+
+    return process_part(rows, politeness, cfg)
+
+
+@flow(name="partitioned-images")
+def partitioned_images(config: dict[str, Any], workers: int) -> dict[str, Any]:
+    settings = load_settings(**config)
+
+    def submit(rows: list[dict[str, Any]], share: Any) -> Any:
+        return images_part.submit(rows, share, settings.images, len(rows))
+
+    return pipeline.images(settings, submit=submit, workers=workers)
+
+
+def run_images(config: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The images stage with its fetching and decoding on the Dask cluster of the settings."""
+    sub = partitioned_images.with_options(task_runner=task_runner(settings))  # type: ignore[arg-type]
+    return sub(config, partitions(settings))
 
 
 def merge(results: list[dict[str, Any]]) -> dict[str, Any]:

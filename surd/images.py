@@ -141,8 +141,15 @@ def run_images(
     data: DataDir,
     progress: Callable[[int], None] | None = None,
     rows: Iterable[dict[str, Any]] | None = None,
+    submit: Callable[[list[dict[str, Any]], CrawlSettings], Any] | None = None,
+    workers: int | None = None,
 ) -> StageRun:
-    """Process the raw items not yet in the images table (or the given `rows`, for retries)."""
+    """Process the raw items not yet in the images table (or the given `rows`, for retries).
+
+    Parts are fetched and decoded by `workers` processes: a local process pool, or, with `submit`
+    (a part and its politeness share → a future with `.result()`), a cluster's workers (Dask).
+    Either way this process writes the parts in input order and decides duplicates, so the table
+    is the same."""
     raw, out = data.table("raw_items"), data.table("images")
     run = StageRun("images")
     dedup = _Deduper(
@@ -163,7 +170,7 @@ def run_images(
         if progress:
             progress(len(new))
 
-    workers = settings.images.workers or os.cpu_count() or 1
+    workers = workers or settings.images.workers or os.cpu_count() or 1
     # the per-host limits hold across all workers: each gets its share
     share = settings.crawl.model_copy(
         update={
@@ -172,6 +179,17 @@ def run_images(
         }
     )
     parts = batched(todo, settings.part_size)
+    if submit is not None:  # remote workers; at most 2 parts per worker in flight
+        remote: deque[tuple[list[dict[str, Any]], Any]] = deque()
+        for batch in parts:
+            remote.append((batch, submit(batch, share)))
+            if len(remote) >= 2 * workers:
+                done, fut = remote.popleft()
+                emit(done, fut.result())
+        while remote:
+            done, fut = remote.popleft()
+            emit(done, fut.result())
+        return run
     if workers == 1:
         for batch in parts:
             emit(batch, process_part(batch, share, settings.images))

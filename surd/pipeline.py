@@ -45,10 +45,13 @@ def crawl(settings: Settings, source: str, progress: Progress = None, full: bool
         return asdict(crawl_source(source, settings, data, client, progress=progress, full=full))
 
 
-def images(settings: Settings, progress: Progress = None) -> dict[str, Any]:
+def images(
+    settings: Settings, progress: Progress = None, submit: Any = None, workers: int | None = None
+) -> dict[str, Any]:
+    """The images stage; `submit`/`workers`: fetch and decode parts on a cluster (flows/scale.py)."""
     from surd.images import run_images
 
-    return vars(run_images(settings, open_data(settings), progress))
+    return vars(run_images(settings, open_data(settings), progress, submit=submit, workers=workers))
 
 
 def images_retry(

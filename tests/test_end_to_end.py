@@ -110,7 +110,8 @@ def _rows(root: Path, table: str) -> list[dict]:
 
 
 def test_dask_local_cluster_gives_the_same_tables(prefect_api, tmp_path: Path, replay) -> None:
-    """Captions, CLIP scores and embeddings from 2 Dask worker processes equal a single process's."""
+    """Images, captions, CLIP scores and embeddings from 2 Dask worker processes equal a single
+    process's."""
     import numpy as np
 
     from flows.adapter import embed_flow
@@ -128,7 +129,13 @@ def test_dask_local_cluster_gives_the_same_tables(prefect_api, tmp_path: Path, r
         s = load_settings(**cfg)
         for source in s.sources.enabled:
             pipeline.crawl(s, source)
-        pipeline.images(s)
+        if scale:
+            from flows.scale import run_images
+
+            imgs = run_images(cfg, s)
+        else:
+            imgs = pipeline.images(s)
+        roots[name + "-images"] = imgs
         if scale:
             caps = run_partitioned(cfg, s, "captions")
             clip = run_partitioned(cfg, s, "clip_scores")
@@ -150,6 +157,9 @@ def test_dask_local_cluster_gives_the_same_tables(prefect_api, tmp_path: Path, r
     assert {k: clip_a[k] for k in ("processed", "kept", "dropped")} == {
         k: clip_b[k] for k in ("processed", "kept", "dropped")
     }
+    assert roots["single-images"] == roots["dask-images"] and roots["dask-images"]["dropped"]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "fetched_at"} for r in rows]  # noqa: E731
+    assert strip(_rows(a.data_root, "images")) == strip(_rows(b.data_root, "images"))
     assert _rows(a.data_root, "captions") == _rows(b.data_root, "captions")
     ca, cb = _rows(a.data_root, "clip_scores"), _rows(b.data_root, "clip_scores")
     assert [(r["sample_id"], r["status"], r["reason"]) for r in ca] == [

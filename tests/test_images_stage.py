@@ -180,3 +180,31 @@ def test_retry_fetches_only_the_failures(tmp_path: Path, site: ReplaySite) -> No
     assert data.table("images").parts() == parts and data.table("images").count() == 5  # swapped in place
     assert {p for _, p in site.requests[served:] if p.startswith("/img/")} == {"/img/t/busy"}
     assert retry_failed(settings, data, ["http_404"]).processed == 1  # asked for explicitly
+
+
+def test_remote_workers_give_the_same_table_duplicates_included(tmp_path: Path, site: ReplaySite) -> None:
+    """`submit` (how flows/scale.py hands parts to Dask workers) against the local process pool."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from surd.images import process_part
+
+    names = list(CASES)
+    tables = {}
+    for mode in ("local", "remote"):
+        settings, data = setup(tmp_path / mode, site, names)
+        if mode == "local":
+            run_images(settings, data)
+        else:
+            with ProcessPoolExecutor(2) as pool:
+                run_images(
+                    settings,
+                    data,
+                    submit=lambda rows, share, s=settings: pool.submit(process_part, rows, share, s.images),
+                    workers=2,
+                )
+        rows = data.table("images").read().to_pylist()
+        tables[mode] = sorted(
+            ({k: v for k, v in r.items() if k != "fetched_at"} for r in rows), key=lambda r: r["sample_id"]
+        )
+    assert tables["local"] == tables["remote"]
+    assert any(r["duplicate_of"] for r in tables["remote"])
