@@ -1,6 +1,6 @@
 """The LAVIS caption backend: LAVIS in its own venv (`make lavis-env`), the main install untouched.
 
-`.ci/run` builds that venv and sets SURD_REQUIRE_LAVIS=1, so there this test must run; on a
+`.ci/run` builds that venv and sets CI_REQUIRE_LAVIS=1, so there this test must run; on a
 machine without the venv it is skipped with the command that builds it."""
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ LAVIS_PY = Path(__file__).resolve().parent.parent / ".venv-lavis" / "bin" / "pyt
 @pytest.fixture
 def lavis_python() -> Path:
     if not LAVIS_PY.exists():
-        if os.environ.get("SURD_REQUIRE_LAVIS") == "1":
-            pytest.fail("SURD_REQUIRE_LAVIS=1 but .venv-lavis is missing: make lavis-env")
+        if os.environ.get("CI_REQUIRE_LAVIS") == "1":
+            pytest.fail("CI_REQUIRE_LAVIS=1 but .venv-lavis is missing: make lavis-env")
         pytest.skip("LAVIS' own venv is not built here: make lavis-env")
     return LAVIS_PY
 
