@@ -17,6 +17,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from typing import Any
 
@@ -179,26 +180,22 @@ def run_images(
         }
     )
     parts = batched(todo, settings.part_size)
-    if submit is not None:  # remote workers; at most 2 parts per worker in flight
-        remote: deque[tuple[list[dict[str, Any]], Any]] = deque()
-        for batch in parts:
-            remote.append((batch, submit(batch, share)))
-            if len(remote) >= 2 * workers:
-                done, fut = remote.popleft()
-                emit(done, fut.result())
-        while remote:
-            done, fut = remote.popleft()
-            emit(done, fut.result())
-        return run
-    if workers == 1:
+    if submit is None and workers == 1:
         for batch in parts:
             emit(batch, process_part(batch, share, settings.images))
         return run
-    window: deque[tuple[list[dict[str, Any]], Future[list[Result]]]] = deque()
-    pool = ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),))
-    with pool:  # at most 2 parts per worker in memory
-        for batch in parts:
-            window.append((batch, pool.submit(process_part, batch, share, settings.images)))
+    with ExitStack() as stack:
+        if submit is None:
+            pool = stack.enter_context(
+                ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),))
+            )
+
+            def submit(batch: list[dict[str, Any]], sh: CrawlSettings) -> Future[list[Result]]:
+                return pool.submit(process_part, batch, sh, settings.images)
+
+        window: deque[tuple[list[dict[str, Any]], Any]] = deque()
+        for batch in parts:  # at most 2 parts per worker in flight
+            window.append((batch, submit(batch, share)))
             if len(window) >= 2 * workers:
                 done, fut = window.popleft()
                 emit(done, fut.result())
