@@ -145,6 +145,8 @@ def test_csrf_is_required_on_every_state_changing_request(app) -> None:
         "/admin/stewards": {"name": "eve", "password": "long enough", "role": "admin"},
         "/admin/tokens": {"name": "alice"},
         "/admin/leases/release": {"steward": "root"},
+        "/admin/stewards/remove": {"name": "alice"},
+        "/admin/tokens/revoke": {"name": "alice"},
     }
     for path, data in forms.items():
         assert c.post(path, data={**data, "csrf": "forged"}).status_code == 403, path
@@ -174,7 +176,13 @@ def test_stewards_cannot_reach_admin_actions(app) -> None:
     csrf = _login(c, "alice", "correct horse")
     assert c.get("/admin").status_code == 403
     assert c.get("/admin/export").status_code == 403
-    for path in ("/admin/stewards", "/admin/tokens", "/admin/leases/release"):
+    for path in (
+        "/admin/stewards",
+        "/admin/tokens",
+        "/admin/leases/release",
+        "/admin/stewards/remove",
+        "/admin/tokens/revoke",
+    ):
         data = {"csrf": csrf, "name": "alice", "password": "long enough", "role": "admin", "steward": "x"}
         assert c.post(path, data=data).status_code == 403, path
     engine = queue.connect(app.state.settings.review_database_url)
@@ -299,3 +307,32 @@ def test_stewards_judge_evaluation_pairs_blinded(app, tmp_path: Path) -> None:
         "<td>action</td><td>2</td><td>2</td><td>1</td><td>1</td><td>0</td><td>0.5</td><td>0.375</td>" in done
     )
     assert "<td>color</td><td>1</td><td>1</td><td>0</td><td>0</td><td>1</td><td>n/a</td><td>0.75</td>" in done
+
+
+def test_an_admin_revokes_tokens_and_removes_a_steward_whose_decisions_stay(app) -> None:
+    engine = queue.connect(app.state.settings.review_database_url)
+    token = {"Authorization": f"Bearer {auth.new_token(engine, 'alice')}"}
+    c = _client(app)
+    browser = _client(app)
+    _login(browser, "alice", "correct horse")
+    got = c.post("/api/claim", json={"n": 1}, headers=token).json()["items"]
+    assert (
+        c.post(
+            "/api/decide", json={"sample_id": got[0]["sample_id"], "decision": "accept"}, headers=token
+        ).status_code
+        == 200
+    )
+    admin = _client(app)
+    csrf = _login(admin, "root", "root password")
+    page = admin.post("/admin/tokens/revoke", data={"csrf": csrf, "name": "alice"}).text
+    assert "1 API token(s) of alice revoked" in page
+    assert c.post("/api/claim", json={"n": 1}, headers=token).status_code == 401
+    assert (
+        "cannot remove your own"
+        in admin.post("/admin/stewards/remove", data={"csrf": csrf, "name": "root"}).text
+    )
+    assert "alice removed" in admin.post("/admin/stewards/remove", data={"csrf": csrf, "name": "alice"}).text
+    assert c.post("/login", data={"name": "alice", "password": "correct horse"}).status_code == 401
+    r = browser.get("/", follow_redirects=False)  # her open session ends with the account
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    assert [d["actor"] for d in queue.export_rows(engine, "audit")] == ["alice"]  # the log keeps her decision

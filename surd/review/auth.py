@@ -82,3 +82,29 @@ def check_token(engine: sa.Engine, token: str) -> tuple[str, str] | None:
             .where(tokens.c.token_sha256 == _digest(token))
         ).first()
     return (str(row[0]), str(row[1])) if row else None
+
+
+def remove_steward(engine: sa.Engine, name: str) -> bool:
+    """Delete the account and its API tokens (their decisions stay in the log). True if it existed."""
+    with engine.begin() as conn:
+        conn.execute(tokens.delete().where(tokens.c.steward == name))
+        return bool(conn.execute(stewards.delete().where(stewards.c.name == name)).rowcount)
+
+
+def revoke_tokens(engine: sa.Engine, name: str) -> int:
+    """Revoke every API token of a steward; returns how many."""
+    with engine.begin() as conn:
+        return int(conn.execute(tokens.delete().where(tokens.c.steward == name)).rowcount or 0)
+
+
+def token_counts(engine: sa.Engine) -> dict[str, int]:
+    with reader(engine) as conn:
+        rows = conn.execute(sa.select(tokens.c.steward, sa.func.count()).group_by(tokens.c.steward)).all()
+    return {str(n): int(c) for n, c in rows}
+
+
+def role_of(engine: sa.Engine, name: str) -> str | None:
+    """The steward's current role, or None if the account is gone."""
+    with reader(engine) as conn:
+        role = conn.execute(sa.select(stewards.c.role).where(stewards.c.name == name)).scalar()
+    return None if role is None else str(role)

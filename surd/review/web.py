@@ -35,12 +35,16 @@ class Session:
             raise HTTPException(status_code=303, headers={"Location": "/login"})
         self.request = request
         self.name = str(name)
-        self.role = str(request.session.get("role"))
+        self.engine = request.app.state.engine
+        self.settings = request.app.state.settings
+        role = auth.role_of(self.engine, self.name)  # a removed account or a changed role counts now
+        if role is None:
+            request.session.clear()
+            raise HTTPException(status_code=303, headers={"Location": "/login"})
+        self.role = role
         self.csrf = str(request.session["csrf"])
         if admin and self.role != "admin":
             raise HTTPException(status_code=403, detail="admins only")
-        self.engine = request.app.state.engine
-        self.settings = request.app.state.settings
 
     def check_csrf(self, token: str) -> None:
         if not secrets.compare_digest(token.encode(), self.csrf.encode()):
@@ -246,6 +250,7 @@ def _admin_page(s: Session, **extra: Any) -> HTMLResponse:
     return s.render(
         "admin.html",
         stewards=stewards,
+        tokens=auth.token_counts(s.engine),
         steward_names={x["name"] for x in stewards},
         roles=auth.ROLES,
         leases=queue.open_leases(s.engine),
@@ -281,6 +286,26 @@ def admin_token(request: Request, csrf: str = Form(...), name: str = Form(...)) 
     s = Session(request, admin=True)
     s.check_csrf(csrf)
     return _admin_page(s, new_token={"steward": name, "token": auth.new_token(s.engine, name)})
+
+
+@router.post("/admin/stewards/remove", response_class=HTMLResponse)
+def admin_remove_steward(request: Request, csrf: str = Form(...), name: str = Form(...)) -> Response:
+    s = Session(request, admin=True)
+    s.check_csrf(csrf)
+    if name == s.name:
+        return _admin_page(s, message="You cannot remove your own account.")
+    queue.release_leases(s.engine, steward=name)
+    gone = auth.remove_steward(s.engine, name)
+    return _admin_page(
+        s, message=f"Steward {name} removed; their decisions stay." if gone else f"No steward {name}."
+    )
+
+
+@router.post("/admin/tokens/revoke", response_class=HTMLResponse)
+def admin_revoke_tokens(request: Request, csrf: str = Form(...), name: str = Form(...)) -> Response:
+    s = Session(request, admin=True)
+    s.check_csrf(csrf)
+    return _admin_page(s, message=f"{auth.revoke_tokens(s.engine, name)} API token(s) of {name} revoked.")
 
 
 @router.post("/admin/leases/release", response_class=HTMLResponse)
