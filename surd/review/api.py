@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -12,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from surd.review import auth, queue
+from surd.review.export import jsonl_chunks
 
 router = APIRouter(prefix="/api", tags=["review"])
 _bearer = HTTPBearer(auto_error=False)
@@ -109,24 +108,13 @@ def progress(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
     return {**queue.progress(engine), "agreement": queue.agreement(engine)}
 
 
-def _jsonl(rows: Iterator[dict[str, Any]]) -> Iterator[bytes]:
-    buf: list[str] = []
-    for r in rows:
-        buf.append(json.dumps(r, ensure_ascii=False))
-        if len(buf) == 1000:
-            yield ("\n".join(buf) + "\n").encode()
-            buf = []
-    if buf:
-        yield ("\n".join(buf) + "\n").encode()
-
-
 @router.get("/export", response_class=StreamingResponse)
 def export(
     request: Request, what: Literal["outcomes", "audit"] = "outcomes", who: Caller = Depends(admin)
 ) -> StreamingResponse:
     """Every item's outcome, or the whole decision log, as JSON lines (streamed)."""
     rows = queue.export_rows(request.app.state.engine, what)
-    return StreamingResponse(_jsonl(rows), media_type="application/x-ndjson")
+    return StreamingResponse(jsonl_chunks(rows), media_type="application/x-ndjson")
 
 
 @router.get("/openapi.json", include_in_schema=False)

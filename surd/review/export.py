@@ -82,3 +82,9 @@ def write_jsonl(rows: Iterable[dict[str, Any]], path: Path) -> int:
             n += 1
     tmp.replace(path)
     return n
+
+
+def jsonl_chunks(rows: Iterable[dict[str, Any]], lines: int = 1000) -> Iterator[bytes]:
+    """Rows as JSON lines, `lines` at a time (for a streamed HTTP response)."""
+    for batch in _chunks(rows, lines):
+        yield "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in batch).encode()

@@ -83,16 +83,12 @@ def summary(engine: sa.Engine, run: str, pairs: list[dict[str, Any]]) -> dict[st
     return out
 
 
-def _page(s: Session, template: str, **ctx: Any) -> HTMLResponse:
-    return s.render(template, **ctx)
-
-
 @router.get("/judge", response_class=HTMLResponse)
 def runs_page(request: Request) -> Response:
     s = Session(request)
     root = Path(s.settings.data_root)
     runs = [{"name": r, **{"pairs": len(_pairs(root, r))}} for r in _runs(root)]
-    return _page(s, "judge_runs.html", runs=runs)
+    return s.render("judge_runs.html", runs=runs)
 
 
 @router.get("/judge/{run}", response_class=HTMLResponse)
@@ -108,10 +104,9 @@ def next_pair(request: Request, run: str) -> Response:
     todo = [p for p in pairs if p["pair_id"] not in mine]
     results = summary(s.engine, run, pairs)
     if not todo:
-        return _page(s, "judge_done.html", run=run, results=results)
+        return s.render("judge_done.html", run=run, results=results)
     p = todo[0]
-    return _page(
-        s,
+    return s.render(
         "judge.html",
         run=run,
         pair={k: p[k] for k in ("pair_id", "prompt", "suite")},
@@ -124,7 +119,7 @@ def next_pair(request: Request, run: str) -> Response:
 def results_page(request: Request, run: str) -> Response:
     s = Session(request)
     pairs = _pairs(Path(s.settings.data_root), run)
-    return _page(s, "judge_done.html", run=run, results=summary(s.engine, run, pairs))
+    return s.render("judge_done.html", run=run, results=summary(s.engine, run, pairs))
 
 
 @router.get("/judge/{run}/image/{pair_id}/{side}")

@@ -19,7 +19,6 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from surd.review import auth, export, queue
-from surd.review.api import _jsonl
 
 router = APIRouter(include_in_schema=False)
 templates = Environment(
@@ -325,7 +324,9 @@ def admin_export(request: Request, what: str = "outcomes", format: str = "parque
     name = f"surd-review-{what}.{format}"
     headers = {"Content-Disposition": f'attachment; filename="{name}"'}
     if format == "jsonl":
-        return StreamingResponse(_jsonl(rows), media_type="application/x-ndjson", headers=headers)
+        return StreamingResponse(
+            export.jsonl_chunks(rows), media_type="application/x-ndjson", headers=headers
+        )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
         export.write_parquet(rows, path)
