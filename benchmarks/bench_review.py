@@ -32,6 +32,8 @@ if str(ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 
+from tests.serve import wait_until_up  # noqa: E402
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -89,18 +91,13 @@ def run_backend(name: str, url: str, args: argparse.Namespace, data_root: Path) 
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(base + "/login", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"review server did not start: {server.stderr.read() if server.stderr else ''}"
-                )
-            time.sleep(0.2)
+        wait_until_up(
+            base + "/login",
+            server,
+            120,
+            "review server",
+            lambda: server.stderr.read() if server.stderr else "",
+        )
         claim_s: list[float] = []
         decide_s: list[float] = []
         errors: list[str] = []

@@ -6,10 +6,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
+from tests.serve import wait_until_up
 
 
 class PrefectServer:
@@ -39,18 +38,14 @@ class PrefectServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"Prefect server did not start: {(self.home / 'server.log').read_text()[-3000:]}"
-                )
-            time.sleep(0.5)
+        wait_until_up(
+            f"{self.url}/health",
+            self.proc,
+            timeout,
+            "Prefect server",
+            lambda: (self.home / "server.log").read_text()[-3000:],
+        )
+        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

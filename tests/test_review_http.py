@@ -22,7 +22,7 @@ from surd.review.app import create_app
 from surd.review.schema import decisions
 from surd.settings import load_settings
 from tests.conftest import free_port
-from tests.serve import ThreadedServer
+from tests.serve import ThreadedServer, wait_until_up
 
 STEWARDS = 20
 ITEMS = 240
@@ -152,15 +152,9 @@ def _serve(settings, port: int) -> subprocess.Popen:
         env=env,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/login", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-        time.sleep(0.2)
+    log = lambda: proc.stderr.read() if proc.stderr else ""  # noqa: E731
+    wait_until_up(f"http://127.0.0.1:{port}/login", proc, 60, "review server", log)
+    return proc
 
 
 def test_a_server_killed_mid_review_loses_no_acknowledged_decision(tmp_path: Path) -> None:
