@@ -53,6 +53,23 @@ def clip(size: str, dev: torch.device):  # type: ignore[no-untyped-def]
     return model.eval().to(dev, dtype), tok
 
 
+WORDS = (
+    "cat dog woman man castle forest city portrait landscape dragon robot girl boy ship sunset river "
+    "masterpiece best quality highly detailed 8k trending on artstation octane render cinematic lighting "
+    "volumetric fog golden hour sharp focus intricate concept art unreal engine by greg rutkowski"
+).split()
+
+
+def prompt_pair(i: int) -> tuple[str, str]:
+    """A distinct (simple, complex) pair per image, so the tokenizer's word cache sees real variety."""
+    import random
+
+    rng = random.Random(i)
+    simple = "a picture of " + " ".join(rng.choice(WORDS[:16]) for _ in range(rng.randint(3, 9)))
+    complex_ = ", ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 70)))
+    return simple, f"{complex_} {i}"
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="base", choices=["base", "tiny"])
@@ -68,7 +85,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     from surd.caption import BlipCaptioner
     from surd.clipfilter import ClipScorer
-    from surd.preprocess import batches
+    from surd.preprocess import Preprocessor
     from surd.settings import CaptionSettings
 
     dev = device()
@@ -76,6 +93,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results = []
     if "caption" not in args.skip:
         model, proc = blip(args.size, dev)
+        items = [(i, b, ()) for i, b in enumerate(blobs)]
         for beams in args.beams:
             prompt_len = len(proc.tokenizer("a picture of").input_ids) - 1
             total = prompt_len + args.new_tokens  # forced length: random weights would stop anywhere
@@ -84,12 +102,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
             )
             bs = args.caption_batch
 
-            def run(cap: BlipCaptioner = cap, bs: int = bs) -> int:
-                return sum(len(cap.caption(px)) for px in batches(blobs, cap.spec, bs, args.workers))
+            def run(cap: BlipCaptioner = cap, bs: int = bs, items: list = items) -> int:
+                with Preprocessor(cap.spec, args.workers) as pre:
+                    return sum(len(cap.caption(d.pixels)) for _, d in pre.batches(items, bs))
 
-            run_warm = blobs[: bs * 2]
-            for px in batches(run_warm, cap.spec, bs, 0):
-                cap.caption(px)
+            with Preprocessor(cap.spec, 0) as pre:  # warm-up: kernels, allocator
+                for _, d in pre.batches(items[: bs * 2], bs):
+                    cap.caption(d.pixels)
             torch.cuda.reset_peak_memory_stats() if dev.type == "cuda" else None
             seconds = timed(run)
             r = {
@@ -109,19 +128,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if "clip" not in args.skip:
         model, tok = clip(args.size, dev)
         scorer = ClipScorer(model, tok)
-        simple = ["a cat sitting on a chair"] * args.clip_batch
-        complex_ = [
-            "a cat, masterpiece, best quality, highly detailed, 8k, trending on artstation"
-        ] * args.clip_batch
+        items = [(i, b, prompt_pair(i)) for i, b in enumerate(blobs)]
 
         def run_clip() -> int:
-            n = 0
-            for px in batches(blobs, scorer.spec, args.clip_batch, args.workers):
-                n += len(scorer.score(px, simple[: px.shape[0]], complex_[: px.shape[0]]))
-            return n
+            with Preprocessor(scorer.spec, args.workers, tokenizer=tok) as pre:
+                return sum(
+                    len(scorer.score_tokens(d.pixels, d.tokens))
+                    for _, d in pre.batches(items, args.clip_batch)
+                )
 
-        for px in batches(blobs[: args.clip_batch], scorer.spec, args.clip_batch, 0):
-            scorer.score(px, simple[: px.shape[0]], complex_[: px.shape[0]])
+        with Preprocessor(scorer.spec, 0, tokenizer=tok) as pre:
+            for _, d in pre.batches(items[: args.clip_batch], args.clip_batch):
+                scorer.score_tokens(d.pixels, d.tokens)
         seconds = timed(run_clip)
         r = {
             "bench": "clip_filter",

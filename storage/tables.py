@@ -57,6 +57,10 @@ def write_parquet_atomic(
     os.replace(tmp, path)
 
 
+_PART_IDS: dict[tuple[str, int, int], frozenset[str]] = {}
+_PART_IDS_MAX = 20_000  # parts whose keys stay cached in this process
+
+
 class PartTable:
     """A table stored as `<root>/<name>/part-*.parquet`, keyed by `key`."""
 
@@ -69,21 +73,50 @@ class PartTable:
         self.key = key
         self.compression = compression
         self._written = 0
-        self._ids_by_part: dict[Path, list[str]] = {}
 
     def parts(self) -> list[Path]:
         if not self.dir.exists():
             return []
         return sorted(p for p in self.dir.glob("part-*.parquet"))
 
+    def part_ids(self, part: Path) -> frozenset[str]:
+        """The keys one part holds, read once per process (parts only ever keep their keys:
+        `write` makes new parts and `replace_rows` rewrites rows under the same keys)."""
+        st = part.stat()
+        tag = (str(part), st.st_mtime_ns, st.st_size)
+        ids = _PART_IDS.get(tag)
+        if ids is None:
+            ids = frozenset(pq.read_table(part, columns=[self.key]).column(0).to_pylist())
+            if len(_PART_IDS) >= _PART_IDS_MAX:
+                _PART_IDS.pop(next(iter(_PART_IDS)))
+            _PART_IDS[tag] = ids
+        return ids
+
     def ids(self) -> set[str]:
         out: set[str] = set()
         for part in self.parts():
-            if part not in self._ids_by_part:
-                col = pq.read_table(part, columns=[self.key]).column(0)
-                self._ids_by_part[part] = col.to_pylist()
-            out.update(self._ids_by_part[part])
+            out.update(self.part_ids(part))
         return out
+
+    def iter_lookup(self, ids: Iterable[str], columns: Sequence[str]) -> Iterator[dict[str, Any]]:
+        """The rows of the given keys, part by part in storage order, reading only the parts that
+        hold one of them (memory bounded by one part's projected columns)."""
+        want = set(ids)
+        cols = list(dict.fromkeys([self.key, *columns]))
+        for part in self.parts():
+            if not want:
+                return
+            hits = want.intersection(self.part_ids(part))
+            if not hits:
+                continue
+            for row in pq.read_table(part, columns=cols).to_pylist():
+                if row[self.key] in hits:
+                    yield row
+            want -= hits
+
+    def lookup(self, ids: Iterable[str], columns: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """{key: row} for the given keys (missing keys are absent); see `iter_lookup`."""
+        return {row[self.key]: row for row in self.iter_lookup(ids, columns)}
 
     def read(self, columns: Sequence[str] | None = None) -> pa.Table:
         parts = self.parts()

@@ -18,9 +18,10 @@ from PIL import Image
 
 from storage.layout import DataDir
 from storage.schemas import DROPPED, OK
-from surd.preprocess import Spec, batches, normalize
+from storage.tables import PartTable
+from surd.preprocess import Preprocessor, Spec, decode_workers, normalize
 from surd.settings import CaptionSettings, Settings
-from surd.stage import Partition, StageRun, batched, pending
+from surd.stage import Partition, PartWriter, StageRun, batched, pending
 
 
 def strip_prompt(text: str, prompt: str) -> str:
@@ -63,32 +64,17 @@ def caption_images(model: Any, processor: Any, images: list[Image.Image], cfg: C
     return BlipCaptioner(model, processor, cfg).caption(pixels)
 
 
-def _backend(settings: Settings) -> tuple[Callable[[list[dict[str, Any]]], list[str]], str]:
-    """(caption a part's rows, model id) for the configured backend, loaded once."""
-    if settings.caption.backend == "lavis":
-        from surd.caption_lavis import LavisCaptioner
-
-        lavis = LavisCaptioner(settings)
-        return lambda rows: [
-            strip_prompt(t, settings.caption.prompt) for t in lavis.caption([r["image"] for r in rows])
-        ], lavis.model_id
-    from surd.models import profiles
-    from surd.models.tiny import device_for
-
-    loaded = profiles.captioner(settings)
-    device = device_for(settings.device)
-    model = loaded.model.to(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
-    captioner = BlipCaptioner(model, loaded.processor, settings.caption)
-
-    def caption_rows(rows: list[dict[str, Any]]) -> list[str]:
-        texts: list[str] = []
-        for pixels in batches(
-            [r["image"] for r in rows], captioner.spec, settings.caption.batch_size, settings.caption.workers
-        ):
-            texts.extend(captioner.caption(pixels))
-        return texts
-
-    return caption_rows, str(loaded.model_id)
+def _rows(ids: list[str], texts: list[str], model_id: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "sample_id": sid,
+            "status": OK if text else DROPPED,
+            "reason": None if text else "empty_caption",
+            "simple_prompt": text or None,
+            "model_id": model_id,
+        }
+        for sid, text in zip(ids, texts, strict=True)
+    ]
 
 
 def run_captions(
@@ -103,24 +89,38 @@ def run_captions(
     first = next(todo, None)
     if first is None:
         return run
-    caption_rows, model_id = _backend(settings)  # once per worker, only when there is work
-    for batch in batched(itertools.chain([first], todo), settings.part_size):
-        texts = caption_rows(batch)
-        rows = [
-            {
-                "sample_id": r["sample_id"],
-                "status": OK if text else DROPPED,
-                "reason": None if text else "empty_caption",
-                "simple_prompt": text or None,
-                "model_id": model_id,
-            }
-            for r, text in zip(batch, texts, strict=True)
-        ]
-        out.write(
-            rows,
-            provenance={"stage": "captions", "model_id": model_id, "settings": settings.provenance()},
-        )
-        run.add(rows)
-        if progress:
-            progress(len(rows))
+    rows = itertools.chain([first], todo)
+    cfg = settings.caption
+    if cfg.backend == "lavis":  # LAVIS in its own venv, a part at a time
+        from surd.caption_lavis import LavisCaptioner
+
+        lavis = LavisCaptioner(settings)
+        writer = _writer(settings, out, run, progress, lavis.model_id)
+        for batch in batched(rows, settings.part_size):
+            texts = [strip_prompt(t, cfg.prompt) for t in lavis.caption([r["image"] for r in batch])]
+            writer.add(_rows([r["sample_id"] for r in batch], texts, lavis.model_id))
+        writer.close()
+        return run
+
+    from surd.models import profiles
+    from surd.models.tiny import device_for
+
+    device = device_for(settings.device)
+    workers = decode_workers(cfg.workers, device)
+    loaded = profiles.captioner(settings)  # once per worker, only when there is work
+    model = loaded.model.to(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    captioner = BlipCaptioner(model, loaded.processor, cfg)
+    model_id = str(loaded.model_id)
+    writer = _writer(settings, out, run, progress, model_id)
+    with Preprocessor(captioner.spec, workers) as pre:
+        for ids, dec in pre.batches(((r["sample_id"], r["image"], ()) for r in rows), cfg.batch_size):
+            writer.add(_rows(ids, captioner.caption(dec.pixels), model_id))
+    writer.close()
     return run
+
+
+def _writer(
+    settings: Settings, out: PartTable, run: StageRun, progress: Callable[[int], None] | None, model_id: str
+) -> PartWriter:
+    provenance = {"stage": "captions", "model_id": model_id, "settings": settings.provenance()}
+    return PartWriter(out, settings.part_size, run, progress, provenance)

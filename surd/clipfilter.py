@@ -8,7 +8,6 @@ than CLIP's 77-token context are truncated by the tokenizer (as CLIP itself does
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -17,9 +16,9 @@ from PIL import Image
 
 from storage.layout import DataDir
 from storage.schemas import DROPPED, OK
-from surd.preprocess import CLIP_MEAN, CLIP_STD, Spec, batches, normalize
+from surd.preprocess import CLIP_MEAN, CLIP_STD, Preprocessor, Spec, decode_workers, normalize
 from surd.settings import Settings
-from surd.stage import Partition, StageRun, batched, lookup, pending
+from surd.stage import Partition, PartWriter, StageRun, lookup, pending
 
 
 def keep(p_simple: float, p_complex: float) -> bool:
@@ -45,12 +44,18 @@ class ClipScorer:
             std=tuple(cfg.get("std", CLIP_STD)),
         )
 
-    @torch.inference_mode()
     def score(self, pixels: torch.Tensor, simple: list[str], complex_: list[str]) -> list[dict[str, float]]:
+        tokens = self.tokenizer([*simple, *complex_]).view(2, len(simple), -1).transpose(0, 1)
+        return self.score_tokens(pixels, tokens)
+
+    @torch.inference_mode()
+    def score_tokens(self, pixels: torch.Tensor, tokens: torch.Tensor) -> list[dict[str, float]]:
+        """pixels (n, 3, s, s); tokens (n, 2, context): [simple, complex] per image."""
         p = next(self.model.parameters())
         n = pixels.shape[0]
         img = self.model.encode_image(normalize(pixels, self.spec, p.device, p.dtype), normalize=True)
-        txt = self.model.encode_text(self.tokenizer([*simple, *complex_]).to(p.device), normalize=True)
+        flat = tokens.transpose(0, 1).reshape(2 * n, -1)  # all simple prompts, then all complex ones
+        txt = self.model.encode_text(flat.to(p.device, non_blocking=True), normalize=True)
         sims = torch.stack([(img * txt[:n]).sum(-1), (img * txt[n:]).sum(-1)], dim=-1).float()
         probs = (self.model.logit_scale.exp().float() * sims).softmax(dim=-1)
         return [
@@ -60,7 +65,7 @@ class ClipScorer:
                 "p_simple": float(pr[0]),
                 "p_complex": float(pr[1]),
             }
-            for s, pr in zip(sims.cpu(), probs.cpu(), strict=True)
+            for s, pr in zip(sims.cpu().tolist(), probs.cpu().tolist(), strict=True)
         ]
 
 
@@ -86,51 +91,50 @@ def run_clip_filter(
     from surd.models import profiles
     from surd.models.tiny import device_for
 
-    captions, out = data.table("captions"), data.table("clip_scores")
+    out = data.table("clip_scores")
     run = StageRun("clip_scores")
-    todo = pending(captions, out, ["simple_prompt"], part)
-    first = next(todo, None)
-    if first is None:
+    simple = {
+        r["sample_id"]: r["simple_prompt"]
+        for r in pending(data.table("captions"), out, ["simple_prompt"], part)
+    }
+    if not simple:
         return run
-    loaded = profiles.clip(settings)
+    complex_ = lookup(data.table("raw_items"), set(simple), ["complex_prompt"])
     device = device_for(settings.device)
+    workers = decode_workers(settings.clip.workers, device)
+    loaded = profiles.clip(settings)
     scorer = ClipScorer(
         loaded.model.to(device, torch.float16 if device.type == "cuda" else torch.float32), loaded.extra
     )
-    for batch in batched(itertools.chain([first], todo), settings.part_size):
-        ids = {r["sample_id"] for r in batch}
-        imgs = lookup(data.table("images"), ids, ["image"])
-        raw = lookup(data.table("raw_items"), ids, ["complex_prompt"])
-        simple = [r["simple_prompt"] for r in batch]
-        complex_ = [raw[r["sample_id"]]["complex_prompt"] for r in batch]
-        scores: list[dict[str, float]] = []
-        step = settings.clip.batch_size
-        blobs = [imgs[r["sample_id"]]["image"] for r in batch]
-        for i, pixels in enumerate(batches(blobs, scorer.spec, step, settings.clip.workers)):
-            sl = slice(i * step, i * step + pixels.shape[0])
-            scores.extend(scorer.score(pixels, simple[sl], complex_[sl]))
-        rows = []
-        for r, c, sc in zip(batch, complex_, scores, strict=True):
-            kept = keep(sc["p_simple"], sc["p_complex"])
-            rows.append(
-                {
-                    "sample_id": r["sample_id"],
-                    "status": OK if kept else DROPPED,
-                    "reason": None if kept else "clip_prefers_complex",
-                    **sc,
-                    "complex_truncated": is_truncated(loaded.extra, c),
-                    "model_id": loaded.model_id,
-                }
-            )
-        out.write(
-            rows,
-            provenance={
-                "stage": "clip_scores",
-                "model_id": loaded.model_id,
-                "settings": settings.provenance(),
-            },
-        )
-        run.add(rows)
-        if progress:
-            progress(len(rows))
+    items = (  # one pass over the stored images, reading only the parts that hold pending ones
+        (r["sample_id"], r["image"], (simple[r["sample_id"]], complex_[r["sample_id"]]["complex_prompt"]))
+        for r in data.table("images").iter_lookup(simple, ["image"])
+    )
+    writer = PartWriter(
+        out,
+        settings.part_size,
+        run,
+        progress,
+        {"stage": "clip_scores", "model_id": loaded.model_id, "settings": settings.provenance()},
+    )
+    with Preprocessor(scorer.spec, workers, tokenizer=loaded.extra) as pre:
+        for ids, dec in pre.batches(items, settings.clip.batch_size):
+            assert dec.tokens is not None and dec.truncated is not None
+            rows = []
+            for sid, sc, trunc in zip(
+                ids, scorer.score_tokens(dec.pixels, dec.tokens), dec.truncated[:, 1].tolist(), strict=True
+            ):
+                kept = keep(sc["p_simple"], sc["p_complex"])
+                rows.append(
+                    {
+                        "sample_id": sid,
+                        "status": OK if kept else DROPPED,
+                        "reason": None if kept else "clip_prefers_complex",
+                        **sc,
+                        "complex_truncated": bool(trunc),
+                        "model_id": loaded.model_id,
+                    }
+                )
+            writer.add(rows)
+    writer.close()
     return run

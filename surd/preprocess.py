@@ -9,13 +9,18 @@ still at least the target size.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+import multiprocessing as mp
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+
+T = TypeVar("T")
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -52,24 +57,145 @@ def normalize(pixels: torch.Tensor, spec: Spec, device: torch.device, dtype: tor
     return x.sub_(mean).div_(std).to(dtype)
 
 
-class _Blobs(Dataset[torch.Tensor]):
-    def __init__(self, blobs: Sequence[bytes], spec: Spec) -> None:
-        self.blobs, self.spec = blobs, spec
-
-    def __len__(self) -> int:
-        return len(self.blobs)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return to_tensor(self.blobs[i], self.spec)
+def decode_workers(setting: int | None, device: torch.device) -> int:
+    """Decoding processes beside a model: the setting, or by default all cores but one beside a
+    GPU and none on CPU (where the model itself wants the cores)."""
+    if setting is not None:
+        return setting
+    return max(1, min(32, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 0
 
 
-def batches(blobs: Sequence[bytes], spec: Spec, batch_size: int, workers: int) -> DataLoader[torch.Tensor]:
-    """uint8 batches of (B, 3, size, size) in input order; `workers` decoding processes (0 = inline)."""
-    return DataLoader(
-        _Blobs(blobs, spec),
-        batch_size=batch_size,
-        num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
-        prefetch_factor=4 if workers else None,
-        persistent_workers=False,
+@dataclass
+class Decoded:
+    """One chunk or batch out of the workers: pixels, and the prompts' CLIP tokens when asked."""
+
+    pixels: torch.Tensor  # (n, 3, size, size) uint8
+    tokens: torch.Tensor | None = None  # (n, k, context) int64: k prompts per item
+    truncated: torch.Tensor | None = None  # (n, k) bool: the prompt did not fit the context
+
+    @staticmethod
+    def cat(parts: Sequence[Decoded]) -> Decoded:
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        return Decoded(
+            torch.cat([p.pixels for p in parts]),
+            None if first.tokens is None else torch.cat([p.tokens for p in parts if p.tokens is not None]),
+            None
+            if first.truncated is None
+            else torch.cat([p.truncated for p in parts if p.truncated is not None]),
+        )
+
+
+Item = tuple[T, bytes, tuple[str, ...]]  # (the caller's key, stored image, prompts to tokenize)
+
+_job: tuple[Spec, Any] | None = None  # set in each worker by _init
+
+
+def _init(spec: Spec, tokenizer: Any) -> None:
+    global _job
+    torch.set_num_threads(1)  # one core per worker; the pool is the parallelism
+    _job = (spec, tokenizer)
+
+
+def _decode(chunk: list[tuple[bytes, tuple[str, ...]]]) -> Decoded:
+    assert _job is not None, "worker not initialised"
+    return decode(chunk, *_job)
+
+
+def decode(chunk: Sequence[tuple[bytes, tuple[str, ...]]], spec: Spec, tokenizer: Any = None) -> Decoded:
+    """Images (and, given a tokenizer, their prompts) of one chunk; what each worker runs."""
+    pixels = torch.stack([to_tensor(blob, spec) for blob, _ in chunk])
+    if tokenizer is None:
+        return Decoded(pixels)
+    from surd.clipfilter import is_truncated
+
+    k = len(chunk[0][1])
+    texts = [t for _, prompts in chunk for t in prompts]
+    tokens = tokenizer(texts).view(len(chunk), k, -1)
+    truncated = torch.tensor([is_truncated(tokenizer, t) for t in texts]).view(len(chunk), k)
+    return Decoded(pixels, tokens, truncated)
+
+
+class Preprocessor:
+    """Stored JPEGs (and their prompts) → model inputs, in persistent worker processes.
+
+    Items go to the workers in chunks of `chunk`, with a bounded number in flight, and come back
+    in input order; `batches` regroups them into model batches. With workers=0 it all runs
+    inline. The pool lives as long as the object (use it as a context manager), so a stage pays
+    for its processes once, not once per part. Tensors come back through shared memory.
+    """
+
+    def __init__(self, spec: Spec, workers: int, tokenizer: Any = None, chunk: int = 32) -> None:
+        self.workers, self.chunk = workers, max(1, chunk)
+        self._pool: Any = None
+        if workers:
+            ctx = mp.get_context("fork")  # workers inherit the tokenizer; they never touch a GPU
+            self._pool = ctx.Pool(workers, initializer=_init, initargs=(spec, tokenizer))
+        else:
+            self._inline = (spec, tokenizer)
+
+    def __enter__(self) -> Preprocessor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def chunks(self, items: Iterable[Item[T]]) -> Iterator[tuple[list[T], Decoded]]:
+        """(keys, decoded) per chunk, in input order; items are read lazily."""
+        window: deque[tuple[list[T], Any]] = deque()
+        limit = 4 * max(1, self.workers)
+        for group in _grouped(items, self.chunk):
+            keys = [k for k, _, _ in group]
+            work = [(blob, prompts) for _, blob, prompts in group]
+            if self._pool is None:
+                yield keys, decode(work, *self._inline)
+                continue
+            window.append((keys, self._pool.apply_async(_decode, (work,))))
+            if len(window) >= limit:
+                k, res = window.popleft()
+                yield k, res.get()
+        while window:
+            k, res = window.popleft()
+            yield k, res.get()
+
+    def batches(self, items: Iterable[Item[T]], batch_size: int) -> Iterator[tuple[list[T], Decoded]]:
+        """(keys, decoded) per model batch of `batch_size` items (the last may be smaller)."""
+        keys: list[T] = []
+        parts: list[Decoded] = []
+        for k, dec in self.chunks(items):
+            keys.extend(k)
+            parts.append(dec)
+            while len(keys) >= batch_size:
+                whole = Decoded.cat(parts)
+                yield keys[:batch_size], _slice(whole, 0, batch_size)
+                rest = len(keys) - batch_size
+                keys = keys[batch_size:]
+                parts = [_slice(whole, batch_size, batch_size + rest)] if rest else []
+        if keys:
+            yield keys, Decoded.cat(parts)
+
+
+def _slice(d: Decoded, a: int, b: int) -> Decoded:
+    return Decoded(
+        d.pixels[a:b],
+        None if d.tokens is None else d.tokens[a:b],
+        None if d.truncated is None else d.truncated[a:b],
     )
+
+
+def _grouped(items: Iterable[Item[T]], size: int) -> Iterator[list[Item[T]]]:
+    group: list[Item[T]] = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group

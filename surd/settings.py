@@ -98,7 +98,11 @@ class CaptionSettings(_Section):
     )
     lavis_python: str = Field(".venv-lavis/bin/python", description="the LAVIS venv's python")
     batch_size: int = Field(64, ge=1)
-    workers: int = Field(0, ge=0, description="decode/preprocess processes beside the model")
+    workers: int | None = Field(
+        None,
+        ge=0,
+        description="decode processes beside the model; default: all cores but one beside a GPU, 0 on CPU",
+    )
     prompt: str = "a picture of "
     num_beams: int = Field(3, ge=1)
     max_length: int = Field(30, ge=1, description="tokens in total, prompt included (as LAVIS)")
@@ -107,7 +111,11 @@ class CaptionSettings(_Section):
 
 class ClipSettings(_Section):
     batch_size: int = Field(256, ge=1)
-    workers: int = Field(0, ge=0, description="decode/preprocess processes beside the model")
+    workers: int | None = Field(
+        None,
+        ge=0,
+        description="decode processes beside the model; default: all cores but one beside a GPU, 0 on CPU",
+    )
 
 
 class ReviewSettings(_Section):

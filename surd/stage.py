@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -66,10 +66,45 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
+class PartWriter:
+    """Rows gathered into parts of `size` as they come (the last part may be smaller), each part
+    written at once, so a killed run loses at most the rows not yet written."""
+
+    def __init__(
+        self,
+        table: PartTable,
+        size: int,
+        run: StageRun,
+        progress: Callable[[int], None] | None,
+        provenance: dict[str, Any],
+    ) -> None:
+        self.table, self.size, self.run, self.progress, self.provenance = (
+            table,
+            size,
+            run,
+            progress,
+            provenance,
+        )
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, rows: Iterable[dict[str, Any]]) -> None:
+        self.rows.extend(rows)
+        while len(self.rows) >= self.size:
+            self._flush(self.rows[: self.size])
+            self.rows = self.rows[self.size :]
+
+    def close(self) -> None:
+        if self.rows:
+            self._flush(self.rows)
+            self.rows = []
+
+    def _flush(self, rows: list[dict[str, Any]]) -> None:
+        self.table.write(rows, provenance=self.provenance)
+        self.run.add(rows)
+        if self.progress:
+            self.progress(len(rows))
+
+
 def lookup(table: PartTable, ids: set[str], columns: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Rows of `table` for the given ids (streamed part by part)."""
-    out = {}
-    for row in table.iter_rows(["sample_id", *columns]):
-        if row["sample_id"] in ids:
-            out[row["sample_id"]] = row
-    return out
+    """Rows of `table` for the given ids, reading only the parts that hold them."""
+    return table.lookup(ids, columns)

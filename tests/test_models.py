@@ -127,3 +127,35 @@ def test_smollm2_profile_is_a_real_llama_offline() -> None:
     v = pooled_layers(loaded.model, loaded.processor, ["a cat sitting on a chair", "two dogs"])
     assert v.shape == (2, 30, 576) and np.isfinite(v).all()
     assert np.abs(v[0] - v[1]).max() > 1e-3  # real weights tell two prompts apart
+
+
+def test_worker_pool_equals_inline_in_order_with_tokens() -> None:
+    import io
+
+    from surd.preprocess import Preprocessor, Spec, decode
+
+    rng = np.random.default_rng(3)
+    blobs = []
+    for _ in range(21):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, format="JPEG")
+        blobs.append(buf.getvalue())
+    _, _, tok = tiny.clip(0)
+    long = "a castle, " * 60
+    items = [
+        (f"k{i}", b, (f"a cat {i}", long if i % 4 == 0 else f"a cat, best quality {i}"))
+        for i, b in enumerate(blobs)
+    ]
+    ref = decode([(b, p) for _, b, p in items], Spec(32), tok)
+    assert ref.tokens is not None and ref.truncated is not None
+    assert torch.equal(ref.tokens[:, 0], tok([p[0] for _, _, p in items]))
+    assert ref.truncated[:, 1].tolist() == [is_truncated(tok, p[1]) for _, _, p in items]
+    assert ref.truncated[:, 1].sum() == 6 and not ref.truncated[:, 0].any()
+    for workers in (0, 2):
+        with Preprocessor(Spec(32), workers, tokenizer=tok, chunk=5) as pre:
+            out = list(pre.batches(items, 8))
+        assert [len(k) for k, _ in out] == [8, 8, 5]
+        assert [k for keys, _ in out for k in keys] == [k for k, _, _ in items]
+        assert torch.equal(torch.cat([d.pixels for _, d in out]), ref.pixels)
+        assert torch.equal(torch.cat([d.tokens for _, d in out]), ref.tokens)
+        assert torch.equal(torch.cat([d.truncated for _, d in out]), ref.truncated)

@@ -86,3 +86,33 @@ def test_duckdb_catalog_has_a_view_per_table(tmp_path: Path) -> None:
     )
     con = connect(data)
     assert con.sql("select simple_prompt from captions").fetchall() == [("a cat",)]
+
+
+def test_lookup_reads_only_the_parts_that_hold_the_keys(tmp_path: Path, monkeypatch) -> None:
+    import pyarrow.parquet as pq
+
+    from storage import tables
+
+    table = DataDir(tmp_path).open().table("captions")
+    paths = [table.write([_row(table.schema, 10 * p + i) for i in range(10)]) for p in range(5)]
+    assert table.ids() == {f"id{i}" for i in range(50)}  # keys of every part read once, and kept
+    reads: list[tuple[str, tuple[str, ...]]] = []
+    real = pq.read_table
+
+    def recording(source, columns=None, **kw):  # observes which files are read; reads them for real
+        reads.append((str(source), tuple(columns or ())))
+        return real(source, columns=columns, **kw)
+
+    monkeypatch.setattr(tables.pq, "read_table", recording)
+    got = table.lookup({"id13", "id17", "id42", "nope"}, ["simple_prompt"])
+    assert set(got) == {"id13", "id17", "id42"}
+    assert got["id42"]["simple_prompt"] == "x"
+    assert reads == [
+        (str(paths[1]), ("sample_id", "simple_prompt")),
+        (str(paths[4]), ("sample_id", "simple_prompt")),
+    ]
+    # a fresh handle on the same table (as each web request makes) needs no key scan either
+    reads.clear()
+    other = DataDir(tmp_path).table("captions")
+    assert [r["sample_id"] for r in other.iter_lookup({"id2"}, [])] == ["id2"]
+    assert reads == [(str(paths[0]), ("sample_id",))]

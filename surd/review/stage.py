@@ -18,15 +18,15 @@ def enqueue_kept(settings: Settings, data: DataDir) -> int:
         for r in data.table("clip_scores").iter_rows(["sample_id", "status", "p_simple", "p_complex"])
         if r["status"] == OK and r["sample_id"] not in have
     ]
+    ids = {r["sample_id"] for r in todo}
+    caps = lookup(data.table("captions"), ids, ["simple_prompt"])
+    raw = lookup(
+        data.table("raw_items"),
+        ids,
+        ["complex_prompt", "negative_prompt", "source", "source_url", "nsfw_level"],
+    )
     added = 0
     for batch in batched(todo, settings.part_size):
-        ids = {r["sample_id"] for r in batch}
-        caps = lookup(data.table("captions"), ids, ["simple_prompt"])
-        raw = lookup(
-            data.table("raw_items"),
-            ids,
-            ["complex_prompt", "negative_prompt", "source", "source_url", "nsfw_level"],
-        )
         rows = [{**r, **caps[r["sample_id"]], **raw[r["sample_id"]]} for r in batch]
         for row in rows:
             row.pop("status", None)
