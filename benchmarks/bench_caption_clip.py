@@ -70,13 +70,39 @@ def prompt_pair(i: int) -> tuple[str, str]:
     return simple, f"{complex_} {i}"
 
 
+def caption_speed(cap, items: list, bs: int, workers: int, dev: torch.device) -> dict:  # type: ignore[no-untyped-def]
+    """End to end from stored JPEGs, and the model alone on one decoded batch (its ceiling)."""
+    from surd.preprocess import Preprocessor
+
+    with Preprocessor(cap.spec, workers) as pre:  # warm-up: kernels, allocator; one batch kept
+        for _, d in pre.batches(items[: bs * 2], bs):
+            cap.caption(d.pixels)
+    torch.cuda.reset_peak_memory_stats() if dev.type == "cuda" else None
+
+    def run() -> int:
+        with Preprocessor(cap.spec, workers) as pre:
+            return sum(len(cap.caption(d.pixels)) for _, d in pre.batches(items, bs))
+
+    seconds = timed(run)
+    reps = 3
+    model_only = timed(lambda: [cap.caption(d.pixels) for _ in range(reps)])
+    return {
+        "images_per_s": round(len(items) / seconds, 1),
+        "model_only_images_per_s": round(reps * d.pixels.shape[0] / model_only, 1),
+        "peak_mem_gb": peak_gb(),
+    }
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="base", choices=["base", "tiny"])
     ap.add_argument("--images", type=int, default=8192)
     ap.add_argument("--workers", type=int, default=8)
-    ap.add_argument("--caption-batch", type=int, default=256)
+    ap.add_argument("--caption-batch", type=int, nargs="+", default=[256])
     ap.add_argument("--beams", type=int, nargs="+", default=[1, 3])
+    ap.add_argument(
+        "--decoders", nargs="+", default=["fast", "transformers"], choices=["fast", "transformers"]
+    )
     ap.add_argument("--new-tokens", type=int, default=20)
     ap.add_argument("--clip-batch", type=int, default=1024)
     ap.add_argument("--skip", nargs="*", default=[], choices=["caption", "clip"])
@@ -94,36 +120,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if "caption" not in args.skip:
         model, proc = blip(args.size, dev)
         items = [(i, b, ()) for i, b in enumerate(blobs)]
-        for beams in args.beams:
-            prompt_len = len(proc.tokenizer("a picture of").input_ids) - 1
-            total = prompt_len + args.new_tokens  # forced length: random weights would stop anywhere
-            cap = BlipCaptioner(
-                model, proc, CaptionSettings(num_beams=beams, max_length=total, min_length=total)
-            )
-            bs = args.caption_batch
-
-            def run(cap: BlipCaptioner = cap, bs: int = bs, items: list = items) -> int:
-                with Preprocessor(cap.spec, args.workers) as pre:
-                    return sum(len(cap.caption(d.pixels)) for _, d in pre.batches(items, bs))
-
-            with Preprocessor(cap.spec, 0) as pre:  # warm-up: kernels, allocator
-                for _, d in pre.batches(items[: bs * 2], bs):
-                    cap.caption(d.pixels)
-            torch.cuda.reset_peak_memory_stats() if dev.type == "cuda" else None
-            seconds = timed(run)
-            r = {
-                "bench": "caption",
-                "size": args.size,
-                "beams": beams,
-                "new_tokens": args.new_tokens,
-                "batch": bs,
-                "images": args.images,
-                "images_per_s": round(args.images / seconds, 1),
-                "workers": args.workers,
-                "peak_mem_gb": peak_gb(),
-            }
-            report(r, args.out)
-            results.append(r)
+        prompt_len = len(proc.tokenizer("a picture of").input_ids) - 1
+        total = prompt_len + args.new_tokens  # forced length: random weights would stop anywhere
+        for decoder in args.decoders:
+            for beams in args.beams:
+                for bs in args.caption_batch:
+                    cfg = CaptionSettings(
+                        num_beams=beams, max_length=total, min_length=total, decoder=decoder
+                    )
+                    cap = BlipCaptioner(model, proc, cfg)
+                    r = {
+                        "bench": "caption",
+                        "size": args.size,
+                        "decoder": decoder,
+                        "beams": beams,
+                        "new_tokens": args.new_tokens,
+                        "batch": bs,
+                        "images": args.images,
+                        "workers": args.workers,
+                        **caption_speed(cap, items, bs, args.workers, dev),
+                    }
+                    report(r, args.out)
+                    results.append(r)
         del model
     if "clip" not in args.skip:
         model, tok = clip(args.size, dev)
@@ -137,16 +155,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     for _, d in pre.batches(items, args.clip_batch)
                 )
 
-        with Preprocessor(scorer.spec, 0, tokenizer=tok) as pre:
+        with Preprocessor(scorer.spec, args.workers, tokenizer=tok) as pre:  # warm-up; one batch kept
             for _, d in pre.batches(items[: args.clip_batch], args.clip_batch):
                 scorer.score_tokens(d.pixels, d.tokens)
         seconds = timed(run_clip)
+        model_only = timed(lambda: [scorer.score_tokens(d.pixels, d.tokens) for _ in range(5)])
         r = {
             "bench": "clip_filter",
             "size": args.size,
             "batch": args.clip_batch,
             "images": args.images,
             "samples_per_s": round(args.images / seconds, 1),
+            "model_only_samples_per_s": round(5 * d.pixels.shape[0] / model_only, 1),
             "workers": args.workers,
             "peak_mem_gb": peak_gb(),
         }

@@ -19,6 +19,7 @@ from PIL import Image
 from storage.layout import DataDir
 from storage.schemas import DROPPED, OK
 from storage.tables import PartTable
+from surd.blip_decode import BlipDecoder, supports
 from surd.preprocess import Preprocessor, Spec, decode_workers, normalize
 from surd.settings import CaptionSettings, Settings
 from surd.stage import Partition, PartWriter, StageRun, batched, pending
@@ -33,7 +34,12 @@ def strip_prompt(text: str, prompt: str) -> str:
 
 
 class BlipCaptioner:
-    """BLIP captioning of preprocessed pixel batches; load once, call per batch."""
+    """BLIP captioning of preprocessed pixel batches; load once, call per batch.
+
+    By default the search runs in `surd.blip_decode` (the same beam search as transformers'
+    `generate`, checked token for token, with each image's cross-attention computed once for all
+    its beams); `caption.decoder = "transformers"` calls `generate` itself.
+    """
 
     def __init__(self, model: Any, processor: Any, cfg: CaptionSettings) -> None:
         self.model, self.processor, self.cfg = model, processor, cfg
@@ -41,19 +47,31 @@ class BlipCaptioner:
         self.spec = Spec(size=int(ip.size["height"]), mean=tuple(ip.image_mean), std=tuple(ip.image_std))
         enc = processor.tokenizer([cfg.prompt.strip()], return_tensors="pt")
         self.prompt_ids, self.prompt_mask = enc["input_ids"], enc["attention_mask"]
+        self.fast: BlipDecoder | None = None
+        if cfg.decoder == "fast":
+            why = supports(model)
+            if why is not None:
+                raise ValueError(
+                    f"caption.decoder=fast cannot reproduce this model's generate ({why}); use 'transformers'"
+                )
+            self.fast = BlipDecoder(model, cfg.num_beams, cfg.max_length, cfg.min_length)
 
     @torch.inference_mode()
     def caption(self, pixels: torch.Tensor) -> list[str]:
         p = next(self.model.parameters())
         n = pixels.shape[0]
-        out = self.model.generate(
-            pixel_values=normalize(pixels, self.spec, p.device, p.dtype),
-            input_ids=self.prompt_ids.to(p.device).repeat(n, 1),  # generate() writes into it
-            attention_mask=self.prompt_mask.to(p.device).repeat(n, 1),
-            num_beams=self.cfg.num_beams,
-            max_length=self.cfg.max_length,
-            min_length=self.cfg.min_length,
-        )
+        px = normalize(pixels, self.spec, p.device, p.dtype)
+        if self.fast is not None:
+            out = self.fast.generate(px, self.prompt_ids[0])
+        else:
+            out = self.model.generate(
+                pixel_values=px,
+                input_ids=self.prompt_ids.to(p.device).repeat(n, 1),  # generate() writes into it
+                attention_mask=self.prompt_mask.to(p.device).repeat(n, 1),
+                num_beams=self.cfg.num_beams,
+                max_length=self.cfg.max_length,
+                min_length=self.cfg.min_length,
+            )
         texts = self.processor.batch_decode(out, skip_special_tokens=True)
         return [strip_prompt(t, self.cfg.prompt) for t in texts]
 

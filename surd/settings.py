@@ -97,6 +97,9 @@ class CaptionSettings(_Section):
         "transformers", description="lavis: LAVIS itself, in its own venv (make lavis-env)"
     )
     lavis_python: str = Field(".venv-lavis/bin/python", description="the LAVIS venv's python")
+    decoder: Literal["fast", "transformers"] = Field(
+        "fast", description="fast: surd.blip_decode, the same search as generate with shared cross-attention"
+    )
     batch_size: int = Field(64, ge=1)
     workers: int | None = Field(
         None,

@@ -36,8 +36,12 @@ def test_caption_clip_benchmark() -> None:
             "3",
         ]
     )
-    assert [r["bench"] for r in rs] == ["caption", "caption", "clip_filter"]
+    assert [r["bench"] for r in rs] == ["caption"] * 4 + ["clip_filter"]
+    assert {(r["decoder"], r["beams"]) for r in rs[:4]} == {
+        (d, b) for d in ("fast", "transformers") for b in (1, 3)
+    }
     assert all(r.get("images_per_s", r.get("samples_per_s")) > 0 for r in rs)
+    assert all(r.get("model_only_images_per_s", r.get("model_only_samples_per_s")) > 0 for r in rs)
 
 
 def test_adapter_step_benchmark() -> None:

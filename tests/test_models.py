@@ -32,6 +32,53 @@ def test_captions_batched_equal_one_by_one(pics: list[Image.Image]) -> None:
     assert all(c and not c.startswith("a picture of") for c in batched)
 
 
+def _sharpened_blip() -> tuple:
+    """Tiny BLIP with weights at trained-like scales (seeded): its captions depend on the image
+    and, with a bias on EOS, end at different steps within one batch."""
+    model, proc = tiny.blip(0)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, p.shape[-1] ** -0.5, generator=g)
+            elif p.dim() > 2:
+                p.normal_(0, 0.2, generator=g)
+    return model, proc
+
+
+@pytest.mark.parametrize(
+    "beams,max_length,min_length", [(1, 20, 0), (1, 12, 8), (2, 15, 6), (3, 20, 0), (3, 30, 10), (4, 25, 0)]
+)
+def test_fast_decoder_equals_generate_token_for_token(beams: int, max_length: int, min_length: int) -> None:
+    from surd.blip_decode import BlipDecoder, supports
+
+    model, proc = _sharpened_blip()
+    assert supports(model) is None
+    enc = proc.tokenizer(["a picture of"], return_tensors="pt")
+    eos = model.config.text_config.sep_token_id
+    size = model.config.vision_config.image_size
+    px = torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(0))
+    bias = model.text_decoder.cls.predictions.decoder.bias
+    ends = set()
+    for eos_bias in (0.0, 2.0, 3.0):
+        with torch.no_grad():
+            bias[eos] += eos_bias
+        ref = model.generate(
+            pixel_values=px,
+            input_ids=enc.input_ids.repeat(8, 1),
+            attention_mask=enc.attention_mask.repeat(8, 1),
+            num_beams=beams,
+            max_length=max_length,
+            min_length=min_length,
+        )
+        got = BlipDecoder(model, beams, max_length, min_length).generate(px, enc.input_ids[0])
+        with torch.no_grad():
+            bias[eos] -= eos_bias
+        assert got.shape == ref.shape and torch.equal(got, ref), (eos_bias, ref, got)
+        ends |= {int(row.eq(eos).nonzero()[0]) if row.eq(eos).any() else -1 for row in got}
+    assert len(ends) >= 3  # captions of different lengths, including ones cut at max_length
+
+
 def test_clip_rule_exact_and_ties_keep() -> None:
     assert keep(0.5, 0.5) and keep(0.51, 0.49) and not keep(0.49, 0.51)
 
