@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--caption-batch", type=int, nargs="+", default=[256])
     ap.add_argument("--beams", type=int, nargs="+", default=[1, 3])
     ap.add_argument(
-        "--decoders", nargs="+", default=["fast", "transformers"], choices=["fast", "transformers"]
+        "--searches", nargs="+", default=["lavis", "generate"], choices=["lavis", "transformers", "generate"]
     )
     ap.add_argument("--new-tokens", type=int, default=20)
     ap.add_argument("--clip-batch", type=int, default=1024)
@@ -122,17 +122,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         items = [(i, b, ()) for i, b in enumerate(blobs)]
         prompt_len = len(proc.tokenizer("a picture of").input_ids) - 1
         total = prompt_len + args.new_tokens  # forced length: random weights would stop anywhere
-        for decoder in args.decoders:
+        for search in args.searches:
             for beams in args.beams:
                 for bs in args.caption_batch:
-                    cfg = CaptionSettings(
-                        num_beams=beams, max_length=total, min_length=total, decoder=decoder
-                    )
+                    cfg = CaptionSettings(num_beams=beams, max_length=total, min_length=total, search=search)
                     cap = BlipCaptioner(model, proc, cfg)
                     r = {
                         "bench": "caption",
                         "size": args.size,
-                        "decoder": decoder,
+                        "search": search,
                         "beams": beams,
                         "new_tokens": args.new_tokens,
                         "batch": bs,

@@ -7,11 +7,16 @@ modules with the same weights, keeps one copy of the cross-attention keys and va
 and lets the beams of that image attend to it together (their queries stacked), preallocates the
 self-attention cache, and reorders only that small cache between steps.
 
-The search is transformers' own (5.x, vectorised), step for step: log-softmax in float32, the
-min-length rule on EOS, the top 2·beams continuations, a finished hypothesis scored by its summed
-log-probability over its generated length ** length_penalty, and the early-stop heuristic of
-`early_stopping=False`; one beam is greedy search. `tests/test_models.py` checks it against
-`model.generate` token for token.
+Two beam searches, each reproduced step for step (log-softmax in float32, the min-length rule on
+EOS, the top 2·beams continuations, EOS counted only among the top `beams`):
+- `lavis`: transformers 4.26's, as LAVIS' `blip_caption` runs it (the paper's captions): a
+  finished hypothesis scores its summed log-probability over its whole length before EOS, prompt
+  included; an image is done once its worst kept hypothesis beats the step's best candidate scored
+  the same way; at max_length its open beams join the finished ones.
+- `transformers`: transformers 5's vectorised search: the score is over the generated length, EOS
+  included, with 5.x's early-stop heuristic for `early_stopping=False`.
+One beam is greedy search in both. tests/test_models.py checks `transformers` against `generate`
+and tests/test_lavis.py checks `lavis` against transformers 4.26 in LAVIS' venv, token for token.
 """
 
 from __future__ import annotations
@@ -71,7 +76,12 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tens
 class BlipDecoder:
     """Captions for a batch of pixel values; one object per model and generation settings."""
 
-    def __init__(self, model: Any, num_beams: int, max_length: int, min_length: int) -> None:
+    def __init__(
+        self, model: Any, num_beams: int, max_length: int, min_length: int, search: str = "transformers"
+    ) -> None:
+        if search not in ("transformers", "lavis"):
+            raise ValueError(f"search must be 'transformers' or 'lavis', not {search!r}")
+        self.search = search
         self.model = model
         self.text = model.text_decoder
         tc = model.config.text_config
@@ -97,6 +107,8 @@ class BlipDecoder:
         prompt_ids = ids.to(image.device).expand(b, -1)
         if self.beams == 1:
             return self._greedy(prompt_ids, cross)
+        if self.search == "lavis":
+            return self._beam_lavis(prompt_ids, cross)
         return self._beam(prompt_ids, cross)
 
     def _cache(self, rows: int, like: Tensor) -> list[list[Tensor]]:
@@ -159,6 +171,43 @@ class BlipDecoder:
                 return torch.cat(out, dim=1)
             logits = self._step(token[:, None], cur_len - 1, cache, cross)
 
+    def _prefill(self, ids: Tensor, cross: list[tuple[Tensor, Tensor]]) -> tuple[list[list[Tensor]], Tensor]:
+        """The prompt once per image, its cache copied to the image's beams; (cache, log-probs
+        (b, beams, vocab) of the first generated token)."""
+        b, p = ids.shape
+        one = self._cache(b, cross[0][0])
+        logits = self._step(ids, 0, one, cross)
+        cache = [[t.repeat_interleave(self.beams, dim=0) for t in kv] for kv in one]
+        return cache, self._min_length(logits.log_softmax(-1), p)[:, None].expand(b, self.beams, -1)
+
+    def _continuations(
+        self, log_probs: Tensor, running: Tensor, running_scores: Tensor, cur_len: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The top 2·beams continuations of all beams: (scores, source beam, token, sequences)."""
+        b, r, vocab = log_probs.shape
+        flat = (log_probs + running_scores[:, :, None]).reshape(b, -1)
+        top_scores, top_index = torch.topk(flat, 2 * r)
+        src = top_index // vocab  # the beam each continuation extends
+        tokens = top_index % vocab
+        cand = running.gather(1, src[:, :, None].expand(-1, -1, running.shape[-1])).clone()
+        cand[:, :, cur_len] = tokens
+        return top_scores, src, tokens, cand
+
+    def _advance(
+        self,
+        cache: list[list[Tensor]],
+        running: Tensor,
+        beam_src: Tensor,
+        cur_len: int,
+        cross: list[tuple[Tensor, Tensor]],
+    ) -> tuple[list[list[Tensor]], Tensor]:
+        """Reorder the self-attention cache to the surviving beams and run the next step."""
+        b, r = beam_src.shape
+        rows = (beam_src + torch.arange(b, device=beam_src.device)[:, None] * r).reshape(-1)
+        cache = [[t.index_select(0, rows) for t in kv] for kv in cache]
+        logits = self._step(running[:, :, cur_len - 1].reshape(-1, 1), cur_len - 1, cache, cross)
+        return cache, self._min_length(logits.log_softmax(-1), cur_len).view(b, r, -1)
+
     def _beam(self, ids: Tensor, cross: list[tuple[Tensor, Tensor]]) -> Tensor:
         b, p = ids.shape
         r, dev, length = self.beams, ids.device, self.max_length
@@ -175,19 +224,10 @@ class BlipDecoder:
         improvable = torch.ones((b, 1), dtype=torch.bool, device=dev)
         top_r = torch.arange(keep, device=dev) < r
 
-        one = self._cache(b, cross[0][0])  # the prompt once per image, then copied to its beams
-        logits = self._step(ids, 0, one, cross)
-        cache = [[t.repeat_interleave(r, dim=0) for t in kv] for kv in one]
-        log_probs = self._min_length(logits.log_softmax(-1), p)[:, None].expand(b, r, -1)
+        cache, log_probs = self._prefill(ids, cross)
         cur_len = p
         while True:
-            vocab = log_probs.shape[-1]
-            flat = (log_probs + running_scores[:, :, None]).reshape(b, -1)
-            top_scores, top_index = torch.topk(flat, keep)
-            src = top_index // vocab  # the beam each continuation extends
-            tokens = top_index % vocab
-            cand = running.gather(1, src[:, :, None].expand(-1, -1, length)).clone()
-            cand[:, :, cur_len] = tokens
+            top_scores, src, tokens, cand = self._continuations(log_probs, running, running_scores, cur_len)
             hits = (tokens == self.eos) | (cur_len + 1 >= length)
 
             # the running beams for the next step: the best continuations that did not finish
@@ -215,9 +255,59 @@ class BlipDecoder:
             improvable = improvable & (best_running > worst).any(dim=-1, keepdim=True)
             if not bool(improvable.any()) or bool(hits.all()):
                 break
-            rows = (beam_src + torch.arange(b, device=dev)[:, None] * r).reshape(-1)
-            cache = [[t.index_select(0, rows) for t in kv] for kv in cache]
-            token = running[:, :, cur_len - 1].reshape(-1, 1)
-            logits = self._step(token, cur_len - 1, cache, cross)
-            log_probs = self._min_length(logits.log_softmax(-1), cur_len).view(b, r, -1)
+            cache, log_probs = self._advance(cache, running, beam_src, cur_len, cross)
         return sequences[:, 0, : p + int(lengths[:, 0].max())]
+
+    def _beam_lavis(self, ids: Tensor, cross: list[tuple[Tensor, Tensor]]) -> Tensor:
+        """The beam search of transformers 4.26, which LAVIS (and so the paper) ran: a finished
+        hypothesis is scored over its whole length before EOS, prompt included; an image is done
+        once its worst kept hypothesis beats the best candidate of the step, scored the same way;
+        at max_length the open beams join the finished ones; outputs are padded with pad."""
+        b, p = ids.shape
+        r, dev, length, lp = self.beams, ids.device, self.max_length, self.length_penalty
+        keep = 2 * r
+        running = torch.full((b, r, length), self.pad, dtype=torch.long, device=dev)
+        running[:, :, :p] = ids[:, None]
+        hyps = running.clone()
+        running_scores = torch.zeros((b, r), device=dev)
+        running_scores[:, 1:] = NEG
+        hyp_scores = torch.full((b, r), -math.inf, device=dev)  # -inf: an empty slot
+        hyp_lengths = torch.zeros((b, r), dtype=torch.long, device=dev)  # EOS included
+        done = torch.zeros(b, dtype=torch.bool, device=dev)
+        top_r = torch.arange(keep, device=dev) < r
+
+        cache, log_probs = self._prefill(ids, cross)
+        cur_len = p
+        while True:
+            top_scores, src, tokens, cand = self._continuations(log_probs, running, running_scores, cur_len)
+            is_eos = tokens == self.eos
+
+            add = is_eos & top_r[None] & ~done[:, None]
+            normed = torch.where(add, top_scores / cur_len**lp, -math.inf)
+            merged = torch.cat([hyp_scores, normed], dim=1)
+            best = torch.topk(merged, r)[1]
+            hyps = torch.cat([hyps, cand], dim=1).gather(1, best[:, :, None].expand(-1, -1, length))
+            hyp_scores = merged.gather(1, best)
+            hyp_lengths = torch.cat([hyp_lengths, torch.full_like(tokens, cur_len + 1)], dim=1).gather(
+                1, best
+            )
+
+            nxt = torch.topk(top_scores + is_eos.float() * NEG, r)[1]  # the first r that go on
+            running = cand.gather(1, nxt[:, :, None].expand(-1, -1, length))
+            running_scores = top_scores.gather(1, nxt)
+            beam_src = src.gather(1, nxt)
+
+            full = torch.isfinite(hyp_scores).all(dim=1)
+            done |= full & (hyp_scores.min(dim=1)[0] >= top_scores[:, 0] / cur_len**lp)
+            cur_len += 1
+            if bool(done.all()) or cur_len >= length:
+                break
+            cache, log_probs = self._advance(cache, running, beam_src, cur_len, cross)
+
+        # finalize: images not done take their open beams (scored over cur_len tokens) as well
+        final = torch.where(done[:, None], -math.inf, running_scores / cur_len**lp)
+        merged = torch.cat([hyp_scores, final], dim=1)
+        best = torch.topk(merged, 1)[1]
+        seqs = torch.cat([hyps, running], dim=1).gather(1, best[:, :, None].expand(-1, -1, length))[:, 0]
+        lens = torch.cat([hyp_lengths, torch.full_like(hyp_lengths, cur_len)], dim=1).gather(1, best)[:, 0]
+        return seqs[:, : int(lens.max())]

@@ -3,8 +3,9 @@
 Generation follows LAVIS `blip_caption` / `base_coco`, the paper's captioner: the prompt
 "a picture of " is fed to the decoder, beam search with 3 beams, at most 30 and at least 10
 tokens in total (prompt included, as LAVIS counts them), and the prompt is stripped from the
-stored caption. Images are decoded and preprocessed in worker processes (surd.preprocess) while
-the model works; on a GPU the model runs in bf16.
+stored caption. The search is LAVIS' own, transformers 4.26 beam scoring included (see
+surd.blip_decode and `caption.search`). Images are decoded and preprocessed in worker processes
+(surd.preprocess) while the model works; on a GPU the model runs in bf16.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ def strip_prompt(text: str, prompt: str) -> str:
 class BlipCaptioner:
     """BLIP captioning of preprocessed pixel batches; load once, call per batch.
 
-    By default the search runs in `surd.blip_decode` (the same beam search as transformers'
-    `generate`, checked token for token, with each image's cross-attention computed once for all
-    its beams); `caption.decoder = "transformers"` calls `generate` itself.
+    The search runs in `surd.blip_decode` (each image's cross-attention computed once for all its
+    beams), scoring hypotheses as LAVIS' transformers 4.26 did (`caption.search = "lavis"`, the
+    default: the paper's captions) or as transformers 5 does (`"transformers"`); each is checked
+    token for token against the library it follows. `"generate"` calls transformers' `generate`.
     """
 
     def __init__(self, model: Any, processor: Any, cfg: CaptionSettings) -> None:
@@ -48,13 +50,13 @@ class BlipCaptioner:
         enc = processor.tokenizer([cfg.prompt.strip()], return_tensors="pt")
         self.prompt_ids, self.prompt_mask = enc["input_ids"], enc["attention_mask"]
         self.fast: BlipDecoder | None = None
-        if cfg.decoder == "fast":
+        if cfg.search != "generate":
             why = supports(model)
             if why is not None:
                 raise ValueError(
-                    f"caption.decoder=fast cannot reproduce this model's generate ({why}); use 'transformers'"
+                    f"caption.search={cfg.search} can't reproduce this model's search ({why}): use 'generate'"
                 )
-            self.fast = BlipDecoder(model, cfg.num_beams, cfg.max_length, cfg.min_length)
+            self.fast = BlipDecoder(model, cfg.num_beams, cfg.max_length, cfg.min_length, search=cfg.search)
 
     @torch.inference_mode()
     def caption(self, pixels: torch.Tensor) -> list[str]:

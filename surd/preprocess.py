@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from surd.stage import batched
+
 T = TypeVar("T")
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -151,7 +153,7 @@ class Preprocessor:
         """(keys, decoded) per chunk, in input order; items are read lazily."""
         window: deque[tuple[list[T], Any]] = deque()
         limit = 4 * max(1, self.workers)
-        for group in _grouped(items, self.chunk):
+        for group in batched(items, self.chunk):
             keys = [k for k, _, _ in group]
             work = [(blob, prompts) for _, blob, prompts in group]
             if self._pool is None:
@@ -188,14 +190,3 @@ def _slice(d: Decoded, a: int, b: int) -> Decoded:
         None if d.tokens is None else d.tokens[a:b],
         None if d.truncated is None else d.truncated[a:b],
     )
-
-
-def _grouped(items: Iterable[Item[T]], size: int) -> Iterator[list[Item[T]]]:
-    group: list[Item[T]] = []
-    for item in items:
-        group.append(item)
-        if len(group) == size:
-            yield group
-            group = []
-    if group:
-        yield group

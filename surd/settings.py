@@ -97,8 +97,10 @@ class CaptionSettings(_Section):
         "transformers", description="lavis: LAVIS itself, in its own venv (make lavis-env)"
     )
     lavis_python: str = Field(".venv-lavis/bin/python", description="the LAVIS venv's python")
-    decoder: Literal["fast", "transformers"] = Field(
-        "fast", description="fast: surd.blip_decode, the same search as generate with shared cross-attention"
+    search: Literal["lavis", "transformers", "generate"] = Field(
+        "lavis",
+        description="lavis: the beam search LAVIS ran (transformers 4.26 scoring), in surd.blip_decode; "
+        "transformers: transformers 5's scoring, same decoder; generate: transformers' own generate (slow)",
     )
     batch_size: int = Field(64, ge=1)
     workers: int | None = Field(

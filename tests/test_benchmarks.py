@@ -37,8 +37,8 @@ def test_caption_clip_benchmark() -> None:
         ]
     )
     assert [r["bench"] for r in rs] == ["caption"] * 4 + ["clip_filter"]
-    assert {(r["decoder"], r["beams"]) for r in rs[:4]} == {
-        (d, b) for d in ("fast", "transformers") for b in (1, 3)
+    assert {(r["search"], r["beams"]) for r in rs[:4]} == {
+        (d, b) for d in ("lavis", "generate") for b in (1, 3)
     }
     assert all(r.get("images_per_s", r.get("samples_per_s")) > 0 for r in rs)
     assert all(r.get("model_only_images_per_s", r.get("model_only_samples_per_s")) > 0 for r in rs)

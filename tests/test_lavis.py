@@ -77,3 +77,86 @@ def test_lavis_venv_is_its_own_and_its_captioner_fills_the_table(lavis_python: P
     assert all(r["model_id"] == "lavis:blip_caption/base_coco (random weights)" for r in got)
     assert all((r["status"] == OK) == bool(r["simple_prompt"]) for r in got)
     assert importlib.util.find_spec("lavis") is None  # still not in the main venv
+
+
+def test_lavis_search_equals_transformers_426_as_lavis_calls_it(lavis_python: Path, tmp_path: Path) -> None:
+    """caption.search = "lavis" (the default) reproduces, token for token, the beam search that
+    LAVIS ran: transformers 4.26's, in LAVIS' own venv, on the same weights and inputs."""
+    import torch
+
+    from surd.blip_decode import BlipDecoder
+    from tests.test_models import _sharpened_blip
+
+    model, proc = _sharpened_blip()
+    vc, tc = model.config.vision_config, model.config.text_config
+    vision = {
+        k: getattr(vc, k)
+        for k in (
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "image_size",
+            "patch_size",
+            "projection_dim",
+            "layer_norm_eps",
+            "hidden_act",
+        )
+    }
+    text = {
+        k: getattr(tc, k)
+        for k in (
+            "vocab_size",
+            "hidden_size",
+            "encoder_hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "max_position_embeddings",
+            "bos_token_id",
+            "pad_token_id",
+            "sep_token_id",
+            "eos_token_id",
+            "layer_norm_eps",
+            "hidden_act",
+        )
+    }
+    enc = proc.tokenizer(["a picture of"], return_tensors="pt")
+    px = torch.randn(8, 3, vc.image_size, vc.image_size, generator=torch.Generator().manual_seed(0))
+    bias = model.text_decoder.cls.predictions.decoder.bias
+    settings = [(2, 15, 6), (3, 20, 0), (3, 30, 10), (4, 25, 0)]
+    lengths = set()
+    for eos_bias in (0.0, 2.0, 3.0):
+        with torch.no_grad():
+            bias[tc.sep_token_id] += eos_bias
+        runs = {f"{b}-{mx}-{mn}": dict(num_beams=b, max_length=mx, min_length=mn) for b, mx, mn in settings}
+        ours = {
+            k: BlipDecoder(model, **kw, search="lavis").generate(px, enc.input_ids[0])
+            for k, kw in runs.items()
+        }
+        bundle = dict(
+            vision=vision,
+            text=text,
+            state={k: v.clone() for k, v in model.state_dict().items()},
+            pixel_values=px,
+            input_ids=enc.input_ids.repeat(8, 1),
+            attention_mask=enc.attention_mask.repeat(8, 1),
+            runs=runs,
+        )
+        with torch.no_grad():
+            bias[tc.sep_token_id] -= eos_bias
+        torch.save(bundle, tmp_path / "in.pt")
+        script = Path(__file__).with_name("blip426.py")
+        subprocess.run(
+            [str(lavis_python), str(script), str(tmp_path / "in.pt"), str(tmp_path / "out.pt")], check=True
+        )
+        theirs = torch.load(tmp_path / "out.pt")
+        for key, ref in theirs.items():
+            assert ours[key].shape == ref.shape and torch.equal(ours[key], ref), (
+                eos_bias,
+                key,
+                ref,
+                ours[key],
+            )
+            lengths.add(ref.shape[1])
+    assert len(lengths) >= 4  # runs cut at max_length and runs where every image ended early
