@@ -274,6 +274,15 @@ def blip(seed: int = 0, image_size: int = 64) -> tuple[Any, Any]:
     )
     torch.manual_seed(seed)
     model = BlipForConditionalGeneration(cfg).eval()
+    # Weights at trained-like scales (seeded). At the default init (std 0.02 over 32 dims) the
+    # vision states vanish under the final LayerNorm and every image gets the same caption.
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, p.shape[-1] ** -0.5, generator=g)
+            elif p.dim() > 2:
+                p.normal_(0, 0.2, generator=g)
     proc = BlipProcessor(
         image_processor=BlipImageProcessor(size={"height": image_size, "width": image_size}),
         tokenizer=tok,
