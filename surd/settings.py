@@ -102,7 +102,7 @@ class CaptionSettings(_Section):
         description="lavis: the beam search LAVIS ran (transformers 4.26 scoring), in surd.blip_decode; "
         "transformers: transformers 5's scoring, same decoder; generate: transformers' own generate (slow)",
     )
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(256, ge=1, description="images per model call (the benchmarked size)")
     workers: int | None = Field(
         None,
         ge=0,
@@ -115,7 +115,7 @@ class CaptionSettings(_Section):
 
 
 class ClipSettings(_Section):
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(1024, ge=1, description="images per model call (the benchmarked size)")
     workers: int | None = Field(
         None,
         ge=0,
