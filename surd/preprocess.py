@@ -14,6 +14,7 @@ import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from multiprocessing.pool import ThreadPool
 from typing import Any, TypeVar
 
 import numpy as np
@@ -100,6 +101,11 @@ def _init(spec: Spec, tokenizer: Any) -> None:
     _job = (spec, tokenizer)
 
 
+def _init_thread(spec: Spec, tokenizer: Any) -> None:
+    global _job
+    _job = (spec, tokenizer)
+
+
 def _decode(chunk: list[tuple[bytes, tuple[str, ...]]]) -> Decoded:
     assert _job is not None, "worker not initialised"
     return decode(chunk, *_job)
@@ -131,7 +137,11 @@ class Preprocessor:
     def __init__(self, spec: Spec, workers: int, tokenizer: Any = None, chunk: int = 32) -> None:
         self.workers, self.chunk = workers, max(1, chunk)
         self._pool: Any = None
-        if workers:
+        if workers and mp.current_process().daemon:
+            # a daemonic process (a Dask worker, say) may not start processes: threads instead
+            # (Pillow releases the GIL while it decodes and resizes)
+            self._pool = ThreadPool(workers, initializer=_init_thread, initargs=(spec, tokenizer))
+        elif workers:
             ctx = mp.get_context("fork")  # workers inherit the tokenizer; they never touch a GPU
             self._pool = ctx.Pool(workers, initializer=_init, initargs=(spec, tokenizer))
         else:

@@ -199,3 +199,30 @@ def test_worker_pool_equals_inline_in_order_with_tokens() -> None:
         assert torch.equal(torch.cat([d.pixels for _, d in out]), ref.pixels)
         assert torch.equal(torch.cat([d.tokens for _, d in out]), ref.tokens)
         assert torch.equal(torch.cat([d.truncated for _, d in out]), ref.truncated)
+
+
+def _pool_in_a_daemon(out) -> None:  # type: ignore[no-untyped-def]
+    import io
+
+    from surd.preprocess import Preprocessor, Spec
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((48, 48, 3), 200, dtype=np.uint8)).save(buf, format="JPEG")
+    items = [(i, buf.getvalue(), ()) for i in range(9)]
+    with Preprocessor(Spec(16), 2, chunk=2) as pre:
+        got = list(pre.batches(items, 4))
+    out.put(([k for keys, _ in got for k in keys], int(sum(d.pixels.shape[0] for _, d in got))))
+
+
+def test_worker_pool_inside_a_daemonic_process_uses_threads() -> None:
+    """Dask's worker processes are daemonic and may not start processes of their own."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    proc = ctx.Process(target=_pool_in_a_daemon, args=(out,), daemon=True)
+    proc.start()
+    keys, n = out.get(timeout=60)
+    proc.join(timeout=60)
+    assert proc.exitcode == 0
+    assert keys == list(range(9)) and n == 9
