@@ -189,8 +189,8 @@ class BlipDecoder:
         top_scores, top_index = torch.topk(flat, 2 * r)
         src = top_index // vocab  # the beam each continuation extends
         tokens = top_index % vocab
-        cand = running.gather(1, src[:, :, None].expand(-1, -1, running.shape[-1])).clone()
-        cand[:, :, cur_len] = tokens
+        cand = running.gather(1, src[:, :, None].expand(-1, -1, running.shape[-1]))
+        cand[:, :, cur_len] = tokens  # gather made a new tensor: running is untouched
         return top_scores, src, tokens, cand
 
     def _advance(
