@@ -352,14 +352,8 @@ def embed(
 ) -> None:
     """Per-layer mean-pooled LLM states of every simple prompt of a release."""
     from surd import pipeline
-    from surd.release import releases
 
-    s = _settings(config)
-    rels = releases(pipeline.open_data(s))
-    path = rels[-1] if release == "latest" and rels else pipeline.open_data(s).releases_dir / release
-    if not (path / "manifest.json").exists():
-        console.print(f"[red]no release {release}[/red]")
-        raise typer.Exit(2)
+    s, path = _release_path(config, release)
     console.print(_run_stage("embed", pipeline.embed, s, str(path), llm))
 
 

@@ -18,7 +18,7 @@ from storage.layout import DataDir
 from storage.schemas import DROPPED, OK
 from surd.preprocess import CLIP_MEAN, CLIP_STD, Preprocessor, Spec, decode_workers, normalize
 from surd.settings import Settings
-from surd.stage import Partition, PartWriter, StageRun, lookup, pending
+from surd.stage import Partition, PartWriter, StageRun, pending
 
 
 def keep(p_simple: float, p_complex: float) -> bool:
@@ -99,7 +99,7 @@ def run_clip_filter(
     }
     if not simple:
         return run
-    complex_ = lookup(data.table("raw_items"), set(simple), ["complex_prompt"])
+    complex_ = data.table("raw_items").lookup(set(simple), ["complex_prompt"])
     device = device_for(settings.device)
     workers = decode_workers(settings.clip.workers, device)
     loaded = profiles.clip(settings)

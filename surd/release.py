@@ -25,7 +25,6 @@ from storage.tables import fault_point, write_parquet_atomic
 from surd import __version__
 from surd.review import queue
 from surd.settings import Settings
-from surd.stage import lookup
 
 LICENCE_NOTES = {
     "civitai": "Civitai images: rights stay with the uploaders; see https://civitai.com/content/tos",
@@ -59,11 +58,10 @@ def accepted_rows(settings: Settings, data: DataDir) -> list[dict[str, Any]]:
     finally:
         engine.dispose()
     ids = set(standing)
-    imgs = lookup(data.table("images"), ids, ["image", "sha256"])
-    caps = lookup(data.table("captions"), ids, ["simple_prompt"])
-    clip = lookup(data.table("clip_scores"), ids, ["p_simple", "p_complex"])
-    raw = lookup(
-        data.table("raw_items"),
+    imgs = data.table("images").lookup(ids, ["image", "sha256"])
+    caps = data.table("captions").lookup(ids, ["simple_prompt"])
+    clip = data.table("clip_scores").lookup(ids, ["p_simple", "p_complex"])
+    raw = data.table("raw_items").lookup(
         ids,
         ["complex_prompt", "negative_prompt", "source", "source_item_id", "source_url"],
     )

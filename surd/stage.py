@@ -103,8 +103,3 @@ class PartWriter:
         self.run.add(rows)
         if self.progress:
             self.progress(len(rows))
-
-
-def lookup(table: PartTable, ids: set[str], columns: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Rows of `table` for the given ids, reading only the parts that hold them."""
-    return table.lookup(ids, columns)

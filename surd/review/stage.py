@@ -6,7 +6,7 @@ from storage.layout import DataDir
 from storage.schemas import OK
 from surd.review import queue
 from surd.settings import Settings
-from surd.stage import batched, lookup
+from surd.stage import batched
 
 
 def enqueue_kept(settings: Settings, data: DataDir) -> int:
@@ -19,9 +19,8 @@ def enqueue_kept(settings: Settings, data: DataDir) -> int:
         if r["status"] == OK and r["sample_id"] not in have
     ]
     ids = {r["sample_id"] for r in todo}
-    caps = lookup(data.table("captions"), ids, ["simple_prompt"])
-    raw = lookup(
-        data.table("raw_items"),
+    caps = data.table("captions").lookup(ids, ["simple_prompt"])
+    raw = data.table("raw_items").lookup(
         ids,
         ["complex_prompt", "negative_prompt", "source", "source_url", "nsfw_level"],
     )

@@ -233,9 +233,8 @@ def set_filters(
 def image(request: Request, sample_id: str) -> Response:
     s = Session(request)
     from storage.layout import DataDir
-    from surd.stage import lookup
 
-    rows = lookup(DataDir(s.settings.data_root).table("images"), {sample_id}, ["image"])
+    rows = DataDir(s.settings.data_root).table("images").lookup({sample_id}, ["image"])
     if sample_id not in rows or rows[sample_id]["image"] is None:
         raise HTTPException(status_code=404)
     ctype = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}[s.settings.images.encode_format]
