@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 FaultHook = Callable[[str, int], None]
@@ -99,8 +100,8 @@ class PartTable:
         return out
 
     def iter_lookup(self, ids: Iterable[str], columns: Sequence[str]) -> Iterator[dict[str, Any]]:
-        """The rows of the given keys, part by part in storage order, reading only the parts that
-        hold one of them (memory bounded by one part's projected columns)."""
+        """The rows of the given keys, in storage order, reading only the parts that hold one of
+        them, a batch of 256 rows at a time; only the asked rows become Python objects."""
         want = set(ids)
         cols = list(dict.fromkeys([self.key, *columns]))
         for part in self.parts():
@@ -109,9 +110,9 @@ class PartTable:
             hits = want.intersection(self.part_ids(part))
             if not hits:
                 continue
-            for row in pq.read_table(part, columns=cols).to_pylist():
-                if row[self.key] in hits:
-                    yield row
+            keys = pa.array(sorted(hits), self.schema.field(self.key).type)
+            for batch in pq.ParquetFile(part).iter_batches(batch_size=256, columns=cols):
+                yield from batch.filter(pc.is_in(batch.column(0), value_set=keys)).to_pylist()
             want -= hits
 
     def lookup(self, ids: Iterable[str], columns: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,13 +53,16 @@ def _sha256(path: Path) -> str:
 
 
 def accepted_rows(settings: Settings, data: DataDir) -> list[dict[str, Any]]:
+    """The release rows of the accepted samples, in sample-id order, without their image bytes:
+    `_image_shards` streams those in when the shards are written, so a release of any size is
+    written in the memory of one shard."""
     engine = queue.connect(settings.review_database_url)
     try:
         standing = {k: v for k, v in queue.effective(engine).items() if v["decision"] == "accept"}
     finally:
         engine.dispose()
     ids = set(standing)
-    imgs = data.table("images").lookup(ids, ["image", "sha256"])
+    imgs = data.table("images").lookup(ids, ["sha256"])
     caps = data.table("captions").lookup(ids, ["simple_prompt"])
     clip = data.table("clip_scores").lookup(ids, ["p_simple", "p_complex"])
     raw = data.table("raw_items").lookup(
@@ -71,7 +75,6 @@ def accepted_rows(settings: Settings, data: DataDir) -> list[dict[str, Any]]:
         rows.append(
             {
                 "sample_id": sid,
-                "image": imgs[sid]["image"],
                 "sha256": imgs[sid]["sha256"],
                 "simple_prompt": d["simple_prompt"] or caps[sid]["simple_prompt"],
                 "caption": caps[sid]["simple_prompt"],
@@ -83,6 +86,30 @@ def accepted_rows(settings: Settings, data: DataDir) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _image_shards(
+    data: DataDir, rows: list[dict[str, Any]], max_rows: int, max_bytes: int
+) -> Iterator[list[dict[str, Any]]]:
+    """The rows with their image bytes, cut into shards of at most `max_rows` rows and
+    `max_bytes` image bytes; the images are read part by part in storage order, so no more than
+    one shard and one part of images are held at once."""
+    by_id = {r["sample_id"]: r for r in rows}
+    shard: list[dict[str, Any]] = []
+    size = found = 0
+    for img in data.table("images").iter_lookup(by_id, ["image"]):
+        row = {**by_id[img["sample_id"]], "image": img["image"]}
+        row_bytes = len(row["image"] or b"") + 1024
+        if shard and (len(shard) >= max_rows or size + row_bytes > max_bytes):
+            yield shard
+            shard, size = [], 0
+        shard.append(row)
+        size += row_bytes
+        found += 1
+    if found != len(by_id):
+        raise RuntimeError(f"{len(by_id) - found} accepted samples have no stored image; no release written")
+    if shard:
+        yield shard
 
 
 def _row_key(row: dict[str, Any]) -> str:
@@ -104,24 +131,12 @@ def _reusable(
     return out
 
 
-def _cut(rows: list[dict[str, Any]], max_rows: int, max_bytes: int) -> list[list[dict[str, Any]]]:
-    shards: list[list[dict[str, Any]]] = [[]]
-    size = 0
-    for row in rows:
-        row_bytes = len(row["image"] or b"") + 1024
-        if shards[-1] and (len(shards[-1]) >= max_rows or size + row_bytes > max_bytes):
-            shards.append([])
-            size = 0
-        shards[-1].append(row)
-        size += row_bytes
-    return [s for s in shards if s]
-
-
 def create_release(settings: Settings, data: DataDir, counts: dict[str, Any] | None = None) -> Path | None:
     """Write a new release of the accepted samples; None when nothing changed since the last.
 
     Parent shards whose rows are all unchanged are hard-linked into the new release (no copy,
-    same bytes, same hash); the other rows go to new shards."""
+    same bytes, same hash); the other rows go to new shards, in the images' storage order, so
+    samples added since the parent fill new shards and leave the parent's reusable."""
     rows = accepted_rows(settings, data)
     existing = releases(data)
     parent_dir = existing[-1] if existing else None
@@ -145,11 +160,10 @@ def create_release(settings: Settings, data: DataDir, counts: dict[str, Any] | N
             shards.append({**by_file[file], "file": name, "reused_from": f"{parent['release']}/{file}"})
             reused_ids.update(ids)
     fresh = [r for r in rows if r["sample_id"] not in reused_ids]
-    for chunk in _cut(fresh, settings.release.shard_rows, settings.release.shard_bytes):
+    r = settings.release
+    for chunk in _image_shards(data, fresh, r.shard_rows, r.shard_bytes):
         path = tmp / f"shard-{len(shards):05d}.parquet"
-        write_parquet_atomic(
-            pa.Table.from_pylist(chunk, RELEASE), path, row_group_size=settings.release.row_group_rows
-        )
+        write_parquet_atomic(pa.Table.from_pylist(chunk, RELEASE), path, row_group_size=r.row_group_rows)
         shards.append({"file": path.name, "rows": len(chunk), "sha256": _sha256(path)})
         fault_point("release", len(shards))
     before = set(parent["fingerprint"]) if parent else set()

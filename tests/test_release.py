@@ -118,6 +118,37 @@ def test_a_killed_writer_leaves_no_visible_release(data) -> None:
     assert path.name == "v0001" and not half.exists()
 
 
+def test_shards_are_written_holding_one_shard_of_images_at_a_time(data) -> None:
+    import tracemalloc
+
+    from surd.release import _image_shards, accepted_rows
+
+    settings, d = data
+    rows = accepted_rows(settings, d)
+    assert rows and all("image" not in r for r in rows)  # metadata only, whatever the release size
+    images, ids = d.table("images"), {r["sample_id"] for r in rows}
+    per_part = [
+        sum(len(r["image"]) for r in images.iter_lookup(images.part_ids(p) & ids, ["image"]))
+        for p in images.parts()
+    ]
+    assert len(per_part) >= 3
+    list(_image_shards(d, rows[:1], 4, 10**9))  # warm: the parts' key caches, pyarrow's kernels
+    tracemalloc.start()
+    try:
+        seen, largest = [], 0
+        for shard in _image_shards(d, rows, 4, 10**9):
+            seen += [r["sample_id"] for r in shard]
+            largest = max(largest, sum(len(r["image"]) for r in shard))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sorted(seen) == [r["sample_id"] for r in rows]  # every accepted row, once
+    # at most one shard and one part of images in memory, against all of them before
+    assert largest <= peak < largest + max(per_part) + 64_000 < sum(per_part), (largest, peak, per_part)
+    with pytest.raises(RuntimeError, match="1 accepted samples have no stored image"):
+        list(_image_shards(d, [*rows, {**rows[0], "sample_id": "f" * 16}], 4, 10**9))
+
+
 def test_exports_load_with_hugging_face_datasets(data, tmp_path: Path) -> None:
     from datasets import load_dataset
 

@@ -97,13 +97,17 @@ def test_lookup_reads_only_the_parts_that_hold_the_keys(tmp_path: Path, monkeypa
     paths = [table.write([_row(table.schema, 10 * p + i) for i in range(10)]) for p in range(5)]
     assert table.ids() == {f"id{i}" for i in range(50)}  # keys of every part read once, and kept
     reads: list[tuple[str, tuple[str, ...]]] = []
-    real = pq.read_table
 
-    def recording(source, columns=None, **kw):  # observes which files are read; reads them for real
-        reads.append((str(source), tuple(columns or ())))
-        return real(source, columns=columns, **kw)
+    class Recording(pq.ParquetFile):  # observes which files are read; reads them for real
+        def __init__(self, source, **kw):
+            super().__init__(source, **kw)
+            self.source = str(source)
 
-    monkeypatch.setattr(tables.pq, "read_table", recording)
+        def iter_batches(self, *args, columns=None, **kw):
+            reads.append((self.source, tuple(columns or ())))
+            return super().iter_batches(*args, columns=columns, **kw)
+
+    monkeypatch.setattr(tables.pq, "ParquetFile", Recording)
     got = table.lookup({"id13", "id17", "id42", "nope"}, ["simple_prompt"])
     assert set(got) == {"id13", "id17", "id42"}
     assert got["id42"]["simple_prompt"] == "x"
