@@ -9,6 +9,7 @@ parent release with the ids added and removed.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -19,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from storage.layout import DataDir
 from storage.schemas import RELEASE, SCHEMA_VERSION
-from storage.tables import fault_point, write_parquet_atomic
+from storage.tables import fault_point
 from surd import __version__
 from surd.review import queue
-from surd.settings import Settings
+from surd.settings import ReleaseSettings, Settings
 
 LICENCE_NOTES = {
     "civitai": "Civitai images: rights stay with the uploaders; see https://civitai.com/content/tos",
@@ -44,18 +46,9 @@ def manifest(path: Path) -> dict[str, Any]:
     return json.loads((path / "manifest.json").read_text())
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def accepted_rows(settings: Settings, data: DataDir) -> list[dict[str, Any]]:
     """The release rows of the accepted samples, in sample-id order, without their image bytes:
-    `_image_shards` streams those in when the shards are written, so a release of any size is
-    written in the memory of one shard."""
+    `write_shards` streams those in."""
     engine = queue.connect(settings.review_database_url)
     try:
         standing = {k: v for k, v in queue.effective(engine).items() if v["decision"] == "accept"}
@@ -88,28 +81,76 @@ def accepted_rows(settings: Settings, data: DataDir) -> list[dict[str, Any]]:
     return rows
 
 
-def _image_shards(
-    data: DataDir, rows: list[dict[str, Any]], max_rows: int, max_bytes: int
-) -> Iterator[list[dict[str, Any]]]:
-    """The rows with their image bytes, cut into shards of at most `max_rows` rows and
-    `max_bytes` image bytes; the images are read part by part in storage order, so no more than
-    one shard and one part of images are held at once."""
+class _HashingFile(io.FileIO):
+    """A file opened for writing that hashes what goes through it (no second read)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, "wb")
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            done += super().write(view[done:]) or 0
+        self.sha256.update(view)
+        return done
+
+
+class _ShardFile:
+    """One shard written a row group at a time, hashed as it is written, fsynced on close."""
+
+    def __init__(self, path: Path, group_rows: int) -> None:
+        self.path, self.group_rows = path, group_rows
+        self.fh = _HashingFile(path)
+        self.writer = pq.ParquetWriter(self.fh, RELEASE, compression="zstd")
+        self.group: list[dict[str, Any]] = []
+        self.rows = self.bytes = 0
+
+    def add(self, row: dict[str, Any], nbytes: int) -> None:
+        self.group.append(row)
+        self.rows += 1
+        self.bytes += nbytes
+        if len(self.group) >= self.group_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.group:
+            self.writer.write_table(pa.Table.from_pylist(self.group, RELEASE))
+            self.group = []
+
+    def close(self) -> dict[str, Any]:
+        self._flush()
+        self.writer.close()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        return {"file": self.path.name, "rows": self.rows, "sha256": self.fh.sha256.hexdigest()}
+
+
+def write_shards(
+    data: DataDir, rows: list[dict[str, Any]], folder: Path, first: int, cfg: ReleaseSettings
+) -> Iterator[dict[str, Any]]:
+    """Write the rows with their image bytes as shards `shard-{first}…` of at most
+    `cfg.shard_rows` rows and `cfg.shard_bytes` image bytes; yields each shard's manifest entry.
+    The images are read in storage order, a part at a time, and written a row group at a time, so
+    memory holds one part and one row group of images whatever the release's size."""
     by_id = {r["sample_id"]: r for r in rows}
-    shard: list[dict[str, Any]] = []
-    size = found = 0
+    out: _ShardFile | None = None
+    index, found = first, 0
     for img in data.table("images").iter_lookup(by_id, ["image"]):
         row = {**by_id[img["sample_id"]], "image": img["image"]}
-        row_bytes = len(row["image"] or b"") + 1024
-        if shard and (len(shard) >= max_rows or size + row_bytes > max_bytes):
-            yield shard
-            shard, size = [], 0
-        shard.append(row)
-        size += row_bytes
+        nbytes = len(row["image"] or b"") + 1024
+        if out is not None and (out.rows >= cfg.shard_rows or out.bytes + nbytes > cfg.shard_bytes):
+            yield out.close()
+            index, out = index + 1, None
+        if out is None:
+            out = _ShardFile(folder / f"shard-{index:05d}.parquet", cfg.row_group_rows)
+        out.add(row, nbytes)
         found += 1
     if found != len(by_id):
         raise RuntimeError(f"{len(by_id) - found} accepted samples have no stored image; no release written")
-    if shard:
-        yield shard
+    if out is not None:
+        yield out.close()
 
 
 def _row_key(row: dict[str, Any]) -> str:
@@ -121,8 +162,6 @@ def _reusable(
     parent_dir: Path, parent: dict[str, Any], current: dict[str, str]
 ) -> list[tuple[str, list[str]]]:
     """Parent shards every row of which is released again unchanged: (file, its sample ids)."""
-    import pyarrow.parquet as pq
-
     out = []
     for shard in parent["shards"]:
         ids = pq.read_table(parent_dir / shard["file"], columns=["sample_id"]).column(0).to_pylist()
@@ -160,11 +199,8 @@ def create_release(settings: Settings, data: DataDir, counts: dict[str, Any] | N
             shards.append({**by_file[file], "file": name, "reused_from": f"{parent['release']}/{file}"})
             reused_ids.update(ids)
     fresh = [r for r in rows if r["sample_id"] not in reused_ids]
-    r = settings.release
-    for chunk in _image_shards(data, fresh, r.shard_rows, r.shard_bytes):
-        path = tmp / f"shard-{len(shards):05d}.parquet"
-        write_parquet_atomic(pa.Table.from_pylist(chunk, RELEASE), path, row_group_size=r.row_group_rows)
-        shards.append({"file": path.name, "rows": len(chunk), "sha256": _sha256(path)})
+    for entry in write_shards(data, fresh, tmp, len(shards), settings.release):
+        shards.append(entry)
         fault_point("release", len(shards))
     before = set(parent["fingerprint"]) if parent else set()
     man = {

@@ -118,12 +118,13 @@ def test_a_killed_writer_leaves_no_visible_release(data) -> None:
     assert path.name == "v0001" and not half.exists()
 
 
-def test_shards_are_written_holding_one_shard_of_images_at_a_time(data) -> None:
+def test_shards_are_written_holding_one_part_and_one_row_group_of_images(data, tmp_path: Path) -> None:
     import tracemalloc
 
-    from surd.release import _image_shards, accepted_rows
+    from surd.release import accepted_rows, write_shards
 
     settings, d = data
+    cfg = settings.release.model_copy(update={"shard_rows": 10, "row_group_rows": 3})
     rows = accepted_rows(settings, d)
     assert rows and all("image" not in r for r in rows)  # metadata only, whatever the release size
     images, ids = d.table("images"), {r["sample_id"] for r in rows}
@@ -131,22 +132,28 @@ def test_shards_are_written_holding_one_shard_of_images_at_a_time(data) -> None:
         sum(len(r["image"]) for r in images.iter_lookup(images.part_ids(p) & ids, ["image"]))
         for p in images.parts()
     ]
+    group = 3 * max(len(r["image"]) for r in images.iter_lookup(ids, ["image"]))
     assert len(per_part) >= 3
-    list(_image_shards(d, rows[:1], 4, 10**9))  # warm: the parts' key caches, pyarrow's kernels
+    list(write_shards(d, rows[:1], tmp_path, 99, cfg))  # warm: the parts' key caches, pyarrow's kernels
     tracemalloc.start()
     try:
-        seen, largest = [], 0
-        for shard in _image_shards(d, rows, 4, 10**9):
-            seen += [r["sample_id"] for r in shard]
-            largest = max(largest, sum(len(r["image"]) for r in shard))
+        shards = list(write_shards(d, rows, tmp_path, 0, cfg))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert sorted(seen) == [r["sample_id"] for r in rows]  # every accepted row, once
-    # at most one shard and one part of images in memory, against all of them before
-    assert largest <= peak < largest + max(per_part) + 64_000 < sum(per_part), (largest, peak, per_part)
+    assert [s["file"] for s in shards] == [f"shard-{k:05d}.parquet" for k in range(len(shards))]
+    assert verify_files(str(tmp_path), shards) == []  # hashed as written = hashed from disk
+    assert [s["rows"] for s in shards] == [10] * (len(rows) // 10) + (
+        [len(rows) % 10] if len(rows) % 10 else []
+    )
+    back = [r for s in shards for r in pq.read_table(tmp_path / s["file"]).to_pylist()]
+    assert sorted(r["sample_id"] for r in back) == [r["sample_id"] for r in rows]  # every row, once
+    assert pq.ParquetFile(tmp_path / shards[0]["file"]).metadata.num_row_groups == 4  # 3 + 3 + 3 + 1
+    # one part and one row group of images in memory, against all of them before
+    assert peak < max(per_part) + group + 64_000 < sum(per_part), (peak, per_part, group)
+    (tmp_path / "x").mkdir()
     with pytest.raises(RuntimeError, match="1 accepted samples have no stored image"):
-        list(_image_shards(d, [*rows, {**rows[0], "sample_id": "f" * 16}], 4, 10**9))
+        list(write_shards(d, [*rows, {**rows[0], "sample_id": "f" * 16}], tmp_path / "x", 0, cfg))
 
 
 def test_exports_load_with_hugging_face_datasets(data, tmp_path: Path) -> None:
