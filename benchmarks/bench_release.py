@@ -139,17 +139,17 @@ def _commit() -> str:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=5000)
     ap.add_argument("--image-kb", type=int, default=60, help="JPEG size (the paper's 57,603 samples: ~59 KB)")
     ap.add_argument("--part-size", type=int, default=256)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(release_once(args.child)))
-        return
+        return None
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"
         built = build(root, args.samples, args.image_kb, args.part_size)
@@ -175,6 +175,7 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("a") as fh:
             fh.write(json.dumps(result) + "\n")
+    return result
 
 
 if __name__ == "__main__":

@@ -80,3 +80,12 @@ def test_review_benchmark_tiny(tmp_path: Path) -> None:
         ]
     )
     assert r["errors"] == 0 and r["final_items"] == 30 and r["decisions"] >= 30 and r["decide_p95_ms"] > 0
+
+
+def test_release_benchmark_tiny(tmp_path: Path) -> None:
+    import bench_release
+
+    r = bench_release.main(["--samples", "40", "--part-size", "16", "--out", str(tmp_path / "r.jsonl")])
+    assert r is not None and r["rows"] == 40 and r["shards"] == 1 and r["seconds"] > 0
+    assert r["peak_rss_mb"] >= r["rss_before_mb"] > 0
+    assert (tmp_path / "r.jsonl").read_text().count("\n") == 1
