@@ -148,6 +148,8 @@ def write_shards(
         out.add(row, nbytes)
         found += 1
     if found != len(by_id):
+        if out is not None:
+            out.close()  # the temp folder goes with it; the next release removes it
         raise RuntimeError(f"{len(by_id) - found} accepted samples have no stored image; no release written")
     if out is not None:
         yield out.close()
