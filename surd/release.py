@@ -47,15 +47,14 @@ def manifest(path: Path) -> dict[str, Any]:
 
 
 def accepted_rows(settings: Settings, data: DataDir) -> list[dict[str, Any]]:
-    """The release rows of the accepted samples, in sample-id order, without their image bytes:
-    `write_shards` streams those in."""
+    """The release rows of the accepted samples, in sample-id order, without their images:
+    `write_shards` streams those in (bytes and sha256) from the images table."""
     engine = queue.connect(settings.review_database_url)
     try:
         standing = {k: v for k, v in queue.effective(engine).items() if v["decision"] == "accept"}
     finally:
         engine.dispose()
     ids = set(standing)
-    imgs = data.table("images").lookup(ids, ["sha256"])
     caps = data.table("captions").lookup(ids, ["simple_prompt"])
     clip = data.table("clip_scores").lookup(ids, ["p_simple", "p_complex"])
     raw = data.table("raw_items").lookup(
@@ -68,7 +67,6 @@ def accepted_rows(settings: Settings, data: DataDir) -> list[dict[str, Any]]:
         rows.append(
             {
                 "sample_id": sid,
-                "sha256": imgs[sid]["sha256"],
                 "simple_prompt": d["simple_prompt"] or caps[sid]["simple_prompt"],
                 "caption": caps[sid]["simple_prompt"],
                 **clip[sid],
@@ -137,8 +135,8 @@ def write_shards(
     by_id = {r["sample_id"]: r for r in rows}
     out: _ShardFile | None = None
     index, found = first, 0
-    for img in data.table("images").iter_lookup(by_id, ["image"]):
-        row = {**by_id[img["sample_id"]], "image": img["image"]}
+    for img in data.table("images").iter_lookup(by_id, ["image", "sha256"]):
+        row = {**by_id[img["sample_id"]], **img}
         nbytes = len(row["image"] or b"") + 1024
         if out is not None and (out.rows >= cfg.shard_rows or out.bytes + nbytes > cfg.shard_bytes):
             yield out.close()

@@ -148,6 +148,7 @@ def test_shards_are_written_holding_one_part_and_one_row_group_of_images(data, t
     )
     back = [r for s in shards for r in pq.read_table(tmp_path / s["file"]).to_pylist()]
     assert sorted(r["sample_id"] for r in back) == [r["sample_id"] for r in rows]  # every row, once
+    assert all(r["sha256"] and r["image"] for r in back)
     assert pq.ParquetFile(tmp_path / shards[0]["file"]).metadata.num_row_groups == 4  # 3 + 3 + 3 + 1
     # one part and one row group of images in memory, against all of them before
     assert peak < max(per_part) + group + 64_000 < sum(per_part), (peak, per_part, group)
