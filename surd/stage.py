@@ -66,26 +66,17 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
+@dataclass
 class PartWriter:
     """Rows gathered into parts of `size` as they come (the last part may be smaller), each part
     written at once, so a killed run loses at most the rows not yet written."""
 
-    def __init__(
-        self,
-        table: PartTable,
-        size: int,
-        run: StageRun,
-        progress: Callable[[int], None] | None,
-        provenance: dict[str, Any],
-    ) -> None:
-        self.table, self.size, self.run, self.progress, self.provenance = (
-            table,
-            size,
-            run,
-            progress,
-            provenance,
-        )
-        self.rows: list[dict[str, Any]] = []
+    table: PartTable
+    size: int
+    run: StageRun
+    progress: Callable[[int], None] | None
+    provenance: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, rows: Iterable[dict[str, Any]]) -> None:
         self.rows.extend(rows)
