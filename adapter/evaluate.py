@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +29,7 @@ from adapter.model import SURAdapter
 from adapter.pipeline import generate, sd_pipeline
 from adapter.quality import PAPER_METRICS, paired_ttest
 from adapter.suites import SUITES, Prompt
+from storage.tables import fault_point
 
 Chooser = Callable[[Image.Image, Image.Image, str], float]
 
@@ -53,12 +57,17 @@ def evaluate(
     suites: dict[str, list[Prompt]] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Write images/, pairs.jsonl, report.md, report.json and grid.png; return the report."""
+    """Write images/, pairs.jsonl, report.md, report.json and grid.png; return the report.
+
+    Everything is written into a temp folder beside `out_dir`, which then takes its place: a
+    killed evaluation leaves no half-written report or pairs file for a reader (or a judge)."""
     if not isinstance(scorers, Scorers):
         scorers = Scorers(choose=scorers)
     suites = suites or SUITES
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "images").mkdir(exist_ok=True)
+    final, out_dir = out_dir, out_dir.parent / f".tmp-{out_dir.name}-{uuid.uuid4().hex[:8]}"
+    for stale in final.parent.glob(f".tmp-{final.name}-*"):
+        shutil.rmtree(stale)  # left by a killed evaluation
+    (out_dir / "images").mkdir(parents=True)
     pipe = sd_pipeline(parts)
     choice: dict[str, float] = {}
     per_metric: dict[str, dict[str, list[float]]] = {}
@@ -79,6 +88,7 @@ def evaluate(
                 stem = f"{suite}-{pi:02d}-s{seed}"
                 base.save(out_dir / "images" / f"{stem}-baseline.png")
                 ours.save(out_dir / "images" / f"{stem}-adapter.png")
+                fault_point("evaluation", len(pairs) + 1)
                 left = adapter_on_left(prompt.text, seed)
                 pairs.append(
                     {
@@ -122,7 +132,19 @@ def evaluate(
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
     (out_dir / "report.md").write_text(_markdown(report, suites))
+    fault_point("evaluation_report", 1)
+    _replace_dir(out_dir, final)
     return report
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """`tmp` becomes `final`; an earlier `final` is moved aside first, then removed."""
+    old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from adapter.model import AdapterConfig, SURAdapter, loss_cp, loss_llm
 from storage.embeddings import read_layer
-from storage.tables import fault_point
+from storage.tables import atomic_write_bytes, fault_point
 
 
 @dataclass
@@ -274,12 +274,15 @@ def train(
     accelerator = Accelerator(cpu=dev.type == "cpu")
     p_adapter, p_opt, p_sched = accelerator.prepare(adapter, opt, lr_sched)
     metrics_path = out_dir / "metrics.jsonl"
-    kept = [
-        ln
-        for ln in (metrics_path.read_text().splitlines() if metrics_path.exists() else [])
-        if json.loads(ln)["step"] <= start
-    ]
-    metrics_path.write_text("".join(ln + "\n" for ln in kept))
+    kept = []
+    for ln in metrics_path.read_text().splitlines() if metrics_path.exists() else []:
+        try:
+            row = json.loads(ln)
+        except json.JSONDecodeError:
+            continue  # a line torn by a kill mid-append: its step is after the checkpoint, so redone
+        if row["step"] <= start:
+            kept.append(ln)
+    atomic_write_bytes(metrics_path, "".join(ln + "\n" for ln in kept).encode())
     n = table.num_rows
     for step in range(start + 1, cfg.steps + 1):
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)

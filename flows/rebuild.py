@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
 from typing import Any, cast
 from uuid import UUID
@@ -19,8 +21,12 @@ from prefect.events import emit_event
 from flows import scale
 from flows.adapter import embed_flow, evaluate_flow, train_flow
 from surd import pipeline
+from surd.crawl import CrawlFailed, CrawlStats
+from surd.progress import Meter, ProgressLog
 from surd.review.queue import progress_markdown
 from surd.settings import Settings, load_settings
+
+PROGRESS_LOG_S = float(os.environ.get("SURD_PROGRESS_EVERY", "10"))  # seconds between log lines
 
 
 def _settings(config: dict[str, Any]) -> Settings:
@@ -36,21 +42,24 @@ def crawl_task(config: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def _with_progress(settings: Settings, stage: str, run: Callable[..., dict[str, Any]]) -> dict[str, Any]:
-    """Run a stage with a progress artifact (share of the items pending when it started)."""
-    from surd.status import status
-
-    todo = status(settings, pipeline.open_data(settings))["stages"][stage]["pending"]
+    """Run a stage with a progress artifact (share of the items pending when it started, updated
+    at most once a second) and a progress line in the run's log every `PROGRESS_LOG_S`."""
+    todo = pipeline.pending_total(settings, stage)
     if not todo:
         return run(settings)
     artifact = cast(UUID, create_progress_artifact(progress=0.0, key=f"{stage.replace('_', '-')}-progress"))
-    done = 0
+    meter = Meter(stage, todo)
+    last = 0.0
 
     def advance(n: int) -> None:
-        nonlocal done
-        done += n
-        update_progress_artifact(artifact, progress=min(100.0, 100.0 * done / todo))
+        nonlocal last
+        meter.advance(n)
+        if time.monotonic() - last >= 1.0 or meter.done >= todo:
+            last = time.monotonic()
+            update_progress_artifact(artifact, progress=min(100.0, 100.0 * meter.done / todo))
 
-    return run(settings, progress=advance)
+    with ProgressLog(meter, get_run_logger().info, PROGRESS_LOG_S):
+        return run(settings, progress=advance)
 
 
 @task(retries=2, retry_delay_seconds=5)
@@ -119,8 +128,15 @@ def rebuild(config: dict[str, Any] | None = None, train: bool = True) -> dict[st
     log = get_run_logger()
     settings = _settings(config)
     out: dict[str, Any] = {}
+    failed: list[Any] = []
     for source in settings.sources.enabled:
-        out[f"crawl_{source}"] = crawl_task(config, source)
+        state = crawl_task(config, source, return_state=True)  # a site down: the rest goes on
+        if state.is_completed():
+            out[f"crawl_{source}"] = state.result()
+        else:
+            exc = state.result(raise_on_failure=False)
+            failed.extend(exc.failed if isinstance(exc, CrawlFailed) else [exc])
+            log.error("%s", exc)
     if settings.scale.enabled:  # parts and partitions on Dask workers (flows/scale.py)
         out["images"] = scale.run_images(config, settings)
         out["captions"] = scale.run(config, settings, "captions")
@@ -151,4 +167,8 @@ def rebuild(config: dict[str, Any] | None = None, train: bool = True) -> dict[st
     create_table_artifact(key="rebuild-counts", table=rows, description="items per stage")
     log.info("rebuild finished: release %s", release)
     out["status"] = st
+    if failed:  # the stages ran over what there is, but the run is not a success
+        if all(isinstance(f, CrawlStats) for f in failed):
+            raise CrawlFailed(failed)
+        raise RuntimeError("; ".join(map(str, failed)))
     return out

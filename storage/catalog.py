@@ -24,7 +24,11 @@ def connect(data: DataDir, database: str = ":memory:") -> duckdb.DuckDBPyConnect
                     f"read_parquet('{_glob(table_dir, 'part-*.parquet')}', union_by_name=true)"
                 )
     if data.releases_dir.exists():
-        releases = sorted(p for p in data.releases_dir.iterdir() if (p / "manifest.json").exists())
+        releases = sorted(
+            p
+            for p in data.releases_dir.iterdir()
+            if not p.name.startswith(".") and (p / "manifest.json").exists()  # never a writer's temp
+        )
         for rel in releases:
             con.sql(
                 f"create or replace view release_{rel.name} as select * from "

@@ -23,7 +23,11 @@ from storage.schemas import CRAWL_PAGES, SCHEMA_VERSION, STAGE_TABLES
 from storage.tables import PartTable, atomic_write_bytes
 
 
-class SchemaVersionError(RuntimeError):
+class DataRootError(RuntimeError):
+    """The data root cannot be used: missing (for a reader), not a folder, or not ours."""
+
+
+class SchemaVersionError(DataRootError):
     """The data directory was written by an incompatible version of the schema."""
 
 
@@ -31,9 +35,16 @@ class DataDir:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
 
-    def open(self) -> DataDir:
-        """Create the directory, or check that an existing one has our schema version."""
+    def open(self, create: bool = True) -> DataDir:
+        """Create the directory (unless `create` is False: readers never create one), or check
+        that an existing one has our schema version."""
         marker = self.root / "SCHEMA_VERSION"
+        if self.root.exists() and not self.root.is_dir():
+            raise DataRootError(f"data root {self.root} is not a folder; point SURD_DATA_ROOT at a folder")
+        if not create and not self.root.exists():
+            raise DataRootError(
+                f"data root {self.root} does not exist; check SURD_DATA_ROOT (or run a stage to create it)"
+            )
         if marker.exists():
             found = json.loads(marker.read_text()).get("schema_version")
             if found != SCHEMA_VERSION:
@@ -47,6 +58,8 @@ class DataDir:
                     f"{self.root} is not empty and has no SCHEMA_VERSION marker; refusing to mix "
                     "data. Point SURD_DATA_ROOT at an empty or SURD data directory"
                 )
+            if not create:
+                return self  # an empty folder: nothing to read, and a reader writes nothing
             atomic_write_bytes(marker, json.dumps({"schema_version": SCHEMA_VERSION}).encode())
         return self
 

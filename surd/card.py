@@ -11,6 +11,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from surd.sources import LICENCE_NOTES
+from surd.summary import counts as counts_text
+
 STOPWORDS = frozenset(
     """a an the of in on at with and to from by for over under is are was were be been it its this that
     these those as or but not no very so into onto up down out off near his her their our your my""".split()
@@ -60,7 +63,6 @@ def _stats(values: list[int]) -> str:
 
 
 def write_card(folder: Path, man: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    from surd.release import LICENCE_NOTES
 
     plot_lengths(rows, folder / "prompt_lengths.png")
     counts = man.get("counts", {})
@@ -91,7 +93,7 @@ def write_card(folder: Path, man: dict[str, Any], rows: list[dict[str, Any]]) ->
         )
         + " |",
         "",
-        f"Decisions behind the accepted samples: {dict(by_kind)} "
+        f"Decisions behind the accepted samples: {counts_text(by_kind)} "
         "(`auto` = a named policy, never mixed with stewards' `human` decisions).",
         "",
         "## Per source",

@@ -23,10 +23,11 @@ from storage.layout import DataDir
 from storage.schemas import OK
 from surd.http import FetchError, PoliteClient
 from surd.settings import CrawlSettings, Settings
-from surd.sources import civitai, lexica, sdonline
+from surd.sources import SOURCES, civitai, lexica, sdonline
 from surd.sources.base import Page, ParseError, RawItem
 
-SOURCES = ("civitai", "lexica", "sdonline")
+__all__ = ["SOURCES", "CrawlFailed", "CrawlStats", "crawl_source"]
+FINISHED = ("end", "limit", "repeated_cursor", "reached_known_items")  # a pass that ended well
 
 
 @dataclass
@@ -39,6 +40,39 @@ class CrawlStats:
     new_items: int = 0
     stop_reason: str | None = None
     failures: list[str] = field(default_factory=list)
+    failed_url: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        """The pass stopped on a failure (its last page failed); the next call resumes there."""
+        return self.stop_reason is not None and self.stop_reason not in FINISHED
+
+    def failure_message(self) -> str:
+        return (
+            f"crawl {self.source} failed: {self.stop_reason} at {self.failed_url} "
+            f"({self.pages_ok} page(s) and {self.items_written} item(s) written before it; "
+            f"the next run resumes at that page){_advice(self.stop_reason or '')}"
+        )
+
+
+def _advice(reason: str) -> str:
+    if reason == "blocked":
+        return "; the site answered with a challenge or block page: set an API key, lower the rate, or wait"
+    if reason == "robots_disallowed":
+        return (
+            "; robots.txt disallows it: use the site's documented API, or the source's obey_robots override"
+        )
+    if reason in ("connection_error", "timeout"):
+        return "; is the site (or --base-url) reachable from here?"
+    return ""
+
+
+class CrawlFailed(RuntimeError):
+    """One or more crawl passes stopped on a failure; the message names source, reason and URL."""
+
+    def __init__(self, failed: list[CrawlStats]) -> None:
+        super().__init__("; ".join(s.failure_message() for s in failed))
+        self.failed = failed
 
 
 def obey_robots(settings: Settings, source: str) -> bool:
@@ -184,6 +218,9 @@ def crawl_source(
             stats.pages_failed += 1
             stats.failures.append(f"{position}: {reason}")
             stats.stop_reason = reason  # the checkpoint stays: the next call retries this page
+            stats.failed_url = exc.url if isinstance(exc, FetchError) else _page_url(source, settings)
+            state["last_failure"] = {"reason": reason, "url": stats.failed_url, "at": now.isoformat()}
+            data.save_state(state_name, state)
             break
         known = raw.ids()
         rows = []
@@ -242,6 +279,7 @@ def crawl_source(
             position=page.next_position or position,
             done=stop is not None,
             stop_reason=stop,
+            last_failure=None,
         )
         data.save_state(state_name, state)
         if progress:
@@ -250,6 +288,10 @@ def crawl_source(
             stats.stop_reason = stop
             break
     return stats
+
+
+def _page_url(source: str, settings: Settings) -> str:
+    return str(getattr(settings.sources, source).base_url)
 
 
 def _image_keys(rows: Any) -> dict[str, str]:

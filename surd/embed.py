@@ -149,19 +149,11 @@ def run_embed(
     worker writes its own parts, so a killed worker loses nothing the others wrote."""
     from surd.models import profiles
 
-    shards = sorted(release.glob("shard-*.parquet"))
-    table = pa.concat_tables([pq.read_table(s, columns=["sample_id", "simple_prompt"]) for s in shards])
-    prompts = dict(zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True))
     model_id = profiles.llm_model_id(settings, llm)
     store = EmbeddingStore(data, model_id)
     for stale in store.dir.glob(".tmp-*") if store.dir.exists() else []:
         shutil.rmtree(stale)
-    have = store.keys()
-    todo = [
-        (sid, p, sha1_text(p))
-        for sid, p in sorted(prompts.items())
-        if (sid, sha1_text(p)) not in have and in_partition(sid, part)
-    ]
+    todo = embed_todo(store, release, part)
     if not todo:
         return 0, model_id
     workers = min(settings.embed.workers, len(todo))
@@ -182,6 +174,19 @@ def run_embed(
     if failed:
         raise RuntimeError(f"embedding workers {failed} failed; rerun to finish (finished parts are kept)")
     return len(todo), model_id
+
+
+def embed_todo(store: EmbeddingStore, release: Path, part: Partition = None) -> list[tuple[str, str, str]]:
+    """(sample id, prompt, sha1) of the release's simple prompts not yet in `store`, by id."""
+    shards = sorted(release.glob("shard-*.parquet"))
+    table = pa.concat_tables([pq.read_table(s, columns=["sample_id", "simple_prompt"]) for s in shards])
+    prompts = dict(zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True))
+    have = store.keys()
+    return [
+        (sid, p, sha1_text(p))
+        for sid, p in sorted(prompts.items())
+        if (sid, sha1_text(p)) not in have and in_partition(sid, part)
+    ]
 
 
 def embed_slice(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import multiprocessing
 import os
 import signal
 import sys
@@ -117,6 +118,46 @@ def die_with_parent(parent: int) -> None:
 
 DECODE_THREADS = 2  # per worker process: Pillow releases the GIL while decoding and resizing
 _ROBOTS: dict[str, Any] = {}  # robots.txt rules, per worker process, across parts
+_ON_DECODED: Callable[[], None] | None = None  # per item done, for progress (set per process)
+
+
+def _worker_init(parent: int, decoded: Any) -> None:
+    """Pool initializer: die with the parent, and count each item done in `decoded` (a shared
+    integer the stage's process reads while it waits for parts)."""
+    global _ON_DECODED
+    die_with_parent(parent)
+
+    def tick() -> None:
+        with decoded.get_lock():
+            decoded.value += 1
+
+    _ON_DECODED = tick
+
+
+class _Shown:
+    """What the progress callback has been told: the items the workers have done (read while
+    waiting for a part), and never less than the items written."""
+
+    def __init__(self, progress: Callable[[int], None] | None) -> None:
+        self.progress, self.shown, self.written = progress, 0, 0
+        self.decoded: Any = multiprocessing.Value("q", 0)
+
+    def update(self) -> None:
+        n = max(self.decoded.value, self.written)
+        if self.progress and n > self.shown:
+            self.progress(n - self.shown)
+        self.shown = max(self.shown, n)
+
+    def wrote(self, n: int) -> None:
+        self.written += n
+        self.update()
+
+    def result(self, fut: Any) -> Any:
+        while True:
+            try:
+                return fut.result(timeout=0.5)
+            except TimeoutError:
+                self.update()
 
 
 def process_part(rows: list[dict[str, Any]], politeness: CrawlSettings, cfg: ImageSettings) -> list[Result]:
@@ -130,7 +171,10 @@ def process_part(rows: list[dict[str, Any]], politeness: CrawlSettings, cfg: Ima
 
                 async def one(row: dict[str, Any]) -> Result:
                     fetched = await fetch(client, row["image_url"])
-                    return await loop.run_in_executor(threads, decode, fetched, cfg)
+                    result = await loop.run_in_executor(threads, decode, fetched, cfg)
+                    if _ON_DECODED is not None:
+                        _ON_DECODED()
+                    return result
 
                 return list(await asyncio.gather(*(one(r) for r in rows)))
 
@@ -168,8 +212,7 @@ def run_images(
         else:
             out.write(new, provenance={"stage": "images", "settings": settings.provenance()})
         run.add(new)
-        if progress:
-            progress(len(new))
+        shown.wrote(len(new))
 
     workers = workers or settings.images.workers or os.cpu_count() or 1
     # the per-host limits hold across all workers: each gets its share
@@ -180,14 +223,25 @@ def run_images(
         }
     )
     parts = batched(todo, settings.part_size)
+    shown = _Shown(progress)
     if submit is None and workers == 1:
-        for batch in parts:
-            emit(batch, process_part(batch, share, settings.images))
+        global _ON_DECODED
+
+        def tick() -> None:  # in this process: tell the callback at once
+            shown.decoded.value += 1
+            shown.update()
+
+        _ON_DECODED = tick
+        try:
+            for batch in parts:
+                emit(batch, process_part(batch, share, settings.images))
+        finally:
+            _ON_DECODED = None
         return run
     with ExitStack() as stack:
         if submit is None:
             pool = stack.enter_context(
-                ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),))
+                ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(os.getpid(), shown.decoded))
             )
 
             def submit(batch: list[dict[str, Any]], sh: CrawlSettings) -> Future[list[Result]]:
@@ -198,11 +252,23 @@ def run_images(
             window.append((batch, submit(batch, share)))
             if len(window) >= 2 * workers:
                 done, fut = window.popleft()
-                emit(done, fut.result())
+                emit(done, shown.result(fut))
         while window:
             done, fut = window.popleft()
-            emit(done, fut.result())
+            emit(done, shown.result(fut))
     return run
+
+
+def retryable(data: DataDir, reasons: list[str] | None = None) -> list[dict[str, Any]]:
+    """The images that failed for one of `reasons` (prefixes; default: the transient failures)."""
+    wanted = tuple(reasons) if reasons else TRANSIENT
+    return [
+        r
+        for r in data.table("images").iter_rows(["sample_id", "status", "reason", "image_url"])
+        if r["status"] == DROPPED
+        and str(r["reason"]).startswith(wanted)
+        and not str(r["reason"]).startswith("duplicate_of")
+    ]
 
 
 def retry_failed(
@@ -212,12 +278,4 @@ def retry_failed(
     progress: Callable[[int], None] | None = None,
 ) -> StageRun:
     """Fetch again only the items that failed (by default the transient failures)."""
-    wanted = tuple(reasons) if reasons else TRANSIENT
-    failed = [
-        r
-        for r in data.table("images").iter_rows(["sample_id", "status", "reason", "image_url"])
-        if r["status"] == DROPPED
-        and str(r["reason"]).startswith(wanted)
-        and not str(r["reason"]).startswith("duplicate_of")
-    ]
-    return run_images(settings, data, progress, rows=failed)
+    return run_images(settings, data, progress, rows=retryable(data, reasons))

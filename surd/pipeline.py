@@ -2,26 +2,44 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from storage.layout import DataDir
+from storage.locks import writing
 from storage.tables import set_fault_hook
+from surd.crawl import CrawlFailed, crawl_source, politeness
+from surd.http import PoliteClient
 from surd.settings import Settings
 from surd.stage import Partition
+from surd.summary import describe, describe_crawl
 
 Progress = Callable[[int], None] | None
+log = logging.getLogger("surd")
 
 
-def open_data(settings: Settings) -> DataDir:
+@contextmanager
+def _writing(settings: Settings, name: str, part: Partition = None) -> Iterator[None]:
+    """One writer at a time of `name` in this data root (storage.locks); a second one waits up
+    to `lock_wait_s`, saying who holds it, then fails with that."""
+    with writing(Path(settings.data_root), name, settings.lock_wait_s, part, on_wait=log.warning):
+        yield
+
+
+def open_data(settings: Settings, create: bool = True) -> DataDir:
+    """The settings' data root, checked (and created, unless `create` is False: readers)."""
     if settings.device == "cuda":
         from surd.models.tiny import device_for
 
         device_for("cuda")  # no visible GPU: fail at start, naming the valid options
-    data = DataDir(settings.data_root).open()
+    data = DataDir(settings.data_root).open(create)
     if settings.fault_kill_at:
         table, _, n = settings.fault_kill_at.partition(":")
 
@@ -33,16 +51,46 @@ def open_data(settings: Settings) -> DataDir:
     return data
 
 
-def crawl(settings: Settings, source: str, progress: Progress = None, full: bool = False) -> dict[str, Any]:
-    """One pass over a source (resuming an unfinished one); the client honours its robots policy."""
-    from dataclasses import asdict
-
-    from surd.crawl import crawl_source, politeness
-    from surd.http import PoliteClient
+def pending_total(
+    settings: Settings,
+    stage: str,
+    release_path: str | None = None,
+    llm: str | None = None,
+    reasons: list[str] | None = None,
+) -> int:
+    """How many items a run of `stage` has to do, known before it starts (for progress)."""
+    from surd.status import status
 
     data = open_data(settings)
-    with PoliteClient(politeness(settings, source)) as client:
-        return asdict(crawl_source(source, settings, data, client, progress=progress, full=full))
+    if stage == "embed":
+        from surd.embed import EmbeddingStore, embed_todo
+        from surd.models.profiles import llm_model_id
+
+        assert release_path is not None
+        return len(embed_todo(EmbeddingStore(data, llm_model_id(settings, llm)), Path(release_path)))
+    if stage == "images_retry":
+        from surd.images import retryable
+
+        return len(retryable(data, reasons))
+    return int(status(settings, data)["stages"][stage]["pending"])
+
+
+def crawl(
+    settings: Settings,
+    source: str,
+    progress: Progress = None,
+    full: bool = False,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """One pass over a source (resuming an unfinished one); the client honours its robots policy.
+    A pass that stops on a failure raises `CrawlFailed` once what it fetched is written. `sleep`
+    is the client's politeness wait (the CLI shows it)."""
+    data = open_data(settings)
+    with _writing(settings, "raw_items"), PoliteClient(politeness(settings, source), sleep=sleep) as client:
+        stats = crawl_source(source, settings, data, client, progress=progress, full=full)
+    if stats.failed:
+        raise CrawlFailed([stats])
+    return asdict(stats)
 
 
 def images(
@@ -51,7 +99,9 @@ def images(
     """The images stage; `submit`/`workers`: fetch and decode parts on a cluster (flows/scale.py)."""
     from surd.images import run_images
 
-    return vars(run_images(settings, open_data(settings), progress, submit=submit, workers=workers))
+    data = open_data(settings)
+    with _writing(settings, "images"):
+        return vars(run_images(settings, data, progress, submit=submit, workers=workers))
 
 
 def images_retry(
@@ -59,19 +109,25 @@ def images_retry(
 ) -> dict[str, Any]:
     from surd.images import retry_failed
 
-    return vars(retry_failed(settings, open_data(settings), reasons, progress))
+    data = open_data(settings)
+    with _writing(settings, "images"):
+        return vars(retry_failed(settings, data, reasons, progress))
 
 
 def captions(settings: Settings, progress: Progress = None, part: Partition = None) -> dict[str, Any]:
     from surd.caption import run_captions
 
-    return vars(run_captions(settings, open_data(settings), progress, part))
+    data = open_data(settings)
+    with _writing(settings, "captions", part):
+        return vars(run_captions(settings, data, progress, part))
 
 
 def clip_filter(settings: Settings, progress: Progress = None, part: Partition = None) -> dict[str, Any]:
     from surd.clipfilter import run_clip_filter
 
-    return vars(run_clip_filter(settings, open_data(settings), progress, part))
+    data = open_data(settings)
+    with _writing(settings, "clip_scores", part):
+        return vars(run_clip_filter(settings, data, progress, part))
 
 
 def review(settings: Settings) -> dict[str, Any]:
@@ -105,10 +161,11 @@ def release_info(settings: Settings) -> dict[str, Any]:
     from surd.status import status
 
     data = open_data(settings)
-    st = status(settings, data)["stages"]
-    counts = {k: st[k]["out"] for k in ("raw_items", "images", "captions", "clip_scores")}
-    counts["accepted"] = st["review"]["out"]
-    created = rel.create_release(settings, data, counts)
+    with _writing(settings, "release"):  # versions stay distinct; no live writer's temp is removed
+        st = status(settings, data)["stages"]
+        counts = {k: st[k]["out"] for k in ("raw_items", "images", "captions", "clip_scores")}
+        counts["accepted"] = st["review"]["out"]
+        created = rel.create_release(settings, data, counts)
     existing = rel.releases(data)
     if not existing:
         return {"path": None, "created": False}
@@ -137,9 +194,12 @@ def embed(
     progress: Progress = None,
     part: Partition = None,
 ) -> dict[str, Any]:
-    from surd.embed import run_embed
+    from surd.embed import EmbeddingStore, run_embed
+    from surd.models.profiles import llm_model_id
 
-    n, model_id = run_embed(settings, open_data(settings), Path(release_path), llm, progress, part)
+    data = open_data(settings)
+    with _writing(settings, f"embeddings-{EmbeddingStore(data, llm_model_id(settings, llm)).dir.name}", part):
+        n, model_id = run_embed(settings, data, Path(release_path), llm, progress, part)
     return {"embedded": n, "model_id": model_id}
 
 
@@ -167,17 +227,25 @@ def rebuild(
 ) -> dict[str, Any]:
     """The whole path in-process, without an orchestrator (the flow runs the same calls)."""
     out: dict[str, Any] = {}
+    failed: list[Any] = []
     for source in settings.sources.enabled:
-        out[f"crawl_{source}"] = crawl(settings, source)
-        log(f"crawl {source}: {out[f'crawl_{source}']}")
+        try:
+            out[f"crawl_{source}"] = crawl(settings, source)
+            log(describe_crawl(out[f"crawl_{source}"]))
+        except CrawlFailed as exc:  # the other sources and the stages go on over what is there
+            failed.extend(exc.failed)
+            log(str(exc))
     for name, fn in (("images", images), ("captions", captions), ("clip_scores", clip_filter)):
         out[name] = fn(settings)
-        log(f"{name}: {out[name]}")
+        log(describe(name, out[name]))
     out["review"] = review(settings)
+    log(describe("review", out["review"]))
     rel = release(settings)
     out["release"] = rel
     if rel and train_adapter:
         out["embed"] = embed(settings, rel)
         out["train"] = train(settings, rel, out["embed"]["model_id"])
         out["evaluate"] = evaluate(settings, out["train"]["run_dir"])
+    if failed:  # after the rest ran: a rebuild with a site down is not a success
+        raise CrawlFailed(failed)
     return out

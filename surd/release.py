@@ -26,20 +26,21 @@ from storage.layout import DataDir
 from storage.schemas import RELEASE, SCHEMA_VERSION
 from storage.tables import fault_point
 from surd import __version__
+from surd.card import write_card
 from surd.review import queue
 from surd.settings import ReleaseSettings, Settings
-
-LICENCE_NOTES = {
-    "civitai": "Civitai images: rights stay with the uploaders; see https://civitai.com/content/tos",
-    "lexica": "Lexica images: https://lexica.art/license",
-    "sdonline": "Stable Diffusion Online: CreativeML Open RAIL-M (CompVis SD licence)",
-}
+from surd.sources import LICENCE_NOTES
 
 
 def releases(data: DataDir) -> list[Path]:
     if not data.releases_dir.exists():
         return []
-    return sorted(p for p in data.releases_dir.iterdir() if (p / "manifest.json").exists())
+    # a temp folder (".tmp-…", a writer's, alive or killed) is never a release, whatever it holds
+    return sorted(
+        p
+        for p in data.releases_dir.iterdir()
+        if not p.name.startswith(".") and (p / "manifest.json").exists()
+    )
 
 
 def manifest(path: Path) -> dict[str, Any]:
@@ -186,7 +187,7 @@ def create_release(settings: Settings, data: DataDir, counts: dict[str, Any] | N
     version = f"v{len(existing) + 1:04d}"
     data.releases_dir.mkdir(parents=True, exist_ok=True)
     for stale in data.releases_dir.glob(".tmp-*"):
-        shutil.rmtree(stale)  # left by a killed writer; never visible as a release
+        shutil.rmtree(stale)  # the caller holds the release lock: a temp folder's writer is dead
     tmp = data.releases_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     shards: list[dict[str, Any]] = []
@@ -222,9 +223,9 @@ def create_release(settings: Settings, data: DataDir, counts: dict[str, Any] | N
         "settings": settings.provenance(),
     }
     (tmp / "manifest.json").write_text(json.dumps(man, indent=1, sort_keys=True))
-    from surd.card import write_card
-
+    fault_point("release_manifest", 1)  # a kill here leaves a temp folder with a manifest in it
     write_card(tmp, man, rows)
+    fault_point("release_card", 1)
     os.replace(tmp, data.releases_dir / version)
     return data.releases_dir / version
 

@@ -6,6 +6,7 @@ tables in TOML (``[images] size = 256``). Unknown keys fail at start with the li
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import tomllib
@@ -16,6 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "SURD_"
+# variables of the command line, not settings: read where the command documents them
+COMMAND_VARIABLES = {
+    "SURD_CONFIG": "the TOML settings file (else ./surd.toml)",
+    "SURD_DEBUG": "1: show the traceback of an error (as --debug)",
+    "SURD_PROGRESS_EVERY": "seconds between progress lines when there is no terminal (default 10)",
+    "SURD_NEW_STEWARD_PASSWORD": "the password of `surd review add-steward` (else it asks)",
+}
 
 
 class SettingsError(ValueError):
@@ -33,7 +41,10 @@ class CrawlSettings(_Section):
     timeout_s: float = Field(20.0, gt=0)
     max_retries: int = Field(5, ge=0)
     backoff_base_s: float = Field(1.0, ge=0)
-    backoff_max_s: float = Field(60.0, ge=0)
+    backoff_max_s: float = Field(60.0, ge=0, description="the longest wait of our own backoff")
+    retry_after_max_s: float = Field(
+        600.0, ge=0, description="a server's Retry-After is honoured up to this many seconds"
+    )
     max_response_bytes: int = Field(20_000_000, gt=0)
     obey_robots: bool = True
     limit: int | None = Field(None, ge=1, description="max raw items per source and crawl")
@@ -144,7 +155,10 @@ class ReviewSettings(_Section):
     session_secret: SecretStr | None = None
     session_max_age_s: int = Field(12 * 3600, ge=60)
     secure_cookies: bool = Field(True, description="Secure session cookie; off only for plain-HTTP loopback")
-    login_attempts_per_minute: int = Field(10, ge=1)
+    login_attempts_per_minute: int = Field(10, ge=1, description="failed logins a minute from one address")
+    trusted_proxies: list[str] = Field(
+        [], description="proxy addresses whose X-Forwarded-For names the client (default: trust none)"
+    )
 
 
 class ReleaseSettings(_Section):
@@ -224,6 +238,9 @@ class Settings(BaseSettings):
     profile: Literal["tiny", "real"] = "real"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     part_size: int = Field(256, ge=1, description="items per written part")
+    lock_wait_s: float = Field(
+        60.0, ge=0, description="how long a writer waits for another run writing the same table or release"
+    )
     seed: int = 0
     crawl: CrawlSettings = CrawlSettings()
     sources: SourcesSettings = SourcesSettings()
@@ -279,18 +296,54 @@ def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
+def env_name(key: str) -> str:
+    """`images.size` → `SURD_IMAGES__SIZE`."""
+    return ENV_PREFIX + key.upper().replace(".", "__")
+
+
+def did_you_mean(wrong: str, valid: list[str]) -> str:
+    """`; did you mean X?` with the nearest valid names, or a pointer to the full list."""
+    near = difflib.get_close_matches(wrong, valid, n=3, cutoff=0.6)
+    if near:
+        return "; did you mean " + " or ".join(near) + "?"
+    return "; `surd config show --all` lists every setting"
+
+
 def _check_env_keys(environ: dict[str, str]) -> None:
     valid = set(_valid_keys(Settings))
     sections = {k.split(".")[0] for k in valid if "." in k}
     for var in environ:
-        if not var.startswith(ENV_PREFIX) or var == "SURD_CONFIG":
+        if not var.startswith(ENV_PREFIX) or var in COMMAND_VARIABLES:
             continue
         key = var[len(ENV_PREFIX) :].lower().replace("__", ".")
         if key not in valid and key not in sections:
-            raise SettingsError(
-                f"unknown setting {var}; valid settings: "
-                + ", ".join(ENV_PREFIX + k.upper().replace(".", "__") for k in sorted(valid))
+            names = [env_name(k) for k in sorted(valid)] + sorted(COMMAND_VARIABLES)
+            raise SettingsError(f"unknown setting {var}" + did_you_mean(var, names))
+
+
+def describe_settings() -> list[dict[str, Any]]:
+    """Every setting: its key, environment variable, type, default and description."""
+    out = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
+            default = field.get_default(call_default_factory=True)
+            out.append(
+                {
+                    "key": prefix + name,
+                    "env": env_name(prefix + name),
+                    "type": getattr(ann, "__name__", None) or str(ann).replace("typing.", ""),
+                    "default": default.get_secret_value() if isinstance(default, SecretStr) else default,
+                    "description": field.description or "",
+                }
             )
+
+    walk(Settings, "")
+    return out
 
 
 def _format_error(err: ValidationError) -> str:
@@ -340,8 +393,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         unknown = _unknown_keys(data, Settings)
         if unknown:
             raise SettingsError(
-                f"unknown setting(s) {', '.join(unknown)} in {path}; valid settings: "
-                + ", ".join(sorted(_valid_keys(Settings)))
+                f"unknown setting(s) {', '.join(unknown)} in {path}"
+                + did_you_mean(unknown[0], sorted(_valid_keys(Settings)))
             )
     global _TOML_DATA
     _TOML_DATA = data

@@ -79,7 +79,11 @@ class PartWriter:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Take a batch's rows (progress moves per batch; parts are written when full)."""
+        before = len(self.rows)
         self.rows.extend(rows)
+        if self.progress:
+            self.progress(len(self.rows) - before)
         while len(self.rows) >= self.size:
             self._flush(self.rows[: self.size])
             self.rows = self.rows[self.size :]
@@ -92,5 +96,3 @@ class PartWriter:
     def _flush(self, rows: list[dict[str, Any]]) -> None:
         self.table.write(rows, provenance=self.provenance)
         self.run.add(rows)
-        if self.progress:
-            self.progress(len(rows))

@@ -84,7 +84,11 @@ def status(settings: Settings, data: DataDir) -> dict[str, Any]:
                 "pending": len(released - have),
             }
     stages["embeddings"] = emb
-    runs = sorted(p.name for p in data.runs_dir.iterdir()) if data.runs_dir.exists() else []
+    runs = (
+        sorted(p.name for p in data.runs_dir.iterdir() if not p.name.startswith("."))
+        if data.runs_dir.exists()
+        else []
+    )
     stages["adapter_runs"] = runs
     failed_pages = sum(1 for r in data.table("crawl_pages").iter_rows(["status"]) if r["status"] != OK)
     crawls = {}
@@ -92,7 +96,8 @@ def status(settings: Settings, data: DataDir) -> dict[str, Any]:
         st = data.state(f"crawl-{source}")
         if st:
             crawls[source] = {
-                k: st.get(k) for k in ("crawl_id", "done", "stop_reason", "robots", "incremental", "items")
+                k: st.get(k)
+                for k in ("crawl_id", "done", "stop_reason", "robots", "incremental", "items", "last_failure")
             }
     return {
         "data_root": str(data.root),

@@ -9,12 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from storage.layout import DataDir
 from surd import pipeline
+from surd.crawl import CrawlFailed
 from surd.replay import ReplaySite
 from surd.settings import Settings, load_settings
 from tests.conftest import FIXTURES
@@ -27,6 +29,14 @@ def site():
     s = ReplaySite().start()
     yield s
     s.stop()
+
+
+def failed_pass(cfg: Settings, source: str) -> dict:
+    """A pass's stats, whether it ended well or stopped on a failure (which raises CrawlFailed)."""
+    try:
+        return pipeline.crawl(cfg, source)
+    except CrawlFailed as exc:
+        return asdict(exc.failed[0])
 
 
 def settings(root: Path, site: ReplaySite, **crawl: object) -> Settings:
@@ -114,7 +124,9 @@ def test_failed_page_is_recorded_then_resumed(
 ) -> None:
     cfg = settings(tmp_path, site, max_retries=1, timeout_s=1.0)
     site.script(CIVITAI, canned, canned)  # both tries of the first page fail
-    first = pipeline.crawl(cfg, "civitai")
+    with pytest.raises(CrawlFailed, match=f"crawl civitai failed: {reason}") as exc:
+        pipeline.crawl(cfg, "civitai")
+    first = asdict(exc.value.failed[0])
     assert first["pages_failed"] == 1 and first["stop_reason"].startswith(reason)
     [failed] = [p for p in pages(tmp_path) if p["status"] == "failed"]
     assert failed["reason"].startswith(reason) and failed["position"] == "start"
@@ -138,7 +150,7 @@ def test_documented_error_bodies(tmp_path: Path, site: ReplaySite) -> None:
             ]
             * 3,
         )
-        out = pipeline.crawl(settings(root, site, max_retries=1), "civitai")
+        out = failed_pass(settings(root, site, max_retries=1), "civitai")
         if case["status"] == 200:  # an empty page without a cursor is the end
             assert out["stop_reason"] == "end" and out["items_written"] == 0
         else:
@@ -165,7 +177,7 @@ def test_robots_forbids_unless_overridden_and_the_override_is_recorded(
     tmp_path: Path, site: ReplaySite, reference
 ) -> None:
     site.robots = "User-agent: *\nDisallow: /civitai/api/\n"
-    out = pipeline.crawl(settings(tmp_path / "a", site), "civitai")
+    out = failed_pass(settings(tmp_path / "a", site), "civitai")
     assert out["stop_reason"] == "robots_disallowed" and not civitai_requests(site)
     cfg = settings(tmp_path / "b", site)
     cfg = load_settings(

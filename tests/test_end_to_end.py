@@ -179,6 +179,29 @@ def test_dask_local_cluster_gives_the_same_tables(prefect_api, tmp_path: Path, r
         np.testing.assert_allclose(va[sid], vb[sid], atol=1e-3)
 
 
+def test_a_failed_crawl_fails_its_task_and_the_rebuild(prefect_api, tmp_path: Path, replay) -> None:
+    """A site down: its crawl task fails (after its retries), the other source and the stages
+    still run over what there is, and the flow run ends failed, naming source, reason and URL."""
+    from prefect.client.orchestration import get_client
+
+    from flows.rebuild import rebuild
+    from surd.crawl import CrawlFailed
+    from surd.demo import demo_config
+
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    cfg = demo_config(tmp_path / "data", replay)
+    cfg["sources"] = cfg["sources"] | {
+        "enabled": ["civitai", "lexica"],
+        "civitai": cfg["sources"]["civitai"] | {"base_url": down},
+    }
+    with pytest.raises(CrawlFailed, match=f"crawl civitai failed: connection_error at {down}/"):
+        rebuild(config=cfg, train=False)
+    with get_client(sync_client=True) as client:
+        runs = {r.name: r.state_type.value for r in client.read_task_runs()}
+    assert runs["crawl-civitai"] == "FAILED" and runs["crawl-lexica"] == "COMPLETED"
+    assert any(name.startswith("images_task") and state == "COMPLETED" for name, state in runs.items()), runs
+
+
 def _events(name: str, wait_s: float = 30.0) -> list:
     """Events as the Prefect server stored them (they arrive asynchronously)."""
     import time
@@ -247,9 +270,13 @@ def test_sigkill_in_every_stage_then_resume(tmp_path: Path) -> None:
         "clip_scores:2",
         "review:10",
         "release:1",
+        "release_manifest:1",  # the manifest is written, the folder not yet renamed
+        "release_card:1",
         "embeddings_tmp:1",
         "embeddings:2",
         "checkpoint:10",
+        "evaluation:3",  # images of three pairs written, in the evaluation's temp folder
+        "evaluation_report:1",  # every file written, the folder not yet in place
     ]:
         run = _demo(killed, port, point)
         assert run.returncode == -signal.SIGKILL, f"{point} was never reached:\n{run.stdout[-2000:]}"
@@ -279,8 +306,16 @@ def test_sigkill_in_every_stage_then_resume(tmp_path: Path) -> None:
     man = [json.loads((r / "releases" / "v0001" / "manifest.json").read_text()) for r in (killed, clean)]
     assert man[0]["fingerprint"] == man[1]["fingerprint"]
     assert not (killed / "releases" / "v0002").exists()
+    # no reader took a killed writer's temp folder for a release, nor built a run on one
+    assert not list((killed / "releases").glob(".tmp-*"))
+    assert [p.name.split("-")[0] for p in (killed / "runs").iterdir()] == ["v0001"]
     weights = [
         sorted((r / "runs").glob("*/ckpt-000020/adapter.safetensors"))[0].read_bytes()
         for r in (killed, clean)
     ]
     assert weights[0] == weights[1]
+    reports = [json.loads(next((r / "runs").glob("*/eval/report.json")).read_text()) for r in (killed, clean)]
+    assert reports[0]["pairs"] == reports[1]["pairs"] > 0
+    pairs = [next((r / "runs").glob("*/eval/pairs.jsonl")).read_text() for r in (killed, clean)]
+    assert pairs[0] == pairs[1]
+    assert not [p for p in (killed / "runs").glob("*/.*")]  # no temp or old evaluation folder left

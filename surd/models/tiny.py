@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 import surd.models  # noqa: F401  (torch/torchvision compatibility first)
+from surd.settings import SettingsError
 
 WORDS = [
     "a",
@@ -216,13 +217,15 @@ WORDS = [
 ]
 
 
+class DeviceUnavailable(SettingsError):
+    """The settings ask for a device this machine does not have."""
+
+
 def device_for(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from surd.settings import SettingsError
-
-        raise SettingsError("device=cuda but no CUDA GPU is visible; set SURD_DEVICE=cpu or auto")
+        raise DeviceUnavailable("device=cuda but no CUDA GPU is visible; set SURD_DEVICE=cpu or auto")
     return torch.device(name)
 
 

@@ -1,0 +1,3 @@
+from surd.cli.main import main
+
+main()

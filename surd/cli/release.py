@@ -1,0 +1,119 @@
+"""`surd release …`: create, list, verify, export and publish dataset releases."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+
+from surd.cli.common import CONFIG, JSON, err, fail, open_data, out, result, settings
+from surd.cli.errors import Exit
+from surd.cli.paths import release_path
+from surd.summary import describe
+
+
+class ExportFormat(StrEnum):
+    imagefolder = "imagefolder"
+    surd_adapter = "surd-adapter"
+
+
+def create(as_json: bool = JSON, config: Path | None = CONFIG) -> None:
+    """Release the accepted samples (nothing new if the accepted set did not change)."""
+    from surd import pipeline
+
+    r = pipeline.release_info(settings(config))
+    result(r, as_json, describe("release", r))
+
+
+def list_(as_json: bool = JSON, config: Path | None = CONFIG) -> None:
+    """Every release: version, rows, shards, parent and folder."""
+    from surd.release import manifest, releases
+
+    rows = []
+    for path in releases(open_data(settings(config), create=False)):
+        m = manifest(path)
+        rows.append(
+            {"release": m["release"], "rows": m["rows"], "shards": len(m["shards"]), "parent": m["parent"]}
+            | {"path": str(path)}
+        )
+    if as_json:
+        result(rows, True, "")
+        return
+    if not rows:
+        err.print("no releases yet")
+    for r in rows:
+        parent = r["parent"] or "-"
+        out.print(
+            f"{r['release']}  rows={r['rows']}  shards={r['shards']}  parent={parent}  {r['path']}",
+            highlight=False,
+        )
+
+
+def verify(
+    version: str = typer.Argument("latest", metavar="VERSION", help="vNNNN or latest"),
+    config: Path | None = CONFIG,
+) -> None:
+    """Recompute every shard's sha256 and row count; a damaged shard is named (exit 1)."""
+    from surd.release import verify as check
+
+    path = release_path(settings(config), version)
+    problems = check(path)
+    for p in problems:
+        err.print(p, highlight=False, markup=False)
+    if problems:
+        raise typer.Exit(Exit.PROBLEMS)
+    out.print(f"{path.name}: ok", highlight=False)
+
+
+def export(
+    version: str = typer.Argument("latest", metavar="VERSION", help="vNNNN or latest"),
+    fmt: ExportFormat = typer.Option(ExportFormat.imagefolder, "--format", help="the layout to write"),
+    to: Path = typer.Option(..., "--out", help="folder to write (replaced atomically)"),
+    layer: int = typer.Option(-1, help="LLM layer for surd-adapter's prompt2vec (1..L, -1 = last)"),
+    llm: str | None = typer.Option(None, help="which embeddings (model id or preset); default: settings"),
+    as_json: bool = JSON,
+    config: Path | None = CONFIG,
+) -> None:
+    """Export a release for the paper's training code or Hugging Face's imagefolder loader."""
+    from surd.embed import EmbeddingStore
+    from surd.exports import export_release
+    from surd.models.profiles import llm_model_id
+
+    s = settings(config)
+    path = release_path(s, version)
+    emb = None
+    if fmt is ExportFormat.surd_adapter:
+        emb = EmbeddingStore(open_data(s, create=False), llm_model_id(s, llm)).dir
+    try:
+        r = export_release(path, to, fmt.value, emb, layer)
+    except (ValueError, FileNotFoundError) as exc:
+        raise fail(str(exc), Exit.DATA) from None
+    result(r, as_json, f"exported {path.name} ({r['rows']} rows) to {r['imagefolder']}")
+
+
+def publish(
+    version: str = typer.Argument("latest", metavar="VERSION", help="vNNNN or latest"),
+    to: str | None = typer.Option(None, help="a path or URL (s3://…); default: release.location"),
+    config: Path | None = CONFIG,
+) -> None:
+    """Copy a release to a local path or an object store (shards first, manifest last)."""
+    from storage.releases import publish as copy
+    from surd.release import storage_options
+
+    s = settings(config)
+    path = release_path(s, version)
+    target = to or s.release.location
+    if not target:
+        raise fail("give --to or set SURD_RELEASE__LOCATION")
+    out.print(f"{path.name} published to {copy(path, target, **storage_options(s))}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    release_app = typer.Typer(help="Dataset releases.", no_args_is_help=True)
+    release_app.command("create")(create)
+    release_app.command("list")(list_)
+    release_app.command("verify")(verify)
+    release_app.command("export")(export)
+    release_app.command("publish")(publish)
+    app.add_typer(release_app, name="release")

@@ -1,0 +1,216 @@
+"""The data path's commands: crawl, images, caption, clip-filter, embed, train, evaluate, generate,
+rebuild. Each shows progress on stderr and prints its result on stdout (a summary, or --json)."""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from surd.cli.common import CONFIG, JSON, err, out, result, settings
+from surd.cli.paths import release_path, run_path
+from surd.cli.progress import progress
+from surd.settings import Settings
+from surd.sources import SOURCES
+from surd.summary import describe
+
+Source = StrEnum("Source", {s: s for s in SOURCES})  # type: ignore[misc]
+
+
+class Engine(StrEnum):
+    prefect = "prefect"
+    local = "local"
+
+
+def _stage(label: str, stage: str, fn: Any, s: Settings, *args: Any, total: int | None = None) -> Any:
+    """Run a batch stage with its total known before it starts (its pending items)."""
+    from surd import pipeline
+
+    if total is None:
+        total = pipeline.pending_total(s, stage)
+    with progress(label, total) as meter:
+        return fn(s, *args, progress=meter.advance)
+
+
+def crawl(
+    source: Source = typer.Argument(..., metavar="SOURCE", help="the site to crawl"),
+    limit: int | None = typer.Option(None, min=1, help="max raw items this crawl"),
+    base_url: str | None = typer.Option(None, help="a mirror, proxy or replay server"),
+    full: bool = typer.Option(False, help="a full pass, not one that stops at known items"),
+    as_json: bool = JSON,
+    config: Path | None = CONFIG,
+) -> None:
+    """One pass over a source into the raw items table: resumes an unfinished pass, else an
+    incremental pass that stops where it reaches items it already has. A pass that stops on a
+    failure exits 4, naming the reason and the URL; the next run resumes there."""
+    from surd import pipeline
+
+    over: dict[str, Any] = {}
+    if base_url:
+        over["sources"] = {source.value: {"base_url": base_url}}
+    if limit:
+        over["crawl"] = {"limit": limit}
+    s = settings(config, **over)
+    with progress(f"crawl {source.value}", steps_unit="pages") as meter:
+
+        def polite_sleep(seconds: float) -> None:
+            if seconds >= 0.5:
+                meter.wait(f"waiting {seconds:.1f} s (politeness)")
+            time.sleep(seconds)
+
+        r = pipeline.crawl(s, source.value, meter.advance, full, sleep=polite_sleep)
+    result(r, as_json, describe("crawl", r))
+
+
+def images(ctx: typer.Context, as_json: bool = JSON, config: Path | None = CONFIG) -> None:
+    """Fetch, validate, normalise and deduplicate the images of new raw items."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from surd import pipeline
+
+    r = _stage("images", "images", pipeline.images, settings(config))
+    result(r, as_json, describe("images", r))
+
+
+def images_retry(
+    reason: list[str] = typer.Option(
+        None,
+        "--reason",
+        help="reason prefix, e.g. http_503 (repeatable); "
+        "default: timeouts, connection errors, blocks, 429 and 5xx",
+    ),
+    as_json: bool = JSON,
+    config: Path | None = CONFIG,
+) -> None:
+    """Fetch again only the items that failed."""
+    from surd import pipeline
+
+    s = settings(config)
+    total = pipeline.pending_total(s, "images_retry", reasons=reason or None)
+    r = _stage("retry", "images_retry", pipeline.images_retry, s, reason or None, total=total)
+    result(r, as_json, describe("images", r))
+
+
+def caption(as_json: bool = JSON, config: Path | None = CONFIG) -> None:
+    """Caption new images with BLIP."""
+    from surd import pipeline
+
+    r = _stage("captions", "captions", pipeline.captions, settings(config))
+    result(r, as_json, describe("captions", r))
+
+
+def clip_filter(as_json: bool = JSON, config: Path | None = CONFIG) -> None:
+    """Score new captions with CLIP and keep those where CLIP prefers the simple prompt."""
+    from surd import pipeline
+
+    r = _stage("clip", "clip_scores", pipeline.clip_filter, settings(config))
+    result(r, as_json, describe("clip_scores", r))
+
+
+def embed(
+    release: str = typer.Option("latest", help="vNNNN or latest"),
+    llm: str | None = typer.Option(None, help="tiny | llama-7b | llama-13b | llama-33b | a hub id"),
+    as_json: bool = JSON,
+    config: Path | None = CONFIG,
+) -> None:
+    """Per-layer mean-pooled LLM states of every simple prompt of a release."""
+    from surd import pipeline
+
+    s = settings(config)
+    path = str(release_path(s, release))
+    total = pipeline.pending_total(s, "embed", release_path=path, llm=llm)
+    r = _stage("embed", "embed", pipeline.embed, s, path, llm, total=total)
+    result(r, as_json, describe("embed", r))
+
+
+def train(
+    release: str = typer.Option("latest", help="vNNNN or latest"),
+    llm: str | None = typer.Option(None, help="the embeddings' LLM (default: settings)"),
+    as_json: bool = JSON,
+    config: Path | None = CONFIG,
+) -> None:
+    """Train (or resume) the SUR-adapter on a release and one embedding layer."""
+    from surd import pipeline
+    from surd.models.profiles import llm_model_id
+
+    s = settings(config)
+    path = release_path(s, release)
+    with progress("train", s.adapter.steps, unit="steps") as meter:
+        last = 0
+
+        def log(row: dict[str, Any]) -> None:
+            nonlocal last
+            meter.advance(int(row["step"]) - last)
+            last = int(row["step"])
+
+        r = pipeline.train(s, str(path), llm_model_id(s, llm), log=log)
+    result(r, as_json, describe("train", r))
+
+
+def evaluate(
+    run: str = typer.Argument(..., metavar="RUN", help="a run name under runs/ or its path"),
+    as_json: bool = JSON,
+    config: Path | None = CONFIG,
+) -> None:
+    """Evaluate a trained adapter: Action, Color, Counting suites; report, grid and judging pairs."""
+    from surd import pipeline
+
+    s = settings(config)
+    r = pipeline.evaluate(s, str(run_path(s, run)), progress=lambda line: err.print(line, highlight=False))
+    if as_json:
+        result(r, True, "")
+    else:
+        out.print(Path(r["report"]).read_text(), highlight=False, markup=False)
+
+
+def generate(
+    prompt: str,
+    run: str = typer.Option(..., help="a run name under runs/ or its path"),
+    out_dir: Path = typer.Option(Path("generated"), "--out", help="folder for the PNGs"),
+    n: int = typer.Option(1, min=1),
+    seed: int = 0,
+    steps: int = typer.Option(30, min=1),
+    baseline: bool = typer.Option(False, help="also the base model's image from the same seed"),
+    config: Path | None = CONFIG,
+) -> None:
+    """Generate images of a prompt with a trained adapter."""
+    from surd.adapter_stage import generate_images
+
+    s = settings(config)
+    for path in generate_images(s, run_path(s, run), prompt, out_dir, n, seed, steps, baseline):
+        out.print(str(path), highlight=False)
+
+
+def rebuild(
+    config: Path | None = CONFIG,
+    engine: Engine = typer.Option(Engine.prefect, help="prefect: the flow; local: in-process"),
+    train: bool = typer.Option(True, help="also embed, train and evaluate"),
+) -> None:
+    """Run the whole path on the current settings (a site down: the rest runs, then exit 4)."""
+    s = settings(config)
+    if engine is Engine.local:
+        from surd import pipeline
+
+        pipeline.rebuild(s, train_adapter=train, log=lambda line: err.print(line, highlight=False))
+        return
+    from flows.rebuild import rebuild as flow
+
+    flow(config={}, train=train)  # a crawl that failed raises CrawlFailed (exit 4) at the end
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(crawl)
+    images_app = typer.Typer(help="The images stage.")
+    images_app.callback(invoke_without_command=True)(images)
+    images_app.command("retry")(images_retry)
+    app.add_typer(images_app, name="images")
+    app.command()(caption)
+    app.command("clip-filter")(clip_filter)
+    app.command()(embed)
+    app.command()(train)
+    app.command()(evaluate)
+    app.command()(generate)
+    app.command()(rebuild)

@@ -1,0 +1,133 @@
+"""One writer at a time: overlapping runs of a stage or a release wait or say who is writing."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from storage.layout import DataDir
+from storage.locks import Busy, writing
+from surd import pipeline
+
+SURD = str(Path(sys.executable).parent / "surd")
+
+
+def _hold(root: str, name: str, part: tuple[int, int] | None, ready: mp.Event, seconds: float) -> None:
+    with writing(Path(root), name, part=part):
+        ready.set()
+        time.sleep(seconds)
+
+
+def _holder(tmp_path: Path, name: str, part: tuple[int, int] | None = None, seconds: float = 30):
+    ready = mp.get_context("fork").Event()
+    proc = mp.get_context("fork").Process(target=_hold, args=(str(tmp_path), name, part, ready, seconds))
+    proc.start()
+    assert ready.wait(10)
+    return proc
+
+
+def test_a_second_writer_is_told_who_writes(tmp_path: Path) -> None:
+    proc = _holder(tmp_path, "images")
+    try:
+        busy = rf"another run is writing images \(pid {proc.pid} on .*, since "
+        with pytest.raises(Busy, match=busy), writing(tmp_path, "images", wait_s=0.3):
+            pass
+        with writing(tmp_path, "captions", wait_s=0):  # another table: no wait
+            pass
+    finally:
+        proc.kill()
+        proc.join()
+
+
+def test_a_killed_writer_frees_its_lock_at_once(tmp_path: Path) -> None:
+    proc = _holder(tmp_path, "release")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    start = time.monotonic()
+    with writing(tmp_path, "release", wait_s=5):
+        assert time.monotonic() - start < 1
+
+
+def test_partitions_share_a_table_but_never_with_a_whole_table_writer(tmp_path: Path) -> None:
+    proc = _holder(tmp_path, "captions", part=(0, 2))
+    try:
+        with writing(tmp_path, "captions", wait_s=0, part=(1, 2)):  # a sibling partition: side by side
+            pass
+        with pytest.raises(Busy), writing(tmp_path, "captions", wait_s=0, part=(0, 2)):
+            pass  # the same partition twice
+        with pytest.raises(Busy), writing(tmp_path, "captions", wait_s=0):
+            pass  # a whole-table run beside a partitioned one
+    finally:
+        proc.kill()
+        proc.join()
+
+
+def test_a_waiting_writer_goes_on_when_the_first_ends(tmp_path: Path) -> None:
+    proc = _holder(tmp_path, "images", seconds=1.0)
+    said: list[str] = []
+    with writing(tmp_path, "images", wait_s=20, on_wait=said.append):
+        assert not proc.is_alive() or proc.exitcode is None
+    proc.join()
+    assert said and "waiting for images" in said[0]
+
+
+def _env(root: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SURD_")}
+    return env | {"SURD_DATA_ROOT": str(root), "SURD_PROFILE": "tiny", "SURD_DEVICE": "cpu"} | extra
+
+
+def _together(commands: list[list[str]], env: dict[str, str]) -> list[subprocess.CompletedProcess]:
+    procs = [
+        subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for c in commands
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    return [
+        subprocess.CompletedProcess(p.args, p.returncode, o, e) for p, (o, e) in zip(procs, outs, strict=True)
+    ]
+
+
+def test_two_images_runs_at_once_write_each_item_once(tmp_path: Path, demo_settings) -> None:
+    pipeline.crawl(demo_settings, "civitai")
+    env = _env(demo_settings.data_root, SURD_IMAGES__REQUESTS_PER_SECOND="30")
+    runs = _together([[SURD, "images"], [SURD, "images"]], env)
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
+    said = sorted(r.stdout.split(":")[1].split(",")[0].strip() for r in runs)
+    assert said[0].endswith(" processed") and said[1] == "nothing pending", [
+        (r.stdout, r.stderr) for r in runs
+    ]
+    assert any("waiting for images: another run is writing it (pid " in r.stderr for r in runs)
+    ids = (
+        pq.read_table(demo_settings.data_root / "tables" / "images", columns=["sample_id"])
+        .column(0)
+        .to_pylist()
+    )
+    assert len(ids) == len(set(ids)) > 0
+
+
+def test_two_releases_at_once_never_collide(tmp_path: Path, demo_settings) -> None:
+    s = demo_settings
+    for source in s.sources.enabled:
+        pipeline.crawl(s, source)
+    pipeline.images(s)
+    pipeline.captions(s)
+    pipeline.clip_filter(s)
+    pipeline.review(s)
+    runs = _together([[SURD, "release", "create"]] * 3, _env(s.data_root))
+    assert [r.returncode for r in runs] == [0, 0, 0], [r.stderr for r in runs]
+    assert sum("release created v0001" in r.stdout for r in runs) == 1, [r.stdout for r in runs]
+    releases = sorted(p.name for p in (Path(s.data_root) / "releases").iterdir())
+    assert releases == ["v0001"]
+    verify = subprocess.run(
+        [SURD, "release", "verify"], env=_env(s.data_root), capture_output=True, text=True
+    )
+    assert verify.returncode == 0 and "v0001: ok" in verify.stdout
+    assert DataDir(s.data_root).open(create=False)
