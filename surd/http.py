@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import threading
 import time
-import urllib.robotparser
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -20,6 +20,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
+from protego import Protego
 
 from surd import __version__
 from surd.settings import CrawlSettings
@@ -32,7 +33,35 @@ BLOCK_MARKERS = (
     b"challenge-platform",
     b"Just a moment...",
     b"Attention Required! | Cloudflare",
+    b"_cf_chl_opt",
+    b"cf-chl-",
+    b"Checking your browser before accessing",
 )
+CHALLENGE_STATUSES = {403, 429, 503}  # how managed challenges and blocks arrive
+log = logging.getLogger("surd.http")
+
+
+class Robots:
+    """A site's robots.txt under RFC 9309 (protego: `*` and `$`, longest match, Allow vs
+    Disallow), matched on our product token; `None` text means there is none (all allowed)."""
+
+    def __init__(self, text: str | None) -> None:
+        self._rules = Protego.parse(text) if text is not None else None
+
+    def allowed(self, url: str, agent: str) -> bool:
+        return self._rules is None or self._rules.can_fetch(url, agent)
+
+    def crawl_delay(self, agent: str) -> float | None:
+        """`Crawl-delay` for our agent: a floor on the time between requests to the host."""
+        if self._rules is None:
+            return None
+        delay = self._rules.crawl_delay(agent)
+        return float(delay) if delay is not None else None
+
+
+def product_token(user_agent_header: str) -> str:
+    """`SURD-builder/0.1 (+url; …)` → `SURD-builder`, the name robots.txt groups match."""
+    return user_agent_header.split("/", 1)[0].strip()
 
 
 class FetchError(Exception):
@@ -96,14 +125,30 @@ def looks_blocked(content: bytes, expect: Expect) -> bool:
     return expect == "json" and head.lstrip()[:1] == b"<"
 
 
+def is_challenge(resp: httpx.Response) -> bool:
+    """A Cloudflare managed challenge, known by its header alone (the body is not needed)."""
+    mitigated = resp.headers.get("cf-mitigated", "").lower()
+    return resp.status_code in CHALLENGE_STATUSES and mitigated == "challenge"
+
+
+def _challenge(resp: httpx.Response, url: str) -> tuple[FetchError, str | None]:
+    return FetchError("blocked", url, f"HTTP {resp.status_code} challenge"), resp.headers.get("retry-after")
+
+
+def may_be_challenge(resp: httpx.Response) -> bool:
+    """An error answered by Cloudflare: its body says whether it is a challenge page."""
+    return resp.status_code in CHALLENGE_STATUSES and "cloudflare" in resp.headers.get("server", "").lower()
+
+
 def backoff_seconds(s: CrawlSettings, attempt: int, retry_after: str | None, factor: float = 1.0) -> float:
-    """`Retry-After` (seconds or an HTTP date) when given, else exponential backoff with jitter."""
+    """`Retry-After` (seconds or an HTTP date, honoured up to `retry_after_max_s`) when given,
+    else exponential backoff with jitter."""
     if retry_after:
         if retry_after.strip().replace(".", "", 1).isdigit():
-            return min(float(retry_after), s.backoff_max_s)
+            return min(float(retry_after), s.retry_after_max_s)
         try:
             delta = parsedate_to_datetime(retry_after).timestamp() - time.time()
-            return min(max(delta, 0.0), s.backoff_max_s)
+            return min(max(delta, 0.0), s.retry_after_max_s)
         except (TypeError, ValueError):
             retry_after = None  # unparseable: exponential backoff below
     base = s.backoff_base_s * factor * (2**attempt)
@@ -113,11 +158,29 @@ def backoff_seconds(s: CrawlSettings, attempt: int, retry_after: str | None, fac
 HeadCheck = Callable[[httpx.Headers], str | None]
 
 
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _floor_pace(pace: _Pace, rules: Robots, agent: str) -> None:
+    """robots.txt's Crawl-delay as a floor on the time between two requests to the host."""
+    delay = rules.crawl_delay(agent)
+    if delay is not None and delay > pace.interval:
+        log.info("robots.txt asks for %.1f s between requests: pacing at that", delay)
+        pace.interval = delay
+
+
 def check_head(
     resp: httpx.Response, url: str, check_headers: HeadCheck | None, cap: int
 ) -> tuple[FetchError, str | None] | None:
     """Decide on status and headers before reading the body: retry (error, Retry-After),
-    raise for a final failure, or None to read on."""
+    raise for a final failure, or None to read on (a Cloudflare error's body says if it is a
+    challenge; check_body decides)."""
+    if is_challenge(resp):
+        return _challenge(resp, url)
+    if may_be_challenge(resp):
+        return None
     if resp.status_code in RETRYABLE:
         return FetchError(f"http_{resp.status_code}", url), resp.headers.get("retry-after")
     if resp.status_code >= 400:
@@ -136,6 +199,12 @@ def check_body(
     resp: httpx.Response, url: str, content: bytes, expect: Expect
 ) -> Response | tuple[FetchError, str | None]:
     """A block page or unparseable JSON is retried; anything else is the answer."""
+    if resp.status_code >= 400:  # a Cloudflare error read for its body (see check_head)
+        if looks_blocked(content, "html"):
+            return _challenge(resp, url)
+        if resp.status_code in RETRYABLE:
+            return FetchError(f"http_{resp.status_code}", url), resp.headers.get("retry-after")
+        raise FetchError(f"http_{resp.status_code}", url)
     if expect != "bytes" and looks_blocked(content, expect):
         return FetchError("blocked", url), None
     parsed = None
@@ -173,6 +242,8 @@ def settle(
     wait = backoff_seconds(s, attempt, retry_after, 4.0 if blocked else 1.0)
     if blocked:
         pace.penalty_until = time.monotonic() + wait
+    if retry_after and wait >= 1:
+        log.warning("%s: %s, waiting %.0f s as its Retry-After asks", url, error.reason, wait)
     return None, error, wait
 
 
@@ -197,8 +268,9 @@ class PoliteClient:
             headers={"User-Agent": user_agent(settings.contact_url), **(headers or {})},
         )
         self._hosts: dict[str, _Host] = {}
-        self._robots: dict[str, urllib.robotparser.RobotFileParser | None] = {}
+        self._robots: dict[str, Robots] = {}
         self._lock = threading.Lock()
+        self.agent = product_token(self._client.headers["User-Agent"])
         self.requests_sent = 0
 
     def close(self) -> None:
@@ -221,25 +293,25 @@ class PoliteClient:
             return self._hosts[key]
 
     def allowed(self, url: str) -> bool:
+        """robots.txt (fetched once per origin) allows `url`; its Crawl-delay becomes a floor
+        on the host's pace."""
         if not self.obey_robots:
             return True
-        parts = urlsplit(url)
-        origin = f"{parts.scheme}://{parts.netloc}"
+        origin = _origin(url)
         with self._lock:
-            known = origin in self._robots
-        if not known:
-            parser: urllib.robotparser.RobotFileParser | None = None
+            rules = self._robots.get(origin)
+        if rules is None:
             try:
                 resp = self._send(f"{origin}/robots.txt", "bytes", None, None, retries=1)
-                parser = urllib.robotparser.RobotFileParser()
-                parser.parse(resp.content.decode("utf-8", "replace").splitlines())
+                rules = Robots(resp.content.decode("utf-8", "replace"))
             except FetchError as exc:
                 if not exc.reason.startswith("http_4"):
                     raise  # unreachable robots.txt: do not guess
+                rules = Robots(None)  # no robots.txt: everything allowed
+            _floor_pace(self._host(url).pace, rules, self.agent)
             with self._lock:
-                self._robots[origin] = parser
-        parser = self._robots[origin]
-        return parser is None or parser.can_fetch(self._client.headers["User-Agent"], url)
+                self._robots[origin] = rules
+        return rules.allowed(url, self.agent)
 
     def get(
         self,
@@ -333,7 +405,7 @@ class AsyncPoliteClient:
         settings: CrawlSettings,
         *,
         max_connections: int = 256,
-        robots_cache: dict[str, urllib.robotparser.RobotFileParser | None] | None = None,
+        robots_cache: dict[str, Robots] | None = None,
     ) -> None:
         self.settings = settings
         self._client = httpx.AsyncClient(
@@ -344,8 +416,9 @@ class AsyncPoliteClient:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         )
         self._hosts: dict[str, _AsyncHost] = {}
-        self._robots: dict[str, asyncio.Future[urllib.robotparser.RobotFileParser | None]] = {}
+        self._robots: dict[str, asyncio.Future[Robots]] = {}
         self._known = robots_cache if robots_cache is not None else {}  # may outlive this client
+        self.agent = product_token(self._client.headers["User-Agent"])
         self.requests_sent = 0
 
     async def __aenter__(self) -> AsyncPoliteClient:
@@ -366,30 +439,27 @@ class AsyncPoliteClient:
     async def allowed(self, url: str) -> bool:
         if not self.settings.obey_robots:
             return True
-        parts = urlsplit(url)
-        origin = f"{parts.scheme}://{parts.netloc}"
-        if origin in self._known:
-            rules = self._known[origin]
-            return rules is None or rules.can_fetch(self._client.headers["User-Agent"], url)
-        if origin not in self._robots:
-            fut: asyncio.Future[urllib.robotparser.RobotFileParser | None] = asyncio.Future()
-            self._robots[origin] = fut
+        origin = _origin(url)
+        if origin not in self._known:
+            if origin not in self._robots:  # one fetch per origin, whatever the number of waiters
+                self._robots[origin] = asyncio.ensure_future(self._fetch_robots(origin))
             try:
-                resp = await self._send(f"{origin}/robots.txt", "bytes", None, retries=1)
-                rules = urllib.robotparser.RobotFileParser()
-                rules.parse(resp.content.decode("utf-8", "replace").splitlines())
-                fut.set_result(rules)
-            except FetchError as exc:
-                if exc.reason.startswith("http_4"):
-                    fut.set_result(None)  # no robots.txt: everything allowed
-                else:
-                    del self._robots[origin]  # unreachable robots.txt: do not guess, ask again later
-                    fut.set_exception(exc)
-                    fut.exception()  # retrieved here; waiters get it too
-                    raise
-        found = await self._robots[origin]
-        self._known[origin] = found
-        return found is None or found.can_fetch(self._client.headers["User-Agent"], url)
+                self._known[origin] = await self._robots[origin]
+            except FetchError:
+                self._robots.pop(origin, None)  # unreachable robots.txt: do not guess, ask again later
+                raise
+        rules = self._known[origin]
+        _floor_pace(self._host(url).pace, rules, self.agent)
+        return rules.allowed(url, self.agent)
+
+    async def _fetch_robots(self, origin: str) -> Robots:
+        try:
+            resp = await self._send(f"{origin}/robots.txt", "bytes", None, retries=1)
+        except FetchError as exc:
+            if exc.reason.startswith("http_4"):
+                return Robots(None)  # no robots.txt: everything allowed
+            raise
+        return Robots(resp.content.decode("utf-8", "replace"))
 
     async def get(
         self, url: str, *, expect: Expect = "bytes", check_headers: HeadCheck | None = None

@@ -144,7 +144,7 @@ class ReplaySite:
         sd = self.fixtures / "stablediffusionweb"
         if path == "/robots.txt":
             return 200, "text/plain", self.robots.encode()
-        if path == "/civitai/api/v1/images":
+        if path in ("/civitai/api/v1/images", "/api/v1/images"):  # the latter: civitai.com's own path
             body = self._rewrite(json.dumps(self.civitai_page(query)))
             return 200, "application/json", body.encode()
         if path == "/lexica/api/v1/search":
