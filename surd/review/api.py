@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from surd.review import auth, queue
 from surd.review.export import jsonl_chunks
+from surd.review.text import MAX_PROMPT, clean_prompt
 
 router = APIRouter(prefix="/api", tags=["review"])
 _bearer = HTTPBearer(auto_error=False)
@@ -53,7 +54,10 @@ class DecideRequest(BaseModel):
     sample_id: str
     decision: Literal["accept", "reject"]
     reason: str | None = None
-    simple_prompt: str | None = Field(None, max_length=500, description="an edited simple prompt (accept)")
+    simple_prompt: str | None = Field(
+        None,
+        description=f"an edited simple prompt (accept): at most {MAX_PROMPT} characters, no controls",
+    )
 
 
 class DecideResponse(BaseModel):
@@ -82,13 +86,17 @@ def decide(body: DecideRequest, request: Request, who: Caller = Depends(caller))
         raise HTTPException(422, f"reason must be one of {', '.join(s.review.reject_reasons)}")
     engine = request.app.state.engine
     try:
+        edited = clean_prompt(body.simple_prompt) if body.decision == "accept" else None
+    except ValueError as exc:  # the same rule and message as the web form's
+        raise HTTPException(422, str(exc)) from None
+    try:
         did = queue.decide(
             engine,
             body.sample_id,
             who.name,
             body.decision,
             reason=body.reason if body.decision == "reject" else None,
-            simple_prompt=(body.simple_prompt or "").strip() or None,
+            simple_prompt=edited,
         )
     except queue.QueueError as exc:
         raise HTTPException(409, str(exc)) from None

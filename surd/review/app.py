@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections import defaultdict, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.middleware.sessions import SessionMiddleware
@@ -30,15 +31,31 @@ CSP = (
 
 
 class SecurityHeaders(BaseHTTPMiddleware):
+    """The headers of every response, errors included; nothing is cached unless a route says so
+    (images: private), so API answers and exports never sit in a shared cache."""
+
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception:
+            log.exception("%s %s failed", request.method, request.url.path)
+            response = PlainTextResponse("internal error", status_code=500)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["Referrer-Policy"] = "no-referrer"
-        if response.headers.get("content-type", "").startswith("text/html"):
+        if "cache-control" not in response.headers or response.headers.get("content-type", "").startswith(
+            "text/html"
+        ):
             response.headers["Cache-Control"] = "no-store"
         return response
+
+
+async def _invalid(request: Request, exc: Exception) -> JSONResponse:
+    """422 naming each bad field, without echoing the input (it may not even be JSON: 1e400)."""
+    assert isinstance(exc, RequestValidationError)
+    detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in exc.errors()]
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -58,10 +75,11 @@ def create_app(settings: Settings) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        redirect_slashes=False,  # its redirects would be built from the Host header
     )
+    app.add_exception_handler(RequestValidationError, _invalid)
     app.state.engine = engine
     app.state.settings = settings
-    app.state.login_attempts = defaultdict(deque)
     if settings.review.session_secret is not None:
         secret = settings.review.session_secret.get_secret_value()
     else:

@@ -20,20 +20,47 @@ ROLES = ("steward", "admin")
 _hasher = PasswordHasher()
 
 
+MAX_NAME = 128
+MAX_PASSWORD = 1024
+
+
 def add_steward(engine: sa.Engine, name: str, password: str, role: str = "steward") -> None:
-    """Create a steward, or reset their password and role."""
+    """Create a steward, or reset their password and role: either way every session of the
+    account ends (a new session key); its API tokens stay (revoke them with `revoke_tokens`)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
-    if not name or len(name) > 128 or not name.isprintable() or name.startswith("policy:"):
+    if not name or len(name) > MAX_NAME or not name.isprintable() or name.startswith("policy:"):
         raise ValueError("a steward name is 1–128 printable characters and cannot start with 'policy:'")
-    if len(password) < 8:
-        raise ValueError("a password needs at least 8 characters")
+    if not 8 <= len(password) <= MAX_PASSWORD:
+        raise ValueError(f"a password needs 8 to {MAX_PASSWORD} characters")
+    values = {"password_hash": _hasher.hash(password), "role": role, "session_key": secrets.token_hex(32)}
     with engine.begin() as conn:
-        conn.execute(stewards.delete().where(stewards.c.name == name))
+        updated = conn.execute(stewards.update().where(stewards.c.name == name).values(**values)).rowcount
+        if not updated:
+            conn.execute(stewards.insert().values(name=name, created_at=datetime.now(UTC), **values))
+
+
+def account(engine: sa.Engine, name: str) -> tuple[str, str] | None:
+    """(role, session key) of the account, or None if it is gone."""
+    with reader(engine) as conn:
+        row = conn.execute(
+            sa.select(stewards.c.role, stewards.c.session_key).where(stewards.c.name == name)
+        ).first()
+    return None if row is None or row[1] is None else (str(row[0]), str(row[1]))
+
+
+def session_key(engine: sa.Engine, name: str) -> str | None:
+    """The key every live session of the account carries; None if the account is gone."""
+    with reader(engine) as conn:
+        key = conn.execute(sa.select(stewards.c.session_key).where(stewards.c.name == name)).scalar()
+    return None if key is None else str(key)
+
+
+def end_sessions(engine: sa.Engine, name: str) -> None:
+    """End every session of the account at once (a new key: old cookies no longer match)."""
+    with engine.begin() as conn:
         conn.execute(
-            stewards.insert().values(
-                name=name, password_hash=_hasher.hash(password), role=role, created_at=datetime.now(UTC)
-            )
+            stewards.update().where(stewards.c.name == name).values(session_key=secrets.token_hex(32))
         )
 
 
@@ -45,6 +72,8 @@ def list_stewards(engine: sa.Engine) -> list[dict[str, str]]:
 
 def check(engine: sa.Engine, name: str, password: str) -> str | None:
     """The steward's role when the password matches, else None."""
+    if len(name) > MAX_NAME or len(password) > MAX_PASSWORD:
+        return None  # never hash a megabyte
     with reader(engine) as conn:
         row = conn.execute(sa.select(stewards).where(stewards.c.name == name)).mappings().first()
     if row is None:

@@ -27,7 +27,11 @@ RUN_NAME = re.compile(r"^[A-Za-z0-9._()=,-]+$")
 def _runs(root: Path) -> list[str]:
     runs = root / "runs"
     return (
-        sorted(p.name for p in runs.iterdir() if (p / "eval" / "pairs.jsonl").exists())
+        sorted(
+            p.name
+            for p in runs.iterdir()
+            if not p.name.startswith(".") and (p / "eval" / "pairs.jsonl").exists()
+        )
         if runs.exists()
         else []
     )
@@ -95,12 +99,7 @@ def runs_page(request: Request) -> Response:
 def next_pair(request: Request, run: str) -> Response:
     s = Session(request)
     pairs = _pairs(Path(s.settings.data_root), run)
-    with reader(s.engine) as conn:
-        mine = set(
-            conn.execute(
-                sa.select(judgments.c.pair_id).where(judgments.c.run == run, judgments.c.steward == s.name)
-            ).scalars()
-        )
+    mine = _judged(s, run)
     todo = [p for p in pairs if p["pair_id"] not in mine]
     results = summary(s.engine, run, pairs)
     if not todo:
@@ -115,10 +114,23 @@ def next_pair(request: Request, run: str) -> Response:
     )
 
 
+def _judged(s: Session, run: str) -> set[str]:
+    with reader(s.engine) as conn:
+        return set(
+            conn.execute(
+                sa.select(judgments.c.pair_id).where(judgments.c.run == run, judgments.c.steward == s.name)
+            ).scalars()
+        )
+
+
 @router.get("/judge/{run}/results", response_class=HTMLResponse)
 def results_page(request: Request, run: str) -> Response:
+    """The run's results, once this steward's own picks are all in (and so final): live counts
+    seen while judging would tell which side each pick's adapter was on."""
     s = Session(request)
     pairs = _pairs(Path(s.settings.data_root), run)
+    if not {p["pair_id"] for p in pairs} <= _judged(s, run):
+        raise HTTPException(403, "results are shown once you have judged every pair of this run")
     return s.render("judge_done.html", run=run, results=summary(s.engine, run, pairs))
 
 
@@ -143,9 +155,12 @@ def judge(
 ) -> Response:
     s = Session(request)
     s.check_csrf(csrf)
-    pair = next((p for p in _pairs(Path(s.settings.data_root), run) if p["pair_id"] == pair_id), None)
+    pairs = _pairs(Path(s.settings.data_root), run)
+    pair = next((p for p in pairs if p["pair_id"] == pair_id), None)
     if pair is None or pick not in ("left", "right", "tie"):
         raise HTTPException(422, "unknown pair or pick")
+    if {p["pair_id"] for p in pairs} <= _judged(s, run):
+        raise HTTPException(409, "your picks for this run are final: you have seen its results")
     choice = "tie" if pick == "tie" else ("adapter" if pick == pair["adapter_side"] else "baseline")
     record(s.engine, run, pair_id, s.name, choice)
     return RedirectResponse(f"/judge/{run}", status_code=303)

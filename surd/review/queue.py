@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from storage.tables import fault_point
 from surd.review.db import QueueSchemaError, connect, reader
 from surd.review.schema import decisions, items, standing
+from surd.review.text import clean_prompt
 
 __all__ = ["QueueSchemaError", "connect"]
 
@@ -281,8 +282,7 @@ def decide(
         raise ValueError("decision must be accept or reject")
     if decision == "reject" and not reason:
         raise ValueError("a rejection needs a reason")
-    if decision == "reject":
-        simple_prompt = None
+    simple_prompt = None if decision == "reject" else clean_prompt(simple_prompt)  # ValueError: why
     now = datetime.now(UTC)
     with engine.begin() as conn:
         item_q = sa.select(

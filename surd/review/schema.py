@@ -71,6 +71,16 @@ stewards = sa.Table(
     sa.Column("password_hash", sa.String(256), nullable=False),
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("created_at", UTC_TS, nullable=False),
+    sa.Column("session_key", sa.String(64)),  # new on create, reset, role change and logout
+)
+login_limits = sa.Table(  # failed logins per key (address, address+name), shared by all workers
+    "login_limits",
+    meta,
+    sa.Column("key", sa.String(400), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("window_start", UTC_TS, nullable=False),
+    sa.Column("not_before", UTC_TS, nullable=False),
+    sa.Column("last_at", UTC_TS, nullable=False, index=True),
 )
 tokens = sa.Table(
     "tokens",

@@ -7,10 +7,9 @@ need the admin role; login attempts are rate-limited per client address and per 
 from __future__ import annotations
 
 import io
+import math
 import secrets
 import tempfile
-import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,9 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from surd.review import auth, export, queue
+from storage.layout import DataDir
+from surd.review import auth, export, limiter, queue
+from surd.review.text import clean_prompt
 
 router = APIRouter(include_in_schema=False)
 templates = Environment(
@@ -28,6 +29,10 @@ templates.tests["web_url"] = lambda v: isinstance(v, str) and v.startswith(("htt
 
 
 class Session:
+    """The steward of a request, checked against the database on every request: a session lives
+    only while its key is the account's (logout, a password reset, a role change and removal all
+    change or drop the key, so every copy of the cookie ends at once)."""
+
     def __init__(self, request: Request, admin: bool = False) -> None:
         name = request.session.get("user")
         if not name:
@@ -36,11 +41,12 @@ class Session:
         self.name = str(name)
         self.engine = request.app.state.engine
         self.settings = request.app.state.settings
-        role = auth.role_of(self.engine, self.name)  # a removed account or a changed role counts now
-        if role is None:
+        account = auth.account(self.engine, self.name)
+        held = str(request.session.get("key", ""))
+        if account is None or not secrets.compare_digest(held.encode(), account[1].encode()):
             request.session.clear()
             raise HTTPException(status_code=303, headers={"Location": "/login"})
-        self.role = role
+        self.role = account[0]
         self.csrf = str(request.session["csrf"])
         if admin and self.role != "admin":
             raise HTTPException(status_code=403, detail="admins only")
@@ -70,37 +76,44 @@ class Session:
         return HTMLResponse(templates.get_template(template).render(**ctx), status_code=status)
 
 
-def _limited(request: Request, key: str, per_minute: int) -> bool:
-    attempts: dict[str, deque[float]] = request.app.state.login_attempts
-    window = attempts[key]
-    now = time.monotonic()
-    while window and now - window[0] > 60:
-        window.popleft()
-    if len(window) >= per_minute:
-        return True
-    window.append(now)
-    return False
+def _login_page(request: Request, error: str | None, status: int, **headers: str) -> HTMLResponse:
+    """The login form with a CSRF token of its own (kept in the pre-login session)."""
+    token = request.session.get("login_csrf") or secrets.token_urlsafe(32)
+    request.session["login_csrf"] = token
+    page = templates.get_template("login.html").render(error=error, user=None, csrf=token)
+    return HTMLResponse(page, status_code=status, headers=headers or None)
 
 
 @router.get("/login", response_class=HTMLResponse)
-def login_form() -> str:
-    return templates.get_template("login.html").render(error=None, user=None)
+def login_form(request: Request) -> HTMLResponse:
+    return _login_page(request, None, 200)
 
 
 @router.post("/login")
-def login(request: Request, name: str = Form(...), password: str = Form(...)) -> Response:
-    limit = request.app.state.settings.review.login_attempts_per_minute
-    ip = request.client.host if request.client else "?"
-    page = templates.get_template("login.html")
-    if _limited(request, f"ip:{ip}", limit) or _limited(request, f"name:{name}", limit):
-        return HTMLResponse(
-            page.render(error="Too many attempts; wait a minute.", user=None), status_code=429
+def login(
+    request: Request, name: str = Form(...), password: str = Form(...), csrf: str = Form("")
+) -> Response:
+    expected = str(request.session.get("login_csrf", ""))
+    if not expected or not secrets.compare_digest(csrf.encode(), expected.encode()):
+        return _login_page(request, "The form expired; log in again.", 403)
+    engine = request.app.state.engine
+    address = request.client.host if request.client else "?"
+    wait = limiter.wait_seconds(engine, address, name)
+    if wait > 0:
+        return _login_page(
+            request,
+            f"Too many attempts; wait {math.ceil(wait)} s.",
+            429,
+            **{"Retry-After": str(math.ceil(wait))},
         )
-    role = auth.check(request.app.state.engine, name, password)
-    if role is None:
-        return HTMLResponse(page.render(error="Wrong name or password.", user=None), status_code=401)
+    role = auth.check(engine, name, password)
+    key = auth.session_key(engine, name) if role is not None else None
+    if role is None or key is None:
+        limiter.failed(engine, address, name, request.app.state.settings.review.login_attempts_per_minute)
+        return _login_page(request, "Wrong name or password.", 401)
+    limiter.succeeded(engine, address, name)
     request.session.clear()
-    request.session.update(user=name, role=role, csrf=secrets.token_urlsafe(32))
+    request.session.update(user=name, key=key, csrf=secrets.token_urlsafe(32))
     return RedirectResponse("/", status_code=303)
 
 
@@ -108,6 +121,7 @@ def login(request: Request, name: str = Form(...), password: str = Form(...)) ->
 def logout(request: Request, csrf: str = Form(...)) -> Response:
     s = Session(request)
     s.check_csrf(csrf)
+    auth.end_sessions(s.engine, s.name)  # every copy of this account's session cookie ends
     request.session.clear()
     return RedirectResponse("/login", status_code=303)
 
@@ -174,7 +188,10 @@ def decide(
         raise HTTPException(422, "decision must be accept or reject")
     if decision == "reject" and reason not in s.settings.review.reject_reasons:
         raise HTTPException(422, "unknown reject reason")
-    edited = simple_prompt.strip()[:500] or None
+    try:
+        edited = clean_prompt(simple_prompt) if decision == "accept" else None
+    except ValueError as exc:  # the same rule and message as the API's
+        raise HTTPException(422, str(exc)) from None
     try:
         queue.decide(
             s.engine,
@@ -232,8 +249,8 @@ def set_filters(
 @router.get("/image/{sample_id}")
 def image(request: Request, sample_id: str) -> Response:
     s = Session(request)
-    from storage.layout import DataDir
-
+    if queue.item(s.engine, sample_id) is None:  # only what entered the review queue
+        raise HTTPException(status_code=404)
     rows = DataDir(s.settings.data_root).table("images").lookup({sample_id}, ["image"])
     if sample_id not in rows or rows[sample_id]["image"] is None:
         raise HTTPException(status_code=404)
@@ -243,10 +260,11 @@ def image(request: Request, sample_id: str) -> Response:
     )
 
 
-def _admin_page(s: Session, **extra: Any) -> HTMLResponse:
+def _admin_page(s: Session, status: int = 200, **extra: Any) -> HTMLResponse:
     stewards = auth.list_stewards(s.engine)
     return s.render(
         "admin.html",
+        status,
         stewards=stewards,
         tokens=auth.token_counts(s.engine),
         steward_names={x["name"] for x in stewards},
@@ -283,7 +301,11 @@ def admin_add_steward(
 def admin_token(request: Request, csrf: str = Form(...), name: str = Form(...)) -> Response:
     s = Session(request, admin=True)
     s.check_csrf(csrf)
-    return _admin_page(s, new_token={"steward": name, "token": auth.new_token(s.engine, name)})
+    try:
+        token = auth.new_token(s.engine, name)
+    except ValueError as exc:  # no such steward
+        return _admin_page(s, message=str(exc), status=422)
+    return _admin_page(s, new_token={"steward": name, "token": token})
 
 
 @router.post("/admin/stewards/remove", response_class=HTMLResponse)
