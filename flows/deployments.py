@@ -19,6 +19,7 @@ from prefect.schedules import Cron
 from flows.adapter import embed_flow, evaluate_flow, train_flow
 from flows.rebuild import rebuild, release_flow
 from surd.settings import Settings
+from surd.sources import SOURCES
 
 # deployment → (work pool, triggering event, parameters rendered from that event)
 PLAN: dict[str, tuple[str, str | None, dict[str, str]]] = {
@@ -86,7 +87,7 @@ def setup(settings: Settings) -> dict[str, Any]:
         for pool in ("cpu", "gpu"):
             client.create_work_pool(WorkPoolCreate(name=pool, type="process"), overwrite=True)
             made["work_pools"].append(pool)
-        limits = {f"crawl-{s}": 1 for s in ("civitai", "lexica", "sdonline")} | {"gpu": 1}
+        limits = {f"crawl-{s}": 1 for s in SOURCES} | {"gpu": 1}
         for name, limit in limits.items():
             client.upsert_global_concurrency_limit_by_name(name, limit)
             made["concurrency_limits"][name] = limit

@@ -25,12 +25,6 @@ def keep(p_simple: float, p_complex: float) -> bool:
     return p_simple >= p_complex
 
 
-def is_truncated(tokenizer: Any, text: str) -> bool:
-    """True when the prompt needs more than the context (start and end tokens included)."""
-    context = getattr(tokenizer, "context_length", 77)
-    return len(tokenizer.encode(text)) + 2 > context
-
-
 class ClipScorer:
     """CLIP's choice between [simple, complex] for each image; load once, call per batch."""
 

@@ -36,6 +36,12 @@ class Spec:
     std: tuple[float, float, float] = CLIP_STD
 
 
+def is_truncated(tokenizer: Any, text: str) -> bool:
+    """True when the prompt needs more than the context (start and end tokens included)."""
+    context = getattr(tokenizer, "context_length", 77)
+    return len(tokenizer.encode(text)) + 2 > context
+
+
 def to_tensor(data: bytes, spec: Spec) -> torch.Tensor:
     """Decoded and resized (3, size, size) uint8: a quarter of float32's bytes between processes;
     `normalize` finishes the job on the model's device."""
@@ -116,8 +122,6 @@ def decode(chunk: Sequence[tuple[bytes, tuple[str, ...]]], spec: Spec, tokenizer
     pixels = torch.stack([to_tensor(blob, spec) for blob, _ in chunk])
     if tokenizer is None:
         return Decoded(pixels)
-    from surd.clipfilter import is_truncated
-
     k = len(chunk[0][1])
     texts = [t for _, prompts in chunk for t in prompts]
     tokens = tokenizer(texts).view(len(chunk), k, -1)

@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from surd.sources import SOURCES, Source
+
 ENV_PREFIX = "SURD_"
 # variables of the command line, not settings: read where the command documents them
 COMMAND_VARIABLES = {
@@ -82,7 +84,7 @@ class SdOnlineSettings(_SourcePoliteness):
 
 
 class SourcesSettings(_Section):
-    enabled: list[Literal["civitai", "lexica", "sdonline"]] = ["civitai", "lexica", "sdonline"]
+    enabled: list[Source] = list(SOURCES)
     civitai: CivitaiSettings = CivitaiSettings()
     lexica: LexicaSettings = LexicaSettings()
     sdonline: SdOnlineSettings = SdOnlineSettings()

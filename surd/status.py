@@ -8,6 +8,7 @@ from storage.layout import DataDir
 from storage.schemas import OK
 from surd.review import queue
 from surd.settings import Settings
+from surd.sources import SOURCES
 
 CHAIN = [("raw_items", None), ("images", "raw_items"), ("captions", "images"), ("clip_scores", "captions")]
 
@@ -92,7 +93,7 @@ def status(settings: Settings, data: DataDir) -> dict[str, Any]:
     stages["adapter_runs"] = runs
     failed_pages = sum(1 for r in data.table("crawl_pages").iter_rows(["status"]) if r["status"] != OK)
     crawls = {}
-    for source in ("civitai", "lexica", "sdonline"):
+    for source in SOURCES:
         st = data.state(f"crawl-{source}")
         if st:
             crawls[source] = {

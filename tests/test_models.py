@@ -6,9 +6,10 @@ import torch
 from PIL import Image
 
 from surd.caption import caption_images, strip_prompt
-from surd.clipfilter import is_truncated, keep, score
+from surd.clipfilter import keep, score
 from surd.embed import pooled_layers
 from surd.models import tiny
+from surd.preprocess import is_truncated
 from surd.settings import CaptionSettings
 
 

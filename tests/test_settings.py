@@ -52,3 +52,11 @@ def test_database_password_masked(monkeypatch: pytest.MonkeyPatch) -> None:
     s = load_settings()
     assert s.review_database_url.endswith("u:hunter22@db/surd")
     assert "hunter22" not in str(s.provenance())
+
+
+def test_the_settings_name_the_registry_sources() -> None:
+    from typing import get_args
+
+    from surd.sources import SOURCES, Source
+
+    assert get_args(Source) == SOURCES and load_settings().sources.enabled == list(SOURCES)

@@ -20,6 +20,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from storage.layout import DataDir
 from surd.review import auth, export, limiter, queue
 from surd.review.text import clean_prompt
+from surd.sources import SOURCES
 
 router = APIRouter(include_in_schema=False)
 templates = Environment(
@@ -70,7 +71,7 @@ class Session:
             "csrf": self.csrf,
             "progress": queue.progress(self.engine),
             "filters": self.filters,
-            "sources": ("civitai", "lexica", "sdonline"),
+            "sources": SOURCES,
             **extra,
         }
         return HTMLResponse(templates.get_template(template).render(**ctx), status_code=status)

@@ -1,0 +1,125 @@
+"""The layers DESIGN.md draws, checked on the source: no import cycle, and the library (`surd/`,
+`storage/`, `adapter/`) free of the application layer (the CLI, the demo) and the orchestration
+layer (`flows/`, Prefect). Imports inside functions count too."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("surd", "storage", "adapter", "flows")
+APPLICATION = ("surd.cli", "surd.demo")  # may import the library; the library never imports them
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            if "migrations" in path.parts:
+                continue  # Alembic's scripts, loaded by Alembic
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            out[name.removesuffix(".__init__")] = path
+    return out
+
+
+def imports(path: Path) -> set[str]:
+    """Every module a file imports, at any depth in it (top level or inside a function)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    return {name: {i for i in imports(path) if i in mods and i != name} for name, path in mods.items()}
+
+
+def in_layer(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle() -> None:
+    # a package's __init__ importing its own modules is not a cycle of design: leave those out
+    edges = {a: {b for b in bs if not b.startswith(a + ".")} for a, bs in graph().items()}
+    assert cycles(edges) == []
+
+
+def test_the_library_never_imports_the_application_or_orchestration_layer() -> None:
+    bad = []
+    for name, path in modules().items():
+        if in_layer(name, ("flows", *APPLICATION)):
+            continue
+        for target in imports(path):
+            if in_layer(target, ("flows", "prefect", "prefect_dask", *APPLICATION)):
+                bad.append(f"{name} imports {target}")
+    assert bad == []
+
+
+def test_adapter_reads_only_through_storage() -> None:
+    bad = [
+        f"{name} imports {target}"
+        for name, path in modules().items()
+        if in_layer(name, ("adapter",))
+        for target in imports(path)
+        if in_layer(target, ("surd", "flows"))
+    ]
+    assert bad == []
+
+
+def test_storage_imports_nothing_of_ours() -> None:
+    bad = [
+        f"{name} imports {target}"
+        for name, path in modules().items()
+        if in_layer(name, ("storage",))
+        for target in imports(path)
+        if in_layer(target, ("surd", "adapter", "flows"))
+    ]
+    assert bad == []
+
+
+def test_the_check_sees_a_cycle_and_a_layer_breach() -> None:
+    """The checks above can fail: a planted cycle and a planted breach are found."""
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    tree = ast.parse("def f():\n    from flows.rebuild import rebuild\n")
+    assert any(isinstance(n, ast.ImportFrom) and n.module == "flows.rebuild" for n in ast.walk(tree))
