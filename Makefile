@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
 export PYTHONWARNINGS := ignore::FutureWarning
 
-.PHONY: demo test lint typecheck install bench-images bench-gpu lavis-env
+.PHONY: demo test test-fast lint typecheck install bench-images bench-gpu lavis-env
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,11 @@ demo: $(STAMP)
 	$(VENV)/bin/surd demo --data-root data/demo
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -ra
+	$(VENV)/bin/python -m pytest -q -ra --durations=15
+
+# the edit loop: everything but the tests marked slow (subprocesses, servers, a browser)
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -ra -m "not slow" --durations=10
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check surd storage adapter flows tests benchmarks

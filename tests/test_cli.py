@@ -22,6 +22,8 @@ from surd.replay import ReplaySite
 from surd.settings import load_settings
 from tests.conftest import free_port
 
+pytestmark = pytest.mark.slow  # subprocesses, servers or a browser: not in `make test-fast`
+
 SURD = str(Path(sys.executable).parent / "surd")
 
 

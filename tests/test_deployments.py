@@ -17,6 +17,8 @@ import yaml
 from tests.conftest import free_port
 from tests.prefect_server import PrefectServer
 
+pytestmark = pytest.mark.slow  # subprocesses, servers or a browser: not in `make test-fast`
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import free_port
 
+pytestmark = pytest.mark.slow  # subprocesses, servers or a browser: not in `make test-fast`
+
 STAGES = ["raw_items", "images", "captions", "clip_scores", "review", "release"]
 
 
@@ -183,6 +185,7 @@ def test_a_failed_crawl_fails_its_task_and_the_rebuild(prefect_api, tmp_path: Pa
     """A site down: its crawl task fails (after its retries), the other source and the stages
     still run over what there is, and the flow run ends failed, naming source, reason and URL."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     from flows.rebuild import rebuild
     from surd.crawl import CrawlFailed
@@ -194,10 +197,13 @@ def test_a_failed_crawl_fails_its_task_and_the_rebuild(prefect_api, tmp_path: Pa
         "enabled": ["civitai", "lexica"],
         "civitai": cfg["sources"]["civitai"] | {"base_url": down},
     }
-    with pytest.raises(CrawlFailed, match=f"crawl civitai failed: connection_error at {down}/"):
-        rebuild(config=cfg, train=False)
+    state = rebuild(config=cfg, train=False, return_state=True)
+    failure = state.result(raise_on_failure=False)
+    assert state.is_failed() and isinstance(failure, CrawlFailed)
+    assert f"crawl civitai failed: connection_error at {down}/" in str(failure)
     with get_client(sync_client=True) as client:
-        runs = {r.name: r.state_type.value for r in client.read_task_runs()}
+        this_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        runs = {r.name: r.state_type.value for r in client.read_task_runs(flow_run_filter=this_run)}
     assert runs["crawl-civitai"] == "FAILED" and runs["crawl-lexica"] == "COMPLETED"
     assert any(name.startswith("images_task") and state == "COMPLETED" for name, state in runs.items()), runs
 

@@ -17,6 +17,8 @@ from storage.schemas import OK
 from surd.replay import synth_image
 from surd.settings import load_settings
 
+pytestmark = pytest.mark.slow  # subprocesses, servers or a browser: not in `make test-fast`
+
 LAVIS_PY = Path(__file__).resolve().parent.parent / ".venv-lavis" / "bin" / "python"
 
 

@@ -17,6 +17,8 @@ from storage.layout import DataDir
 from storage.locks import Busy, writing
 from surd import pipeline
 
+pytestmark = pytest.mark.slow  # subprocesses, servers or a browser: not in `make test-fast`
+
 SURD = str(Path(sys.executable).parent / "surd")
 
 

@@ -17,6 +17,8 @@ from surd.settings import load_settings
 from tests.conftest import free_port
 from tests.serve import ThreadedServer
 
+pytestmark = pytest.mark.slow  # subprocesses, servers or a browser: not in `make test-fast`
+
 CHROMIUM = "/usr/bin/chromium"
 XSS = "<script>window.pwned=1;alert('xss')</script><img src=x onerror=\"window.pwned=2\"> a castle"
 

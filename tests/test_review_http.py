@@ -24,6 +24,8 @@ from surd.settings import load_settings
 from tests.conftest import free_port
 from tests.serve import ThreadedServer, wait_until_up
 
+pytestmark = pytest.mark.slow  # subprocesses, servers or a browser: not in `make test-fast`
+
 STEWARDS = 20
 ITEMS = 240
 

@@ -19,6 +19,8 @@ from surd.settings import load_settings
 from tests.conftest import free_port
 from tests.serve import ThreadedServer, wait_until_up
 
+pytestmark = pytest.mark.slow  # subprocesses, servers or a browser: not in `make test-fast`
+
 
 def _serve(root: Path, port: int, workers: int = 1) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SURD_")}
