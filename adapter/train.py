@@ -146,6 +146,7 @@ def save_checkpoint(
         tmp / "state.pt",
     )
     final = out_dir / f"ckpt-{step:06d}"
+    fault_point("checkpoint_written", step)  # every file in the temp folder, not yet renamed
     os.replace(tmp, final)
     fault_point("checkpoint", step)
     return final

@@ -209,9 +209,12 @@ def train(
     llm_model_id: str,
     log: Callable[[dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
-    from surd.adapter_stage import run_train
+    from surd.adapter_stage import run_dir, run_train
 
-    return run_train(settings, open_data(settings), Path(release_path), llm_model_id, log=log)
+    data = open_data(settings)
+    run = run_dir(data, Path(release_path), llm_model_id, settings)
+    with _writing(settings, f"run-{run.name}"):  # its checkpoints, and the stale temp cleanup
+        return run_train(settings, data, Path(release_path), llm_model_id, log=log)
 
 
 def evaluate(
@@ -219,7 +222,9 @@ def evaluate(
 ) -> dict[str, Any]:
     from surd.adapter_stage import run_evaluate
 
-    return run_evaluate(settings, open_data(settings), Path(run_dir), progress=progress)
+    data = open_data(settings)
+    with _writing(settings, f"run-{Path(run_dir).name}"):  # its eval/ folder
+        return run_evaluate(settings, data, Path(run_dir), progress=progress)
 
 
 def rebuild(

@@ -181,26 +181,36 @@ def test_dask_local_cluster_gives_the_same_tables(prefect_api, tmp_path: Path, r
         np.testing.assert_allclose(va[sid], vb[sid], atol=1e-3)
 
 
-def test_a_failed_crawl_fails_its_task_and_the_rebuild(prefect_api, tmp_path: Path, replay) -> None:
-    """A site down: its crawl task fails (after its retries), the other source and the stages
-    still run over what there is, and the flow run ends failed, naming source, reason and URL."""
+@pytest.mark.parametrize("fault", ["down", "challenge"])
+def test_a_failed_crawl_fails_its_task_and_the_rebuild(prefect_api, tmp_path: Path, replay, fault) -> None:
+    """A site down, or answering with Cloudflare's 403 challenge: its crawl task fails (after its
+    retries), the other source and the stages still run over what there is, and the flow run ends
+    failed, naming source, reason and URL."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     from flows.rebuild import rebuild
     from surd.crawl import CrawlFailed
     from surd.demo import demo_config
+    from surd.replay import ReplaySite
 
-    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    blocking = ReplaySite().start()
+    challenge = (403, {"cf-mitigated": "challenge"}, b"<html><title>Just a moment...</title></html>", 0.0)
+    blocking.script("/civitai/api/v1/images", *[challenge] * 20)  # every try of every task retry
+    url = f"http://127.0.0.1:{free_port()}" if fault == "down" else blocking.source_urls()["civitai"]
     cfg = demo_config(tmp_path / "data", replay)
     cfg["sources"] = cfg["sources"] | {
         "enabled": ["civitai", "lexica"],
-        "civitai": cfg["sources"]["civitai"] | {"base_url": down},
+        "civitai": cfg["sources"]["civitai"] | {"base_url": url},
     }
-    state = rebuild(config=cfg, train=False, return_state=True)
+    try:
+        state = rebuild(config=cfg, train=False, return_state=True)
+    finally:
+        blocking.stop()
     failure = state.result(raise_on_failure=False)
     assert state.is_failed() and isinstance(failure, CrawlFailed)
-    assert f"crawl civitai failed: connection_error at {down}/" in str(failure)
+    reason = "connection_error" if fault == "down" else "blocked"
+    assert f"crawl civitai failed: {reason} at {url}" in str(failure)
     with get_client(sync_client=True) as client:
         this_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
         runs = {r.name: r.state_type.value for r in client.read_task_runs(flow_run_filter=this_run)}
@@ -281,6 +291,7 @@ def test_sigkill_in_every_stage_then_resume(tmp_path: Path) -> None:
         "embeddings_tmp:1",
         "embeddings:2",
         "checkpoint:10",
+        "checkpoint_written:20",  # the last checkpoint's files written, its folder not yet renamed
         "evaluation:3",  # images of three pairs written, in the evaluation's temp folder
         "evaluation_report:1",  # every file written, the folder not yet in place
     ]:
