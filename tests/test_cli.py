@@ -150,6 +150,12 @@ def test_unreachable_site_exits_4_with_source_reason_and_url(tmp_path: Path) -> 
     assert "unfinished: failed with connection_error at" in st.stdout
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_no_gpu_is_a_device_error(root: Path) -> None:
+    line = one_error_line(surd("caption", env={"SURD_DATA_ROOT": str(root), "SURD_DEVICE": "cuda"}), 5)
+    assert "no CUDA GPU is visible" in line
+
+
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     run = surd("--debug", "status", env={"SURD_DATA_ROOT": str(tmp_path / "f")})
