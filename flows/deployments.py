@@ -17,7 +17,7 @@ from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 from prefect.schedules import Cron
 
 from flows.adapter import embed_flow, evaluate_flow, train_flow
-from flows.rebuild import rebuild, release_flow
+from flows.rebuild import rebuild, release_flow, release_limit
 from surd.settings import Settings
 from surd.sources import SOURCES
 
@@ -77,8 +77,10 @@ def serve_all(settings: Settings) -> None:
 
 def setup(settings: Settings) -> dict[str, Any]:
     """Create (or update) what the deployments expect on the server: work pools `cpu` and `gpu`,
-    one global concurrency limit per crawled site (one crawler per site across all workers) and
-    one for the GPU stages. Idempotent."""
+    one global concurrency limit per crawled site (one crawler per site across all workers), one
+    for the GPU stages, and one for releasing this data root (the hourly `release` and the weekly
+    `rebuild` then queue in Prefect; the data root's own lock would make the second wait anyway).
+    Idempotent."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
 
@@ -87,7 +89,7 @@ def setup(settings: Settings) -> dict[str, Any]:
         for pool in ("cpu", "gpu"):
             client.create_work_pool(WorkPoolCreate(name=pool, type="process"), overwrite=True)
             made["work_pools"].append(pool)
-        limits = {f"crawl-{s}": 1 for s in SOURCES} | {"gpu": 1}
+        limits = {f"crawl-{s}": 1 for s in SOURCES} | {"gpu": 1, release_limit(settings): 1}
         for name, limit in limits.items():
             client.upsert_global_concurrency_limit_by_name(name, limit)
             made["concurrency_limits"][name] = limit

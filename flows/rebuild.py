@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
 
@@ -89,9 +91,16 @@ def review_task(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def release_limit(settings: Settings) -> str:
+    """The Prefect concurrency limit of releasing one data root (created by `surd deploy setup`)."""
+    return "release-" + hashlib.sha1(str(Path(settings.data_root).resolve()).encode()).hexdigest()[:12]
+
+
 @task
 def release_task(config: dict[str, Any]) -> dict[str, Any]:
-    info = pipeline.release_info(_settings(config))
+    settings = _settings(config)
+    with concurrency(release_limit(settings), occupy=1):  # without the limit: no wait
+        info = pipeline.release_info(settings)
     if info["created"]:  # a deployment trigger on this event starts training on the new release
         emit_event(
             event="surd.release.published",

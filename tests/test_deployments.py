@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flows.rebuild import release_limit
 from tests.conftest import free_port
 from tests.prefect_server import PrefectServer
 
@@ -135,6 +136,7 @@ def test_deployed_path_release_event_runs_embed_train_evaluate(server, tmp_path:
             assert dep["rebuild"].schedules[0].schedule.cron == "17 4 * * 2"
             assert dep["rebuild"].parameters == {"train": False}
             limits = {lim.name: lim.limit for lim in client.read_global_concurrency_limits()}
+            assert limits[release_limit(settings)] == 1  # one release of this data root at a time
             assert limits["crawl-civitai"] == 1 and {p.name for p in client.read_work_pools()} >= {
                 "cpu",
                 "gpu",
