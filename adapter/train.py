@@ -323,6 +323,7 @@ def train(
         row = {"step": step, **{k: v.item() for k, v in losses.items()}}
         with metrics_path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
+        fault_point("metrics", step)  # a kill between checkpoints: the resume rewrites these lines
         if log:
             log(row)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:

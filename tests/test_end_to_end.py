@@ -291,6 +291,7 @@ def test_sigkill_in_every_stage_then_resume(tmp_path: Path) -> None:
         "embeddings_tmp:1",
         "embeddings:2",
         "checkpoint:10",
+        "metrics:15",  # metrics lines past the last checkpoint, to be rewritten on resume
         "checkpoint_written:20",  # the last checkpoint's files written, its folder not yet renamed
         "evaluation:3",  # images of three pairs written, in the evaluation's temp folder
         "evaluation_report:1",  # every file written, the folder not yet in place
@@ -331,6 +332,9 @@ def test_sigkill_in_every_stage_then_resume(tmp_path: Path) -> None:
         for r in (killed, clean)
     ]
     assert weights[0] == weights[1]
+    metrics = [next((r / "runs").glob("*/metrics.jsonl")).read_text().splitlines() for r in (killed, clean)]
+    assert [json.loads(m)["step"] for m in metrics[0]] == list(range(1, 21))
+    assert metrics[0] == metrics[1]  # the same losses, step for step
     reports = [json.loads(next((r / "runs").glob("*/eval/report.json")).read_text()) for r in (killed, clean)]
     assert reports[0]["pairs"] == reports[1]["pairs"] > 0
     pairs = [next((r / "runs").glob("*/eval/pairs.jsonl")).read_text() for r in (killed, clean)]
