@@ -37,6 +37,18 @@ def _clean_surd_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
 
 
+def through_review(settings) -> None:
+    """Take a data root through crawl → images → captions → CLIP → review with the real stages."""
+    from surd import pipeline
+
+    for source in settings.sources.enabled:
+        pipeline.crawl(settings, source)
+    pipeline.images(settings)
+    pipeline.captions(settings)
+    pipeline.clip_filter(settings)
+    pipeline.review(settings)
+
+
 @pytest.fixture(scope="session")
 def replay() -> ReplaySite:
     site = ReplaySite().start()

@@ -16,6 +16,7 @@ import pytest
 from storage.layout import DataDir
 from storage.locks import Busy, writing
 from surd import pipeline
+from tests.conftest import through_review
 
 pytestmark = pytest.mark.slow  # subprocesses, servers or a browser: not in `make test-fast`
 
@@ -117,12 +118,7 @@ def test_two_images_runs_at_once_write_each_item_once(tmp_path: Path, demo_setti
 
 def test_two_releases_at_once_never_collide(tmp_path: Path, demo_settings) -> None:
     s = demo_settings
-    for source in s.sources.enabled:
-        pipeline.crawl(s, source)
-    pipeline.images(s)
-    pipeline.captions(s)
-    pipeline.clip_filter(s)
-    pipeline.review(s)
+    through_review(s)
     runs = _together([[SURD, "release", "create"]] * 3, _env(s.data_root))
     assert [r.returncode for r in runs] == [0, 0, 0], [r.stderr for r in runs]
     assert sum("release created v0001" in r.stdout for r in runs) == 1, [r.stdout for r in runs]

@@ -17,6 +17,7 @@ from surd import pipeline
 from surd.release import create_release, manifest, releases, verify
 from surd.review import queue
 from surd.settings import Settings, load_settings
+from tests.conftest import through_review
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +28,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, replay) -> tuple[Path, dict]
     root = tmp_path_factory.mktemp("rel") / "data"
     cfg = demo_config(root, replay)
     cfg["release"] = {"shard_rows": 8}
-    s = load_settings(**cfg)
-    for source in s.sources.enabled:
-        pipeline.crawl(s, source)
-    pipeline.images(s)
-    pipeline.captions(s)
-    pipeline.clip_filter(s)
-    pipeline.review(s)
+    through_review(load_settings(**cfg))
     return root, cfg
 
 
