@@ -7,9 +7,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
-from rich.console import Group, RenderableType
+from rich.console import RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
+from rich.table import Table
 from rich.text import Text
 
 from surd.cli.common import OPTIONS, err
@@ -22,10 +23,11 @@ class _Line:
 
     def __rich__(self) -> RenderableType:
         text = Text(self.meter.line(self.steps_unit))
-        if self.meter.total:
-            bar = ProgressBar(total=self.meter.total, completed=self.meter.done, width=40)
-            return Group(bar, text)
-        return text
+        if not self.meter.total:
+            return text
+        row = Table.grid(padding=(0, 1))
+        row.add_row(ProgressBar(total=self.meter.total, completed=self.meter.done, width=30), text)
+        return row
 
 
 def _log(line: str) -> None:
