@@ -47,12 +47,18 @@ def pending(
     upstream: PartTable, downstream: PartTable, columns: Sequence[str], part: Partition = None
 ) -> Iterator[dict[str, Any]]:
     """Upstream rows that went on (status ok) and that the downstream table has not seen yet
-    (only partition `part` of them, when given)."""
+    (only partition `part` of them, when given), in storage order.
+
+    The ids come first, from the key and status columns alone; the other columns (an image's
+    bytes) are read only for those ids, so a run with nothing to do reads no image."""
     done = downstream.ids()
-    cols = list(dict.fromkeys(["sample_id", "status", *columns]))
-    for row in upstream.iter_rows(cols):
-        if row["status"] == OK and row["sample_id"] not in done and in_partition(row["sample_id"], part):
-            yield row
+    todo = [
+        r["sample_id"]
+        for r in upstream.iter_rows(["sample_id", "status"])
+        if r["status"] == OK and r["sample_id"] not in done and in_partition(r["sample_id"], part)
+    ]
+    if todo:
+        yield from upstream.iter_lookup(todo, list(dict.fromkeys(["status", *columns])))
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
