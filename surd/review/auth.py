@@ -130,10 +130,3 @@ def token_counts(engine: sa.Engine) -> dict[str, int]:
     with reader(engine) as conn:
         rows = conn.execute(sa.select(tokens.c.steward, sa.func.count()).group_by(tokens.c.steward)).all()
     return {str(n): int(c) for n, c in rows}
-
-
-def role_of(engine: sa.Engine, name: str) -> str | None:
-    """The steward's current role, or None if the account is gone."""
-    with reader(engine) as conn:
-        role = conn.execute(sa.select(stewards.c.role).where(stewards.c.name == name)).scalar()
-    return None if role is None else str(role)
