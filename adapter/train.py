@@ -8,7 +8,6 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -21,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -30,7 +28,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from adapter.model import AdapterConfig, SURAdapter, loss_cp, loss_llm
-from storage.embeddings import read_layer
+from storage.embeddings import prompt_sha1, read_layer
+from storage.releases import read_columns
 from storage.tables import atomic_write_bytes, fault_point
 
 
@@ -56,10 +55,7 @@ class TrainConfig:
 
 
 def read_release(release: Path) -> pa.Table:
-    files = sorted(release.glob("shard-*.parquet"))
-    return pa.concat_tables(
-        [pq.read_table(f, columns=["sample_id", "image", "simple_prompt", "complex_prompt"]) for f in files]
-    )
+    return read_columns(release, ["sample_id", "image", "simple_prompt", "complex_prompt"])
 
 
 def encode_text(parts: dict[str, Any], prompts: list[str]) -> torch.Tensor:
@@ -215,7 +211,7 @@ def train(
         m.requires_grad_(False)
     table = read_release(release)
     wanted = {
-        sid: hashlib.sha1((p or "").encode()).hexdigest()
+        sid: prompt_sha1(p)
         for sid, p in zip(
             table.column("sample_id").to_pylist(), table.column("simple_prompt").to_pylist(), strict=True
         )

@@ -72,7 +72,7 @@ def prompt_pair(i: int) -> tuple[str, str]:
 
 def caption_speed(cap, items: list, bs: int, workers: int, dev: torch.device) -> dict:  # type: ignore[no-untyped-def]
     """End to end from stored JPEGs, and the model alone on one decoded batch (its ceiling)."""
-    from surd.preprocess import Preprocessor
+    from surd.models.preprocess import Preprocessor
 
     with Preprocessor(cap.spec, workers) as pre:  # warm-up: kernels, allocator; one batch kept
         for _, d in pre.batches(items[: bs * 2], bs):
@@ -109,10 +109,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
 
-    from surd.caption import BlipCaptioner
-    from surd.clipfilter import ClipScorer
-    from surd.preprocess import Preprocessor
+    from surd.models.preprocess import Preprocessor
     from surd.settings import CaptionSettings
+    from surd.stages.captions import BlipCaptioner
+    from surd.stages.clip import ClipScorer
 
     dev = device()
     blobs = image_set(args.images)

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
 
-    from surd.llm_pool import LayerPooler
+    from surd.models.llm_pool import LayerPooler
 
     dev = device()
     model = build(args.preset, dev)

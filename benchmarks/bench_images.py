@@ -133,7 +133,7 @@ def ours(urls: list[str], work: Path, processes: int, threads: int) -> dict:
         "SURD_IMAGES__QUALITY": "95",
         "SURD_CRAWL__MAX_RETRIES": "0",
     }
-    seconds, peak, _ = timed_run([sys.executable, "-m", "surd.cli", "images"], env)
+    seconds, peak, _ = timed_run([sys.executable, "-m", "surd", "images"], env)
     table = data.table("images").read(["status"]).column(0).to_pylist()
     return {"seconds": seconds, "peak_rss_mb": peak / 2**20, "ok": table.count("ok"), "rows": len(table)}
 

@@ -100,8 +100,8 @@ def _rss_mb() -> float:
 def release_once(root: Path) -> dict[str, Any]:
     """In this (fresh) process: create the release; time, peak and baseline memory."""
     from storage.layout import DataDir
-    from surd.release import create_release, manifest
     from surd.settings import load_settings
+    from surd.stages.release import create_release, manifest
 
     settings = load_settings(data_root=str(root))
     data = DataDir(root).open()

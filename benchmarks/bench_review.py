@@ -76,7 +76,7 @@ def run_backend(name: str, url: str, args: argparse.Namespace, data_root: Path) 
         [
             sys.executable,
             "-m",
-            "surd.cli",
+            "surd",
             "review",
             "serve",
             "--port",

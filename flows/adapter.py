@@ -20,6 +20,7 @@ from prefect.artifacts import (
 from prefect.events import emit_event
 
 from surd import pipeline
+from surd.app import training
 from surd.settings import Settings, load_settings
 
 
@@ -36,9 +37,10 @@ def embed_flow(release: str, llm: str | None = None, config: dict[str, Any] | No
     """Per-layer mean-pooled LLM states of every simple prompt of the release (incremental)."""
     settings = _settings(config)
     if settings.scale.enabled:  # partitions on Dask workers, one per GPU on a GPU machine
-        from flows import scale
+        from flows import scale  # Dask: only when scaled out
 
-        out = scale.run(config or {}, settings, "embed", release=release, llm=llm)
+        run = scale.run(config or {}, settings, "embeddings", release=Path(release), llm=llm)
+        out = {"embedded": run["processed"], "model_id": run["model_id"]}
     else:
         out = pipeline.embed(settings, release, llm)
     get_run_logger().info("embedded %d prompts with %s", out["embedded"], out["model_id"])
@@ -80,7 +82,7 @@ def train_flow(
             logged.append(dict(row))
             update_progress_artifact(progress_id, progress=100.0 * row["step"] / total)
 
-    out = pipeline.train(settings, release, llm_model_id, log=on_step)
+    out = training.train(settings, release, llm_model_id, log=on_step)
     if logged:
         create_table_artifact(key="adapter-training-losses", table=logged, description=out["run_dir"])
     emit_event(
@@ -95,6 +97,6 @@ def train_flow(
 def evaluate_flow(run_dir: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Baseline vs adapter on the Action, Color and Counting suites; the report as an artifact."""
     log = get_run_logger()
-    out = pipeline.evaluate(_settings(config), run_dir, progress=log.info)
+    out = training.evaluate_run(_settings(config), run_dir, progress=log.info)
     create_markdown_artifact(key="adapter-evaluation", markdown=Path(out["report"]).read_text())
     return out

@@ -23,10 +23,11 @@ from prefect.events import emit_event
 from flows import scale
 from flows.adapter import embed_flow, evaluate_flow, train_flow
 from surd import pipeline
-from surd.crawl import CrawlFailed, CrawlStats
 from surd.progress import Meter, ProgressLog
 from surd.review.queue import progress_markdown
 from surd.settings import Settings, load_settings
+from surd.stages.crawl import CrawlFailed, CrawlStats
+from surd.status import status
 
 PROGRESS_LOG_S = float(os.environ.get("SURD_PROGRESS_EVERY", "10"))  # seconds between log lines
 
@@ -118,7 +119,6 @@ def release_task(config: dict[str, Any]) -> dict[str, Any]:
 
 @task
 def status_task(config: dict[str, Any]) -> dict[str, Any]:
-    from surd.status import status
 
     settings = _settings(config)
     return status(settings, pipeline.open_data(settings))

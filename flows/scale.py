@@ -20,6 +20,9 @@ from prefect_dask import DaskTaskRunner
 
 from surd import pipeline
 from surd.settings import Settings, load_settings
+from surd.stages import PARTITIONED
+from surd.stages.base import merge
+from surd.stages.images import process_part
 
 
 def task_runner(settings: Settings) -> DaskTaskRunner:
@@ -53,19 +56,11 @@ def pin_gpu() -> None:
 @task(retries=1, task_run_name="{stage}-part-{k}-of-{n}")
 def stage_part(config: dict[str, Any], stage: str, k: int, n: int, extra: dict[str, Any]) -> dict[str, Any]:
     pin_gpu()
-    settings = load_settings(**config)
-    if stage == "captions":
-        return pipeline.captions(settings, part=(k, n))
-    if stage == "clip_scores":
-        return pipeline.clip_filter(settings, part=(k, n))
-    if stage == "embed":
-        return pipeline.embed(settings, extra["release"], extra.get("llm"), part=(k, n))
-    raise ValueError(f"no partitioned stage {stage!r}")
+    return pipeline.run(load_settings(**config), stage, part=(k, n), **extra)
 
 
 @task(retries=1, task_run_name="images-part-{n_rows}-items")
 def images_part(rows: list[dict[str, Any]], politeness: Any, cfg: Any, n_rows: int) -> list[Any]:
-    from surd.images import process_part
 
     return process_part(rows, politeness, cfg)
 
@@ -86,26 +81,12 @@ def run_images(config: dict[str, Any], settings: Settings) -> dict[str, Any]:
     return sub(config, partitions(settings))
 
 
-def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """One stage summary from the partitions' (counts add up)."""
-    out: dict[str, Any] = dict(results[0])
-    for r in results[1:]:
-        for key, value in r.items():
-            if isinstance(value, int) and not isinstance(value, bool):
-                out[key] += value
-            elif isinstance(value, dict):
-                merged = dict(out[key])
-                for reason, n in value.items():
-                    merged[reason] = merged.get(reason, 0) + n
-                out[key] = merged
-    out["partitions"] = len(results)
-    return out
-
-
 @flow(name="partitioned-stage")
 def partitioned(
     config: dict[str, Any], stage: str, n: int, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
+    if stage not in PARTITIONED:
+        raise ValueError(f"stage {stage!r} cannot be partitioned; these can: {', '.join(PARTITIONED)}")
     futures = [stage_part.submit(config, stage, k, n, extra or {}) for k in range(n)]
     return merge([f.result() for f in futures])
 

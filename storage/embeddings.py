@@ -1,16 +1,38 @@
-"""Reading per-layer embeddings: one layer's files only, never the others.
+"""Per-layer embedding sets, both directions: written a part at a time, read one layer's files
+only, never the others.
 
-Layout (written by surd.embed): `<dir>/meta.json` and `<dir>/part-*/layer-NN.parquet`, each with
-`sample_id`, `prompt_sha1` (of the simple prompt embedded) and a float16 `vector`.
+Layout: `<root>/embeddings/<llm slug>/meta.json` and `<…>/part-<ns>-<id>/layer-NN.parquet`, each with
+`sample_id`, `prompt_sha1` (of the simple prompt embedded) and a float16 `vector`. A part folder
+is assembled under a temp name and renamed whole.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
+import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
+
+from storage.layout import DataDir
+from storage.schemas import embedding_schema
+from storage.tables import atomic_write_bytes, fault_point, write_parquet_atomic
+
+
+def slug(model_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", model_id)
+
+
+def prompt_sha1(text: str | None) -> str:
+    """The key of an embedded prompt beside its sample id: a changed prompt is embedded again."""
+    return hashlib.sha1((text or "").encode()).hexdigest()
 
 
 def meta(emb_dir: Path) -> dict:
@@ -40,3 +62,68 @@ def read_layer(
             if wanted is None or wanted.get(sid) == sha:
                 out[sid] = v.astype(np.float32)
     return out, k
+
+
+class EmbeddingStore:
+    """One LLM's embedding set in a data root: written a part at a time, read a layer at a time."""
+
+    def __init__(self, data: DataDir, model_id: str) -> None:
+        self.dir = data.embeddings_dir / slug(model_id)
+        self.model_id = model_id
+        self.revision: str | None = None
+        self._written = 0
+
+    def meta(self) -> dict[str, Any]:
+        path = self.dir / "meta.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def parts(self) -> list[Path]:
+        if not self.dir.exists():
+            return []
+        return sorted(p for p in self.dir.iterdir() if p.is_dir() and p.name.startswith("part-"))
+
+    def keys(self) -> set[tuple[str, str]]:
+        out: set[tuple[str, str]] = set()
+        for part in self.parts():
+            t = pq.read_table(part / "layer-01.parquet", columns=["sample_id", "prompt_sha1"])
+            out.update(zip(t.column(0).to_pylist(), t.column(1).to_pylist(), strict=True))
+        return out
+
+    def read_layer(self, layer: int) -> tuple[dict[str, Any], int]:
+        """One layer of every embedded prompt; the other layers' files are never opened."""
+        return read_layer(self.dir, layer)
+
+    def write_part(self, ids: list[str], shas: list[str], vectors: np.ndarray) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        n_layers, hidden = vectors.shape[1], vectors.shape[2]
+        if not (self.dir / "meta.json").exists():
+            atomic_write_bytes(
+                self.dir / "meta.json",
+                json.dumps(
+                    {
+                        "model_id": self.model_id,
+                        "revision": self.revision,
+                        "layers": n_layers,
+                        "hidden_size": hidden,
+                        "dtype": "float16",
+                        "pooling": "masked mean of decoder block outputs, before final norm",
+                        "layer_numbering": "1..L = output of decoder block k",
+                    },
+                    indent=1,
+                ).encode(),
+            )
+        tmp = self.dir / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        schema = embedding_schema(hidden)
+        half = vectors.astype(np.float16)
+        for k in range(n_layers):
+            flat = pa.array(half[:, k, :].reshape(-1), type=pa.float16())
+            col = pa.FixedSizeListArray.from_arrays(flat, hidden)
+            table = pa.Table.from_arrays([pa.array(ids), pa.array(shas), col], schema=schema)
+            write_parquet_atomic(table, tmp / f"layer-{k + 1:02d}.parquet", compression="none")
+        final = self.dir / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+        fault_point("embeddings_tmp", 1)  # a kill here leaves only an ignored temp folder
+        os.replace(tmp, final)
+        self._written += 1
+        fault_point("embeddings", self._written)
+        return final

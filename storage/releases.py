@@ -1,16 +1,85 @@
-"""Reading released shards: streamed record batches with column projection, and publishing a
-finished release folder to a local path or an object store (fsspec)."""
+"""Release files, both directions: the releases of a data root and their manifests, shards written a
+row group at a time and hashed as they are written, shards read back (streamed record batches
+with column projection), and publishing a finished release folder to a local path or an object
+store (fsspec). Which rows a release holds is decided in surd.stages.release."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from storage.layout import DataDir
+from storage.schemas import RELEASE
+
+
+def releases(data: DataDir) -> list[Path]:
+    if not data.releases_dir.exists():
+        return []
+    # a temp folder (".tmp-…", a writer's, alive or killed) is never a release, whatever it holds
+    return sorted(
+        p
+        for p in data.releases_dir.iterdir()
+        if not p.name.startswith(".") and (p / "manifest.json").exists()
+    )
+
+
+def manifest(path: Path) -> dict[str, Any]:
+    return json.loads((path / "manifest.json").read_text())
+
+
+class _HashingFile(io.FileIO):
+    """A file opened for writing that hashes what goes through it (no second read)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, "wb")
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            done += super().write(view[done:]) or 0
+        self.sha256.update(view)
+        return done
+
+
+class ShardFile:
+    """One shard written a row group at a time, hashed as it is written, fsynced on close."""
+
+    def __init__(self, path: Path, group_rows: int) -> None:
+        self.path, self.group_rows = path, group_rows
+        self.fh = _HashingFile(path)
+        self.writer = pq.ParquetWriter(self.fh, RELEASE, compression="zstd")
+        self.group: list[dict[str, Any]] = []
+        self.rows = self.bytes = 0
+
+    def add(self, row: dict[str, Any], nbytes: int) -> None:
+        self.group.append(row)
+        self.rows += 1
+        self.bytes += nbytes
+        if len(self.group) >= self.group_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.group:
+            self.writer.write_table(pa.Table.from_pylist(self.group, RELEASE))
+            self.group = []
+
+    def close(self) -> dict[str, Any]:
+        self._flush()
+        self.writer.close()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        return {"file": self.path.name, "rows": self.rows, "sha256": self.fh.sha256.hexdigest()}
 
 
 def stream(
@@ -22,6 +91,19 @@ def stream(
     files = [f"{root}/{s['file']}" for s in man["shards"]]
     dataset = ds.dataset(files, format="parquet", filesystem=filesystem)
     yield from dataset.to_batches(columns=list(columns) if columns else None, batch_size=batch_size)
+
+
+def read_columns(release: Path | str, columns: Sequence[str], filesystem: Any = None) -> pa.Table:
+    """The asked columns of every shard of a release, in the manifest's shard order."""
+    root = str(release).rstrip("/")
+    man = _read_json(f"{root}/manifest.json", filesystem)
+    tables = [
+        pq.read_table(f"{root}/{s['file']}", columns=list(columns), filesystem=filesystem)
+        for s in man["shards"]
+    ]
+    if not tables:
+        raise ValueError(f"release {root} has no shards")
+    return pa.concat_tables(tables)
 
 
 def _read_json(path: str, filesystem: Any) -> dict[str, Any]:
@@ -61,7 +143,6 @@ def list_published(url: str, **storage_options: Any) -> list[str]:
 
 def verify_files(root: str, shards: list[dict[str, Any]], filesystem: Any = None) -> list[str]:
     """Recompute each shard's sha256 and row count; the problems found (empty = sound)."""
-    import pyarrow.parquet as pq
 
     problems = []
     for shard in shards:

@@ -16,6 +16,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from storage.embeddings import prompt_sha1, read_layer
 from storage.releases import stream
 
 
@@ -46,12 +47,9 @@ def export_prompt2vec(release: Path, embeddings: Path, layer: int, out_file: Pat
     """`{simple prompt: float32 tensor}` of one layer (1..L, -1 = last) for the release's prompts."""
     import torch
 
-    from storage.embeddings import read_layer
-    from surd.ids import sha1_text
-
     rows = [r for b in stream(release, ["sample_id", "simple_prompt"]) for r in b.to_pylist()]
     vectors, _ = read_layer(
-        embeddings, layer, {r["sample_id"]: sha1_text(r["simple_prompt"] or "") for r in rows}
+        embeddings, layer, {r["sample_id"]: prompt_sha1(r["simple_prompt"]) for r in rows}
     )
     table = {}
     for row in rows:

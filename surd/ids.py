@@ -19,7 +19,3 @@ def normalise_prompt(text: str | None) -> str:
         return ""
     text = _WS.sub(" ", text).strip()
     return re.sub(r"\s+,", ",", text)
-
-
-def sha1_text(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()

@@ -3,7 +3,7 @@
 A `Meter` counts (thread-safe: stages report from writer threads too); `ProgressLog` writes its
 line every `interval` seconds from a background thread, for runs without a terminal (cron,
 worker logs, Prefect), so a stage busy in one long model call still shows it is alive. The CLI
-draws the same line on a terminal (surd.cli.progress).
+draws the same line on a terminal (surd.app.cli.progress).
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ class CaptionSettings(_Section):
     lavis_python: str = Field(".venv-lavis/bin/python", description="the LAVIS venv's python")
     search: Literal["lavis", "transformers", "generate"] = Field(
         "lavis",
-        description="lavis: the beam search LAVIS ran (transformers 4.26 scoring), in surd.blip_decode; "
+        description="lavis: the beam search LAVIS ran (transformers 4.26 scoring, surd.models.blip_decode); "
         "transformers: transformers 5's scoring, same decoder; generate: transformers' own generate (slow)",
     )
     batch_size: int = Field(256, ge=1, description="images per model call (the benchmarked size)")

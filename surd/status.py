@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from storage.embeddings import EmbeddingStore
 from storage.layout import DataDir
+from storage.releases import manifest, releases
 from storage.schemas import OK
 from surd.review import queue
 from surd.settings import Settings
@@ -59,7 +61,6 @@ def status(settings: Settings, data: DataDir) -> dict[str, Any]:
         "pending": kept["clip_scores"] - accepted - sum(rejected.values()),
         "queued": queued,
     }
-    from surd.release import manifest, releases
 
     rels = releases(data)
     latest = manifest(rels[-1]) if rels else None
@@ -72,8 +73,6 @@ def status(settings: Settings, data: DataDir) -> dict[str, Any]:
     }
     emb: dict[str, Any] = {}
     if data.embeddings_dir.exists():
-        from surd.embed import EmbeddingStore
-
         released = set(latest["fingerprint"]) if latest else set()
         for emb_dir in sorted(p for p in data.embeddings_dir.iterdir() if p.is_dir()):
             store = EmbeddingStore(data, emb_dir.name)

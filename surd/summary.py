@@ -23,7 +23,7 @@ def describe_crawl(r: dict[str, Any]) -> str:
 
 
 def describe_run(r: dict[str, Any]) -> str:
-    """A batch stage's run (surd.stage.StageRun as a dict)."""
+    """A batch stage's run (surd.stages.base.StageRun as a dict)."""
     dropped = sum(r["dropped"].values())
     tail = f" ({counts(r['dropped'])})" if dropped else ""
     if not r["processed"]:

@@ -19,7 +19,7 @@ from storage.torch_compat import install
 
 install()
 
-from surd.replay import ReplaySite, default_fixtures_dir  # noqa: E402
+from surd.sources.replay import ReplaySite, default_fixtures_dir  # noqa: E402
 
 FIXTURES = default_fixtures_dir()
 
@@ -58,7 +58,7 @@ def replay() -> ReplaySite:
 
 @pytest.fixture
 def demo_settings(tmp_path: Path, replay: ReplaySite):
-    from surd.demo import demo_config
+    from surd.app.demo import demo_config
     from surd.settings import load_settings
 
     return load_settings(**demo_config(tmp_path / "data", replay))

@@ -11,12 +11,11 @@ from safetensors.torch import load_file
 
 from adapter.model import AdapterConfig, SURAdapter, kl, loss_cp
 from adapter.train import TrainConfig, latest_checkpoint, train
+from storage.embeddings import EmbeddingStore, prompt_sha1
 from storage.layout import DataDir
 from storage.schemas import RELEASE
-from surd.embed import EmbeddingStore
-from surd.ids import sha1_text
 from surd.models import tiny
-from surd.replay import synth_image
+from surd.sources.replay import synth_image
 
 
 def test_g_is_zero_at_init_so_c_prime_is_scaled_v() -> None:
@@ -58,12 +57,13 @@ def tiny_release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         for i, p in enumerate(prompts)
     ]
     pq.write_table(pa.Table.from_pylist(rows, RELEASE), rel / "shard-00000.parquet")
+    (rel / "manifest.json").write_text('{"shards": [{"file": "shard-00000.parquet"}]}')  # what readers go by
     model, tok = tiny.llama(0)
-    from surd.embed import pooled_layers
+    from surd.models.llm_pool import pooled_layers
 
     store = EmbeddingStore(data, "tiny-llama")
     store.write_part(
-        [r["sample_id"] for r in rows], [sha1_text(p) for p in prompts], pooled_layers(model, tok, prompts)
+        [r["sample_id"] for r in rows], [prompt_sha1(p) for p in prompts], pooled_layers(model, tok, prompts)
     )
     return rel, store.dir
 

@@ -18,8 +18,8 @@ import pytest
 
 from storage.layout import DataDir
 from surd import pipeline
-from surd.replay import ReplaySite
 from surd.settings import load_settings
+from surd.sources.replay import ReplaySite
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow  # subprocesses, servers or a browser: not in `make test-fast`
@@ -168,7 +168,7 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def crawled(tmp_path_factory: pytest.TempPathFactory, replay: ReplaySite) -> dict[str, str]:
     """A data root holding the replay site's civitai raw items: the environment for `surd`."""
-    from surd.demo import demo_config
+    from surd.app.demo import demo_config
 
     root = tmp_path_factory.mktemp("crawled") / "data"
     cfg = demo_config(root, replay)

@@ -16,9 +16,9 @@ import pytest
 
 from storage.layout import DataDir
 from surd import pipeline
-from surd.crawl import CrawlFailed
-from surd.replay import ReplaySite
 from surd.settings import Settings, load_settings
+from surd.sources.replay import ReplaySite
+from surd.stages.crawl import CrawlFailed
 from tests.conftest import FIXTURES
 
 CIVITAI = "/civitai/api/v1/images"
@@ -238,7 +238,7 @@ def test_sigkill_mid_crawl_resumes_to_the_same_table(tmp_path: Path, site: Repla
         "SURD_SOURCES__CIVITAI__PAGE_SIZE": "25",
         "SURD_CRAWL__REQUESTS_PER_SECOND": "50",
     }
-    cmd = [sys.executable, "-m", "surd.cli", "crawl", "civitai", "--base-url", site.source_urls()["civitai"]]
+    cmd = [sys.executable, "-m", "surd", "crawl", "civitai", "--base-url", site.source_urls()["civitai"]]
     for kill_at in ("raw_items:2", "crawl_pages:1"):
         run = subprocess.run(cmd, env=env | {"SURD_FAULT_KILL_AT": kill_at}, capture_output=True, timeout=120)
         assert run.returncode == -signal.SIGKILL, run.stdout[-500:]
@@ -258,7 +258,7 @@ def test_api_key_is_sent_as_bearer_and_never_stored(tmp_path: Path, site: Replay
 
 
 def test_per_source_rate_overrides_the_crawl_default(tmp_path: Path, site: ReplaySite) -> None:
-    from surd.crawl import politeness
+    from surd.stages.crawl import politeness
 
     cfg = settings(tmp_path, site, requests_per_second=9.0)
     assert politeness(cfg, "civitai").requests_per_second == 9.0

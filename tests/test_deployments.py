@@ -84,8 +84,8 @@ def _client(server):
 
 @pytest.mark.slow
 def test_deployed_path_release_event_runs_embed_train_evaluate(server, tmp_path: Path, replay) -> None:
-    from surd import pipeline
-    from surd.demo import demo_config
+    from surd.app.demo import demo_config
+    from surd.app.rebuild import rebuild
     from surd.settings import load_settings
 
     cfg = demo_config(tmp_path / "data", replay)
@@ -95,11 +95,11 @@ def test_deployed_path_release_event_runs_embed_train_evaluate(server, tmp_path:
     toml = tmp_path / "surd.toml"
     toml.write_text(_toml(cfg))
     settings = load_settings(config_file=toml)
-    release = pipeline.rebuild(settings, train_adapter=False, log=lambda _: None)["release"]
+    release = rebuild(settings, train_adapter=False, log=lambda _: None)["release"]
     assert release
 
     env = {**server.env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    surd = [sys.executable, "-m", "surd.cli"]
+    surd = [sys.executable, "-m", "surd"]
     setup = subprocess.run(
         [*surd, "deploy", "setup", "--config", str(toml)],
         env=env,

@@ -43,7 +43,7 @@ def prefect_api():
 
 def test_demo_flow_under_prefect(prefect_api, tmp_path: Path, replay) -> None:
     from flows.rebuild import rebuild
-    from surd.demo import demo_config
+    from surd.app.demo import demo_config
 
     out = rebuild(config=demo_config(tmp_path / "data", replay), train=True)
     stages = out["status"]["stages"]
@@ -120,7 +120,7 @@ def test_dask_local_cluster_gives_the_same_tables(prefect_api, tmp_path: Path, r
     from flows.scale import run as run_partitioned
     from storage.embeddings import read_layer
     from surd import pipeline
-    from surd.demo import demo_config
+    from surd.app.demo import demo_config
     from surd.settings import load_settings
 
     roots = {}
@@ -172,7 +172,7 @@ def test_dask_local_cluster_gives_the_same_tables(prefect_api, tmp_path: Path, r
             if isinstance(v, float):
                 assert abs(v - rb[k]) < 1e-5, (ra["sample_id"], k)
     assert emb_a["embedded"] == emb_b["embedded"] > 0 and emb_a["model_id"] == emb_b["model_id"]
-    from surd.embed import EmbeddingStore
+    from storage.embeddings import EmbeddingStore
 
     va, _ = read_layer(EmbeddingStore(pipeline.open_data(a), emb_a["model_id"]).dir, -1)
     vb, _ = read_layer(EmbeddingStore(pipeline.open_data(b), emb_b["model_id"]).dir, -1)
@@ -190,9 +190,9 @@ def test_a_failed_crawl_fails_its_task_and_the_rebuild(prefect_api, tmp_path: Pa
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     from flows.rebuild import rebuild
-    from surd.crawl import CrawlFailed
-    from surd.demo import demo_config
-    from surd.replay import ReplaySite
+    from surd.app.demo import demo_config
+    from surd.sources.replay import ReplaySite
+    from surd.stages.crawl import CrawlFailed
 
     blocking = ReplaySite().start()
     challenge = (403, {"cf-mitigated": "challenge"}, b"<html><title>Just a moment...</title></html>", 0.0)
@@ -242,7 +242,7 @@ def _demo(root: Path, port: int, kill_at: str | None = None) -> subprocess.Compl
         [
             sys.executable,
             "-m",
-            "surd.cli",
+            "surd",
             "demo",
             "--engine",
             "local",
@@ -262,7 +262,7 @@ def _status(root: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SURD_")}
     env["SURD_DATA_ROOT"] = str(root)
     out = subprocess.run(
-        [sys.executable, "-m", "surd.cli", "status", "--json"],
+        [sys.executable, "-m", "surd", "status", "--json"],
         env=env,
         capture_output=True,
         text=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,9 +13,18 @@ from PIL import Image
 
 from storage.layout import DataDir
 from surd.ids import sample_id
-from surd.images import retry_failed, run_images
-from surd.replay import ReplaySite, synth_image
 from surd.settings import Settings, load_settings
+from surd.sources.replay import ReplaySite, synth_image
+from surd.stages.base import StageRun, run_stage
+from surd.stages.images import ImagesStage, retryable
+
+
+def run_images(settings: Any, data: Any, **options: Any) -> StageRun:
+    return run_stage(ImagesStage(settings, data, **options))
+
+
+def retry_failed(settings: Any, data: Any, reasons: list[str] | None = None) -> StageRun:
+    return run_images(settings, data, rows=retryable(data, reasons))
 
 
 def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
@@ -186,7 +196,7 @@ def test_remote_workers_give_the_same_table_duplicates_included(tmp_path: Path, 
     """`submit` (how flows/scale.py hands parts to Dask workers) against the local process pool."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from surd.images import process_part
+    from surd.stages.images import process_part
 
     names = list(CASES)
     tables = {}

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from surd.imaging import ImageRejected, NearDuplicateIndex, normalise
 from surd.settings import ImageSettings
+from surd.stages.normalise import ImageRejected, NearDuplicateIndex, normalise
 
 CFG = ImageSettings(size=64, min_side=32, max_pixels=4_000_000)
 
@@ -86,7 +86,7 @@ def test_animated_takes_first_frame_and_exif_rotation_applies() -> None:
 
 
 def test_near_duplicates_found_exact_hashes_differ() -> None:
-    from surd.replay import synth_image
+    from surd.sources.replay import synth_image
 
     picture = Image.open(io.BytesIO(synth_image("near", 400)[0])).convert("RGB")
     a = normalise(encode(picture, "PNG"), CFG)

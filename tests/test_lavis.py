@@ -14,8 +14,8 @@ import pytest
 
 from storage.layout import DataDir
 from storage.schemas import OK
-from surd.replay import synth_image
 from surd.settings import load_settings
+from surd.sources.replay import synth_image
 
 pytestmark = pytest.mark.slow  # subprocesses, servers or a browser: not in `make test-fast`
 
@@ -51,7 +51,8 @@ def test_lavis_venv_is_its_own_and_its_captioner_fills_the_table(lavis_python: P
     ).stdout.split()
     assert versions[0].startswith("4.26") and versions[1].startswith("1.")  # LAVIS' pins, in its venv only
 
-    from surd.caption import run_captions
+    from surd.stages.base import run_stage
+    from surd.stages.captions import CaptionStage
 
     data = DataDir(tmp_path / "data").open()
     rows = []
@@ -72,7 +73,7 @@ def test_lavis_venv_is_its_own_and_its_captioner_fills_the_table(lavis_python: P
             "min_length": 5,
         },
     )
-    run = run_captions(settings, data)
+    run = run_stage(CaptionStage(settings, data))
     assert run.processed == 3
     got = data.table("captions").read().to_pylist()
     assert {r["sample_id"] for r in got} == {"s0", "s1", "s2"}
@@ -86,7 +87,7 @@ def test_lavis_search_equals_transformers_426_as_lavis_calls_it(lavis_python: Pa
     LAVIS ran: transformers 4.26's, in LAVIS' own venv, on the same weights and inputs."""
     import torch
 
-    from surd.blip_decode import BlipDecoder
+    from surd.models.blip_decode import BlipDecoder
     from tests.test_models import _sharpened_blip
 
     model, proc = _sharpened_blip()

@@ -1,6 +1,9 @@
-"""The layers DESIGN.md draws, checked on the source: no import cycle, and the library (`surd/`,
-`storage/`, `adapter/`) free of the application layer (the CLI, the demo) and the orchestration
-layer (`flows/`, Prefect). Imports inside functions count too."""
+"""The layers DESIGN.md draws, checked on the source: no import cycle; the library (`surd/`,
+`storage/`, `adapter/`) free of the application layer (`surd/app/`: the CLI, the demo, the glue from
+settings to the trainer) and of the orchestration layer (`flows/`, Prefect); the application
+layer free of `flows/` (which plugs into it through entry points); first-party imports at the
+top of a module unless deferred on purpose, with the reason beside them. Imports inside
+functions count too."""
 
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("surd", "storage", "adapter", "flows")
-APPLICATION = ("surd.cli", "surd.demo")  # may import the library; the library never imports them
+APPLICATION = ("surd.app", "surd.__main__")  # may import the library; the library never imports them
+ORCHESTRATION = ("flows", "prefect", "prefect_dask")
 
 
 def modules() -> dict[str, Path]:
@@ -98,7 +102,39 @@ def breaches(layer: tuple[str, ...], forbidden: tuple[str, ...], besides: tuple[
 
 def test_the_library_never_imports_the_application_or_orchestration_layer() -> None:
     library = ("surd", "storage", "adapter")
-    assert breaches(library, ("flows", "prefect", "prefect_dask", *APPLICATION), besides=APPLICATION) == []
+    assert breaches(library, (*ORCHESTRATION, *APPLICATION), besides=APPLICATION) == []
+
+
+def test_the_application_layer_never_imports_the_orchestration_layer() -> None:
+    assert breaches(APPLICATION, ORCHESTRATION) == []
+
+
+def deferred_imports(path: Path) -> list[str]:
+    """First-party imports inside a function without a comment saying why (on the line, or on
+    the line above), as `module:line`."""
+    lines = path.read_text().splitlines()
+    out = []
+    for fn in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            if not any(in_layer(n, PACKAGES) for n in names):
+                continue
+            said = "#" in lines[node.lineno - 1] or lines[node.lineno - 2].strip().startswith("#")
+            if not said:
+                out.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return out
+
+
+def test_first_party_imports_are_at_the_top_unless_said_why() -> None:
+    found = [hit for path in modules().values() for hit in deferred_imports(path)]
+    assert found == [], "import at the top, or say why it is deferred in a comment:\n" + "\n".join(found)
 
 
 def test_adapter_reads_only_through_storage() -> None:

@@ -5,12 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
-from surd.caption import caption_images, strip_prompt
-from surd.clipfilter import keep, score
-from surd.embed import pooled_layers
 from surd.models import tiny
-from surd.preprocess import is_truncated
+from surd.models.llm_pool import pooled_layers
+from surd.models.preprocess import is_truncated
 from surd.settings import CaptionSettings
+from surd.stages.captions import caption_images, strip_prompt
+from surd.stages.clip import keep, score
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def _sharpened_blip() -> tuple:
     "beams,max_length,min_length", [(1, 20, 0), (1, 12, 8), (2, 15, 6), (3, 20, 0), (3, 30, 10), (4, 25, 0)]
 )
 def test_fast_decoder_equals_generate_token_for_token(beams: int, max_length: int, min_length: int) -> None:
-    from surd.blip_decode import BlipDecoder, supports
+    from surd.models.blip_decode import BlipDecoder, supports
 
     model, proc = _sharpened_blip()
     assert supports(model) is None
@@ -125,9 +125,9 @@ def test_left_and_right_padding_agree() -> None:
 def test_fast_preprocessing_matches_the_models_own(pics: list[Image.Image]) -> None:
     import io
 
-    from surd.caption import BlipCaptioner
-    from surd.clipfilter import ClipScorer
-    from surd.preprocess import normalize, to_tensor
+    from surd.models.preprocess import normalize, to_tensor
+    from surd.stages.captions import BlipCaptioner
+    from surd.stages.clip import ClipScorer
 
     big = pics[0].resize((512, 512))
     buf = io.BytesIO()
@@ -144,7 +144,7 @@ def test_fast_preprocessing_matches_the_models_own(pics: list[Image.Image]) -> N
 
 
 def test_bucketed_pooling_equals_masked_reference() -> None:
-    from surd.llm_pool import LayerPooler, equal_length_batches
+    from surd.models.llm_pool import LayerPooler, equal_length_batches
 
     model, tok = tiny.llama(0)
     prompts = ["a red cat", "two dogs", "a castle at night on a hill", "a cat", "blue sky"]
@@ -173,7 +173,7 @@ def test_smollm2_profile_is_a_real_llama_offline() -> None:
 def test_worker_pool_equals_inline_in_order_with_tokens() -> None:
     import io
 
-    from surd.preprocess import Preprocessor, Spec, decode
+    from surd.models.preprocess import Preprocessor, Spec, decode
 
     rng = np.random.default_rng(3)
     blobs = []
@@ -205,7 +205,7 @@ def test_worker_pool_equals_inline_in_order_with_tokens() -> None:
 def _pool_in_a_daemon(out) -> None:  # type: ignore[no-untyped-def]
     import io
 
-    from surd.preprocess import Preprocessor, Spec
+    from surd.models.preprocess import Preprocessor, Spec
 
     buf = io.BytesIO()
     Image.fromarray(np.full((48, 48, 3), 200, dtype=np.uint8)).save(buf, format="JPEG")

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from surd import pipeline
-from surd.crawl import CrawlFailed
 from surd.http import Robots, backoff_seconds
-from surd.replay import ReplaySite
 from surd.settings import CrawlSettings, load_settings
+from surd.sources.replay import ReplaySite
+from surd.stages.crawl import CrawlFailed
 
 API = "/api/v1/images"
 CIVITAI_ROBOTS = (  # civitai.com's rule shape (SOURCES.md: src/pages/robots.txt/index.tsx)

@@ -14,16 +14,16 @@ from PIL import Image
 from storage.layout import DataDir
 from storage.releases import list_published, publish, stream, verify_files
 from surd import pipeline
-from surd.release import create_release, manifest, releases, verify
 from surd.review import queue
 from surd.settings import Settings, load_settings
+from surd.stages.release import create_release, manifest, releases, verify
 from tests.conftest import through_review
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, replay) -> tuple[Path, dict]:
     """A data root taken through crawl → review (auto policy) by the real stages, no release yet."""
-    from surd.demo import demo_config
+    from surd.app.demo import demo_config
 
     root = tmp_path_factory.mktemp("rel") / "data"
     cfg = demo_config(root, replay)
@@ -116,7 +116,7 @@ def test_a_killed_writer_leaves_no_visible_release(data) -> None:
 def test_shards_are_written_holding_one_part_and_one_row_group_of_images(data, tmp_path: Path) -> None:
     import tracemalloc
 
-    from surd.release import accepted_rows, write_shards
+    from surd.stages.release import accepted_rows, write_shards
 
     settings, d = data
     cfg = settings.release.model_copy(update={"shard_rows": 10, "row_group_rows": 3})
@@ -182,7 +182,7 @@ def test_prompt2vec_export_reads_one_layer(data, tmp_path: Path) -> None:
     settings, d = data
     path = create_release(settings, d)
     _, model_id = pipeline.embed(settings, str(path)).values()
-    from surd.embed import EmbeddingStore
+    from storage.embeddings import EmbeddingStore
 
     emb = EmbeddingStore(d, model_id).dir
     result = export_release(path, tmp_path / "x", "surd-adapter", emb, layer=2)
@@ -193,8 +193,7 @@ def test_prompt2vec_export_reads_one_layer(data, tmp_path: Path) -> None:
 
 
 def test_reading_one_layer_needs_no_other_layer_file(data) -> None:
-    from storage.embeddings import read_layer
-    from surd.embed import EmbeddingStore
+    from storage.embeddings import EmbeddingStore, read_layer
 
     settings, d = data
     path = create_release(settings, d)
@@ -249,8 +248,7 @@ def test_embedding_workers_split_the_work_and_agree(data, tmp_path: Path) -> Non
     own parts; the layer read back equals a single worker's, and meta records what was loaded."""
     import numpy as np
 
-    from storage.embeddings import meta, read_layer
-    from surd.embed import EmbeddingStore
+    from storage.embeddings import EmbeddingStore, meta, read_layer
 
     settings, d = data
     path = create_release(settings, d)

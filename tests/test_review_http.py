@@ -150,7 +150,7 @@ def _serve(settings, port: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SURD_")}
     env.update(SURD_DATA_ROOT=str(settings.data_root), SURD_REVIEW__SESSION_SECRET="s" * 32)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "surd.cli", "review", "serve", "--port", str(port)],
+        [sys.executable, "-m", "surd", "review", "serve", "--port", str(port)],
         env=env,
         stderr=subprocess.PIPE,
     )

@@ -30,7 +30,7 @@ def _serve(root: Path, port: int, workers: int = 1) -> subprocess.Popen:
         "SURD_REVIEW__SECURE_COOKIES": "false",  # plain HTTP on loopback: the client must send it
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "surd.cli", "review", "serve", "--port", str(port), "--workers", str(workers)],
+        [sys.executable, "-m", "surd", "review", "serve", "--port", str(port), "--workers", str(workers)],
         env=env,
         stderr=subprocess.PIPE,
     )

@@ -21,7 +21,7 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from starlette.middleware.sessions import SessionMiddleware
 
 from surd.review import api, judge, queue, web
-from surd.settings import Settings
+from surd.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 CSP = (
@@ -103,6 +103,5 @@ def create_app(settings: Settings) -> FastAPI:
 
 def from_env() -> FastAPI:
     """The app for `surd review serve` workers: settings from SURD_* and $SURD_CONFIG."""
-    from surd.settings import load_settings
 
     return create_app(load_settings())

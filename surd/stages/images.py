@@ -10,14 +10,11 @@ first" of two duplicates is the same on every run.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import multiprocessing
 import os
-import signal
-import sys
-from collections import deque
-from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from typing import Any
@@ -27,9 +24,10 @@ import httpx
 from storage.layout import DataDir
 from storage.schemas import DROPPED, OK
 from surd.http import AsyncPoliteClient, FetchError
-from surd.imaging import ImageRejected, NearDuplicateIndex, Normalised, normalise
+from surd.parallel import Done, batched, die_with_parent, in_order
 from surd.settings import CrawlSettings, ImageSettings, Settings
-from surd.stage import StageRun, batched, pending
+from surd.stages.base import Partition, Stage
+from surd.stages.normalise import ImageRejected, NearDuplicateIndex, Normalised, normalise
 
 OPT_OUT = ("noai", "noimageai")
 TRANSIENT = ("timeout", "connection_error", "blocked", "http_429", "http_5")
@@ -106,16 +104,6 @@ def _row(raw: dict[str, Any], result: Result, dedup: _Deduper) -> dict[str, Any]
     return {**row, "status": OK, "reason": None, "image": img.data}
 
 
-def die_with_parent(parent: int) -> None:
-    """Pool initializer: a worker ends when the stage's process does (even by SIGKILL), so a
-    killed run leaves no orphan still downloading (Linux prctl PR_SET_PDEATHSIG)."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before the call above
-        os._exit(1)
-
-
 DECODE_THREADS = 2  # per worker process: Pillow releases the GIL while decoding and resizing
 _ROBOTS: dict[str, Any] = {}  # robots.txt rules, per worker process, across parts
 _ON_DECODED: Callable[[], None] | None = None  # per item done, for progress (set per process)
@@ -136,17 +124,19 @@ def _worker_init(parent: int, decoded: Any) -> None:
 
 class _Shown:
     """What the progress callback has been told: the items the workers have done (read while
-    waiting for a part), and never less than the items written."""
+    waiting for a part), and never less than the items written (told from the writer thread)."""
 
     def __init__(self, progress: Callable[[int], None] | None) -> None:
         self.progress, self.shown, self.written = progress, 0, 0
         self.decoded: Any = multiprocessing.Value("q", 0)
+        self.lock = threading.Lock()
 
     def update(self) -> None:
-        n = max(self.decoded.value, self.written)
-        if self.progress and n > self.shown:
-            self.progress(n - self.shown)
-        self.shown = max(self.shown, n)
+        with self.lock:
+            n = max(self.decoded.value, self.written)
+            if self.progress and n > self.shown:
+                self.progress(n - self.shown)
+            self.shown = max(self.shown, n)
 
     def wrote(self, n: int) -> None:
         self.written += n
@@ -181,82 +171,88 @@ def process_part(rows: list[dict[str, Any]], politeness: CrawlSettings, cfg: Ima
     return asyncio.run(run())
 
 
-def run_images(
-    settings: Settings,
-    data: DataDir,
-    progress: Callable[[int], None] | None = None,
-    rows: Iterable[dict[str, Any]] | None = None,
-    submit: Callable[[list[dict[str, Any]], CrawlSettings], Any] | None = None,
-    workers: int | None = None,
-) -> StageRun:
-    """Process the raw items not yet in the images table (or the given `rows`, for retries).
+class ImagesStage(Stage[tuple[list[dict[str, Any]], list[Result]]]):
+    """Each raw item's image fetched, validated, normalised and deduplicated (raw_items → images).
 
     Parts are fetched and decoded by `workers` processes: a local process pool, or, with `submit`
     (a part and its politeness share → a future with `.result()`), a cluster's workers (Dask).
-    Either way this process writes the parts in input order and decides duplicates, so the table
-    is the same."""
-    raw, out = data.table("raw_items"), data.table("images")
-    run = StageRun("images")
-    dedup = _Deduper(
-        out.iter_rows(["sample_id", "status", "sha256", "phash"]), settings.images.phash_max_distance
-    )
-    retrying = rows is not None
-    todo = rows if rows is not None else pending(raw, out, ["image_url"])
+    Either way this process decides duplicates in input order, so the table is the same. With
+    `rows` (a retry), those rows are fetched again and replace their old versions."""
 
-    def emit(batch: list[dict[str, Any]], results: list[Result]) -> None:
-        new = [_row(r, res, dedup) for r, res in zip(batch, results, strict=True)]
-        if retrying:
-            out.replace_rows(
-                new, provenance={"stage": "images", "retry": True, "settings": settings.provenance()}
-            )
-        else:
-            out.write(new, provenance={"stage": "images", "settings": settings.provenance()})
-        run.add(new)
-        shown.wrote(len(new))
+    name, source, columns = "images", "raw_items", ("image_url",)
+    reports_progress = True  # items as the workers finish them, not only parts as written
 
-    workers = workers or settings.images.workers or os.cpu_count() or 1
-    # the per-host limits hold across all workers: each gets its share
-    share = settings.crawl.model_copy(
-        update={
-            "requests_per_second": settings.images.requests_per_second / workers,
-            "max_concurrency": max(1, settings.images.max_concurrency // workers),
-        }
-    )
-    parts = batched(todo, settings.part_size)
-    shown = _Shown(progress)
-    if submit is None and workers == 1:
-        global _ON_DECODED
+    def __init__(
+        self,
+        settings: Settings,
+        data: DataDir,
+        rows: list[dict[str, Any]] | None = None,
+        submit: Callable[[list[dict[str, Any]], CrawlSettings], Any] | None = None,
+        workers: int | None = None,
+    ) -> None:
+        super().__init__(settings, data)
+        self.rows, self.submit = rows, submit
+        self.workers = workers or settings.images.workers or os.cpu_count() or 1
 
-        def tick() -> None:  # in this process: tell the callback at once
-            shown.decoded.value += 1
-            shown.update()
+    def todo(self, part: Partition = None) -> Iterator[dict[str, Any]]:
+        assert part is None, "the images stage decides duplicates in one process: no partitions"
+        return iter(self.rows) if self.rows is not None else super().todo()
 
-        _ON_DECODED = tick
-        try:
-            for batch in parts:
-                emit(batch, process_part(batch, share, settings.images))
-        finally:
-            _ON_DECODED = None
-        return run
-    with ExitStack() as stack:
-        if submit is None:
+    def start(self, stack: ExitStack) -> None:
+        self.shown = _Shown(self.progress)  # items the workers have done, between parts
+        cols = ["sample_id", "status", "sha256", "phash"]
+        self.dedup = _Deduper(self._out.iter_rows(cols), self.settings.images.phash_max_distance)
+        # the per-host limits hold across all workers: each gets its share
+        self.share = self.settings.crawl.model_copy(
+            update={
+                "requests_per_second": self.settings.images.requests_per_second / self.workers,
+                "max_concurrency": max(1, self.settings.images.max_concurrency // self.workers),
+            }
+        )
+        if self.submit is None and self.workers == 1:
+            global _ON_DECODED
+            shown = self.shown
+
+            def tick() -> None:  # in this process: tell the callback at once
+                shown.decoded.value += 1
+                shown.update()
+
+            _ON_DECODED = tick
+            stack.callback(globals().__setitem__, "_ON_DECODED", None)
+            self.submit = lambda batch, share: Done(process_part(batch, share, self.settings.images))
+            self.window = 1
+            return
+        self.window = 2 * self.workers  # at most 2 parts per worker in flight
+        if self.submit is None:
             pool = stack.enter_context(
-                ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(os.getpid(), shown.decoded))
+                ProcessPoolExecutor(
+                    self.workers, initializer=_worker_init, initargs=(os.getpid(), self.shown.decoded)
+                )
             )
+            cfg = self.settings.images
+            self.submit = lambda batch, share: pool.submit(process_part, batch, share, cfg)
 
-            def submit(batch: list[dict[str, Any]], sh: CrawlSettings) -> Future[list[Result]]:
-                return pool.submit(process_part, batch, sh, settings.images)
+    def batches(self, items: Iterator[dict[str, Any]]) -> Iterator[tuple[list[dict[str, Any]], list[Result]]]:
+        submit = self.submit
+        assert submit is not None
+        parts = batched(items, self.settings.part_size)
+        return in_order(parts, lambda batch: submit(batch, self.share), self.window, wait=self.shown.result)
 
-        window: deque[tuple[list[dict[str, Any]], Any]] = deque()
-        for batch in parts:  # at most 2 parts per worker in flight
-            window.append((batch, submit(batch, share)))
-            if len(window) >= 2 * workers:
-                done, fut = window.popleft()
-                emit(done, shown.result(fut))
-        while window:
-            done, fut = window.popleft()
-            emit(done, shown.result(fut))
-    return run
+    def decide(self, batch: tuple[list[dict[str, Any]], list[Result]]) -> list[dict[str, Any]]:
+        raw, results = batch
+        return [_row(r, res, self.dedup) for r, res in zip(raw, results, strict=True)]
+
+    def provenance(self) -> dict[str, Any]:
+        if self.rows is not None:
+            return {**super().provenance(), "retry": True}
+        return super().provenance()
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        if self.rows is not None:
+            self._out.replace_rows(rows, provenance=self.provenance())
+        else:
+            self._out.write(rows, provenance=self.provenance())
+        self.shown.wrote(len(rows))
 
 
 def retryable(data: DataDir, reasons: list[str] | None = None) -> list[dict[str, Any]]:
@@ -269,13 +265,3 @@ def retryable(data: DataDir, reasons: list[str] | None = None) -> list[dict[str,
         and str(r["reason"]).startswith(wanted)
         and not str(r["reason"]).startswith("duplicate_of")
     ]
-
-
-def retry_failed(
-    settings: Settings,
-    data: DataDir,
-    reasons: list[str] | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> StageRun:
-    """Fetch again only the items that failed (by default the transient failures)."""
-    return run_images(settings, data, progress, rows=retryable(data, reasons))

@@ -9,7 +9,6 @@ parent release with the ids added and removed.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -19,32 +18,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.layout import DataDir
-from storage.schemas import RELEASE, SCHEMA_VERSION
+from storage.releases import ShardFile, manifest, releases, verify_files
+from storage.schemas import SCHEMA_VERSION
 from storage.tables import fault_point
 from surd import __version__
-from surd.card import write_card
 from surd.review import queue
 from surd.settings import ReleaseSettings, Settings
 from surd.sources import LICENCE_NOTES
-
-
-def releases(data: DataDir) -> list[Path]:
-    if not data.releases_dir.exists():
-        return []
-    # a temp folder (".tmp-…", a writer's, alive or killed) is never a release, whatever it holds
-    return sorted(
-        p
-        for p in data.releases_dir.iterdir()
-        if not p.name.startswith(".") and (p / "manifest.json").exists()
-    )
-
-
-def manifest(path: Path) -> dict[str, Any]:
-    return json.loads((path / "manifest.json").read_text())
+from surd.stages.card import write_card
 
 
 def accepted_rows(settings: Settings, data: DataDir) -> list[dict[str, Any]]:
@@ -80,52 +64,6 @@ def accepted_rows(settings: Settings, data: DataDir) -> list[dict[str, Any]]:
     return rows
 
 
-class _HashingFile(io.FileIO):
-    """A file opened for writing that hashes what goes through it (no second read)."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, "wb")
-        self.sha256 = hashlib.sha256()
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        done = 0
-        while done < len(view):
-            done += super().write(view[done:]) or 0
-        self.sha256.update(view)
-        return done
-
-
-class _ShardFile:
-    """One shard written a row group at a time, hashed as it is written, fsynced on close."""
-
-    def __init__(self, path: Path, group_rows: int) -> None:
-        self.path, self.group_rows = path, group_rows
-        self.fh = _HashingFile(path)
-        self.writer = pq.ParquetWriter(self.fh, RELEASE, compression="zstd")
-        self.group: list[dict[str, Any]] = []
-        self.rows = self.bytes = 0
-
-    def add(self, row: dict[str, Any], nbytes: int) -> None:
-        self.group.append(row)
-        self.rows += 1
-        self.bytes += nbytes
-        if len(self.group) >= self.group_rows:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self.group:
-            self.writer.write_table(pa.Table.from_pylist(self.group, RELEASE))
-            self.group = []
-
-    def close(self) -> dict[str, Any]:
-        self._flush()
-        self.writer.close()
-        os.fsync(self.fh.fileno())
-        self.fh.close()
-        return {"file": self.path.name, "rows": self.rows, "sha256": self.fh.sha256.hexdigest()}
-
-
 def write_shards(
     data: DataDir, rows: list[dict[str, Any]], folder: Path, first: int, cfg: ReleaseSettings
 ) -> Iterator[dict[str, Any]]:
@@ -134,7 +72,7 @@ def write_shards(
     The images are read in storage order, a part at a time, and written a row group at a time, so
     memory holds one part and one row group of images whatever the release's size."""
     by_id = {r["sample_id"]: r for r in rows}
-    out: _ShardFile | None = None
+    out: ShardFile | None = None
     index, found = first, 0
     for img in data.table("images").iter_lookup(by_id, ["image", "sha256"]):
         row = {**by_id[img["sample_id"]], **img}
@@ -143,7 +81,7 @@ def write_shards(
             yield out.close()
             index, out = index + 1, None
         if out is None:
-            out = _ShardFile(folder / f"shard-{index:05d}.parquet", cfg.row_group_rows)
+            out = ShardFile(folder / f"shard-{index:05d}.parquet", cfg.row_group_rows)
         out.add(row, nbytes)
         found += 1
     if found != len(by_id):
@@ -240,7 +178,6 @@ def _model_ids(data: DataDir) -> dict[str, list[str]]:
 
 def verify(path: Path) -> list[str]:
     """Recompute every shard's hash and row count; returns the problems found (empty = sound)."""
-    from storage.releases import verify_files
 
     return verify_files(str(path), manifest(path)["shards"])
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from surd.cli.common import fail, open_data
-from surd.cli.errors import Exit
+from surd.app.cli.common import fail, open_data
+from surd.app.cli.errors import Exit
 from surd.settings import Settings
+from surd.stages.release import releases
 
 
 def release_path(s: Settings, version: str) -> Path:
-    from surd.release import releases
 
     data = open_data(s, create=False)
     rels = releases(data)

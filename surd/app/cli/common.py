@@ -10,7 +10,8 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from surd.cli.errors import CliError, Exit
+from surd.app.cli.errors import CliError, Exit
+from surd.pipeline import open_data as open_
 from surd.settings import Settings, load_settings
 
 out = Console(soft_wrap=True)  # results: stdout
@@ -38,7 +39,6 @@ def settings(config: Path | None, **overrides: Any) -> Settings:
 def open_data(s: Settings, create: bool = True) -> Any:
     """The data root (readers pass create=False). Deferred: the pipeline pulls in pyarrow and
     httpx, which `surd --help` and `surd --version` do not need."""
-    from surd.pipeline import open_data as open_
 
     return open_(s, create)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from surd.replay import ReplaySite
+from surd.review import auth, queue
+from surd.sources.replay import ReplaySite
 
 
 def demo_config(data_root: Path, site: ReplaySite) -> dict[str, Any]:
@@ -53,8 +54,6 @@ def demo_config(data_root: Path, site: ReplaySite) -> dict[str, Any]:
 def demo_login(settings: Any) -> dict[str, Any]:
     """A fresh admin account for the demo's review UI (new password each run), and the open count."""
     import secrets
-
-    from surd.review import auth, queue
 
     engine = queue.connect(settings.review_database_url)
     try:

@@ -12,6 +12,6 @@
 | release, review, ops | `surd release …`, `surd review …`; demo, deploy, replay |
 """
 
-from surd.cli.main import app, main
+from surd.app.cli.main import app, main
 
 __all__ = ["app", "main"]

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import typer
 
-from surd.cli.common import CONFIG, JSON, fail, out, result, settings
+from surd import pipeline
+from surd.app.cli.common import CONFIG, JSON, fail, out, result, settings
+from surd.review import auth, queue
+from surd.review import export as writers
 from surd.summary import describe
 
 
@@ -25,7 +28,6 @@ class What(StrEnum):
 
 def enqueue(as_json: bool = JSON, config: Path | None = CONFIG) -> None:
     """Enqueue CLIP-kept samples (and apply the auto-review policy, if one is set)."""
-    from surd import pipeline
 
     r = pipeline.review(settings(config))
     result(r, as_json, describe("review", r))
@@ -39,8 +41,6 @@ def serve(
 ) -> None:
     """Serve the review web app and its JSON API."""
     import uvicorn
-
-    from surd.review import queue
 
     s = settings(config)
     queue.connect(s.review_database_url).dispose()  # migrate once, before any worker starts
@@ -77,7 +77,6 @@ def add_steward(
     config: Path | None = CONFIG,
 ) -> None:
     """Create or reset a steward account (and, with --token, an API bearer token)."""
-    from surd.review import auth, queue
 
     engine = queue.connect(settings(config).review_database_url)
     try:
@@ -95,8 +94,6 @@ def export(
     config: Path | None = CONFIG,
 ) -> None:
     """Export every item's outcome, or the append-only decision log."""
-    from surd.review import export as writers
-    from surd.review import queue
 
     if to.suffix not in (".parquet", ".jsonl"):
         raise fail(f"{to}: the file name must end in .parquet or .jsonl")

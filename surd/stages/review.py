@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from storage.layout import DataDir
 from storage.schemas import OK
+from surd.parallel import batched
 from surd.review import queue
 from surd.settings import Settings
-from surd.stage import batched
 
 
 def enqueue_kept(settings: Settings, data: DataDir) -> int:

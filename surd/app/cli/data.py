@@ -13,8 +13,10 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from surd.cli.common import CONFIG, err, fail, open_data, out, settings
+from storage.catalog import connect
+from surd.app.cli.common import CONFIG, err, fail, open_data, out, settings
 from surd.settings import describe_settings
+from surd.status import status as compute
 from surd.summary import counts
 
 
@@ -28,7 +30,6 @@ class SqlFormat(StrEnum):
 
 def status(config: Path | None = CONFIG, as_json: bool = typer.Option(False, "--json")) -> None:
     """Items in, out, dropped by reason and pending, per stage; how each source's last crawl ended."""
-    from surd.status import status as compute
 
     s = settings(config)
     st = compute(s, open_data(s, create=False))
@@ -75,7 +76,6 @@ def sql(
     config: Path | None = CONFIG,
 ) -> None:
     """Run SQL over the DuckDB catalog (views: raw_items, images, captions, clip_scores, ...)."""
-    from storage.catalog import connect
 
     con = connect(open_data(settings(config), create=False))
     if fmt is SqlFormat.parquet or (to is not None and fmt is not SqlFormat.table):

@@ -8,17 +8,18 @@ than CLIP's 77-token context are truncated by the tokenizer (as CLIP itself does
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import torch
 from PIL import Image
 
-from storage.layout import DataDir
 from storage.schemas import DROPPED, OK
-from surd.preprocess import CLIP_MEAN, CLIP_STD, Preprocessor, Spec, decode_workers, normalize
-from surd.settings import Settings
-from surd.stage import Partition, PartWriter, StageRun, pending
+from surd.models import profiles
+from surd.models.preprocess import CLIP_MEAN, CLIP_STD, Decoded, Preprocessor, Spec, decode_workers, normalize
+from surd.models.tiny import device_for
+from surd.stages.base import Partition, Stage
 
 
 def keep(p_simple: float, p_complex: float) -> bool:
@@ -76,59 +77,49 @@ def score(
     return ClipScorer(model, tokenizer).score(pixels, simple, complex_)
 
 
-def run_clip_filter(
-    settings: Settings,
-    data: DataDir,
-    progress: Callable[[int], None] | None = None,
-    part: Partition = None,
-) -> StageRun:
-    from surd.models import profiles
-    from surd.models.tiny import device_for
+class ClipStage(Stage[tuple[list[str], Decoded]]):
+    """CLIP's choice between each image's simple and complex prompt (captions → clip_scores)."""
 
-    out = data.table("clip_scores")
-    run = StageRun("clip_scores")
-    simple = {
-        r["sample_id"]: r["simple_prompt"]
-        for r in pending(data.table("captions"), out, ["simple_prompt"], part)
-    }
-    if not simple:
-        return run
-    complex_ = data.table("raw_items").lookup(set(simple), ["complex_prompt"])
-    device = device_for(settings.device)
-    workers = decode_workers(settings.clip.workers, device)
-    loaded = profiles.clip(settings)
-    scorer = ClipScorer(
-        loaded.model.to(device, torch.float16 if device.type == "cuda" else torch.float32), loaded.extra
-    )
-    items = (  # one pass over the stored images, reading only the parts that hold pending ones
-        (r["sample_id"], r["image"], (simple[r["sample_id"]], complex_[r["sample_id"]]["complex_prompt"]))
-        for r in data.table("images").iter_lookup(simple, ["image"])
-    )
-    writer = PartWriter(
-        out,
-        settings.part_size,
-        run,
-        progress,
-        {"stage": "clip_scores", "model_id": loaded.model_id, "settings": settings.provenance()},
-    )
-    with Preprocessor(scorer.spec, workers, tokenizer=loaded.extra) as pre:
-        for ids, dec in pre.batches(items, settings.clip.batch_size):
-            assert dec.tokens is not None and dec.truncated is not None
-            rows = []
-            for sid, sc, trunc in zip(
-                ids, scorer.score_tokens(dec.pixels, dec.tokens), dec.truncated[:, 1].tolist(), strict=True
-            ):
-                kept = keep(sc["p_simple"], sc["p_complex"])
-                rows.append(
-                    {
-                        "sample_id": sid,
-                        "status": OK if kept else DROPPED,
-                        "reason": None if kept else "clip_prefers_complex",
-                        **sc,
-                        "complex_truncated": bool(trunc),
-                        "model_id": loaded.model_id,
-                    }
-                )
-            writer.add(rows)
-    writer.close()
-    return run
+    name, source, columns = "clip_scores", "captions", ("simple_prompt",)
+
+    def todo(self, part: Partition = None) -> Iterator[dict[str, Any]]:
+        simple = {r["sample_id"]: r["simple_prompt"] for r in super().todo(part)}
+        if not simple:
+            return
+        complex_ = self.data.table("raw_items").lookup(set(simple), ["complex_prompt"])
+        # one pass over the stored images, reading only the parts that hold pending ones
+        for r in self.data.table("images").iter_lookup(simple, ["image"]):
+            sid = r["sample_id"]
+            yield {**r, "prompts": (simple[sid], complex_[sid]["complex_prompt"])}
+
+    def start(self, stack: ExitStack) -> None:
+        device = device_for(self.settings.device)
+        loaded = profiles.clip(self.settings)
+        model = loaded.model.to(device, torch.float16 if device.type == "cuda" else torch.float32)
+        self.scorer = ClipScorer(model, loaded.extra)
+        self.model_id = loaded.model_id
+        workers = decode_workers(self.settings.clip.workers, device)
+        self.pre = stack.enter_context(Preprocessor(self.scorer.spec, workers, tokenizer=loaded.extra))
+
+    def batches(self, items: Iterator[dict[str, Any]]) -> Iterator[tuple[list[str], Decoded]]:
+        work = ((r["sample_id"], r["image"], r["prompts"]) for r in items)
+        return self.pre.batches(work, self.settings.clip.batch_size)
+
+    def decide(self, batch: tuple[list[str], Decoded]) -> list[dict[str, Any]]:
+        ids, dec = batch
+        assert dec.tokens is not None and dec.truncated is not None
+        scores = self.scorer.score_tokens(dec.pixels, dec.tokens)
+        rows = []
+        for sid, sc, trunc in zip(ids, scores, dec.truncated[:, 1].tolist(), strict=True):
+            kept = keep(sc["p_simple"], sc["p_complex"])
+            rows.append(
+                {
+                    "sample_id": sid,
+                    "status": OK if kept else DROPPED,
+                    "reason": None if kept else "clip_prefers_complex",
+                    **sc,
+                    "complex_truncated": bool(trunc),
+                    "model_id": self.model_id,
+                }
+            )
+        return rows

@@ -13,7 +13,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from surd.cli.common import OPTIONS, err
+from surd.app.cli.common import OPTIONS, err
 from surd.progress import Meter, ProgressLog
 
 

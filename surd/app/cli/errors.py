@@ -54,13 +54,13 @@ def classify(exc: BaseException) -> tuple[Exit, str] | None:
         exc, "surd.models.profiles", "ModelUnavailable"
     ):
         return Exit.MODEL, str(exc)
-    if isinstance(exc, SettingsError):
+    if isinstance(exc, SettingsError) or _is(exc, "surd.app.engines", "EngineMissing"):
         return Exit.USAGE, str(exc)
     if _is(exc, "storage.locks", "Busy"):
         return Exit.BUSY, str(exc)
     if _is(exc, "storage.layout", "DataRootError"):
         return Exit.DATA, str(exc)
-    if _is(exc, "surd.crawl", "CrawlFailed"):
+    if _is(exc, "surd.stages.crawl", "CrawlFailed"):
         return Exit.SOURCE, str(exc)
     if _is(exc, "surd.http", "FetchError"):
         return Exit.SOURCE, f"{exc.reason}: {exc.url}"  # type: ignore[attr-defined]

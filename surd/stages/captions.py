@@ -4,26 +4,28 @@ Generation follows LAVIS `blip_caption` / `base_coco`, the paper's captioner: th
 "a picture of " is fed to the decoder, beam search with 3 beams, at most 30 and at least 10
 tokens in total (prompt included, as LAVIS counts them), and the prompt is stripped from the
 stored caption. The search is LAVIS' own, transformers 4.26 beam scoring included (see
-surd.blip_decode and `caption.search`). Images are decoded and preprocessed in worker processes
-(surd.preprocess) while the model works; on a GPU the model runs in bf16.
+surd.models.blip_decode and `caption.search`). Images are decoded and preprocessed in worker processes
+(surd.models.preprocess) while the model works; on a GPU the model runs in bf16.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import torch
 from PIL import Image
 
-from storage.layout import DataDir
 from storage.schemas import DROPPED, OK
-from storage.tables import PartTable
-from surd.blip_decode import BlipDecoder, supports
-from surd.preprocess import Preprocessor, Spec, decode_workers, normalize
-from surd.settings import CaptionSettings, Settings
-from surd.stage import Partition, PartWriter, StageRun, batched, pending
+from surd.models import profiles
+from surd.models.blip_decode import BlipDecoder, supports
+from surd.models.caption_lavis import LavisCaptioner
+from surd.models.preprocess import Preprocessor, Spec, decode_workers, normalize
+from surd.models.tiny import device_for
+from surd.parallel import batched
+from surd.settings import CaptionSettings
+from surd.stages.base import Stage
 
 
 def strip_prompt(text: str, prompt: str) -> str:
@@ -37,7 +39,7 @@ def strip_prompt(text: str, prompt: str) -> str:
 class BlipCaptioner:
     """BLIP captioning of preprocessed pixel batches; load once, call per batch.
 
-    The search runs in `surd.blip_decode` (each image's cross-attention computed once for all its
+    The search runs in `surd.models.blip_decode` (each image's cross-attention computed once for all its
     beams), scoring hypotheses as LAVIS' transformers 4.26 did (`caption.search = "lavis"`, the
     default: the paper's captions) or as transformers 5 does (`"transformers"`); each is checked
     token for token against the library it follows. `"generate"` calls transformers' `generate`.
@@ -84,63 +86,48 @@ def caption_images(model: Any, processor: Any, images: list[Image.Image], cfg: C
     return BlipCaptioner(model, processor, cfg).caption(pixels)
 
 
-def _rows(ids: list[str], texts: list[str], model_id: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "sample_id": sid,
-            "status": OK if text else DROPPED,
-            "reason": None if text else "empty_caption",
-            "simple_prompt": text or None,
-            "model_id": model_id,
-        }
-        for sid, text in zip(ids, texts, strict=True)
-    ]
+class CaptionStage(Stage[tuple[list[str], Any]]):
+    """BLIP's simple prompt for every kept image (images → captions)."""
 
+    name, source, columns = "captions", "images", ("image",)
 
-def run_captions(
-    settings: Settings,
-    data: DataDir,
-    progress: Callable[[int], None] | None = None,
-    part: Partition = None,
-) -> StageRun:
-    images, out = data.table("images"), data.table("captions")
-    run = StageRun("captions")
-    todo = pending(images, out, ["image"], part)
-    first = next(todo, None)
-    if first is None:
-        return run
-    rows = itertools.chain([first], todo)
-    cfg = settings.caption
-    if cfg.backend == "lavis":  # LAVIS in its own venv, a part at a time
-        from surd.caption_lavis import LavisCaptioner
+    def start(self, stack: ExitStack) -> None:
+        cfg = self.settings.caption
+        if cfg.backend == "lavis":  # LAVIS in its own venv, a part at a time
+            self.lavis: LavisCaptioner | None = LavisCaptioner(self.settings)
+            self.model_id = self.lavis.model_id
+            return
+        self.lavis = None
+        device = device_for(self.settings.device)
+        loaded = profiles.captioner(self.settings)
+        model = loaded.model.to(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+        self.captioner = BlipCaptioner(model, loaded.processor, cfg)
+        self.model_id = str(loaded.model_id)
+        workers = decode_workers(cfg.workers, device)
+        self.pre = stack.enter_context(Preprocessor(self.captioner.spec, workers))
 
-        lavis = LavisCaptioner(settings)
-        writer = _writer(settings, out, run, progress, lavis.model_id)
-        for batch in batched(rows, settings.part_size):
-            texts = [strip_prompt(t, cfg.prompt) for t in lavis.caption([r["image"] for r in batch])]
-            writer.add(_rows([r["sample_id"] for r in batch], texts, lavis.model_id))
-        writer.close()
-        return run
+    def batches(self, items: Iterator[dict[str, Any]]) -> Iterator[tuple[list[str], Any]]:
+        if self.lavis is not None:
+            for batch in batched(items, self.settings.part_size):
+                yield [r["sample_id"] for r in batch], [r["image"] for r in batch]
+            return
+        yield from self.pre.batches(
+            ((r["sample_id"], r["image"], ()) for r in items), self.settings.caption.batch_size
+        )
 
-    from surd.models import profiles
-    from surd.models.tiny import device_for
-
-    device = device_for(settings.device)
-    workers = decode_workers(cfg.workers, device)
-    loaded = profiles.captioner(settings)  # once per worker, only when there is work
-    model = loaded.model.to(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
-    captioner = BlipCaptioner(model, loaded.processor, cfg)
-    model_id = str(loaded.model_id)
-    writer = _writer(settings, out, run, progress, model_id)
-    with Preprocessor(captioner.spec, workers) as pre:
-        for ids, dec in pre.batches(((r["sample_id"], r["image"], ()) for r in rows), cfg.batch_size):
-            writer.add(_rows(ids, captioner.caption(dec.pixels), model_id))
-    writer.close()
-    return run
-
-
-def _writer(
-    settings: Settings, out: PartTable, run: StageRun, progress: Callable[[int], None] | None, model_id: str
-) -> PartWriter:
-    provenance = {"stage": "captions", "model_id": model_id, "settings": settings.provenance()}
-    return PartWriter(out, settings.part_size, run, progress, provenance)
+    def decide(self, batch: tuple[list[str], Any]) -> list[dict[str, Any]]:
+        ids, inputs = batch
+        if self.lavis is not None:
+            texts = [strip_prompt(t, self.settings.caption.prompt) for t in self.lavis.caption(inputs)]
+        else:
+            texts = self.captioner.caption(inputs.pixels)
+        return [
+            {
+                "sample_id": sid,
+                "status": OK if text else DROPPED,
+                "reason": None if text else "empty_caption",
+                "simple_prompt": text or None,
+                "model_id": self.model_id,
+            }
+            for sid, text in zip(ids, texts, strict=True)
+        ]

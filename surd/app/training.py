@@ -1,24 +1,32 @@
-"""Glue between the pipeline and `adapter/`: settings → TrainConfig, and CLIP as the chooser."""
+"""The application layer's glue between the settings and `adapter/`: the settings' adapter
+section as the trainer's config, CLIP as the evaluation's chooser, and training, evaluation and
+generation as one call each, under the run's write lock (the CLI and the flows call these)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image
 
+from adapter.evaluate import Scorers, evaluate
+from adapter.pipeline import generate, sd_pipeline
+from adapter.quality import load_metrics
+from adapter.suites import SUITES
+from adapter.train import TrainConfig, latest_checkpoint, load_adapter
+from adapter.train import train as train_adapter
+from storage.embeddings import EmbeddingStore
 from storage.layout import DataDir
-from surd.embed import EmbeddingStore
+from surd.models import profiles
+from surd.pipeline import open_data, writing
 from surd.settings import Settings
 
 
 def train_config(settings: Settings) -> Any:
     """The adapter section of the settings as the trainer's config (same field names)."""
-    from dataclasses import fields
-
-    from adapter.train import TrainConfig
-
     return TrainConfig(**{f.name: getattr(settings.adapter, f.name) for f in fields(TrainConfig)})
 
 
@@ -36,12 +44,9 @@ def run_train(
     llm_model_id: str,
     log: Callable[[dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
-    from adapter.train import train
-    from surd.models import profiles
-
     sd = profiles.stable_diffusion(settings)
     out = run_dir(data, release, llm_model_id, settings)
-    summary = train(
+    summary = train_adapter(
         sd.model, release, EmbeddingStore(data, llm_model_id).dir, out, train_config(settings), log=log
     )
     return {**summary, "run_dir": str(out), "base_model": sd.model_id}
@@ -50,12 +55,6 @@ def run_train(
 def clip_scorers(settings: Settings) -> Any:
     """CLIP as the paper's chooser (softmax over two images' similarities to the prompt) and as a
     similarity (100·cos), plus the pyiqa quality metrics that can load here."""
-    import torch
-
-    from adapter.evaluate import Scorers
-    from adapter.quality import load_metrics
-    from surd.models import profiles
-
     loaded = profiles.clip(settings)
     model, preprocess, tok = loaded.model, loaded.processor, loaded.extra
 
@@ -80,10 +79,6 @@ def generate_images(
     settings: Settings, run: Path, prompt: str, out: Path, n: int, seed: int, steps: int, baseline: bool
 ) -> list[Path]:
     """`surd generate`: n images of the prompt with the run's adapter (and the baseline's, if asked)."""
-    from adapter.pipeline import generate, sd_pipeline
-    from adapter.train import latest_checkpoint, load_adapter
-    from surd.models import profiles
-
     ckpt = latest_checkpoint(run)
     if ckpt is None:
         raise FileNotFoundError(f"no checkpoint in {run}; train first")
@@ -103,11 +98,6 @@ def generate_images(
 def run_evaluate(
     settings: Settings, data: DataDir, run: Path, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
-    from adapter.evaluate import evaluate
-    from adapter.suites import SUITES
-    from adapter.train import latest_checkpoint, load_adapter
-    from surd.models import profiles
-
     ckpt = latest_checkpoint(run)
     if ckpt is None:
         raise FileNotFoundError(f"no checkpoint in {run}; train first")
@@ -124,3 +114,25 @@ def run_evaluate(
         progress=progress,
     )
     return {**report, "report": str(run / "eval" / "report.md")}
+
+
+def train(
+    settings: Settings,
+    release_path: str,
+    llm_model_id: str,
+    log: Callable[[dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) the adapter on a release and its embeddings; the run's summary."""
+    data = open_data(settings)
+    run = run_dir(data, Path(release_path), llm_model_id, settings)
+    with writing(settings, f"run-{run.name}"):  # its checkpoints, and the stale temp cleanup
+        return run_train(settings, data, Path(release_path), llm_model_id, log=log)
+
+
+def evaluate_run(
+    settings: Settings, run: str, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Evaluate a run's latest checkpoint against the baseline; the report's summary."""
+    data = open_data(settings)
+    with writing(settings, f"run-{Path(run).name}"):  # its eval/ folder
+        return run_evaluate(settings, data, Path(run), progress=progress)

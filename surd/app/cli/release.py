@@ -7,9 +7,15 @@ from pathlib import Path
 
 import typer
 
-from surd.cli.common import CONFIG, JSON, err, fail, open_data, out, result, settings
-from surd.cli.errors import Exit
-from surd.cli.paths import release_path
+from storage.embeddings import EmbeddingStore
+from storage.releases import publish as copy
+from surd import pipeline
+from surd.app.cli.common import CONFIG, JSON, err, fail, open_data, out, result, settings
+from surd.app.cli.errors import Exit
+from surd.app.cli.paths import release_path
+from surd.exports import export_release
+from surd.stages.release import manifest, releases, storage_options
+from surd.stages.release import verify as check
 from surd.summary import describe
 
 
@@ -20,7 +26,6 @@ class ExportFormat(StrEnum):
 
 def create(as_json: bool = JSON, config: Path | None = CONFIG) -> None:
     """Release the accepted samples (nothing new if the accepted set did not change)."""
-    from surd import pipeline
 
     r = pipeline.release_info(settings(config))
     result(r, as_json, describe("release", r))
@@ -28,7 +33,6 @@ def create(as_json: bool = JSON, config: Path | None = CONFIG) -> None:
 
 def list_(as_json: bool = JSON, config: Path | None = CONFIG) -> None:
     """Every release: version, rows, shards, parent and folder."""
-    from surd.release import manifest, releases
 
     rows = []
     for path in releases(open_data(settings(config), create=False)):
@@ -55,7 +59,6 @@ def verify(
     config: Path | None = CONFIG,
 ) -> None:
     """Recompute every shard's sha256 and row count; a damaged shard is named (exit 1)."""
-    from surd.release import verify as check
 
     path = release_path(settings(config), version)
     problems = check(path)
@@ -76,9 +79,7 @@ def export(
     config: Path | None = CONFIG,
 ) -> None:
     """Export a release for the paper's training code or Hugging Face's imagefolder loader."""
-    from surd.embed import EmbeddingStore
-    from surd.exports import export_release
-    from surd.models.profiles import llm_model_id
+    from surd.models.profiles import llm_model_id  # torch: only to export embeddings
 
     s = settings(config)
     path = release_path(s, version)
@@ -98,8 +99,6 @@ def publish(
     config: Path | None = CONFIG,
 ) -> None:
     """Copy a release to a local path or an object store (shards first, manifest last)."""
-    from storage.releases import publish as copy
-    from surd.release import storage_options
 
     s = settings(config)
     path = release_path(s, version)

@@ -10,9 +10,11 @@ from typing import Any
 
 import typer
 
-from surd.cli.common import CONFIG, JSON, err, out, result, settings
-from surd.cli.paths import release_path, run_path
-from surd.cli.progress import progress
+from surd import pipeline
+from surd.app.cli.common import CONFIG, JSON, err, out, result, settings
+from surd.app.cli.paths import release_path, run_path
+from surd.app.cli.progress import progress
+from surd.app.engines import engine as orchestrated
 from surd.settings import Settings
 from surd.sources import SOURCES
 from surd.summary import describe
@@ -27,7 +29,6 @@ class Engine(StrEnum):
 
 def _stage(label: str, stage: str, fn: Any, s: Settings, *args: Any, total: int | None = None) -> Any:
     """Run a batch stage with its total known before it starts (its pending items)."""
-    from surd import pipeline
 
     if total is None:
         total = pipeline.pending_total(s, stage)
@@ -46,7 +47,6 @@ def crawl(
     """One pass over a source into the raw items table: resumes an unfinished pass, else an
     incremental pass that stops where it reaches items it already has. A pass that stops on a
     failure exits 4, naming the reason and the URL; the next run resumes there."""
-    from surd import pipeline
 
     over: dict[str, Any] = {}
     if base_url:
@@ -69,7 +69,6 @@ def images(ctx: typer.Context, as_json: bool = JSON, config: Path | None = CONFI
     """Fetch, validate, normalise and deduplicate the images of new raw items."""
     if ctx.invoked_subcommand is not None:
         return
-    from surd import pipeline
 
     r = _stage("images", "images", pipeline.images, settings(config))
     result(r, as_json, describe("images", r))
@@ -86,7 +85,6 @@ def images_retry(
     config: Path | None = CONFIG,
 ) -> None:
     """Fetch again only the items that failed."""
-    from surd import pipeline
 
     s = settings(config)
     total = pipeline.pending_total(s, "images_retry", reasons=reason or None)
@@ -96,7 +94,6 @@ def images_retry(
 
 def caption(as_json: bool = JSON, config: Path | None = CONFIG) -> None:
     """Caption new images with BLIP."""
-    from surd import pipeline
 
     r = _stage("captions", "captions", pipeline.captions, settings(config))
     result(r, as_json, describe("captions", r))
@@ -104,7 +101,6 @@ def caption(as_json: bool = JSON, config: Path | None = CONFIG) -> None:
 
 def clip_filter(as_json: bool = JSON, config: Path | None = CONFIG) -> None:
     """Score new captions with CLIP and keep those where CLIP prefers the simple prompt."""
-    from surd import pipeline
 
     r = _stage("clip", "clip_scores", pipeline.clip_filter, settings(config))
     result(r, as_json, describe("clip_scores", r))
@@ -117,7 +113,6 @@ def embed(
     config: Path | None = CONFIG,
 ) -> None:
     """Per-layer mean-pooled LLM states of every simple prompt of a release."""
-    from surd import pipeline
 
     s = settings(config)
     path = str(release_path(s, release))
@@ -133,8 +128,8 @@ def train(
     config: Path | None = CONFIG,
 ) -> None:
     """Train (or resume) the SUR-adapter on a release and one embedding layer."""
-    from surd import pipeline
-    from surd.models.profiles import llm_model_id
+    from surd.app import training  # torch, diffusers: only to train
+    from surd.models.profiles import llm_model_id  # torch: only to train
 
     s = settings(config)
     path = release_path(s, release)
@@ -146,7 +141,7 @@ def train(
             meter.advance(int(row["step"]) - last)
             last = int(row["step"])
 
-        r = pipeline.train(s, str(path), llm_model_id(s, llm), log=log)
+        r = training.train(s, str(path), llm_model_id(s, llm), log=log)
     result(r, as_json, describe("train", r))
 
 
@@ -156,10 +151,12 @@ def evaluate(
     config: Path | None = CONFIG,
 ) -> None:
     """Evaluate a trained adapter: Action, Color, Counting suites; report, grid and judging pairs."""
-    from surd import pipeline
+    from surd.app import training  # torch, diffusers: only to evaluate
 
     s = settings(config)
-    r = pipeline.evaluate(s, str(run_path(s, run)), progress=lambda line: err.print(line, highlight=False))
+    r = training.evaluate_run(
+        s, str(run_path(s, run)), progress=lambda line: err.print(line, highlight=False)
+    )
     if as_json:
         result(r, True, "")
     else:
@@ -177,7 +174,7 @@ def generate(
     config: Path | None = CONFIG,
 ) -> None:
     """Generate images of a prompt with a trained adapter."""
-    from surd.adapter_stage import generate_images
+    from surd.app.training import generate_images  # torch, diffusers: only to generate
 
     s = settings(config)
     for path in generate_images(s, run_path(s, run), prompt, out_dir, n, seed, steps, baseline):
@@ -192,13 +189,11 @@ def rebuild(
     """Run the whole path on the current settings (a site down: the rest runs, then exit 4)."""
     s = settings(config)
     if engine is Engine.local:
-        from surd import pipeline
+        from surd.app.rebuild import rebuild as in_process  # the models: only for a rebuild
 
-        pipeline.rebuild(s, train_adapter=train, log=lambda line: err.print(line, highlight=False))
+        in_process(s, train_adapter=train, log=lambda line: err.print(line, highlight=False))
         return
-    from flows.rebuild import rebuild as flow
-
-    flow(config={}, train=train)  # a crawl that failed raises CrawlFailed (exit 4) at the end
+    orchestrated(engine.value)({}, train)  # a crawl that failed raises CrawlFailed (exit 4) at the end
 
 
 def register(app: typer.Typer) -> None:

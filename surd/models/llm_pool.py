@@ -106,3 +106,27 @@ class LayerPooler:
                 yield PooledBatch(idx, host, event)
             else:
                 yield PooledBatch(idx, pooled, None)
+
+
+def pooled_layers(model: Any, tokenizer: Any, prompts: list[str]) -> Any:
+    """(B, L, H) float32 numpy: masked mean over tokens of each decoder block's output, on a padded
+    batch. The reference for `LayerPooler`, and usable with any padding side."""
+    device = next(model.parameters()).device
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    mask = enc["attention_mask"].to(device)
+    denom = mask.sum(1, keepdim=True).clamp(min=1).float()
+    pooled: list[torch.Tensor] = []
+
+    def hook(_module: Any, _inp: Any, out: Any) -> None:
+        h = out[0] if isinstance(out, tuple) else out
+        pooled.append(((h.float() * mask[..., None]).sum(1) / denom).cpu())
+
+    handles = [layer.register_forward_hook(hook) for layer in decoder_layers(model)]
+    try:
+        with torch.inference_mode():
+            base = getattr(model, "model", model)
+            base(input_ids=enc["input_ids"].to(device), attention_mask=mask)
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.stack(pooled, dim=1).numpy()

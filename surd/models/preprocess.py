@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import multiprocessing as mp
 import os
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.pool import ThreadPool
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from surd.stage import batched
+from surd.parallel import Done, batched, in_order
 
 T = TypeVar("T")
 
@@ -164,22 +163,26 @@ class Preprocessor:
             self._pool = None
 
     def chunks(self, items: Iterable[Item[T]]) -> Iterator[tuple[list[T], Decoded]]:
-        """(keys, decoded) per chunk, in input order; items are read lazily."""
-        window: deque[tuple[list[T], Any]] = deque()
-        limit = 4 * max(1, self.workers)
-        for group in batched(items, self.chunk):
-            keys = [k for k, _, _ in group]
-            work = [(blob, prompts) for _, blob, prompts in group]
-            if self._pool is None:
-                yield keys, decode(work, *self._inline)
-                continue
-            window.append((keys, self._pool.apply_async(_decode, (work,))))
-            if len(window) >= limit:
-                k, res = window.popleft()
-                yield k, res.get()
-        while window:
-            k, res = window.popleft()
-            yield k, res.get()
+        """(keys, decoded) per chunk, in input order; items are read lazily, and at most 4 chunks
+        per worker are in flight (surd.parallel.in_order)."""
+        pool = self._pool
+
+        def submit(work: list[tuple[bytes, tuple[str, ...]]]) -> Any:
+            if pool is None:
+                return Done(decode(work, *self._inline))
+            return pool.apply_async(_decode, (work,))
+
+        def wait(handle: Any) -> Decoded:
+            return handle.result() if isinstance(handle, Done) else handle.get()
+
+        groups = (
+            ([k for k, _, _ in group], [(blob, prompts) for _, blob, prompts in group])
+            for group in batched(items, self.chunk)
+        )
+        for (keys, _), decoded in in_order(
+            groups, lambda g: submit(g[1]), 4 * max(1, self.workers) if pool else 1, wait
+        ):
+            yield keys, decoded
 
     def batches(self, items: Iterable[Item[T]], batch_size: int) -> Iterator[tuple[list[T], Decoded]]:
         """(keys, decoded) per model batch of `batch_size` items (the last may be smaller)."""

@@ -9,9 +9,10 @@ import traceback
 import typer
 
 from surd import __version__
-from surd.cli import data, ops, release, review, stages
-from surd.cli.common import OPTIONS, err
-from surd.cli.errors import Exit, classify, first_line
+from surd.app.cli import data, ops, release, review, stages
+from surd.app.cli.common import OPTIONS, err
+from surd.app.cli.errors import Exit, classify, first_line
+from surd.app.engines import add_commands
 
 app = typer.Typer(
     help="Build, review, release and use the SURD dataset.",
@@ -49,6 +50,7 @@ def root(
 
 for module in (stages, data, release, review, ops):
     module.register(app)
+add_commands(app)  # what flows/ plugs in (`deploy`), through entry points
 
 
 def _usage_line(exc: typer.TyperException) -> str:

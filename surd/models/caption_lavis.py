@@ -1,4 +1,4 @@
-"""The LAVIS backend of the caption stage: talks to `surd/lavis_worker.py` running in LAVIS' own
+"""The LAVIS backend of the caption stage: talks to `surd/models/lavis_worker.py` running in LAVIS' own
 environment (`make lavis-env`), one JSON line per batch. Under the `tiny` profile the worker builds
 LAVIS' BLIP with random weights and a local vocabulary, so it runs offline."""
 
@@ -19,7 +19,7 @@ BERT_VOCAB_SIZE = 30522  # bert-base-uncased, which LAVIS' BLIP config expects
 
 def offline_vocab(path: Path) -> Path:
     """A 30,522-line BERT vocab: the special tokens, the tiny profile's words, then fillers."""
-    from surd.models.tiny import WORDS
+    from surd.models.tiny import WORDS  # torch: only for random weights
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(w.lower() for w in WORDS), ",", "."]
     words += [f"[unused{i}]" for i in range(BERT_VOCAB_SIZE - len(words))]

@@ -1,4 +1,5 @@
-"""Running the whole thing: `surd demo`, `surd deploy …` (Prefect), `surd replay serve`."""
+"""Running the whole thing: `surd demo`, `surd replay serve` (`surd deploy …` comes from flows/,
+through surd.app.engines)."""
 
 from __future__ import annotations
 
@@ -11,32 +12,18 @@ from typing import Any
 import typer
 from sqlalchemy.engine import make_url
 
-from surd.cli.common import CONFIG, err, fail, open_data, out, settings
-from surd.cli.data import print_status
-from surd.cli.stages import Engine
+from surd.app.cli.common import err, fail, open_data, out, settings
+from surd.app.cli.data import print_status
+from surd.app.cli.stages import Engine
+from surd.app.demo import demo_config, demo_login
+from surd.app.engines import engine as orchestrated
 from surd.settings import Settings
-
-
-def deploy_setup(config: Path | None = CONFIG) -> None:
-    """Create the work pools (cpu, gpu) and global concurrency limits the deployments use."""
-    from flows.deployments import setup
-
-    print(json.dumps(setup(settings(config)), indent=1, default=str))
-
-
-def deploy_serve(config: Path | None = CONFIG) -> None:
-    """Serve every deployment from this process: schedules and event triggers included."""
-    from flows.deployments import serve_all
-
-    s = settings(config)
-    if config is not None:
-        os.environ["SURD_CONFIG"] = str(config.resolve())  # the flow runs read the same settings
-    serve_all(s)
+from surd.sources.replay import ReplaySite
+from surd.status import status as compute
 
 
 def replay_serve(port: int = typer.Option(8900, min=0, max=65535)) -> None:
     """Serve the recorded source responses on 127.0.0.1 (for crawls with --base-url)."""
-    from surd.replay import ReplaySite
 
     site = ReplaySite().start(port=port)
     out.print(f"replay site on {site.base_url}: {json.dumps(site.source_urls())}", highlight=False)
@@ -56,8 +43,6 @@ def demo(
     ),
 ) -> None:
     """The whole path offline: replay site → … → trained tiny adapter and its evaluation."""
-    from surd.demo import demo_config, demo_login
-    from surd.replay import ReplaySite
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -70,21 +55,18 @@ def demo(
         cfg = demo_config(data_root, site)
         s = settings(None, **cfg)
         err.print(f"replay site: {site.base_url}; data root: {data_root}", highlight=False)
-        if engine is Engine.prefect:
-            from flows.rebuild import rebuild as flow
+        if engine is Engine.local:
+            from surd.app.rebuild import rebuild  # the models: only for a rebuild
 
-            result = flow(config=cfg, train=True)
+            result = rebuild(s, log=lambda line: out.print(line, highlight=False))
         else:
-            from surd import pipeline
-
-            result = pipeline.rebuild(s, log=lambda line: out.print(line, highlight=False))
+            result = orchestrated(engine.value)(cfg, True)
     finally:
         site.stop()
     _print_outputs(s, {**result, "review_login": demo_login(s)})
 
 
 def _print_outputs(s: Settings, result: dict[str, Any]) -> None:
-    from surd.status import status as compute
 
     out.rule("SURD demo finished")
     print_status(compute(s, open_data(s)))
@@ -115,10 +97,6 @@ def _print_outputs(s: Settings, result: dict[str, Any]) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    deploy_app = typer.Typer(help="Prefect deployments (needs PREFECT_API_URL).", no_args_is_help=True)
-    deploy_app.command("setup")(deploy_setup)
-    deploy_app.command("serve")(deploy_serve)
-    app.add_typer(deploy_app, name="deploy")
     replay_app = typer.Typer(help="The offline replay site.", no_args_is_help=True)
     replay_app.command("serve")(replay_serve)
     app.add_typer(replay_app, name="replay")

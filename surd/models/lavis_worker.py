@@ -5,7 +5,7 @@ runs in `.venv-lavis` (`make lavis-env`) as this script, and the caption stage t
 JSON lines (`caption.backend = "lavis"`). Only the standard library, torch, PIL and LAVIS are
 imported here (and `storage/torch_compat.py`, which needs torch alone).
 
-    .venv-lavis/bin/python surd/lavis_worker.py --device cpu [--random-weights --vocab VOCAB]
+    .venv-lavis/bin/python surd/models/lavis_worker.py --device cpu [--random-weights --vocab VOCAB]
     stdin:  {"images": ["<base64 image bytes>", ...]}       one request per line
     stdout: {"ready": true, ...} once, then {"captions": [...]} or {"error": "..."} per request
 
@@ -22,13 +22,13 @@ import json
 import sys
 from pathlib import Path
 
-# the script's own folder (surd/, which holds an `http.py`) must not shadow the standard library:
-# put the repository root there instead, for `storage.torch_compat`
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
+# the script's own folder (surd/models/) must not shadow the standard library or LAVIS' own
+# packages: put the repository root there instead, for `storage.torch_compat`
+sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 
 def load(args: argparse.Namespace):
-    from storage.torch_compat import install
+    from storage.torch_compat import install  # after sys.path is set, in LAVIS venv
 
     install()
     import torch

@@ -1,0 +1,5 @@
+"""`python -m surd`: the command line (the application layer, surd.app.cli)."""
+
+from surd.app.cli.main import main
+
+main()

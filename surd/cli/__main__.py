@@ -1,3 +1,0 @@
-from surd.cli.main import main
-
-main()
