@@ -32,6 +32,7 @@ if str(ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 
+from surd.review import queries  # noqa: E402
 from tests.serve import wait_until_up  # noqa: E402
 
 
@@ -147,7 +148,7 @@ def run_backend(name: str, url: str, args: argparse.Namespace, data_root: Path) 
     from surd.review import queue
 
     engine = queue.connect(url)
-    prog = queue.progress(engine)
+    prog = queries.progress(engine)
     engine.dispose()
     return {
         "bench": "review",

@@ -24,7 +24,7 @@ from flows import scale
 from flows.adapter import embed_flow, evaluate_flow, train_flow
 from surd import pipeline
 from surd.progress import Meter, ProgressLog
-from surd.review.queue import progress_markdown
+from surd.review.queries import progress_markdown
 from surd.settings import Settings, load_settings
 from surd.stages.crawl import CrawlFailed, CrawlStats
 from surd.status import status

@@ -20,7 +20,7 @@ from storage.layout import DataDir
 from storage.releases import list_published, manifest, publish, releases
 from storage.tables import set_fault_hook
 from surd.http import PoliteClient
-from surd.review import queue
+from surd.review import queries, queue
 from surd.settings import Settings
 from surd.stages import stage_class
 from surd.stages.base import Partition, run_stage
@@ -141,7 +141,7 @@ def review(settings: Settings) -> dict[str, Any]:
     }
     engine = queue.connect(settings.review_database_url)
     try:
-        out["queue"] = {**queue.progress(engine), "agreement": queue.agreement(engine)}
+        out["queue"] = {**queries.progress(engine), "agreement": queries.agreement(engine)}
     finally:
         engine.dispose()
     return out

@@ -8,7 +8,7 @@ from storage.embeddings import EmbeddingStore
 from storage.layout import DataDir
 from storage.releases import manifest, releases
 from storage.schemas import OK
-from surd.review import queue
+from surd.review import outcome, queries, queue
 from surd.settings import Settings
 from surd.sources import SOURCES
 
@@ -44,8 +44,8 @@ def status(settings: Settings, data: DataDir) -> dict[str, Any]:
         kept[name] = ok
     engine = queue.connect(settings.review_database_url)
     try:
-        queued = len(queue.queued_ids(engine))
-        standing = queue.effective(engine)
+        queued = len(queries.queued_ids(engine))
+        standing = outcome.effective(engine)
     finally:
         engine.dispose()
     accepted = sum(1 for d in standing.values() if d["decision"] == "accept")

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from surd.review import auth, export, queue
+from surd.review import auth, export, outcome, policies, queries, queue
 from surd.review.db import current_revision, head_revision
 from surd.review.schema import decisions
 
@@ -51,7 +51,7 @@ def _log(engine) -> list[dict]:
 
 def test_enqueue_is_idempotent(engine) -> None:
     assert queue.enqueue(engine, _rows(6)) == 1
-    assert len(queue.queued_ids(engine)) == 6
+    assert len(queries.queued_ids(engine)) == 6
     assert current_revision(engine) == head_revision()
 
 
@@ -94,12 +94,12 @@ def test_log_is_append_only_change_of_mind_and_undo(engine) -> None:
     assert change["previous_decision"] == "accept" and change["previous_prompt"] == "a cat"
     assert undo["decision"] == "undo" and undo["previous_id"] == change["id"]
     assert undo["previous_decision"] == "reject" and undo["previous_reason"] == "low_quality"
-    standing = queue.effective(engine)
+    standing = outcome.effective(engine)
     assert "s0" not in standing and standing["s1"]["reason"] == "nsfw"
     # the undone item is back in alice's hands, first in line
     assert queue.claim(engine, "alice", 1, 60)[0]["sample_id"] == "s0"
     assert queue.undo(engine, "alice") == "s1" and queue.undo(engine, "alice") is None
-    assert queue.effective(engine) == {}
+    assert outcome.effective(engine) == {}
 
 
 def test_audit_items_need_two_and_a_split_needs_a_third(url: str) -> None:
@@ -116,13 +116,13 @@ def test_audit_items_need_two_and_a_split_needs_a_third(url: str) -> None:
             v = verdicts[item["sample_id"]]
             queue.decide(e, item["sample_id"], who, v, reason="nsfw" if v == "reject" else None)
     # s0: accept vs reject (split); s1 both accept; s2 both reject
-    standing = queue.effective(e)
+    standing = outcome.effective(e)
     assert set(standing) == {"s1", "s2"} and standing["s1"]["actor"] == "alice,bob"
     assert [i["sample_id"] for i in queue.claim(e, "carol", 5, 60)] == ["s0"]
     queue.decide(e, "s0", "carol", "reject", reason="low_quality")
-    final = queue.effective(e)["s0"]
+    final = outcome.effective(e)["s0"]
     assert final["decision"] == "reject" and final["reason"] in ("nsfw", "low_quality")
-    ag = queue.agreement(e)
+    ag = queries.agreement(e)
     # pairs (acc, rej), (acc, acc), (rej, rej): p_o = 2/3; p_accept 2/3 and 1/3, p_e = 2/9 + 2/9 = 4/9
     assert ag["audit_items_compared"] == 3 and ag["agreement"] == pytest.approx(2 / 3, abs=1e-4)
     assert ag["cohen_kappa"] == pytest.approx((2 / 3 - 4 / 9) / (1 - 4 / 9), abs=1e-4)  # 0.4
@@ -142,15 +142,15 @@ def test_auto_policy_is_recorded_as_auto_and_leaves_the_band_to_stewards(engine)
     queue.claim(engine, "alice", 1, 60)
     queue.decide(engine, "s0", "alice", "reject", reason="nsfw")
     # margins: s1 0.78, s2 0.76, s3 0.74, s4 0.72; min 0.55 → accept ≥ 0.75, band [0.55, 0.75)
-    assert queue.auto_review(engine, "demo-margin-v1", 0.55) == 2
-    standing = queue.effective(engine)
+    assert policies.auto_review(engine, "demo-margin-v1", 0.55) == 2
+    standing = outcome.effective(engine)
     assert standing["s0"]["actor_kind"] == "human"
     assert {k: v["actor"] for k, v in standing.items() if k != "s0"} == {
         "s1": "policy:demo-margin-v1",
         "s2": "policy:demo-margin-v1",
     }
     with pytest.raises(ValueError, match="valid: none, demo-margin-v1"):
-        queue.auto_review(engine, "yolo", 0)
+        policies.auto_review(engine, "yolo", 0)
 
 
 def test_exports_stream_every_item_and_every_decision(engine, tmp_path: Path) -> None:
@@ -158,7 +158,7 @@ def test_exports_stream_every_item_and_every_decision(engine, tmp_path: Path) ->
     queue.decide(engine, "s0", "alice", "accept", simple_prompt="a grey cat")
     queue.decide(engine, "s1", "alice", "reject", reason="nsfw")
     queue.undo(engine, "alice")
-    n = export.write_parquet(queue.export_rows(engine, "outcomes", chunk=2), tmp_path / "o.parquet")
+    n = export.write_parquet(queries.export_rows(engine, "outcomes", chunk=2), tmp_path / "o.parquet")
     t = pq.read_table(tmp_path / "o.parquet").to_pylist()
     assert n == 5 and [r["sample_id"] for r in t] == [f"s{i}" for i in range(5)]
     assert (
@@ -167,10 +167,10 @@ def test_exports_stream_every_item_and_every_decision(engine, tmp_path: Path) ->
         and t[0]["caption"] == "a cat sitting down"
     )
     assert t[1]["state"] == "open" and t[1]["decision"] is None
-    assert export.write_jsonl(queue.export_rows(engine, "audit"), tmp_path / "a.jsonl") == 3
+    assert export.write_jsonl(queries.export_rows(engine, "audit"), tmp_path / "a.jsonl") == 3
     audit = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert [a["decision"] for a in audit] == ["accept", "reject", "undo"]
-    assert export.write_parquet(queue.export_rows(engine, "audit"), tmp_path / "a.parquet") == 3
+    assert export.write_parquet(queries.export_rows(engine, "audit"), tmp_path / "a.parquet") == 3
 
 
 def _v1_database(url: str) -> None:
@@ -262,11 +262,11 @@ def test_a_v1_database_migrates_without_losing_a_decision(url: str) -> None:
         ("b", "alice", "undo"),
         ("b", "bob", "reject"),
     ]
-    standing = queue.effective(e)
+    standing = outcome.effective(e)
     assert standing["a"]["simple_prompt"] == "an edited cat" and standing["a"]["actor"] == "alice"
     assert standing["b"]["actor"] == "bob" and standing["b"]["reason"] == "duplicate"
     assert standing["c"]["actor_kind"] == "auto"
-    assert queue.item(e, "a")["source"] == "lexica"
+    assert queries.item(e, "a")["source"] == "lexica"
     e.dispose()
     assert current_revision(queue.connect(url)) == head_revision()  # idempotent
 
@@ -297,9 +297,9 @@ def test_passwords_and_tokens_are_stored_hashed(engine) -> None:
 def test_a_steward_overrides_a_policy_decision(url: str) -> None:
     e = queue.connect(url)
     queue.enqueue(e, _rows(2), audit_share=1.0)  # even an audit item: the override settles it
-    assert queue.auto_review(e, "demo-margin-v1", 0.1) == 2
+    assert policies.auto_review(e, "demo-margin-v1", 0.1) == 2
     queue.decide(e, "s0", "alice", "reject", reason="nsfw")
-    got = queue.effective(e)
+    got = outcome.effective(e)
     assert got["s0"]["actor_kind"] == "human" and got["s0"]["decision"] == "reject"
     assert got["s1"]["actor_kind"] == "auto"
     e.dispose()

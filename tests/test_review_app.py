@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from surd.review import auth, queue
+from surd.review import auth, outcome, queries, queue
 from surd.review.app import create_app
 from surd.settings import load_settings
 
@@ -159,7 +159,7 @@ def test_csrf_is_required_on_every_state_changing_request(app) -> None:
         assert c.post(path, data={**data, "csrf": "forged"}).status_code == 403, path
         assert c.post(path, data=data).status_code == 422, path  # no token at all
     engine = queue.connect(app.state.settings.review_database_url)
-    assert queue.effective(engine) == {} and [s["name"] for s in auth.list_stewards(engine)] == [
+    assert outcome.effective(engine) == {} and [s["name"] for s in auth.list_stewards(engine)] == [
         "alice",
         "root",
     ]
@@ -167,7 +167,7 @@ def test_csrf_is_required_on_every_state_changing_request(app) -> None:
         "/decide", data={"csrf": csrf, "sample_id": "s1", "decision": "accept", "simple_prompt": "a grey cat"}
     )
     assert r.status_code == 200
-    got = queue.effective(engine)["s1"]
+    got = outcome.effective(engine)["s1"]
     assert got.pop("id") >= 1
     assert got == {
         "decision": "accept",
@@ -347,4 +347,6 @@ def test_an_admin_revokes_tokens_and_removes_a_steward_whose_decisions_stay(app)
     assert login_post(c, "alice", "correct horse").status_code == 401
     r = browser.get("/", follow_redirects=False)  # her open session ends with the account
     assert r.status_code == 303 and r.headers["location"] == "/login"
-    assert [d["actor"] for d in queue.export_rows(engine, "audit")] == ["alice"]  # the log keeps her decision
+    assert [d["actor"] for d in queries.export_rows(engine, "audit")] == [
+        "alice"
+    ]  # the log keeps her decision

@@ -11,7 +11,7 @@ from PIL import Image
 
 from storage.layout import DataDir
 from storage.schemas import OK
-from surd.review import auth, queue
+from surd.review import auth, outcome, queries, queue
 from surd.review.app import create_app
 from surd.settings import load_settings
 from tests.conftest import free_port
@@ -127,11 +127,11 @@ def test_a_steward_reviews_a_batch_with_the_keyboard_only(tmp_path: Path, browse
         page.set_viewport_size({"width": 1400, "height": 900})
         page.screenshot(path=str(tmp_path / "review.png"))
 
-    standing = queue.effective(engine)
+    standing = outcome.effective(engine)
     assert standing["s1"]["decision"] == "accept" and standing["s1"]["simple_prompt"] is None
     assert standing["s2"]["decision"] == "reject" and standing["s2"]["reason"] == "low_quality"
     assert "s3" not in standing and "s4" not in standing
-    audit = list(queue.export_rows(engine, "audit"))
+    audit = list(queries.export_rows(engine, "audit"))
     assert [a["decision"] for a in audit] == ["accept", "reject", "accept", "undo"]
     assert audit[2]["simple_prompt"] == "a red fox" and audit[3]["previous_prompt"] == "a red fox"
     assert (tmp_path / "review.png").stat().st_size > 10_000

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from surd.review import auth, queue
+from surd.review import auth, queries, queue
 from surd.review.app import create_app
 from surd.review.schema import decisions
 from surd.settings import load_settings
@@ -116,7 +116,7 @@ def test_twenty_stewards_in_parallel_never_share_an_item_and_lose_nothing(settin
     with engine.connect() as conn:
         log = conn.execute(sa.select(decisions.c.sample_id, decisions.c.actor)).all()
     assert Counter((a, s) for s, a in log) == Counter(decided)  # every 200 is in the log, and nothing else
-    prog = queue.progress(engine)
+    prog = queries.progress(engine)
     assert prog["items"] == ITEMS and prog["final"] == ITEMS and prog["remaining"] == 0
     assert prog["accepted"] + prog["rejected"] == ITEMS and prog["team_decisions"] == len(decided)
     needed = dict(engine.connect().execute(sa.text("select sample_id, needed from items")).all())
@@ -126,7 +126,7 @@ def test_twenty_stewards_in_parallel_never_share_an_item_and_lose_nothing(settin
     assert all(per_item[s] == 1 for s, k in needed.items() if k == 1)
     assert all(per_item[s] in (2, 3) for s in audit)  # two, or three after a split
     assert len({n for n, _ in decided}) >= 10  # the work really was spread over the stewards
-    assert queue.agreement(engine)["audit_items_compared"] == len(audit)
+    assert queries.agreement(engine)["audit_items_compared"] == len(audit)
     engine.dispose()
 
 
@@ -199,7 +199,7 @@ def test_a_server_killed_mid_review_loses_no_acknowledged_decision(tmp_path: Pat
         )
         prog = c.get("/api/progress").json()
         engine = queue.connect(settings.review_database_url)
-        logged = [r["sample_id"] for r in queue.export_rows(engine, "audit")]
+        logged = [r["sample_id"] for r in queries.export_rows(engine, "audit")]
         assert set(acknowledged) <= set(logged)  # every 200 survived the kill
         assert len(logged) - len(acknowledged) <= 4  # at most one in flight per steward at the kill
         assert prog["team_decisions"] == len(logged) and prog["final"] + prog["remaining"] == 400

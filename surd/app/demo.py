@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from surd.review import auth, queue
+from surd.review import auth, queries, queue
 from surd.sources.replay import ReplaySite
 
 
@@ -59,6 +59,6 @@ def demo_login(settings: Any) -> dict[str, Any]:
     try:
         password = secrets.token_urlsafe(12)
         auth.add_steward(engine, "steward", password, "admin")
-        return {"name": "steward", "password": password, "open": queue.progress(engine)["remaining"]}
+        return {"name": "steward", "password": password, "open": queries.progress(engine)["remaining"]}
     finally:
         engine.dispose()

@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from surd.review import auth, queue
+from surd.review import auth, queries, queue
 from surd.review.export import jsonl_chunks
 from surd.review.text import MAX_PROMPT, clean_prompt
 
@@ -100,7 +100,7 @@ def decide(body: DecideRequest, request: Request, who: Caller = Depends(caller))
         )
     except queue.QueueError as exc:
         raise HTTPException(409, str(exc)) from None
-    got = queue.item(engine, body.sample_id)
+    got = queries.item(engine, body.sample_id)
     return DecideResponse(decision_id=did, state=got["state"] if got else "unknown")
 
 
@@ -113,7 +113,7 @@ def undo(request: Request, who: Caller = Depends(caller)) -> UndoResponse:
 @router.get("/progress")
 def progress(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
     engine = request.app.state.engine
-    return {**queue.progress(engine), "agreement": queue.agreement(engine)}
+    return {**queries.progress(engine), "agreement": queries.agreement(engine)}
 
 
 @router.get("/export", response_class=StreamingResponse)
@@ -121,7 +121,7 @@ def export(
     request: Request, what: Literal["outcomes", "audit"] = "outcomes", who: Caller = Depends(admin)
 ) -> StreamingResponse:
     """Every item's outcome, or the whole decision log, as JSON lines (streamed)."""
-    rows = queue.export_rows(request.app.state.engine, what)
+    rows = queries.export_rows(request.app.state.engine, what)
     return StreamingResponse(jsonl_chunks(rows), media_type="application/x-ndjson")
 
 

@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from storage.layout import DataDir
-from surd.review import auth, export, limiter, queue
+from surd.review import auth, export, limiter, queries, queue
 from surd.review.text import clean_prompt
 from surd.sources import SOURCES
 
@@ -69,7 +69,7 @@ class Session:
             "user": self.name,
             "role": self.role,
             "csrf": self.csrf,
-            "progress": queue.progress(self.engine),
+            "progress": queries.progress(self.engine),
             "filters": self.filters,
             "sources": SOURCES,
             **extra,
@@ -128,7 +128,7 @@ def logout(request: Request, csrf: str = Form(...)) -> Response:
 
 
 def _page(s: Session, sample_id: str, held: list[dict[str, Any]], previous: str | None) -> HTMLResponse:
-    full = queue.item(s.engine, sample_id, s.name)
+    full = queries.item(s.engine, sample_id, s.name)
     if full is None:
         raise HTTPException(404)
     ids = [h["sample_id"] for h in held]
@@ -156,7 +156,7 @@ def _held(s: Session) -> list[dict[str, Any]]:
 def review(request: Request, at: str | None = None) -> Response:
     s = Session(request)
     held = _held(s)
-    previous = queue.last_decided(s.engine, s.name)
+    previous = queries.last_decided(s.engine, s.name)
     if not held:
         return s.render("empty.html", previous=previous)
     current = at if at in {h["sample_id"] for h in held} else held[0]["sample_id"]
@@ -167,11 +167,11 @@ def review(request: Request, at: str | None = None) -> Response:
 def item_page(request: Request, sample_id: str) -> Response:
     """An item this steward decided (previous) or holds: shows their decision; deciding replaces it."""
     s = Session(request)
-    got = queue.item(s.engine, sample_id, s.name)
+    got = queries.item(s.engine, sample_id, s.name)
     if got is None or (got["mine"] is None and got["lease_owner"] != s.name):
         raise HTTPException(404)
     before = got["mine"]["decision_id"] if got["mine"] else None
-    return _page(s, sample_id, _held(s), queue.last_decided(s.engine, s.name, before_id=before))
+    return _page(s, sample_id, _held(s), queries.last_decided(s.engine, s.name, before_id=before))
 
 
 @router.post("/decide")
@@ -250,7 +250,7 @@ def set_filters(
 @router.get("/image/{sample_id}")
 def image(request: Request, sample_id: str) -> Response:
     s = Session(request)
-    if queue.item(s.engine, sample_id) is None:  # only what entered the review queue
+    if queries.item(s.engine, sample_id) is None:  # only what entered the review queue
         raise HTTPException(status_code=404)
     rows = DataDir(s.settings.data_root).table("images").lookup({sample_id}, ["image"])
     if sample_id not in rows or rows[sample_id]["image"] is None:
@@ -270,8 +270,8 @@ def _admin_page(s: Session, status: int = 200, **extra: Any) -> HTMLResponse:
         tokens=auth.token_counts(s.engine),
         steward_names={x["name"] for x in stewards},
         roles=auth.ROLES,
-        leases=queue.open_leases(s.engine),
-        agreement=queue.agreement(s.engine),
+        leases=queries.open_leases(s.engine),
+        agreement=queries.agreement(s.engine),
         **extra,
     )
 
@@ -342,7 +342,7 @@ def admin_export(request: Request, what: str = "outcomes", format: str = "parque
     s = Session(request, admin=True)
     if what not in ("outcomes", "audit") or format not in ("parquet", "jsonl"):
         raise HTTPException(422, "what: outcomes|audit, format: parquet|jsonl")
-    rows = queue.export_rows(s.engine, what)
+    rows = queries.export_rows(s.engine, what)
     name = f"surd-review-{what}.{format}"
     headers = {"Content-Disposition": f'attachment; filename="{name}"'}
     if format == "jsonl":

@@ -25,7 +25,7 @@ from storage.releases import ShardFile, manifest, releases, verify_files
 from storage.schemas import SCHEMA_VERSION
 from storage.tables import fault_point
 from surd import __version__
-from surd.review import queue
+from surd.review import outcome, queue
 from surd.settings import ReleaseSettings, Settings
 from surd.sources import LICENCE_NOTES
 from surd.stages.card import write_card
@@ -36,7 +36,7 @@ def accepted_rows(settings: Settings, data: DataDir) -> list[dict[str, Any]]:
     `write_shards` streams those in (bytes and sha256) from the images table."""
     engine = queue.connect(settings.review_database_url)
     try:
-        standing = {k: v for k, v in queue.effective(engine).items() if v["decision"] == "accept"}
+        standing = {k: v for k, v in outcome.effective(engine).items() if v["decision"] == "accept"}
     finally:
         engine.dispose()
     ids = set(standing)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from storage.layout import DataDir
 from storage.schemas import OK
 from surd.parallel import batched
-from surd.review import queue
+from surd.review import policies, queries, queue
 from surd.settings import Settings
 
 
 def enqueue_kept(settings: Settings, data: DataDir) -> int:
     """Enqueue every CLIP-kept sample not yet queued; idempotent. Returns how many were added."""
     engine = queue.connect(settings.review_database_url)
-    have = queue.queued_ids(engine)
+    have = queries.queued_ids(engine)
     todo = [
         r
         for r in data.table("clip_scores").iter_rows(["sample_id", "status", "p_simple", "p_complex"])
@@ -37,6 +37,6 @@ def enqueue_kept(settings: Settings, data: DataDir) -> int:
 def apply_auto_policy(settings: Settings) -> int:
     engine = queue.connect(settings.review_database_url)
     try:
-        return queue.auto_review(engine, settings.review.auto_policy, settings.review.auto_min_margin)
+        return policies.auto_review(engine, settings.review.auto_policy, settings.review.auto_min_margin)
     finally:
         engine.dispose()

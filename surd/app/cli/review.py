@@ -11,7 +11,7 @@ import typer
 
 from surd import pipeline
 from surd.app.cli.common import CONFIG, JSON, fail, out, result, settings
-from surd.review import auth, queue
+from surd.review import auth, queries, queue
 from surd.review import export as writers
 from surd.summary import describe
 
@@ -98,7 +98,7 @@ def export(
     if to.suffix not in (".parquet", ".jsonl"):
         raise fail(f"{to}: the file name must end in .parquet or .jsonl")
     engine = queue.connect(settings(config).review_database_url)
-    rows = queue.export_rows(engine, what.value)
+    rows = queries.export_rows(engine, what.value)
     n = writers.write_parquet(rows, to) if to.suffix == ".parquet" else writers.write_jsonl(rows, to)
     out.print(f"{n} rows → {to}", highlight=False)
 

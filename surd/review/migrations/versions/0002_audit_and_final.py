@@ -76,7 +76,7 @@ def upgrade() -> None:
             .where(items.c.sample_id == sid)
             .values(source=p.get("source"), margin=margin, nsfw_level=p.get("nsfw_level"))
         )
-    from surd.review.queue import rebuild_derived
+    from surd.review.outcome import rebuild_derived
 
     rebuild_derived(conn)
     op.drop_table("schema_info")

@@ -1,0 +1,48 @@
+"""Auto-review policies: decisions by a named rule (`policy:<name>`, actor kind `auto`) on the
+open items no human has touched."""
+
+from __future__ import annotations
+
+import json
+
+import sqlalchemy as sa
+
+from storage.tables import fault_point
+from surd.review.db import reader
+from surd.review.queue import decide
+from surd.review.schema import items, standing
+
+
+def auto_review(engine: sa.Engine, policy: str, min_margin: float) -> int:
+    """Decide every open item no human has touched by a named policy (`policy:<name>`, kind auto).
+
+    demo-margin-v1: reject captions under 3 words, reject a CLIP margin under `min_margin`,
+    accept a margin of at least `min_margin + 0.2`, and leave the band between to stewards.
+    """
+    if policy == "none":
+        return 0
+    if policy != "demo-margin-v1":
+        raise ValueError(f"unknown auto-review policy {policy!r}; valid: none, demo-margin-v1")
+    with reader(engine) as conn:
+        rows = conn.execute(
+            sa.select(items.c.sample_id, items.c.payload, items.c.margin).where(
+                items.c.state == "open",
+                ~sa.exists(sa.select(standing.c.sample_id).where(standing.c.sample_id == items.c.sample_id)),
+            )
+        ).all()
+    n = 0
+    actor = f"policy:{policy}"
+    for sid, payload, margin in rows:
+        p = json.loads(payload)
+        words = len((p.get("simple_prompt") or "").split())
+        if words < 3:
+            decide(engine, sid, actor, "reject", actor_kind="auto", reason="caption_wrong")
+        elif margin is None or margin < min_margin:
+            decide(engine, sid, actor, "reject", actor_kind="auto", reason="low_margin")
+        elif margin >= min_margin + 0.2:
+            decide(engine, sid, actor, "accept", actor_kind="auto")
+        else:
+            continue
+        n += 1
+        fault_point("review", n)
+    return n

@@ -1,0 +1,217 @@
+"""Reading the review queue: an item, a steward's last decision, progress (and its markdown),
+open leases, agreement between stewards, and the decision log's exports, in chunks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from surd.review.db import reader
+from surd.review.schema import decisions, items, standing
+
+
+def queued_ids(engine: sa.Engine) -> set[str]:
+    with reader(engine) as conn:
+        return set(conn.execute(sa.select(items.c.sample_id)).scalars())
+
+
+def item(engine: sa.Engine, sample_id: str, actor: str | None = None) -> dict[str, Any] | None:
+    """One item's payload, lease and outcome, with `actor`'s own standing decision if any."""
+    with reader(engine) as conn:
+        row = conn.execute(sa.select(items).where(items.c.sample_id == sample_id)).mappings().first()
+        if row is None:
+            return None
+        out = {**json.loads(row["payload"]), **{k: row[k] for k in ("state", "needed", "lease_owner")}}
+        out["final"] = {k: row[k] for k in row.keys() if k.startswith("final_")}  # noqa: SIM118
+        if actor is not None:
+            mine = (
+                conn.execute(
+                    sa.select(standing).where(standing.c.sample_id == sample_id, standing.c.actor == actor)
+                )
+                .mappings()
+                .first()
+            )
+            out["mine"] = dict(mine) if mine else None
+    return out
+
+
+def last_decided(engine: sa.Engine, actor: str, before_id: int | None = None) -> str | None:
+    """The item of this steward's latest standing decision (older than before_id, if given)."""
+    q = sa.select(standing.c.sample_id).where(standing.c.actor == actor)
+    if before_id is not None:
+        q = q.where(standing.c.decision_id < before_id)
+    with reader(engine) as conn:
+        return conn.execute(q.order_by(standing.c.decision_id.desc()).limit(1)).scalar()
+
+
+def progress(engine: sa.Engine, now: datetime | None = None) -> dict[str, Any]:
+    """Queue totals and, per steward, decisions made, standing, in the last hour, and pace."""
+    now = now or datetime.now(UTC)
+    hour_ago = now - timedelta(hours=1)
+    with reader(engine) as conn:
+        by_state: dict[str, int] = dict(
+            conn.execute(sa.select(items.c.state, sa.func.count()).group_by(items.c.state)).all()  # type: ignore[arg-type]
+        )
+        outcomes: dict[str, int] = dict(
+            conn.execute(
+                sa.select(items.c.final_decision, sa.func.count())
+                .where(items.c.state == "final")
+                .group_by(items.c.final_decision)
+            ).all()  # type: ignore[arg-type]
+        )
+        leased = conn.execute(
+            sa.select(sa.func.count()).where(items.c.lease_owner.is_not(None), items.c.lease_expires >= now)
+        ).scalar_one()
+        per = conn.execute(
+            sa.select(
+                standing.c.actor,
+                sa.func.count(),
+                sa.func.sum(sa.case((standing.c.created_at >= hour_ago, 1), else_=0)),
+                sa.func.min(standing.c.created_at),
+                sa.func.max(standing.c.created_at),
+            )
+            .where(standing.c.actor_kind == "human")
+            .group_by(standing.c.actor)
+        ).all()
+    stewards = {}
+    for actor, total, last_hour, first, last in per:
+        span = (_aware(last) - _aware(first)).total_seconds()
+        stewards[actor] = {
+            "decided": int(total),
+            "last_hour": int(last_hour or 0),
+            "seconds_per_item": round(span / (total - 1), 1) if total > 1 else None,
+        }
+    total_items = sum(by_state.values())
+    return {
+        "items": int(total_items),
+        "final": int(by_state.get("final", 0)),
+        "remaining": int(by_state.get("open", 0)),
+        "accepted": int(outcomes.get("accept", 0)),
+        "rejected": int(outcomes.get("reject", 0)),
+        "leased": int(leased),
+        "team_decisions": sum(s["decided"] for s in stewards.values()),
+        "stewards": stewards,
+    }
+
+
+def progress_markdown(q: dict[str, Any]) -> str:
+    """`progress()` plus `agreement()` (under key "agreement") as markdown tables."""
+    ag = q["agreement"]
+    lines = [
+        "| items | final | accepted | rejected | open | leased now | audit pairs | agreement | Cohen's κ |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {q['items']} | {q['final']} | {q['accepted']} | {q['rejected']} | {q['remaining']} "
+        f"| {q['leased']} | {ag['audit_items_compared']} | {ag['agreement']} | {ag['cohen_kappa']} |",
+        "",
+        "| steward | decided | last hour | s/item |",
+        "|---|---|---|---|",
+        *(
+            f"| {name} | {p['decided']} | {p['last_hour']} | {p['seconds_per_item']} |"
+            for name, p in sorted(q["stewards"].items())
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def open_leases(engine: sa.Engine) -> list[dict[str, Any]]:
+    now = datetime.now(UTC)
+    with reader(engine) as conn:
+        rows = conn.execute(
+            sa.select(items.c.lease_owner, sa.func.count(), sa.func.max(items.c.lease_expires))
+            .where(items.c.lease_owner.is_not(None), items.c.lease_expires >= now)
+            .group_by(items.c.lease_owner)
+            .order_by(items.c.lease_owner)
+        ).all()
+    return [{"steward": o, "items": int(n), "expires": _aware(e).isoformat()} for o, n, e in rows]
+
+
+def agreement(engine: sa.Engine) -> dict[str, Any]:
+    """Agreement of the first two human decisions on each audit item: share and Cohen's kappa."""
+    with reader(engine) as conn:
+        rows = conn.execute(
+            sa.select(standing.c.sample_id, standing.c.decision, standing.c.actor)
+            .join(items, items.c.sample_id == standing.c.sample_id)
+            .where(items.c.needed >= 2, standing.c.actor_kind == "human")
+            .order_by(standing.c.sample_id, standing.c.decision_id)
+        ).all()
+    pairs: dict[str, list[str]] = {}
+    for sid, decision, _ in rows:
+        pairs.setdefault(sid, []).append(decision)
+    both = [(v[0], v[1]) for v in pairs.values() if len(v) >= 2]
+    if not both:
+        return {"audit_items_compared": 0, "agreement": None, "cohen_kappa": None}
+    agree = sum(a == b for a, b in both) / len(both)
+    pa = sum(a == "accept" for a, _ in both) / len(both)
+    pb = sum(b == "accept" for _, b in both) / len(both)
+    expected = pa * pb + (1 - pa) * (1 - pb)
+    kappa = 1.0 if expected == 1 else (agree - expected) / (1 - expected)
+    return {"audit_items_compared": len(both), "agreement": round(agree, 4), "cohen_kappa": round(kappa, 4)}
+
+
+EXPORT_COLUMNS = (
+    "sample_id",
+    "state",
+    "decision",
+    "reason",
+    "simple_prompt",
+    "caption",
+    "actor",
+    "actor_kind",
+    "decided_at",
+    "source",
+    "margin",
+)
+
+
+def export_rows(engine: sa.Engine, what: str = "outcomes", chunk: int = 5000) -> Iterator[dict[str, Any]]:
+    """Stream every item's outcome (`outcomes`) or the whole decision log (`audit`), in id order."""
+    if what not in ("outcomes", "audit"):
+        raise ValueError("export what: outcomes or audit")
+    with reader(engine) as conn:
+        if what == "audit":
+            result = conn.execution_options(yield_per=chunk).execute(
+                sa.select(decisions).order_by(decisions.c.id)
+            )
+            for r in result.mappings():
+                d = dict(r)
+                d["created_at"] = _aware(d["created_at"]).isoformat()
+                yield d
+            return
+        result = conn.execution_options(yield_per=chunk).execute(
+            sa.select(
+                items.c.sample_id,
+                items.c.state,
+                items.c.final_decision,
+                items.c.final_reason,
+                items.c.final_prompt,
+                items.c.payload,
+                items.c.final_actor,
+                items.c.final_actor_kind,
+                items.c.final_at,
+                items.c.source,
+                items.c.margin,
+            ).order_by(items.c.sample_id)
+        )
+        for sid, state, dec, reason, prompt, payload, actor, kind, at, source, margin in result:
+            caption = json.loads(payload).get("simple_prompt")
+            yield {
+                "sample_id": sid,
+                "state": state,
+                "decision": dec,
+                "reason": reason,
+                "simple_prompt": prompt or (caption if dec == "accept" else None),
+                "caption": caption,
+                "actor": actor,
+                "actor_kind": kind,
+                "decided_at": _aware(at).isoformat() if at else None,
+                "source": source,
+                "margin": margin,
+            }
