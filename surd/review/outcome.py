@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from surd.review.db import reader
+from surd.review.kinds import ActorKind, State
 from surd.review.schema import decisions, items, standing
 
 
@@ -26,7 +27,7 @@ def effective(engine: sa.Engine) -> dict[str, dict[str, Any]]:
                 items.c.final_actor,
                 items.c.final_actor_kind,
                 items.c.final_decision_id,
-            ).where(items.c.state == "final")
+            ).where(items.c.state == State.FINAL)
         ).all()
     return {
         r[0]: {
@@ -43,8 +44,8 @@ def effective(engine: sa.Engine) -> dict[str, dict[str, Any]]:
 
 def outcome_of(needed: int, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The item's outcome from its standing decisions, or None while it stays open."""
-    autos = [r for r in rows if r["actor_kind"] == "auto"]
-    humans = sorted((r for r in rows if r["actor_kind"] == "human"), key=lambda r: r["decision_id"])
+    autos = [r for r in rows if r["actor_kind"] == ActorKind.AUTO]
+    humans = sorted((r for r in rows if r["actor_kind"] == ActorKind.HUMAN), key=lambda r: r["decision_id"])
     if humans:
         # a steward overriding a policy's decision settles it alone; audit overlap is for stewards
         if len(humans) < (1 if autos else needed):
@@ -61,7 +62,7 @@ def outcome_of(needed: int, rows: list[dict[str, Any]]) -> dict[str, Any] | None
             "final_reason": reasons.most_common(1)[0][0] if reasons else None,
             "final_prompt": edited[-1] if edited else None,
             "final_actor": ",".join(sorted(r["actor"] for r in humans)),
-            "final_actor_kind": "human",
+            "final_actor_kind": ActorKind.HUMAN,
             "final_decision_id": max(r["decision_id"] for r in agreeing),
         }
     if autos:
@@ -71,7 +72,7 @@ def outcome_of(needed: int, rows: list[dict[str, Any]]) -> dict[str, Any] | None
             "final_reason": a["reason"],
             "final_prompt": a["simple_prompt"],
             "final_actor": a["actor"],
-            "final_actor_kind": "auto",
+            "final_actor_kind": ActorKind.AUTO,
             "final_decision_id": a["decision_id"],
         }
     return None
@@ -94,9 +95,9 @@ def refresh(conn: sa.Connection, sample_id: str, needed: int) -> bool:
                 "final_decision_id",
             )
         )
-        values["state"] = "open"
+        values["state"] = State.OPEN
     else:
-        values = {**out, "state": "final", "final_at": datetime.now(UTC)}
+        values = {**out, "state": State.FINAL, "final_at": datetime.now(UTC)}
     conn.execute(items.update().where(items.c.sample_id == sample_id).values(**values))
     return out is not None
 

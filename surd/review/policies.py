@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from storage.tables import fault_point
 from surd.review.db import reader
+from surd.review.kinds import ActorKind, Decision, State
 from surd.review.queue import decide
 from surd.review.schema import items, standing
 
@@ -26,7 +27,7 @@ def auto_review(engine: sa.Engine, policy: str, min_margin: float) -> int:
     with reader(engine) as conn:
         rows = conn.execute(
             sa.select(items.c.sample_id, items.c.payload, items.c.margin).where(
-                items.c.state == "open",
+                items.c.state == State.OPEN,
                 ~sa.exists(sa.select(standing.c.sample_id).where(standing.c.sample_id == items.c.sample_id)),
             )
         ).all()
@@ -36,11 +37,11 @@ def auto_review(engine: sa.Engine, policy: str, min_margin: float) -> int:
         p = json.loads(payload)
         words = len((p.get("simple_prompt") or "").split())
         if words < 3:
-            decide(engine, sid, actor, "reject", actor_kind="auto", reason="caption_wrong")
+            decide(engine, sid, actor, Decision.REJECT, actor_kind=ActorKind.AUTO, reason="caption_wrong")
         elif margin is None or margin < min_margin:
-            decide(engine, sid, actor, "reject", actor_kind="auto", reason="low_margin")
+            decide(engine, sid, actor, Decision.REJECT, actor_kind=ActorKind.AUTO, reason="low_margin")
         elif margin >= min_margin + 0.2:
-            decide(engine, sid, actor, "accept", actor_kind="auto")
+            decide(engine, sid, actor, Decision.ACCEPT, actor_kind=ActorKind.AUTO)
         else:
             continue
         n += 1

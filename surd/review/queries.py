@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from surd.review.db import reader
+from surd.review.kinds import ActorKind, Decision, State
 from surd.review.schema import decisions, items, standing
 
 
@@ -59,7 +60,7 @@ def progress(engine: sa.Engine, now: datetime | None = None) -> dict[str, Any]:
         outcomes: dict[str, int] = dict(
             conn.execute(
                 sa.select(items.c.final_decision, sa.func.count())
-                .where(items.c.state == "final")
+                .where(items.c.state == State.FINAL)
                 .group_by(items.c.final_decision)
             ).all()  # type: ignore[arg-type]
         )
@@ -74,7 +75,7 @@ def progress(engine: sa.Engine, now: datetime | None = None) -> dict[str, Any]:
                 sa.func.min(standing.c.created_at),
                 sa.func.max(standing.c.created_at),
             )
-            .where(standing.c.actor_kind == "human")
+            .where(standing.c.actor_kind == ActorKind.HUMAN)
             .group_by(standing.c.actor)
         ).all()
     stewards = {}
@@ -88,10 +89,10 @@ def progress(engine: sa.Engine, now: datetime | None = None) -> dict[str, Any]:
     total_items = sum(by_state.values())
     return {
         "items": int(total_items),
-        "final": int(by_state.get("final", 0)),
-        "remaining": int(by_state.get("open", 0)),
-        "accepted": int(outcomes.get("accept", 0)),
-        "rejected": int(outcomes.get("reject", 0)),
+        "final": int(by_state.get(State.FINAL, 0)),
+        "remaining": int(by_state.get(State.OPEN, 0)),
+        "accepted": int(outcomes.get(Decision.ACCEPT, 0)),
+        "rejected": int(outcomes.get(Decision.REJECT, 0)),
         "leased": int(leased),
         "team_decisions": sum(s["decided"] for s in stewards.values()),
         "stewards": stewards,
@@ -139,7 +140,7 @@ def agreement(engine: sa.Engine) -> dict[str, Any]:
         rows = conn.execute(
             sa.select(standing.c.sample_id, standing.c.decision, standing.c.actor)
             .join(items, items.c.sample_id == standing.c.sample_id)
-            .where(items.c.needed >= 2, standing.c.actor_kind == "human")
+            .where(items.c.needed >= 2, standing.c.actor_kind == ActorKind.HUMAN)
             .order_by(standing.c.sample_id, standing.c.decision_id)
         ).all()
     pairs: dict[str, list[str]] = {}
@@ -149,8 +150,8 @@ def agreement(engine: sa.Engine) -> dict[str, Any]:
     if not both:
         return {"audit_items_compared": 0, "agreement": None, "cohen_kappa": None}
     agree = sum(a == b for a, b in both) / len(both)
-    pa = sum(a == "accept" for a, _ in both) / len(both)
-    pb = sum(b == "accept" for _, b in both) / len(both)
+    pa = sum(a == Decision.ACCEPT for a, _ in both) / len(both)
+    pb = sum(b == Decision.ACCEPT for _, b in both) / len(both)
     expected = pa * pb + (1 - pa) * (1 - pb)
     kappa = 1.0 if expected == 1 else (agree - expected) / (1 - expected)
     return {"audit_items_compared": len(both), "agreement": round(agree, 4), "cohen_kappa": round(kappa, 4)}
@@ -207,7 +208,7 @@ def export_rows(engine: sa.Engine, what: str = "outcomes", chunk: int = 5000) ->
                 "state": state,
                 "decision": dec,
                 "reason": reason,
-                "simple_prompt": prompt or (caption if dec == "accept" else None),
+                "simple_prompt": prompt or (caption if dec == Decision.ACCEPT else None),
                 "caption": caption,
                 "actor": actor,
                 "actor_kind": kind,

@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from surd.review.db import QueueSchemaError, connect
+from surd.review.kinds import ActorKind, Decision, State
 from surd.review.outcome import refresh
 from surd.review.schema import decisions, items, standing
 from surd.review.text import clean_prompt
@@ -74,7 +75,7 @@ def enqueue(engine: sa.Engine, rows: list[dict[str, Any]], audit_share: float = 
                 "margin": margin,
                 "nsfw_level": None if r.get("nsfw_level") is None else str(r["nsfw_level"]),
                 "needed": 2 if is_audit(r["sample_id"], audit_share) else 1,
-                "state": "open",
+                "state": State.OPEN,
             }
         )
     if engine.dialect.name == "postgresql":
@@ -107,7 +108,7 @@ def claim(
     held_first = sa.case((items.c.lease_owner == steward, 0), else_=1)
     query = (
         sa.select(items.c.sample_id)
-        .where(items.c.state == "open", free, not_decided_by_me, *(filters or Filters()).clauses())
+        .where(items.c.state == State.OPEN, free, not_decided_by_me, *(filters or Filters()).clauses())
         .order_by(held_first, items.c.enqueued_at, items.c.sample_id)
         .limit(n)
     )
@@ -148,7 +149,7 @@ def decide(
     actor: str,
     decision: str,
     *,
-    actor_kind: str = "human",
+    actor_kind: str = ActorKind.HUMAN,
     reason: str | None = None,
     simple_prompt: str | None = None,
 ) -> int:
@@ -157,39 +158,14 @@ def decide(
     Refused when another steward holds a live lease on the item, or when stewards decided the item
     and this actor had no part in it. A steward may override a policy's (auto) decision.
     """
-    if decision not in ("accept", "reject"):
+    if decision not in tuple(Decision):
         raise ValueError("decision must be accept or reject")
-    if decision == "reject" and not reason:
+    if decision == Decision.REJECT and not reason:
         raise ValueError("a rejection needs a reason")
-    simple_prompt = None if decision == "reject" else clean_prompt(simple_prompt)  # ValueError: why
+    simple_prompt = None if decision == Decision.REJECT else clean_prompt(simple_prompt)  # ValueError: why
     now = datetime.now(UTC)
     with engine.begin() as conn:
-        item_q = sa.select(
-            items.c.state,
-            items.c.needed,
-            items.c.lease_owner,
-            items.c.lease_expires,
-            items.c.final_actor_kind,
-        ).where(items.c.sample_id == sample_id)
-        if engine.dialect.name == "postgresql":
-            item_q = item_q.with_for_update()
-        item = conn.execute(item_q).first()
-        if item is None:
-            raise QueueError(f"no item {sample_id!r} in the queue")
-        state, needed, owner, expires, final_kind = item
-        if expires is not None and expires.tzinfo is None:
-            expires = expires.replace(tzinfo=UTC)
-        if owner not in (None, actor) and expires is not None and expires > now:
-            raise QueueError(f"item {sample_id} is held by another steward")
-        prev = (
-            conn.execute(
-                sa.select(standing).where(standing.c.sample_id == sample_id, standing.c.actor == actor)
-            )
-            .mappings()
-            .first()
-        )
-        if state == "final" and final_kind == "human" and prev is None and actor_kind == "human":
-            raise QueueError(f"item {sample_id} is already decided by stewards")
+        needed, prev = _may_decide(conn, engine.dialect.name, sample_id, actor, actor_kind, now)
         result = conn.execute(
             decisions.insert().values(
                 sample_id=sample_id,
@@ -214,21 +190,59 @@ def decide(
             "simple_prompt": simple_prompt,
             "created_at": now,
         }
-        if prev is None:
-            conn.execute(standing.insert().values(sample_id=sample_id, actor=actor, **row))
-        else:
-            conn.execute(
-                standing.update()
-                .where(standing.c.sample_id == sample_id, standing.c.actor == actor)
-                .values(**row)
-            )
-        conn.execute(
-            items.update()
-            .where(items.c.sample_id == sample_id, items.c.lease_owner == actor)
-            .values(lease_owner=None, lease_expires=None)
-        )
+        _stand(conn, sample_id, actor, row, replaces=prev is not None)
         refresh(conn, sample_id, needed)
     return did
+
+
+def _may_decide(
+    conn: sa.Connection, dialect: str, sample_id: str, actor: str, actor_kind: str, now: datetime
+) -> tuple[int, Any]:
+    """The item's needed decisions and this actor's standing one (or None), the item locked on
+    PostgreSQL; raises `QueueError` when this actor may not decide it now."""
+    item_q = sa.select(
+        items.c.state,
+        items.c.needed,
+        items.c.lease_owner,
+        items.c.lease_expires,
+        items.c.final_actor_kind,
+    ).where(items.c.sample_id == sample_id)
+    if dialect == "postgresql":
+        item_q = item_q.with_for_update()
+    item = conn.execute(item_q).first()
+    if item is None:
+        raise QueueError(f"no item {sample_id!r} in the queue")
+    state, needed, owner, expires, final_kind = item
+    if expires is not None and expires.tzinfo is None:
+        expires = expires.replace(tzinfo=UTC)
+    if owner not in (None, actor) and expires is not None and expires > now:
+        raise QueueError(f"item {sample_id} is held by another steward")
+    prev = (
+        conn.execute(sa.select(standing).where(standing.c.sample_id == sample_id, standing.c.actor == actor))
+        .mappings()
+        .first()
+    )
+    human = ActorKind.HUMAN
+    if state == State.FINAL and final_kind == human and prev is None and actor_kind == human:
+        raise QueueError(f"item {sample_id} is already decided by stewards")
+    return int(needed), prev
+
+
+def _stand(conn: sa.Connection, sample_id: str, actor: str, row: dict[str, Any], replaces: bool) -> None:
+    """This actor's decision becomes their standing one, and the item's lease (if theirs) ends."""
+    if replaces:
+        conn.execute(
+            standing.update()
+            .where(standing.c.sample_id == sample_id, standing.c.actor == actor)
+            .values(**row)
+        )
+    else:
+        conn.execute(standing.insert().values(sample_id=sample_id, actor=actor, **row))
+    conn.execute(
+        items.update()
+        .where(items.c.sample_id == sample_id, items.c.lease_owner == actor)
+        .values(lease_owner=None, lease_expires=None)
+    )
 
 
 def undo(engine: sa.Engine, actor: str, lease_seconds: int = 900) -> str | None:
