@@ -19,7 +19,7 @@ from storage.embeddings import EmbeddingStore
 from storage.layout import DataDir
 from storage.releases import list_published, manifest, publish, releases
 from storage.tables import set_fault_hook
-from surd.http import PoliteClient
+from surd.http.client import PoliteClient
 from surd.review import queries, queue
 from surd.settings import Settings
 from surd.stages import stage_class

@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from surd.sources import SOURCES, Source
+from surd.sources.civitai import CivitaiSettings
+from surd.sources.lexica import LexicaSettings
+from surd.sources.sdonline import SdOnlineSettings
 
 ENV_PREFIX = "SURD_"
 # variables of the command line, not settings: read where the command documents them
@@ -50,37 +53,6 @@ class CrawlSettings(_Section):
     max_response_bytes: int = Field(20_000_000, gt=0)
     obey_robots: bool = True
     limit: int | None = Field(None, ge=1, description="max raw items per source and crawl")
-
-
-class _SourcePoliteness(_Section):
-    """Per-source overrides of the crawl's politeness (None = the `crawl` section's value)."""
-
-    obey_robots: bool | None = None
-    requests_per_second: float | None = Field(None, gt=0)
-    max_concurrency: int | None = Field(None, ge=1)
-
-
-class CivitaiSettings(_SourcePoliteness):
-    base_url: str = "https://civitai.com"  # note: civitai.com's robots.txt disallows /api/*
-    api_key: SecretStr | None = None
-    nsfw: Literal["None", "Soft", "Mature", "X"] = "None"
-    sort: Literal["Most Reactions", "Most Comments", "Most Collected", "Newest", "Oldest"] = "Newest"
-    period: Literal["AllTime", "Year", "Month", "Week", "Day"] = "AllTime"
-    page_size: int = Field(200, ge=1, le=200)
-
-
-class LexicaSettings(_SourcePoliteness):
-    base_url: str = "https://lexica.art"
-    image_base_url: str = "https://image.lexica.art"
-    requests_per_second: float | None = Field(1 / 3, gt=0)  # 20/min, as the known API clients
-    mode: Literal["search", "infinite"] = "search"
-    model: str = "lexica-aperture-v3.5"
-    queries: list[str] = ["portrait", "landscape", "cat", "city", "fantasy"]
-
-
-class SdOnlineSettings(_SourcePoliteness):
-    base_url: str = "https://stablediffusionweb.com"
-    listing_slugs: list[str] = ["ui-design", "cel-shading", "monogram-logo"]
 
 
 class SourcesSettings(_Section):

@@ -7,7 +7,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from surd.http import FetchError, PoliteClient
+from surd.http.client import PoliteClient
+from surd.http.errors import FetchError
 from surd.settings import CrawlSettings
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from surd import pipeline
-from surd.http import Robots, backoff_seconds
+from surd.http.rules import Robots, backoff_seconds
 from surd.settings import CrawlSettings, load_settings
 from surd.sources.replay import ReplaySite
 from surd.stages.crawl import CrawlFailed

@@ -1,16 +1,3 @@
 """The shared HTTP layer: one polite client (surd.http.client) and the rules it follows
 (surd.http.rules). Every failure ends as a `FetchError` whose `reason` is stored with the item or
 page (``http_404``, ``timeout``, ``blocked``, ``too_large``, ``robots_disallowed``, ...)."""
-
-from surd.http.client import AsyncPoliteClient, PoliteClient
-from surd.http.rules import FetchError, Response, Robots, backoff_seconds, user_agent
-
-__all__ = [
-    "AsyncPoliteClient",
-    "FetchError",
-    "PoliteClient",
-    "Response",
-    "Robots",
-    "backoff_seconds",
-    "user_agent",
-]

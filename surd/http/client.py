@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from surd.http.errors import FetchError
 from surd.http.rules import (
     Expect,
-    FetchError,
     HeadCheck,
     Outcome,
     Pace,

@@ -18,6 +18,7 @@ import httpx
 from protego import Protego
 
 from surd import __version__
+from surd.http.errors import FetchError
 from surd.settings import CrawlSettings
 
 Expect = Literal["json", "html", "bytes"]
@@ -57,13 +58,6 @@ class Robots:
 def product_token(user_agent_header: str) -> str:
     """`SURD-builder/0.1 (+url; …)` → `SURD-builder`, the name robots.txt groups match."""
     return user_agent_header.split("/", 1)[0].strip()
-
-
-class FetchError(Exception):
-    def __init__(self, reason: str, url: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {url} {detail}".strip())
-        self.reason = reason
-        self.url = url
 
 
 @dataclass

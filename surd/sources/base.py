@@ -1,14 +1,44 @@
-"""The record every connector yields and the page a crawl checkpoints after."""
+"""What every source connector is made of: its settings section, the record it yields, the page
+a crawl checkpoints after, and the `Connector` the registry (surd.sources) holds."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from storage.schemas import DROPPED, OK
 from surd.ids import normalise_prompt, sample_id
+
+
+class SourceSettings(BaseModel):
+    """A source's section of the settings. Its politeness fields override the `crawl` section's
+    (None: the crawl's value); a source sets its own defaults in its subclass."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    obey_robots: bool | None = None
+    requests_per_second: float | None = Field(None, gt=0)
+    max_concurrency: int | None = Field(None, ge=1)
+
+
+class Client(Protocol):
+    """What a connector needs of the HTTP client (surd.http.PoliteClient)."""
+
+    def get(
+        self,
+        url: str,
+        *,
+        expect: Literal["json", "html", "bytes"] = ...,
+        params: dict[str, str] | None = ...,
+        headers: dict[str, str] | None = ...,
+    ) -> Any: ...
+
+    def post_json(self, url: str, body: dict[str, object]) -> Any: ...
 
 
 class ParseError(ValueError):
@@ -80,3 +110,16 @@ def to_int(value: Any) -> int | None:
         return int(value) if value is not None and value != "" else None
     except (TypeError, ValueError):
         return None
+
+
+@dataclass(frozen=True)
+class Connector:
+    """One source, all it takes to crawl it: its name, its settings section (where it is, its
+    politeness defaults), the position a pass starts from, how one page is fetched and parsed
+    (position → a `Page` naming the next position: how a crawl resumes), and its licence note."""
+
+    name: str
+    settings: type[SourceSettings]
+    start: str
+    fetch: Callable[[str, Any, Client], Page]  # (position, its settings section, client)
+    licence: str

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from surd.settings import CivitaiSettings
-from surd.sources.base import Page, ParseError, RawItem, to_int
+from pydantic import Field, SecretStr
+
+from surd.sources.base import Client, Connector, Page, ParseError, RawItem, SourceSettings, to_int
 
 NAME = "civitai"
+LICENCE = "Civitai images: rights stay with the uploaders; see https://civitai.com/content/tos"
+
+
+class CivitaiSettings(SourceSettings):
+    base_url: str = "https://civitai.com"  # note: civitai.com's robots.txt disallows /api/*
+    api_key: SecretStr | None = None
+    nsfw: Literal["None", "Soft", "Mature", "X"] = "None"
+    sort: Literal["Most Reactions", "Most Comments", "Most Collected", "Newest", "Oldest"] = "Newest"
+    period: Literal["AllTime", "Year", "Month", "Week", "Day"] = "AllTime"
+    page_size: int = Field(200, ge=1, le=200)
+
+
 EDGE_WIDTHS = (512, 800, 1200, 1600, 2200)
 
 
@@ -143,3 +156,17 @@ def parse_page(payload: Any, site: str) -> Page:
     meta = payload.get("metadata") or {}
     cursor = meta.get("nextCursor") if isinstance(meta, dict) else None
     return Page(items=items, next_position=str(cursor) if cursor not in (None, "") else None)
+
+
+def fetch(position: str, cfg: CivitaiSettings, client: Client) -> Page:
+    """One page of `/api/v1/images` at a cursor ("start": the first page)."""
+    cursor = None if position == "start" else position
+    headers = {"Authorization": f"Bearer {cfg.api_key.get_secret_value()}"} if cfg.api_key else None
+    url = f"{cfg.base_url.rstrip('/')}/api/v1/images"
+    resp = client.get(url, params=request_params(cfg, cursor), headers=headers)
+    page = parse_page(resp.json(), cfg.base_url)
+    page.url = url + ("?cursor=" + cursor if cursor else "")
+    return page
+
+
+CONNECTOR = Connector(NAME, CivitaiSettings, "start", fetch, LICENCE)

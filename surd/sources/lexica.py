@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from surd.sources.base import Page, ParseError, RawItem, to_int
+from pydantic import Field
+
+from surd.sources.base import Client, Connector, Page, ParseError, RawItem, SourceSettings, to_int
 
 NAME = "lexica"
+LICENCE = "Lexica images: https://lexica.art/license"
+
+
+class LexicaSettings(SourceSettings):
+    base_url: str = "https://lexica.art"
+    image_base_url: str = "https://image.lexica.art"
+    requests_per_second: float | None = Field(1 / 3, gt=0)  # 20/min, as the known API clients
+    mode: Literal["search", "infinite"] = "search"
+    model: str = "lexica-aperture-v3.5"
+    queries: list[str] = ["portrait", "landscape", "cat", "city", "fantasy"]  # noqa: RUF012 (a pydantic field)
 
 
 def parse_search(payload: Any, site: str) -> Page:
@@ -70,3 +82,24 @@ def parse_infinite(payload: Any, site: str, image_base: str) -> Page:
         )
     nxt = payload.get("nextCursor")
     return Page(items=items, next_position=str(nxt) if nxt and items else None)
+
+
+def fetch(position: str, cfg: LexicaSettings, client: Client) -> Page:
+    """One page at "<query index>:<cursor>": a search (all of a query), or an infinite-scroll page."""
+    qi, _, cur = position.partition(":")
+    index, query = int(qi), cfg.queries[int(qi)]
+    following = f"{index + 1}:0" if index + 1 < len(cfg.queries) else None
+    if cfg.mode == "search":
+        url = f"{cfg.base_url.rstrip('/')}/api/v1/search"
+        page = parse_search(client.get(url, params={"q": query}).json(), cfg.base_url)
+        page.next_position, page.url = following, f"{url}?q={query}"
+        return page
+    url = f"{cfg.base_url.rstrip('/')}/api/infinite-prompts"
+    body = infinite_body(query, int(cur or 0), cfg.model)
+    page = parse_infinite(client.post_json(url, body).json(), cfg.base_url, cfg.image_base_url)
+    page.next_position = f"{index}:{page.next_position}" if page.next_position else following
+    page.url = f"{url}#q={query}&cursor={cur or 0}"
+    return page
+
+
+CONNECTOR = Connector(NAME, LexicaSettings, "0:0", fetch, LICENCE)

@@ -7,9 +7,18 @@ from urllib.parse import parse_qs, urlsplit
 
 from bs4 import BeautifulSoup
 
-from surd.sources.base import ParseError, RawItem, to_int
+from surd.http.errors import FetchError
+from surd.sources.base import Client, Connector, Page, ParseError, RawItem, SourceSettings, to_int
 
 NAME = "sdonline"
+LICENCE = "Stable Diffusion Online: CreativeML Open RAIL-M (CompVis SD licence)"
+
+
+class SdOnlineSettings(SourceSettings):
+    base_url: str = "https://stablediffusionweb.com"
+    listing_slugs: list[str] = ["ui-design", "cel-shading", "monogram-logo"]  # noqa: RUF012 (a pydantic field)
+
+
 CARD = 'a[href^="/image/"]'
 TITLE = "h1"
 EDITOR_LINK = 'a[href^="/image-generator?"]'
@@ -78,3 +87,28 @@ def parse_detail(html: str, page_url: str, item_id: str) -> RawItem:
             "ratio": query.get("ratio", [None])[0] or _dd(soup, "Aspect ratio:"),
         },
     )
+
+
+def fetch(position: str, cfg: SdOnlineSettings, client: Client) -> Page:
+    """One listing page ("<listing index>:0") and each of its cards' detail pages; a detail page
+    that fails is recorded with the page, not fatal to it."""
+    index = int(position.partition(":")[0])
+    base = cfg.base_url.rstrip("/")
+    url = f"{base}/prompts/{cfg.listing_slugs[index]}"
+    cards = parse_listing(client.get(url, expect="html").content.decode(), url)
+    items: list[RawItem] = []
+    failed: list[tuple[str, str]] = []
+    for path, item_id in cards:
+        detail_url = base + path
+        try:
+            html = client.get(detail_url, expect="html").content.decode()
+            items.append(parse_detail(html, detail_url, item_id))
+        except FetchError as exc:
+            failed.append((detail_url, exc.reason))
+        except ParseError as exc:
+            failed.append((detail_url, f"parse_error:{exc}"))
+    nxt = f"{index + 1}:0" if index + 1 < len(cfg.listing_slugs) else None
+    return Page(items=items, next_position=nxt, url=url, failed_items=failed)
+
+
+CONNECTOR = Connector(NAME, SdOnlineSettings, "0:0", fetch, LICENCE)

@@ -21,10 +21,11 @@ from typing import Any
 
 from storage.layout import DataDir
 from storage.schemas import OK
-from surd.http import FetchError, PoliteClient
+from surd.http.client import PoliteClient
+from surd.http.errors import FetchError
 from surd.settings import CrawlSettings, Settings
-from surd.sources import SOURCES, civitai, lexica, sdonline
-from surd.sources.base import Page, ParseError, RawItem
+from surd.sources import REGISTRY, SOURCES
+from surd.sources.base import Connector, Page, ParseError
 
 __all__ = ["SOURCES", "CrawlFailed", "CrawlStats", "crawl_source"]
 FINISHED = ("end", "limit", "repeated_cursor", "reached_known_items")  # a pass that ended well
@@ -91,67 +92,6 @@ def politeness(settings: Settings, source: str) -> CrawlSettings:
     return settings.crawl.model_copy(update=update)
 
 
-def _civitai(position: str, settings: Settings, client: PoliteClient) -> Page:
-    cfg = settings.sources.civitai
-    cursor = None if position == "start" else position
-    headers = {"Authorization": f"Bearer {cfg.api_key.get_secret_value()}"} if cfg.api_key else None
-    url = f"{cfg.base_url.rstrip('/')}/api/v1/images"
-    resp = client.get(url, params=civitai.request_params(cfg, cursor), headers=headers)
-    page = civitai.parse_page(resp.json(), cfg.base_url)
-    page.url = url + ("?cursor=" + cursor if cursor else "")
-    return page
-
-
-def _lexica(position: str, settings: Settings, client: PoliteClient) -> Page:
-    cfg = settings.sources.lexica
-    qi, _, cur = position.partition(":")
-    index, query = int(qi), cfg.queries[int(qi)]
-    following = f"{index + 1}:0" if index + 1 < len(cfg.queries) else None
-    if cfg.mode == "search":
-        url = f"{cfg.base_url.rstrip('/')}/api/v1/search"
-        page = lexica.parse_search(client.get(url, params={"q": query}).json(), cfg.base_url)
-        page.next_position, page.url = following, f"{url}?q={query}"
-        return page
-    url = f"{cfg.base_url.rstrip('/')}/api/infinite-prompts"
-    body = lexica.infinite_body(query, int(cur or 0), cfg.model)
-    page = lexica.parse_infinite(client.post_json(url, body).json(), cfg.base_url, cfg.image_base_url)
-    page.next_position = f"{index}:{page.next_position}" if page.next_position else following
-    page.url = f"{url}#q={query}&cursor={cur or 0}"
-    return page
-
-
-def _sdonline(position: str, settings: Settings, client: PoliteClient) -> Page:
-    cfg = settings.sources.sdonline
-    index = int(position.partition(":")[0])
-    base = cfg.base_url.rstrip("/")
-    url = f"{base}/prompts/{cfg.listing_slugs[index]}"
-    cards = sdonline.parse_listing(client.get(url, expect="html").content.decode(), url)
-    items: list[RawItem] = []
-    failed: list[tuple[str, str]] = []
-    for path, item_id in cards:
-        detail_url = base + path
-        try:
-            items.append(
-                sdonline.parse_detail(
-                    client.get(detail_url, expect="html").content.decode(), detail_url, item_id
-                )
-            )
-        except FetchError as exc:
-            failed.append((detail_url, exc.reason))
-        except ParseError as exc:
-            failed.append((detail_url, f"parse_error:{exc}"))
-    nxt = f"{index + 1}:0" if index + 1 < len(cfg.listing_slugs) else None
-    return Page(items=items, next_position=nxt, url=url, failed_items=failed)
-
-
-FETCHERS: dict[str, Callable[[str, Settings, PoliteClient], Page]] = {
-    "civitai": _civitai,
-    "lexica": _lexica,
-    "sdonline": _sdonline,
-}
-START = {"civitai": "start", "lexica": "0:0", "sdonline": "0:0"}
-
-
 def crawl_source(
     source: str,
     settings: Settings,
@@ -163,135 +103,146 @@ def crawl_source(
     progress: Callable[[int], None] | None = None,
 ) -> CrawlStats:
     """One pass over a source: resumes an unfinished pass, else starts a new one."""
-    if source not in SOURCES:
+    if source not in REGISTRY:
         raise ValueError(f"unknown source {source!r}; valid: {', '.join(SOURCES)}")
-    state_name = f"crawl-{source}"
-    state = data.state(state_name)
-    if full or not state or state.get("done"):
-        state = {
-            "crawl_id": uuid.uuid4().hex[:12],
-            "position": START[source],
-            "seen_positions": [],
-            "items": 0,
-            "done": False,
-            "incremental": bool(state) and not full,
-            "robots": "obeyed" if obey_robots(settings, source) else "overridden",
-            "started_at": datetime.now(UTC).isoformat(),
-        }
-        data.save_state(state_name, state)
-    stats = CrawlStats(source, state["crawl_id"])
-    raw, pages = data.table("raw_items"), data.table("crawl_pages")
-    limit = limit or settings.crawl.limit
-    keys = _image_keys(raw.iter_rows(["sample_id", "status", "image_key"]))
-    meta = {
-        "crawl_id": state["crawl_id"],
-        "source": source,
-        "robots": state["robots"],
-        "incremental": state["incremental"],
-        "settings": settings.provenance(),
-    }
+    run = _Pass(REGISTRY[source], settings, data, full, limit or settings.crawl.limit)
     while True:
-        position = state["position"]
-        page_id = f"{state['crawl_id']}:{source}:{position}"
+        position = run.state["position"]
         now = datetime.now(UTC)
         try:
-            page = FETCHERS[source](position, settings, client)
+            page = run.connector.fetch(position, getattr(settings.sources, source), client)
         except (FetchError, ParseError) as exc:
-            reason = exc.reason if isinstance(exc, FetchError) else f"parse_error:{exc}"
-            pages.write(
-                [
-                    _page_row(
-                        f"{page_id}:failed:{uuid.uuid4().hex[:6]}",
-                        state,
-                        source,
-                        position,
-                        None,
-                        "failed",
-                        reason,
-                        0,
-                        None,
-                        now,
-                    )
-                ],
-                provenance=meta,
-            )
-            stats.pages_failed += 1
-            stats.failures.append(f"{position}: {reason}")
-            stats.stop_reason = reason  # the checkpoint stays: the next call retries this page
-            stats.failed_url = exc.url if isinstance(exc, FetchError) else _page_url(source, settings)
-            state["last_failure"] = {"reason": reason, "url": stats.failed_url, "at": now.isoformat()}
-            data.save_state(state_name, state)
+            run.failed(position, exc, now)
             break
-        known = raw.ids()
+        stop = run.record(position, page, now)
+        if progress:
+            progress(run.last_written)
+        if stop is not None:
+            break
+    return run.stats
+
+
+class _Pass:
+    """One pass of a crawl over a source: its checkpointed state, its counts, and the tables it
+    writes (raw items; a log row per page, and per item that failed within a page)."""
+
+    def __init__(
+        self, connector: Connector, settings: Settings, data: DataDir, full: bool, limit: int | None
+    ) -> None:
+        self.connector, self.settings, self.data, self.limit = connector, settings, data, limit
+        source = connector.name
+        self.state_name = f"crawl-{source}"
+        state = data.state(self.state_name)
+        if full or not state or state.get("done"):
+            state = {
+                "crawl_id": uuid.uuid4().hex[:12],
+                "position": connector.start,
+                "seen_positions": [],
+                "items": 0,
+                "done": False,
+                "incremental": bool(state) and not full,
+                "robots": "obeyed" if obey_robots(settings, source) else "overridden",
+                "started_at": datetime.now(UTC).isoformat(),
+            }
+            data.save_state(self.state_name, state)
+        self.state: dict[str, Any] = state
+        self.stats = CrawlStats(source, state["crawl_id"])
+        self.raw, self.pages = data.table("raw_items"), data.table("crawl_pages")
+        self.keys = _image_keys(self.raw.iter_rows(["sample_id", "status", "image_key"]))
+        self.known = self.raw.ids()  # grows with each page written: never re-read per page
+        self.last_written = 0
+        self.meta = {
+            "crawl_id": state["crawl_id"],
+            "source": source,
+            "robots": state["robots"],
+            "incremental": state["incremental"],
+            "settings": settings.provenance(),
+        }
+
+    def _log(self, page_id: str, position: str, url: str | None, status: str, reason: str | None,
+             items: int, nxt: str | None, now: datetime) -> None:  # fmt: skip
+        row = _page_row(
+            page_id, self.state, self.connector.name, position, url, status, reason, items, nxt, now
+        )
+        self.pages.write([row], provenance=self.meta)
+
+    def failed(self, position: str, exc: FetchError | ParseError, now: datetime) -> None:
+        """The page failed: logged, and the checkpoint stays, so the next call retries this page."""
+        reason = exc.reason if isinstance(exc, FetchError) else f"parse_error:{exc}"
+        page_id = f"{self.state['crawl_id']}:{self.connector.name}:{position}"
+        self._log(f"{page_id}:failed:{uuid.uuid4().hex[:6]}", position, None, "failed", reason, 0, None, now)
+        stats = self.stats
+        stats.pages_failed += 1
+        stats.failures.append(f"{position}: {reason}")
+        stats.stop_reason = reason
+        stats.failed_url = (
+            exc.url if isinstance(exc, FetchError) else _page_url(self.connector, self.settings)
+        )
+        self.state["last_failure"] = {"reason": reason, "url": stats.failed_url, "at": now.isoformat()}
+        self.data.save_state(self.state_name, self.state)
+
+    def _rows(self, page: Page) -> list[dict[str, Any]]:
+        """The page's raw-item rows; an image already known under another item is its duplicate."""
         rows = []
         for item in page.items:
-            row = item.to_row(state["crawl_id"])
+            row = item.to_row(self.state["crawl_id"])
             if row["status"] == OK and item.image_key:
-                first = keys.get(item.image_key)
+                first = self.keys.get(item.image_key)
                 if first and first != row["sample_id"]:
-                    row = item.to_row(state["crawl_id"], duplicate_of=first)
+                    row = item.to_row(self.state["crawl_id"], duplicate_of=first)
                 else:
-                    keys[item.image_key] = row["sample_id"]
+                    self.keys[item.image_key] = row["sample_id"]
             rows.append(row)
-        if limit is not None:
-            rows = rows[: max(0, limit - state["items"])]
-        new = sum(1 for r in rows if r["sample_id"] not in known)
-        raw.write(rows, provenance={**meta, "page": page.url})
+        if self.limit is not None:
+            rows = rows[: max(0, self.limit - self.state["items"])]
+        return rows
+
+    def _stop(self, position: str, page: Page, rows: list[dict[str, Any]], new: int) -> str | None:
+        """Why the pass ends after this page, or None to go on to the next."""
+        state = self.state
+        if page.next_position is not None and page.next_position in [*state["seen_positions"], position]:
+            return "repeated_cursor"
+        if state["incremental"] and bool(page.items) and new == 0:
+            return "reached_known_items"
+        if self.limit is not None and state["items"] + len(rows) >= self.limit:
+            return "limit"
+        if page.next_position is None:
+            return "end"
+        return None
+
+    def record(self, position: str, page: Page, now: datetime) -> str | None:
+        """Write the page's items, then its log row, then the checkpoint; why the pass ends."""
+        source = self.connector.name
+        page_id = f"{self.state['crawl_id']}:{source}:{position}"
+        rows = self._rows(page)
+        new = sum(1 for r in rows if r["sample_id"] not in self.known)
+        self.raw.write(rows, provenance={**self.meta, "page": page.url})
+        self.known.update(r["sample_id"] for r in rows)
         for i, (url, reason) in enumerate(page.failed_items):
-            pages.write(
-                [
-                    _page_row(
-                        f"{page_id}:item{i}", state, source, position, url, "failed", reason, 0, None, now
-                    )
-                ],
-                provenance=meta,
-            )
-        repeated = page.next_position is not None and page.next_position in [
-            *state["seen_positions"],
-            position,
-        ]
-        reached_known = state["incremental"] and bool(page.items) and new == 0
-        stop = (
-            "repeated_cursor"
-            if repeated
-            else "reached_known_items"
-            if reached_known
-            else "limit"
-            if limit is not None and state["items"] + len(rows) >= limit
-            else "end"
-            if page.next_position is None
-            else None
-        )
-        pages.write(
-            [
-                _page_row(
-                    page_id, state, source, position, page.url, OK, stop, len(rows), page.next_position, now
-                )
-            ],
-            provenance=meta,
-        )
+            self._log(f"{page_id}:item{i}", position, url, "failed", reason, 0, None, now)
+        stop = self._stop(position, page, rows, new)
+        self._log(page_id, position, page.url, OK, stop, len(rows), page.next_position, now)
+        stats = self.stats
         stats.pages_ok += 1
         stats.items_written += len(rows)
         stats.new_items += new
-        state.update(
-            items=state["items"] + len(rows),
-            seen_positions=[*state["seen_positions"], position],
+        self.state.update(
+            items=self.state["items"] + len(rows),
+            seen_positions=[*self.state["seen_positions"], position],
             position=page.next_position or position,
             done=stop is not None,
             stop_reason=stop,
             last_failure=None,
         )
-        data.save_state(state_name, state)
-        if progress:
-            progress(len(rows))
+        self.data.save_state(self.state_name, self.state)
+        self.last_written = len(rows)
         if stop is not None:
             stats.stop_reason = stop
-            break
-    return stats
+        return stop
 
 
-def _page_url(source: str, settings: Settings) -> str:
-    return str(getattr(settings.sources, source).base_url)
+def _page_url(connector: Connector, settings: Settings) -> str:
+    return str(getattr(settings.sources, connector.name).base_url)
 
 
 def _image_keys(rows: Any) -> dict[str, str]:

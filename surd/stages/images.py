@@ -23,7 +23,8 @@ import httpx
 
 from storage.layout import DataDir
 from storage.schemas import DROPPED, OK
-from surd.http import AsyncPoliteClient, FetchError
+from surd.http.client import AsyncPoliteClient
+from surd.http.errors import FetchError
 from surd.parallel import Done, batched, die_with_parent, in_order
 from surd.settings import CrawlSettings, ImageSettings, Settings
 from surd.stages.base import Partition, Stage

@@ -62,7 +62,7 @@ def classify(exc: BaseException) -> tuple[Exit, str] | None:
         return Exit.DATA, str(exc)
     if _is(exc, "surd.stages.crawl", "CrawlFailed"):
         return Exit.SOURCE, str(exc)
-    if _is(exc, "surd.http", "FetchError"):
+    if _is(exc, "surd.http.errors", "FetchError"):
         return Exit.SOURCE, f"{exc.reason}: {exc.url}"  # type: ignore[attr-defined]
     if _is(exc, "duckdb", "ParserException", "BinderException", "CatalogException"):
         return Exit.USAGE, f"bad SQL: {first_line(str(exc))}"
