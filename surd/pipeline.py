@@ -45,7 +45,7 @@ def writing(settings: Settings, name: str, part: Partition = None) -> Iterator[N
 def open_data(settings: Settings, create: bool = True) -> DataDir:
     """The settings' data root, checked (and created, unless `create` is False: readers)."""
     if settings.device == "cuda":
-        from surd.models.tiny import device_for  # torch: only when a GPU is asked for
+        from surd.models.device import device_for  # torch: only when a GPU is asked for
 
         device_for("cuda")  # no visible GPU: fail at start, naming the valid options
     data = DataDir(settings.data_root).open(create)

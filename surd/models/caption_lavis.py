@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from surd.models.vocab import WORDS
 from surd.settings import Settings, SettingsError
 
 WORKER = Path(__file__).with_name("lavis_worker.py")
@@ -19,7 +20,6 @@ BERT_VOCAB_SIZE = 30522  # bert-base-uncased, which LAVIS' BLIP config expects
 
 def offline_vocab(path: Path) -> Path:
     """A 30,522-line BERT vocab: the special tokens, the tiny profile's words, then fillers."""
-    from surd.models.tiny import WORDS  # torch: only for random weights
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(w.lower() for w in WORDS), ",", "."]
     words += [f"[unused{i}]" for i in range(BERT_VOCAB_SIZE - len(words))]

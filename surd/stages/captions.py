@@ -21,8 +21,8 @@ from storage.schemas import DROPPED, OK
 from surd.models import profiles
 from surd.models.blip_decode import BlipDecoder, supports
 from surd.models.caption_lavis import LavisCaptioner
+from surd.models.device import device_for
 from surd.models.preprocess import Preprocessor, Spec, decode_workers, normalize
-from surd.models.tiny import device_for
 from surd.parallel import batched
 from surd.settings import CaptionSettings
 from surd.stages.base import Stage

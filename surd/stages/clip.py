@@ -17,8 +17,8 @@ from PIL import Image
 
 from storage.schemas import DROPPED, OK
 from surd.models import profiles
+from surd.models.device import device_for
 from surd.models.preprocess import CLIP_MEAN, CLIP_STD, Decoded, Preprocessor, Spec, decode_workers, normalize
-from surd.models.tiny import device_for
 from surd.stages.base import Partition, Stage
 
 

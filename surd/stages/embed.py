@@ -23,8 +23,8 @@ from storage.layout import DataDir
 from storage.releases import read_columns
 from storage.schemas import OK
 from surd.models import profiles
+from surd.models.device import device_for
 from surd.models.llm_pool import LayerPooler, PooledBatch
-from surd.models.tiny import device_for
 from surd.parallel import batched
 from surd.settings import Settings
 from surd.stages.base import Partition, Rows, Stage, in_partition, run_stage

@@ -50,7 +50,7 @@ def classify(exc: BaseException) -> tuple[Exit, str] | None:
     """The exit code and message of an expected failure; None for an unexpected one (a bug)."""
     if isinstance(exc, CliError):
         return exc.code, str(exc)
-    if _is(exc, "surd.models.tiny", "DeviceUnavailable") or _is(
+    if _is(exc, "surd.models.device", "DeviceUnavailable") or _is(
         exc, "surd.models.profiles", "ModelUnavailable"
     ):
         return Exit.MODEL, str(exc)
