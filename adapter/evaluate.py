@@ -89,20 +89,7 @@ def evaluate(
                 base.save(out_dir / "images" / f"{stem}-baseline.png")
                 ours.save(out_dir / "images" / f"{stem}-adapter.png")
                 fault_point("evaluation", len(pairs) + 1)
-                left = adapter_on_left(prompt.text, seed)
-                pairs.append(
-                    {
-                        "pair_id": stem,
-                        "suite": suite,
-                        "prompt": prompt.text,
-                        "origin": prompt.origin,
-                        "seed": seed,
-                        "left": f"images/{stem}-{'adapter' if left else 'baseline'}.png",
-                        "right": f"images/{stem}-{'baseline' if left else 'adapter'}.png",
-                        "adapter_side": "left" if left else "right",
-                        "clip_choice_adapter": choices[-1],
-                    }
-                )
+                pairs.append(_pair(stem, suite, prompt, seed, choices[-1]))
                 if scorers.similarity is not None:
                     per_metric["clip_similarity"]["baseline"].append(scorers.similarity(base, prompt.text))
                     per_metric["clip_similarity"]["adapter"].append(scorers.similarity(ours, prompt.text))
@@ -117,24 +104,52 @@ def evaluate(
     _vstack(grid_rows).save(out_dir / "grid.png")
     with (out_dir / "pairs.jsonl").open("w") as fh:
         fh.writelines(json.dumps(p) + "\n" for p in pairs)
-    tests = {name: paired_ttest(v["baseline"], v["adapter"]) for name, v in per_metric.items()}
-    origins = {s: {o: sum(p.origin == o for p in ps) for o in ("paper", "ours")} for s, ps in suites.items()}
-    report = {
-        "clip_choice_adapter_vs_baseline": choice,
-        "clip_choice_is": "an automatic proxy for the paper's human judgement of semantic accuracy",
-        "paired_t_tests": tests,
-        "higher_is_better": {**{"clip_similarity": True}, **PAPER_METRICS},
-        "metrics_skipped": scorers.skipped,
-        "prompt_origins": origins,
-        "images_per_prompt": images_per_prompt,
-        "sampling_steps": steps,
-        "pairs": len(pairs),
-    }
+    report = _report(choice, per_metric, scorers.skipped, suites, images_per_prompt, steps, len(pairs))
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
     (out_dir / "report.md").write_text(_markdown(report, suites))
     fault_point("evaluation_report", 1)
     _replace_dir(out_dir, final)
     return report
+
+
+def _pair(stem: str, suite: str, prompt: Prompt, seed: int, choice: float) -> dict[str, Any]:
+    """One judging pair: its two images, the adapter's side (a stable coin flip), CLIP's choice."""
+    left = adapter_on_left(prompt.text, seed)
+    return {
+        "pair_id": stem,
+        "suite": suite,
+        "prompt": prompt.text,
+        "origin": prompt.origin,
+        "seed": seed,
+        "left": f"images/{stem}-{'adapter' if left else 'baseline'}.png",
+        "right": f"images/{stem}-{'baseline' if left else 'adapter'}.png",
+        "adapter_side": "left" if left else "right",
+        "clip_choice_adapter": choice,
+    }
+
+
+def _report(
+    choice: dict[str, float],
+    per_metric: dict[str, dict[str, list[float]]],
+    skipped: Any,
+    suites: dict[str, list[Prompt]],
+    images_per_prompt: int,
+    steps: int,
+    pairs: int,
+) -> dict[str, Any]:
+    tests = {name: paired_ttest(v["baseline"], v["adapter"]) for name, v in per_metric.items()}
+    origins = {s: {o: sum(p.origin == o for p in ps) for o in ("paper", "ours")} for s, ps in suites.items()}
+    return {
+        "clip_choice_adapter_vs_baseline": choice,
+        "clip_choice_is": "an automatic proxy for the paper's human judgement of semantic accuracy",
+        "paired_t_tests": tests,
+        "higher_is_better": {**{"clip_similarity": True}, **PAPER_METRICS},
+        "metrics_skipped": skipped,
+        "prompt_origins": origins,
+        "images_per_prompt": images_per_prompt,
+        "sampling_steps": steps,
+        "pairs": pairs,
+    }
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from adapter.data import encode_text
 from adapter.model import SURAdapter
-from adapter.train import encode_text
 
 
 def sd_pipeline(parts: dict[str, Any]) -> Any:

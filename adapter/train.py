@@ -1,158 +1,35 @@
 """Train the SUR-adapter on a release and one LLM layer; frozen UNet, VAE and text encoder.
 
-Named steps: load → freeze → precompute (VAE latents and text states cached once) → step →
-checkpoint → (adapter.evaluate). Every random draw of step s comes from a generator seeded with
-(seed, s), so a run killed and resumed from its last checkpoint ends with the same weights as an
-uninterrupted one.
+Named steps: load the release's tensors → freeze and place the frozen parts → build the adapter,
+optimiser and schedule → resume from the last checkpoint → step (Algorithm 1) → checkpoint.
+Every random draw of step s comes from a generator seeded with (seed, s), so a run killed and
+resumed from its last checkpoint ends with the same weights as an uninterrupted one.
+`python -m adapter.train` runs it on a diffusers Stable Diffusion folder (`main`).
 """
 
 from __future__ import annotations
 
-import io
+import argparse
 import json
-import os
 import shutil
-import uuid
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
-from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from adapter.checkpoints import latest_checkpoint, save_checkpoint, trim_metrics
+from adapter.config import TrainConfig
+from adapter.data import encode_latents, encode_text, llm_vectors, pixels, precompute, read_release
 from adapter.model import AdapterConfig, SURAdapter, loss_cp, loss_llm
-from storage.embeddings import prompt_sha1, read_layer
-from storage.releases import read_columns
-from storage.tables import atomic_write_bytes, fault_point
+from storage.tables import fault_point
 
-
-@dataclass
-class TrainConfig:
-    steps: int = 5000
-    batch_size: int = 16
-    lr: float = 1e-5
-    lambda_llm: float = 1e-5
-    lambda_cp: float = 1e-5
-    eta: float = 0.1
-    tau: float = 1.0
-    resolution: int = 512
-    checkpoint_every: int = 500
-    seed: int = 0
-    layer: int = -1
-    q_encoder_layers: int = 0  # 0: the paper's adapter; 2: the public code's variant (adapter/model.py)
-    random_flip: bool = True  # horizontal flip, p = 0.5 per sample and step (the paper's --random_flip)
-    cache_latents: bool = True  # VAE latents and text states computed once; False: every step
-    lr_scheduler: str = "constant"  # diffusers' get_scheduler name (the paper: constant, no warm-up)
-    lr_warmup_steps: int = 0
-    compile_unet: bool = True  # on a GPU: torch.compile the frozen UNet (0.131 → 0.089 s/step on H200)
-
-
-def read_release(release: Path) -> pa.Table:
-    return read_columns(release, ["sample_id", "image", "simple_prompt", "complex_prompt"])
-
-
-def encode_text(parts: dict[str, Any], prompts: list[str]) -> torch.Tensor:
-    tok = parts["tokenizer"]
-    ids = tok(
-        prompts, padding="max_length", truncation=True, max_length=tok.model_max_length, return_tensors="pt"
-    ).input_ids
-    enc = parts["text_encoder"]
-    with torch.no_grad():
-        return enc(ids.to(enc.device))[0].float()
-
-
-def pixels(table: pa.Table, resolution: int) -> torch.Tensor:
-    """The release's images as (N, 3, r, r) in [-1, 1]: centre-cropped to a square, then resized."""
-    pics = []
-    for b in table.column("image").to_pylist():
-        img = Image.open(io.BytesIO(b)).convert("RGB")
-        side = min(img.size)
-        left, top = (img.width - side) // 2, (img.height - side) // 2
-        img = img.crop((left, top, left + side, top + side)).resize(
-            (resolution, resolution), Image.Resampling.BICUBIC
-        )
-        pics.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1))
-    return torch.stack(pics)
-
-
-def encode_latents(vae: Any, pix: torch.Tensor) -> torch.Tensor:
-    """VAE latents (the posterior mean, scaled), 16 images at a time."""
-    with torch.no_grad():
-        return (
-            torch.cat(
-                [
-                    vae.encode(pix[i : i + 16].to(vae.device, vae.dtype)).latent_dist.mean.float()
-                    for i in range(0, len(pix), 16)
-                ]
-            )
-            * vae.config.scaling_factor
-        )
-
-
-def precompute(
-    parts: dict[str, Any], table: pa.Table, resolution: int, flip: bool = False
-) -> dict[str, torch.Tensor]:
-    """VAE latents (and those of the mirrored images, for random flips) and text states of every
-    sample, computed once and reused every step."""
-    pix = pixels(table, resolution)
-    out = {
-        "latents": encode_latents(parts["vae"], pix),
-        "simple": encode_text(parts, table.column("simple_prompt").to_pylist()),
-        "complex": encode_text(parts, table.column("complex_prompt").to_pylist()),
-    }
-    if flip:
-        out["latents_flipped"] = encode_latents(parts["vae"], pix.flip(-1))
-    return out
-
-
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    ckpts = sorted(out_dir.glob("ckpt-*")) if out_dir.exists() else []
-    return ckpts[-1] if ckpts else None
-
-
-def save_checkpoint(
-    out_dir: Path,
-    adapter: SURAdapter,
-    opt: torch.optim.Optimizer,
-    step: int,
-    cfg: TrainConfig,
-    extra: dict[str, Any],
-    lr_scheduler: Any = None,
-) -> Path:
-    tmp = out_dir / f".tmp-{uuid.uuid4().hex}"
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in adapter.state_dict().items()}, str(tmp / "adapter.safetensors"))
-    (tmp / "config.json").write_text(
-        json.dumps({"adapter": adapter.cfg.to_dict(), "train": asdict(cfg), "step": step, **extra}, indent=1)
-    )
-    torch.save(
-        {
-            "optimizer": opt.state_dict(),
-            "lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
-            "step": step,
-            "torch_rng": torch.get_rng_state(),
-        },
-        tmp / "state.pt",
-    )
-    final = out_dir / f"ckpt-{step:06d}"
-    fault_point("checkpoint_written", step)  # every file in the temp folder, not yet renamed
-    os.replace(tmp, final)
-    fault_point("checkpoint", step)
-    return final
-
-
-def load_adapter(ckpt: Path) -> SURAdapter:
-    cfg = json.loads((ckpt / "config.json").read_text())["adapter"]
-    adapter = SURAdapter(AdapterConfig(**cfg))
-    adapter.load_state_dict(load_file(str(ckpt / "adapter.safetensors")))
-    return adapter.eval()
+Log = Callable[[dict[str, float]], None] | None
 
 
 def training_step(
@@ -194,143 +71,195 @@ def training_step(
     }
 
 
-def train(
-    parts: dict[str, Any],
-    release: Path,
-    emb_dir: Path,
-    out_dir: Path,
-    cfg: TrainConfig,
-    log: Callable[[dict[str, float]], None] | None = None,
-) -> dict[str, Any]:
-    """Train (or resume) and return a summary; metrics go to out_dir/metrics.jsonl."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(".tmp-*"):
-        shutil.rmtree(stale)
-    unet, vae, text, sched = parts["unet"], parts["vae"], parts["text_encoder"], parts["scheduler"]
-    for m in (unet, vae, text):
-        m.requires_grad_(False)
-    table = read_release(release)
-    wanted = {
-        sid: prompt_sha1(p)
-        for sid, p in zip(
-            table.column("sample_id").to_pylist(), table.column("simple_prompt").to_pylist(), strict=True
+class Trainer:
+    """One training run over a release: each named step a method, `run` the loop."""
+
+    def __init__(
+        self, parts: dict[str, Any], release: Path, emb_dir: Path, out_dir: Path, cfg: TrainConfig
+    ) -> None:
+        self.parts, self.release, self.emb_dir, self.out_dir, self.cfg = parts, release, emb_dir, out_dir, cfg
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in out_dir.glob(".tmp-*"):
+            shutil.rmtree(stale)
+        self.unet, self.vae, self.sched = parts["unet"], parts["vae"], parts["scheduler"]
+        for m in (self.unet, self.vae, parts["text_encoder"]):
+            m.requires_grad_(False)
+        self.table = read_release(release)
+        llm, self.layer = llm_vectors(self.table, emb_dir, cfg.layer)
+        self.dev = next(self.unet.parameters()).device
+        self.step_unet = self._place_unet()
+        self.res = parts.get("resolution", cfg.resolution)
+        self._inputs()
+        self.llm = llm.to(self.dev)
+
+    def _place_unet(self) -> Any:
+        """The frozen UNet as the steps call it: bf16 (and compiled, if asked) on a GPU."""
+        if self.dev.type != "cuda":
+            return self.unet
+        self.unet.to(torch.bfloat16)  # frozen: bf16 weights, no per-step casts under autocast
+        return torch.compile(self.unet) if self.cfg.compile_unet else self.unet
+
+    def _inputs(self) -> None:
+        """VAE latents and text states once (the cache), or the pixels to encode every step."""
+        if self.cfg.cache_latents:
+            cache = precompute(self.parts, self.table, self.res, self.cfg.random_flip)
+            self.cache = {k: v.to(self.dev) for k, v in cache.items()}
+            self.text_dim = self.cache["simple"].shape[-1]
+        else:
+            self.pix = pixels(self.table, self.res)
+            self.simple = self.table.column("simple_prompt").to_pylist()
+            self.complex = self.table.column("complex_prompt").to_pylist()
+            self.text_dim = self.parts["text_encoder"].config.hidden_size
+        down = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.latent_shape = (
+            self.cfg.batch_size,
+            self.unet.config.in_channels,
+            self.res // down,
+            self.res // down,
         )
-    }
-    vectors, layer = read_layer(emb_dir, cfg.layer, wanted)
-    missing = [s for s in table.column("sample_id").to_pylist() if s not in vectors]
-    if missing:
-        raise ValueError(f"{len(missing)} released samples have no embedding for layer {layer}")
-    llm = torch.from_numpy(np.stack([vectors[s] for s in table.column("sample_id").to_pylist()]))
-    dev = next(unet.parameters()).device
-    step_unet = unet
-    if dev.type == "cuda":
-        unet.to(torch.bfloat16)  # frozen: bf16 weights, no per-step casts under autocast
-        if cfg.compile_unet:
-            step_unet = torch.compile(unet)
-    res = parts.get("resolution", cfg.resolution)
-    simple_prompts = table.column("simple_prompt").to_pylist()
-    complex_prompts = table.column("complex_prompt").to_pylist()
-    if cfg.cache_latents:
-        cache = {k: v.to(dev) for k, v in precompute(parts, table, res, cfg.random_flip).items()}
-        text_dim = cache["simple"].shape[-1]
-    else:
-        pix = pixels(table, res)
-        text_dim = parts["text_encoder"].config.hidden_size
-    latent_shape = (
-        cfg.batch_size,
-        unet.config.in_channels,
-        res // 2 ** (len(vae.config.block_out_channels) - 1),
-        res // 2 ** (len(vae.config.block_out_channels) - 1),
-    )
-    llm = llm.to(dev)
-    acfg = AdapterConfig(
-        dim=text_dim,
-        llm_dim=llm.shape[-1],
-        eta=cfg.eta,
-        tau=cfg.tau,
-        w0_seed=cfg.seed,
-        q_encoder_layers=cfg.q_encoder_layers,
-    )
-    torch.manual_seed(cfg.seed)
-    adapter = SURAdapter(acfg).to(dev)
-    opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr)
-    lr_sched = get_scheduler(
-        cfg.lr_scheduler, opt, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.steps
-    )
-    start = 0
-    ckpt = latest_checkpoint(out_dir)
-    if ckpt is not None:
-        adapter.load_state_dict(load_file(str(ckpt / "adapter.safetensors")))
-        state = torch.load(ckpt / "state.pt", weights_only=False)
-        opt.load_state_dict(state["optimizer"])
-        if state.get("lr_scheduler") is not None:
-            lr_sched.load_state_dict(state["lr_scheduler"])
-        start = state["step"]
-    # accelerate places the trainable parts and runs the backward pass (bf16 autocast is explicit
-    # in training_step, around the frozen UNet too)
-    accelerator = Accelerator(cpu=dev.type == "cpu")
-    p_adapter, p_opt, p_sched = accelerator.prepare(adapter, opt, lr_sched)
-    metrics_path = out_dir / "metrics.jsonl"
-    kept = []
-    for ln in metrics_path.read_text().splitlines() if metrics_path.exists() else []:
-        try:
-            row = json.loads(ln)
-        except json.JSONDecodeError:
-            continue  # a line torn by a kill mid-append: its step is after the checkpoint, so redone
-        if row["step"] <= start:
-            kept.append(ln)
-    atomic_write_bytes(metrics_path, "".join(ln + "\n" for ln in kept).encode())
-    n = table.num_rows
-    for step in range(start + 1, cfg.steps + 1):
+
+    def build(self) -> int:
+        """The adapter, its optimiser and schedule (seeded), resumed from the last checkpoint if
+        there is one; returns the step it resumes after (0: a fresh run)."""
+        cfg = self.cfg
+        acfg = AdapterConfig(
+            dim=self.text_dim,
+            llm_dim=self.llm.shape[-1],
+            eta=cfg.eta,
+            tau=cfg.tau,
+            w0_seed=cfg.seed,
+            q_encoder_layers=cfg.q_encoder_layers,
+        )
+        torch.manual_seed(cfg.seed)
+        self.adapter = SURAdapter(acfg).to(self.dev)
+        self.opt = torch.optim.AdamW(self.adapter.parameters(), lr=cfg.lr)
+        self.lr_sched = get_scheduler(
+            cfg.lr_scheduler, self.opt, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.steps
+        )
+        start = 0
+        ckpt = latest_checkpoint(self.out_dir)
+        if ckpt is not None:
+            self.adapter.load_state_dict(load_file(str(ckpt / "adapter.safetensors")))
+            state = torch.load(ckpt / "state.pt", weights_only=False)
+            self.opt.load_state_dict(state["optimizer"])
+            if state.get("lr_scheduler") is not None:
+                self.lr_sched.load_state_dict(state["lr_scheduler"])
+            start = state["step"]
+        # accelerate places the trainable parts and runs the backward pass (bf16 autocast is
+        # explicit in training_step, around the frozen UNet too)
+        self.accelerator = Accelerator(cpu=self.dev.type == "cpu")
+        self.p_adapter, self.p_opt, self.p_sched = self.accelerator.prepare(
+            self.adapter, self.opt, self.lr_sched
+        )
+        return int(start)
+
+    def batch(self, step: int) -> tuple[torch.Tensor, ...]:
+        """Step `step`'s draws (samples, flips, noise, timesteps: from a generator seeded with
+        (seed, step)) and its inputs: latents, simple and complex text states, LLM vectors."""
+        cfg, dev = self.cfg, self.dev
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
+        idx = torch.randint(0, self.table.num_rows, (cfg.batch_size,), generator=gen)
         flip = torch.rand(cfg.batch_size, generator=gen) < 0.5
         if not cfg.random_flip:
             flip[:] = False
-        noise = torch.randn(latent_shape, generator=gen).to(dev)
-        t = torch.randint(0, sched.config.num_train_timesteps, (cfg.batch_size,), generator=gen).to(dev)
+        noise = torch.randn(self.latent_shape, generator=gen).to(dev)
+        t = torch.randint(0, self.sched.config.num_train_timesteps, (cfg.batch_size,), generator=gen).to(dev)
         if cfg.cache_latents:
-            latents = cache["latents"][idx.to(dev)]
+            latents = self.cache["latents"][idx.to(dev)]
             if cfg.random_flip:
-                mirrored = cache["latents_flipped"][idx.to(dev)]
+                mirrored = self.cache["latents_flipped"][idx.to(dev)]
                 latents = torch.where(flip.to(dev).view(-1, 1, 1, 1), mirrored, latents)
-            simple, complex_ = cache["simple"][idx.to(dev)], cache["complex"][idx.to(dev)]
+            simple, complex_ = self.cache["simple"][idx.to(dev)], self.cache["complex"][idx.to(dev)]
         else:  # VAE and text encoder every step
-            batch = pix[idx]
+            batch = self.pix[idx]
             batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
-            latents = encode_latents(vae, batch).to(dev)
-            simple = encode_text(parts, [simple_prompts[i] for i in idx.tolist()]).to(dev)
-            complex_ = encode_text(parts, [complex_prompts[i] for i in idx.tolist()]).to(dev)
-        losses = training_step(
-            step_unet,
-            sched,
-            p_adapter,
-            p_opt,
-            latents,
-            noise,
-            t,
-            simple,
-            complex_,
-            llm[idx.to(dev)],
-            cfg,
-            backward=accelerator.backward,
-            lr_scheduler=p_sched,
-        )
-        row = {"step": step, **{k: v.item() for k, v in losses.items()}}
-        with metrics_path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        fault_point("metrics", step)  # a kill between checkpoints: the resume rewrites these lines
-        if log:
-            log(row)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save_checkpoint(
-                out_dir,
-                accelerator.unwrap_model(p_adapter),
-                opt,
-                step,
-                cfg,
-                {"release": release.name, "embeddings": emb_dir.name, "layer": layer},
-                lr_sched,
-            )
-    final = latest_checkpoint(out_dir)
-    return {"checkpoint": str(final), "steps": cfg.steps, "layer": layer, "samples": n}
+            latents = encode_latents(self.vae, batch).to(dev)
+            rows = idx.tolist()
+            simple = encode_text(self.parts, [self.simple[i] for i in rows]).to(dev)
+            complex_ = encode_text(self.parts, [self.complex[i] for i in rows]).to(dev)
+        return latents, noise, t, simple, complex_, self.llm[idx.to(dev)]
+
+    def run(self, log: Log = None) -> dict[str, Any]:
+        """Train (or resume) to `cfg.steps`; metrics to out_dir/metrics.jsonl; the summary."""
+        cfg = self.cfg
+        start = self.build()
+        metrics = self.out_dir / "metrics.jsonl"
+        trim_metrics(metrics, start)
+        for step in range(start + 1, cfg.steps + 1):
+            latents, noise, t, simple, complex_, llm = self.batch(step)
+            losses = training_step(
+                self.step_unet, self.sched, self.p_adapter, self.p_opt, latents, noise, t, simple, complex_,
+                llm, cfg, backward=self.accelerator.backward, lr_scheduler=self.p_sched,
+            )  # fmt: skip
+            row = {"step": step, **{k: v.item() for k, v in losses.items()}}
+            with metrics.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            fault_point("metrics", step)  # a kill between checkpoints: the resume rewrites these lines
+            if log:
+                log(row)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                extra = {"release": self.release.name, "embeddings": self.emb_dir.name, "layer": self.layer}
+                adapter = self.accelerator.unwrap_model(self.p_adapter)
+                save_checkpoint(self.out_dir, adapter, self.opt, step, cfg, extra, self.lr_sched)
+        final = latest_checkpoint(self.out_dir)
+        return {
+            "checkpoint": str(final),
+            "steps": cfg.steps,
+            "layer": self.layer,
+            "samples": self.table.num_rows,
+        }
+
+
+def train(
+    parts: dict[str, Any], release: Path, emb_dir: Path, out_dir: Path, cfg: TrainConfig, log: Log = None
+) -> dict[str, Any]:
+    """Train (or resume) and return a summary; metrics go to out_dir/metrics.jsonl."""
+    return Trainer(parts, release, emb_dir, out_dir, cfg).run(log)
+
+
+def load_parts(model_dir: str) -> dict[str, Any]:
+    """The frozen parts of a diffusers Stable Diffusion folder (or hub id): unet, vae, text
+    encoder, tokenizer, DDPM scheduler."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # heavy: only for main
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    return {
+        "unet": UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet"),
+        "vae": AutoencoderKL.from_pretrained(model_dir, subfolder="vae"),
+        "text_encoder": CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder"),
+        "tokenizer": CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer"),
+        "scheduler": DDPMScheduler.from_pretrained(model_dir, subfolder="scheduler"),
+    }
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m adapter.train", description="Train the SUR-adapter.")
+    p.add_argument("--model", required=True, help="a diffusers Stable Diffusion folder (or hub id)")
+    p.add_argument("--release", required=True, type=Path, help="a release folder (manifest.json, shards)")
+    p.add_argument("--embeddings", required=True, type=Path, help="the release's embedding set folder")
+    p.add_argument("--out", required=True, type=Path, help="the run folder (resumed if it has checkpoints)")
+    for name, field in TrainConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool or field.annotation == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.description)
+        else:
+            kind = {"int": int, "float": float}.get(str(field.annotation), str)
+            p.add_argument(flag, type=kind, default=None, help=field.description)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m adapter.train --model M --release R --embeddings E --out O [--steps N …]`: train
+    outside the pipeline; prints the run's summary as JSON."""
+    args = parser().parse_args(argv)
+    given = {k: v for k, v in vars(args).items() if k in TrainConfig.model_fields and v is not None}
+    cfg = TrainConfig(**given)
+    parts = load_parts(args.model)
+    parts["resolution"] = cfg.resolution
+    summary = train(parts, args.release, args.embeddings, args.out, cfg, log=None)
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

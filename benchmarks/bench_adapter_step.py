@@ -99,8 +99,9 @@ def build(size: str, dev: torch.device) -> dict:
 
 
 def bench_mode(m: dict, mode: str, b: int, steps: int, dev: torch.device) -> dict:
+    from adapter.config import TrainConfig
     from adapter.model import AdapterConfig, SURAdapter
-    from adapter.train import TrainConfig, training_step
+    from adapter.train import training_step
 
     unet, vae, text, sched, res = m["unet"], m["vae"], m["text"], m["sched"], m["res"]
     dim = text.config.hidden_size

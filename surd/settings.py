@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from adapter.config import TrainConfig
 from surd.sources import SOURCES, Source
 from surd.sources.civitai import CivitaiSettings
 from surd.sources.lexica import LexicaSettings
@@ -154,25 +155,11 @@ class EmbedSettings(_Section):
     split_across_gpus: bool = Field(False, description="spread one model over all GPUs (33B)")
 
 
-class AdapterSettings(_Section):
+class AdapterSettings(TrainConfig):
+    """The training settings (adapter.config.TrainConfig, their one definition) and what the
+    pipeline adds around training: the base model and the evaluation."""
+
     base_model: str = "tiny"
-    layer: int = Field(-1, description="LLM layer 1..L; -1 = last")
-    steps: int = Field(5000, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(1e-5, gt=0)
-    lambda_llm: float = 1e-5
-    lambda_cp: float = 1e-5
-    eta: float = Field(0.1, ge=0, le=1)
-    tau: float = Field(1.0, gt=0)
-    resolution: int = Field(512, ge=8)
-    checkpoint_every: int = Field(500, ge=1)
-    q_encoder_layers: int = Field(0, ge=0, description="0: the paper's adapter; 2: its public code's")
-    random_flip: bool = True
-    cache_latents: bool = Field(True, description="VAE latents and text states once, reused every step")
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = Field(0, ge=0)
-    seed: int = 0
-    compile_unet: bool = True
     eval_images_per_prompt: int = Field(10, ge=1)
     eval_steps: int = Field(30, ge=1)
     log_every: int = Field(50, ge=1, description="training steps between loss lines in the flow's log")
@@ -180,6 +167,10 @@ class AdapterSettings(_Section):
     eval_quality_metrics: list[str] = Field(
         ["clipiqa", "musiq", "brisque"], description="pyiqa metrics (the `eval` extra); skipped when absent"
     )
+
+    def train_config(self) -> TrainConfig:
+        """Only the training settings, as the trainer takes them."""
+        return TrainConfig(**self.model_dump(include=set(TrainConfig.model_fields)))
 
 
 class ScaleSettings(_Section):

@@ -9,8 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from adapter.checkpoints import latest_checkpoint
+from adapter.config import TrainConfig
 from adapter.model import AdapterConfig, SURAdapter, kl, loss_cp
-from adapter.train import TrainConfig, latest_checkpoint, train
+from adapter.train import train
 from storage.embeddings import EmbeddingStore, prompt_sha1
 from storage.layout import DataDir
 from storage.schemas import RELEASE

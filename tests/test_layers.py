@@ -137,6 +137,16 @@ def test_first_party_imports_are_at_the_top_unless_said_why() -> None:
     assert found == [], "import at the top, or say why it is deferred in a comment:\n" + "\n".join(found)
 
 
+def test_the_library_takes_only_the_training_settings_from_adapter() -> None:
+    """`surd/` uses `adapter/` for one thing: the training settings' one definition (its settings
+    extend it); training and evaluation are called from the application layer."""
+    assert breaches(("surd",), ("adapter",), besides=(*APPLICATION, "surd.settings")) == []
+    assert {i for i in imports(modules()["surd.settings"]) if in_layer(i, ("adapter",))} <= {
+        "adapter.config",
+        "adapter.config.TrainConfig",
+    }
+
+
 def test_adapter_reads_only_through_storage() -> None:
     assert breaches(("adapter",), ("surd", "flows")) == []
 

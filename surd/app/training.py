@@ -5,18 +5,17 @@ generation as one call each, under the run's write lock (the CLI and the flows c
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
+from adapter.checkpoints import latest_checkpoint, load_adapter
 from adapter.evaluate import Scorers, evaluate
 from adapter.pipeline import generate, sd_pipeline
 from adapter.quality import load_metrics
 from adapter.suites import SUITES
-from adapter.train import TrainConfig, latest_checkpoint, load_adapter
 from adapter.train import train as train_adapter
 from storage.embeddings import EmbeddingStore
 from storage.layout import DataDir
@@ -27,7 +26,7 @@ from surd.settings import Settings
 
 def train_config(settings: Settings) -> Any:
     """The adapter section of the settings as the trainer's config (same field names)."""
-    return TrainConfig(**{f.name: getattr(settings.adapter, f.name) for f in fields(TrainConfig)})
+    return settings.adapter.train_config()
 
 
 def run_dir(data: DataDir, release: Path, llm_model_id: str, settings: Settings) -> Path:
