@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
+from pydantic import ValidationError
 from safetensors.torch import load_file
 
 from adapter.checkpoints import latest_checkpoint, save_checkpoint, trim_metrics
@@ -240,10 +241,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="the run folder (resumed if it has checkpoints)")
     for name, field in TrainConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        if field.annotation is bool or field.annotation == "bool":
+        if field.annotation is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.description)
         else:
-            kind = {"int": int, "float": float}.get(str(field.annotation), str)
+            kind: Callable[[str], Any] = {int: int, float: float}.get(field.annotation, str)  # type: ignore[call-overload,arg-type]
             p.add_argument(flag, type=kind, default=None, help=field.description)
     return p
 
@@ -251,9 +252,14 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m adapter.train --model M --release R --embeddings E --out O [--steps N …]`: train
     outside the pipeline; prints the run's summary as JSON."""
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
     given = {k: v for k, v in vars(args).items() if k in TrainConfig.model_fields and v is not None}
-    cfg = TrainConfig(**given)
+    try:
+        cfg = TrainConfig(**given)
+    except ValidationError as exc:  # a value out of bounds: one line, exit 2, before any work
+        err = exc.errors()[0]
+        cli.error(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}")
     parts = load_parts(args.model)
     parts["resolution"] = cfg.resolution
     summary = train(parts, args.release, args.embeddings, args.out, cfg, log=None)

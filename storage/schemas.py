@@ -92,18 +92,6 @@ CLIP_SCORES = pa.schema(
     ]
 )
 
-DECISIONS = pa.schema(
-    [
-        *_STATUS,
-        pa.field("decision_id", pa.int64()),
-        pa.field("decision", pa.string()),
-        pa.field("simple_prompt", pa.string()),
-        pa.field("actor", pa.string()),
-        pa.field("actor_kind", pa.string()),
-        pa.field("decided_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
-
 RELEASE = pa.schema(
     [
         pa.field("sample_id", pa.string(), nullable=False),
@@ -136,10 +124,10 @@ def embedding_schema(hidden_size: int) -> pa.Schema:
     )
 
 
+# review decisions are not a table here: they live in the review database (surd/review/schema.py)
 STAGE_TABLES: dict[str, pa.Schema] = {
     "raw_items": RAW_ITEMS,
     "images": IMAGES,
     "captions": CAPTIONS,
     "clip_scores": CLIP_SCORES,
-    "decisions": DECISIONS,
 }

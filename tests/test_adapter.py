@@ -129,3 +129,39 @@ def test_the_public_code_variant_trains_from_settings(tiny_release, tmp_path: Pa
     ckpt = latest_checkpoint(tmp_path / "variant")
     assert json.loads((ckpt / "config.json").read_text())["adapter"]["q_encoder_layers"] == 2
     assert any(k.startswith("q_encoder.layers.1.") for k in load_file(str(ckpt / "adapter.safetensors")))
+
+
+def test_main_trains_from_the_command_line_on_a_diffusers_folder(
+    tiny_release, tmp_path: Path, capsys
+) -> None:
+    """`python -m adapter.train` outside the pipeline: a saved Stable Diffusion folder, a release,
+    its embeddings; every training setting a flag (TrainConfig, their one definition)."""
+    import json
+
+    from adapter.train import main, parser
+
+    rel, emb = tiny_release
+    parts = _sd(tmp_path / "cache")
+    model = tmp_path / "sd"
+    for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        parts[name].save_pretrained(model / name)
+    flags = parser().format_help()
+    assert all("--" + f.replace("_", "-") in flags for f in TrainConfig.model_fields)
+    argv = [
+        "--model",
+        str(model),
+        "--release",
+        str(rel),
+        "--embeddings",
+        str(emb),
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    argv += ["--steps", "3", "--batch-size", "2", "--resolution", "32", "--no-random-flip", "--lr", "0.001"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 3 and summary["samples"] == 4
+    config = json.loads((latest_checkpoint(tmp_path / "run") / "config.json").read_text())["train"]
+    assert config["random_flip"] is False and config["batch_size"] == 2 and config["lr"] == 0.001
+    with pytest.raises(SystemExit):
+        main([*argv, "--batch-size", "0"])  # out of TrainConfig's bounds: refused before any work

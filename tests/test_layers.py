@@ -160,3 +160,29 @@ def test_the_check_sees_a_cycle_and_a_layer_breach() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     tree = ast.parse("def f():\n    from flows.rebuild import rebuild\n")
     assert any(isinstance(n, ast.ImportFrom) and n.module == "flows.rebuild" for n in ast.walk(tree))
+
+
+MODULE_LINES, FUNCTION_LINES = 400, 80
+EXCEPTIONS: dict[str, str] = {}  # "module[:function]": why it may be longer (none today)
+
+
+def oversized() -> list[str]:
+    """Modules over MODULE_LINES and functions over FUNCTION_LINES lines, as `path[:function] (n)`."""
+    out = []
+    for name, path in modules().items():
+        text = path.read_text()
+        n = len(text.splitlines())
+        if n > MODULE_LINES and name not in EXCEPTIONS:
+            out.append(f"{path.relative_to(ROOT)} ({n} lines)")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > FUNCTION_LINES and f"{name}:{node.name}" not in EXCEPTIONS:
+                    out.append(f"{path.relative_to(ROOT)}:{node.name} ({length} lines)")
+    return out
+
+
+def test_modules_and_functions_stay_small() -> None:
+    """One role per module and per function: split what grows past the limits (or name the
+    exception and why in EXCEPTIONS)."""
+    assert oversized() == []

@@ -20,6 +20,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
+import pyarrow as pa
+
 from storage.layout import DataDir
 from storage.schemas import OK
 from storage.tables import PartTable
@@ -106,6 +108,7 @@ class Stage(ABC, Generic[B]):
     reports_progress: ClassVar[bool] = False  # True: the stage tells `self.progress` itself
     source: ClassVar[str] = ""  # the table it reads (its rows with status ok)
     columns: ClassVar[tuple[str, ...]] = ()  # what it reads of each pending row
+    schema: ClassVar[pa.Schema | None] = None  # its output's schema, when not a table of storage.schemas
 
     def __init__(self, settings: Settings, data: DataDir) -> None:
         self.settings, self.data = settings, data
@@ -118,7 +121,7 @@ class Stage(ABC, Generic[B]):
         return self.name
 
     def output(self) -> PartTable:
-        return self.data.table(self.name)
+        return self.data.table(self.name, self.schema)
 
     def todo(self, part: Partition = None) -> Iterator[Any]:
         """The items to do, in a stable order: by default the source's rows not yet in the output."""

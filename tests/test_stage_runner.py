@@ -1,0 +1,158 @@
+"""The stage runner on its own (surd.stages.base): counts add up, a killed run resumes without a
+gap or a duplicate, partitions add up to a single run, and the one in-order map keeps order and
+its bound. The stage under test is a complete filter stage, written as a new one would be."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import pytest
+
+from storage.layout import DataDir
+from storage.schemas import DROPPED, OK
+from surd.parallel import in_order
+from surd.settings import load_settings
+from surd.stages import REGISTRY, stage_class
+from surd.stages.base import Stage, merge, pending, run_stage
+
+# ---- a new filter stage: everything it says is below (about 50 lines with its schema) ---------
+PROMPT_WORDS = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("status", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("words", pa.int32()),
+    ]
+)
+
+
+class PromptWords(Stage[list[dict[str, Any]]]):
+    """Keeps a caption of at least `min_words` words; drops the rest as `too_short`."""
+
+    name, source, columns = "prompt_words", "captions", ("simple_prompt",)
+    schema: ClassVar[pa.Schema] = PROMPT_WORDS
+    min_words = 3
+    fail_on_batch: int | None = None  # to test a run killed mid-way
+
+    def start(self, stack: ExitStack) -> None:
+        self.model_id = f"word-count>={self.min_words}"  # a model would load here, once
+        self.batches_seen = 0
+
+    def decide(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        self.batches_seen += 1
+        if self.batches_seen == self.fail_on_batch:
+            raise RuntimeError("killed")
+        rows = []
+        for r in batch:
+            n = len((r["simple_prompt"] or "").split())
+            ok = n >= self.min_words
+            rows.append({"sample_id": r["sample_id"], "status": OK if ok else DROPPED,
+                         "reason": None if ok else "too_short", "words": n})  # fmt: skip
+        return rows
+
+
+# ---- the tests --------------------------------------------------------------------------------
+def captions(tmp_path: Path, n: int = 37) -> tuple[Any, DataDir]:
+    settings = load_settings(data_root=str(tmp_path / "data"), part_size=5)
+    data = DataDir(settings.data_root).open()
+    rows = [
+        {"sample_id": f"s{i:03d}", "status": OK, "reason": None, "model_id": "x",
+         "simple_prompt": " ".join(["word"] * (i % 5))}  # 0..4 words
+        for i in range(n)
+    ]  # fmt: skip
+    rows.append({"sample_id": "gone", "status": DROPPED, "reason": "empty_caption", "model_id": "x"})
+    data.table("captions").write(rows)
+    return settings, data
+
+
+def out_rows(data: DataDir) -> list[dict[str, Any]]:
+    return list(data.table("prompt_words", PROMPT_WORDS).iter_rows())
+
+
+def test_counts_add_up_and_parts_carry_provenance(tmp_path: Path) -> None:
+    settings, data = captions(tmp_path)
+    shown: list[int] = []
+    run = run_stage(PromptWords(settings, data), progress=shown.append)
+    assert run.processed == 37 == run.kept + sum(run.dropped.values()) == sum(shown)
+    assert run.dropped == {"too_short": sum(1 for i in range(37) if i % 5 < 3)}
+    assert run.model_id == "word-count>=3"
+    table = data.table("prompt_words", PROMPT_WORDS)
+    assert len(table.parts()) == 8  # 37 rows in parts of 5
+    assert {p["model_id"] for p in table.provenance()} == {"word-count>=3"}
+    assert all(p["stage"] == "prompt_words" and "settings" in p for p in table.provenance())
+    # nothing pending: the model is not even loaded
+    again = PromptWords(settings, data)
+    assert run_stage(again).processed == 0 and not hasattr(again, "batches_seen")
+    assert list(pending(data.table("captions"), table, ["simple_prompt"])) == []
+
+
+def test_a_run_killed_mid_way_resumes_without_gap_or_duplicate(tmp_path: Path) -> None:
+    settings, data = captions(tmp_path)
+    killed = PromptWords(settings, data)
+    killed.fail_on_batch = 4
+    with pytest.raises(RuntimeError, match="killed"):
+        run_stage(killed)
+    written = out_rows(data)
+    assert 0 < len(written) < 37  # the parts decided before the kill are durable
+    rest = run_stage(PromptWords(settings, data))
+    assert rest.processed == 37 - len(written)
+    ids = [r["sample_id"] for r in out_rows(data)]
+    assert sorted(ids) == [f"s{i:03d}" for i in range(37)]  # no gap, no duplicate
+
+
+def test_partitions_add_up_to_a_single_run(tmp_path: Path) -> None:
+    settings, data = captions(tmp_path / "one")
+    single = run_stage(PromptWords(settings, data))
+    settings2, data2 = captions(tmp_path / "split")
+    parts = [vars(run_stage(PromptWords(settings2, data2), part=(k, 3))) for k in range(3)]
+    assert all(p["processed"] > 0 for p in parts)
+    merged = merge(parts)
+    assert merged["partitions"] == 3
+    assert {k: merged[k] for k in ("processed", "kept", "dropped", "model_id")} == {
+        k: vars(single)[k] for k in ("processed", "kept", "dropped", "model_id")
+    }
+    key = lambda r: r["sample_id"]  # noqa: E731
+    assert sorted(out_rows(data2), key=key) == sorted(out_rows(data), key=key)
+
+
+def test_in_order_keeps_order_and_its_bound() -> None:
+    in_flight, most = 0, 0
+    lock = threading.Lock()
+
+    def work(x: int) -> int:
+        nonlocal in_flight, most
+        with lock:
+            in_flight += 1
+            most = max(most, in_flight)
+        threading.Event().wait(0.001 * (x % 3))
+        with lock:
+            in_flight -= 1
+        return x * x
+
+    submitted = []
+    with ThreadPoolExecutor(8) as pool:
+
+        def submit(x: int) -> Any:
+            submitted.append(x)
+            return pool.submit(work, x)
+
+        out = []
+        for x, y in in_order(range(50), submit, window=3):
+            assert len(submitted) - len(out) <= 3  # never more than the window ahead
+            out.append((x, y))
+    assert out == [(x, x * x) for x in range(50)]
+    assert most <= 3
+
+
+def test_the_registry_names_every_batch_stage() -> None:
+    assert set(REGISTRY) == {"images", "captions", "clip_scores", "embeddings"}
+    for name in REGISTRY:
+        cls = stage_class(name)
+        assert issubclass(cls, Stage) and cls.name == name
+    with pytest.raises(KeyError, match="the stages are"):
+        stage_class("nope")
