@@ -2,7 +2,7 @@
 
 The application layer never imports `flows/` (DESIGN.md); `flows/` registers itself instead, in
 pyproject.toml: the `surd.engines` group maps an engine name (`prefect`) to a callable
-`(config, train) → result` that runs the whole path as that engine's flow, and the `surd.cli`
+`(config, train) → result` that runs the whole path as that engine's flow, and the `surd.commands`
 group adds command groups (`deploy`). An engine or group that is not installed is simply absent.
 """
 
@@ -33,6 +33,6 @@ def engine(name: str) -> Rebuild:
 
 
 def add_commands(app: typer.Typer) -> None:
-    """Let each installed `surd.cli` entry point add its commands to `app`."""
-    for ep in entry_points(group="surd.cli"):
+    """Let each installed `surd.commands` entry point add its commands to `app`."""
+    for ep in entry_points(group="surd.commands"):
         ep.load()(app)
