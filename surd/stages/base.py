@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -29,6 +29,7 @@ from surd.parallel import batched, in_order
 from surd.settings import Settings
 
 B = TypeVar("B")  # what one batch is, for one stage
+T = TypeVar("T")
 Rows = list[dict[str, Any]]
 Progress = Callable[[int], None] | None
 Partition = tuple[int, int] | None  # (k, n): this worker's share of the items; None: all
@@ -83,6 +84,18 @@ def in_partition(sample_id: str, part: Partition) -> bool:
     return int(hashlib.sha1(sample_id.encode()).hexdigest()[:8], 16) % n == k
 
 
+def not_done(
+    items: Iterable[T],
+    done: Container[Any],
+    key: Callable[[T], Any],
+    sample_id: Callable[[T], str],
+    part: Partition = None,
+) -> Iterator[T]:
+    """The items whose `key` is not in `done` (the output's keys), of partition `part` only: what
+    every stage has to do, whatever its input and output are."""
+    return (i for i in items if key(i) not in done and in_partition(sample_id(i), part))
+
+
 def pending(
     upstream: PartTable, downstream: PartTable, columns: Sequence[str], part: Partition = None
 ) -> Iterator[dict[str, Any]]:
@@ -91,14 +104,14 @@ def pending(
 
     The ids come first, from the key and status columns alone; the other columns (an image's
     bytes) are read only for those ids, so a run with nothing to do reads no image."""
-    done = downstream.ids()
-    todo = [
-        r["sample_id"]
-        for r in upstream.iter_rows(["sample_id", "status"])
-        if r["status"] == OK and r["sample_id"] not in done and in_partition(r["sample_id"], part)
-    ]
+    went_on = (r["sample_id"] for r in upstream.iter_rows(["sample_id", "status"]) if r["status"] == OK)
+    todo = list(not_done(went_on, downstream.ids(), _same, _same, part))
     if todo:
         yield from upstream.iter_lookup(todo, list(dict.fromkeys(["status", *columns])))
+
+
+def _same(x: str) -> str:
+    return x
 
 
 class Stage(ABC, Generic[B]):

@@ -27,7 +27,7 @@ from surd.models.device import device_for
 from surd.models.llm_pool import LayerPooler, PooledBatch
 from surd.parallel import batched
 from surd.settings import Settings
-from surd.stages.base import Partition, Rows, Stage, in_partition, run_stage
+from surd.stages.base import Partition, Rows, Stage, not_done, run_stage
 
 Todo = tuple[str, str, str]  # (sample id, simple prompt, its sha1)
 
@@ -36,12 +36,8 @@ def embed_todo(store: EmbeddingStore, release: Path, part: Partition = None) -> 
     """(sample id, prompt, sha1) of the release's simple prompts not yet in `store`, by id."""
     table: pa.Table = read_columns(release, ["sample_id", "simple_prompt"])
     prompts = dict(zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True))
-    have = store.keys()
-    return [
-        (sid, p, prompt_sha1(p))
-        for sid, p in sorted(prompts.items())
-        if (sid, prompt_sha1(p)) not in have and in_partition(sid, part)
-    ]
+    candidates = [(sid, p, prompt_sha1(p)) for sid, p in sorted(prompts.items())]
+    return list(not_done(candidates, store.keys(), lambda t: (t[0], t[2]), lambda t: t[0], part))
 
 
 class EmbedStage(Stage[PooledBatch]):
