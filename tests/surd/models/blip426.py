@@ -1,8 +1,8 @@
 """Runs in LAVIS' venv (transformers 4.26, what LAVIS and so the paper used): BLIP's text decoder
 `generate`, called the way LAVIS' `blip_caption` calls it, on weights and inputs saved by the main
-venv, for tests/test_lavis.py.
+venv, for tests/surd/models/test_lavis.py.
 
-    .venv-lavis/bin/python tests/blip426.py IN.pt OUT.pt
+    .venv-lavis/bin/python tests/surd/models/blip426.py IN.pt OUT.pt
 """
 
 import sys

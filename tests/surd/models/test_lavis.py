@@ -19,7 +19,7 @@ from surd.sources.replay import synth_image
 
 pytestmark = pytest.mark.slow  # subprocesses, servers or a browser: not in `make test-fast`
 
-LAVIS_PY = Path(__file__).resolve().parent.parent / ".venv-lavis" / "bin" / "python"
+LAVIS_PY = Path(__file__).resolve().parents[3] / ".venv-lavis" / "bin" / "python"
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_lavis_search_equals_transformers_426_as_lavis_calls_it(lavis_python: Pa
     import torch
 
     from surd.models.blip_decode import BlipDecoder
-    from tests.test_models import _sharpened_blip
+    from tests.surd.models.test_models import _sharpened_blip
 
     model, proc = _sharpened_blip()
     vc, tc = model.config.vision_config, model.config.text_config

@@ -20,7 +20,7 @@ from tests.prefect_server import PrefectServer
 
 pytestmark = pytest.mark.slow  # subprocesses, servers or a browser: not in `make test-fast`
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _toml(d: dict, prefix: str = "") -> str:

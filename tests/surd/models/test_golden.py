@@ -1,9 +1,9 @@
 """Golden outputs of the tiny models through the real stages: fixed images and prompts in, the
-stored captions, CLIP scores and pooled LLM states out (tests/golden/tiny_models.json).
+stored captions, CLIP scores and pooled LLM states out (tests/surd/models/golden/tiny_models.json).
 
 A change that moves any of them (a preprocessing step, the beam search, the pooling, a seed)
 fails here and names what moved. After a change that is meant to move them, rewrite the file
-with `UPDATE_GOLDEN=1 pytest tests/test_golden.py`, and say why in the commit."""
+with `UPDATE_GOLDEN=1 pytest tests/surd/models/test_golden.py`, and say why in the commit."""
 
 from __future__ import annotations
 
