@@ -16,8 +16,8 @@ from prefect import Flow
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 from prefect.schedules import Cron
 
-from flows.adapter import embed_flow, evaluate_flow, train_flow
 from flows.rebuild import rebuild, release_flow, release_limit
+from flows.training import embed_flow, evaluate_flow, train_flow
 from surd.settings import Settings
 from surd.sources import SOURCES
 

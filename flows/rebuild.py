@@ -21,7 +21,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.events import emit_event
 
 from flows import scale
-from flows.adapter import embed_flow, evaluate_flow, train_flow
+from flows.training import embed_flow, evaluate_flow, train_flow
 from surd import pipeline
 from surd.progress import Meter, ProgressLog
 from surd.review.queries import progress_markdown

@@ -116,8 +116,8 @@ def test_dask_local_cluster_gives_the_same_tables(prefect_api, tmp_path: Path, r
     process's."""
     import numpy as np
 
-    from flows.adapter import embed_flow
     from flows.scale import run as run_partitioned
+    from flows.training import embed_flow
     from storage.embeddings import read_layer
     from surd import pipeline
     from surd.app.demo import demo_config

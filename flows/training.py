@@ -1,7 +1,9 @@
 """Flows after a release: `embed` (per-layer LLM states), `train` (the SUR-adapter) and
 `evaluate`. Each emits an event when it finishes, which the next one's deployment trigger
 waits for: surd.release.published → embed → surd.embeddings.completed → train →
-surd.adapter.trained → evaluate. Each flow is one call into `surd.pipeline`.
+surd.adapter.trained → evaluate. Each flow is one call into the library (`surd.pipeline`) or the
+application layer's training glue (`surd.app.training`). (Not named `adapter.py`: Prefect runs a
+deployment's flow file as a script, and its name would shadow the `adapter` package.)
 """
 
 from __future__ import annotations
