@@ -186,3 +186,9 @@ def test_modules_and_functions_stay_small() -> None:
     """One role per module and per function: split what grows past the limits (or name the
     exception and why in EXCEPTIONS)."""
     assert oversized() == []
+
+
+def test_no_flow_file_shadows_a_package() -> None:
+    """Prefect runs a deployment's flow file as a script, its folder first on the path: a file
+    named like one of our packages would shadow it (flows/adapter.py once shadowed adapter/)."""
+    assert not [p.name for p in (ROOT / "flows").glob("*.py") if p.stem in PACKAGES]
