@@ -1,6 +1,7 @@
 """Evaluate an adapter as the paper does: baseline vs adapter images from the same seeds for the
 Action, Color and Counting suites, CLIP's binary choice between them for the prompt (softmax over
-the two, mean over a suite), quality metrics with paired t-tests (Table 3), and an image grid.
+the two, mean over a suite), quality metrics with both t-tests (Table 3's and a paired one), the
+paper's figures beside the run's (adapter.report), and an image grid.
 
 Semantic accuracy was judged by people in the paper: every pair is saved with a blinded side
 (`pairs.jsonl`) for stewards to judge (the review server's /judge page). The CLIP choice is an
@@ -27,9 +28,9 @@ from PIL import Image
 
 from adapter.model import SURAdapter
 from adapter.pipeline import generate, sd_pipeline
-from adapter.quality import PAPER_METRICS, paired_ttest
+from adapter.report import build, render, with_judgements
 from adapter.suites import SUITES, Prompt
-from storage.tables import fault_point
+from storage.tables import atomic_write_bytes, fault_point
 
 Chooser = Callable[[Image.Image, Image.Image, str], float]
 
@@ -56,8 +57,10 @@ def evaluate(
     steps: int,
     suites: dict[str, list[Prompt]] | None = None,
     progress: Callable[[str], None] | None = None,
+    run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write images/, pairs.jsonl, report.md, report.json and grid.png; return the report.
+    `run` describes the run (base model, LLM, layer …) for the report's comparison with the paper.
 
     Everything is written into a temp folder beside `out_dir`, which then takes its place: a
     killed evaluation leaves no half-written report or pairs file for a reader (or a judge)."""
@@ -104,9 +107,8 @@ def evaluate(
     _vstack(grid_rows).save(out_dir / "grid.png")
     with (out_dir / "pairs.jsonl").open("w") as fh:
         fh.writelines(json.dumps(p) + "\n" for p in pairs)
-    report = _report(choice, per_metric, scorers.skipped, suites, images_per_prompt, steps, len(pairs))
-    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
-    (out_dir / "report.md").write_text(_markdown(report, suites))
+    report = build(pairs, per_metric, scorers.skipped, suites, images_per_prompt, steps, run)
+    write_report(out_dir, report)
     fault_point("evaluation_report", 1)
     _replace_dir(out_dir, final)
     return report
@@ -125,30 +127,8 @@ def _pair(stem: str, suite: str, prompt: Prompt, seed: int, choice: float) -> di
         "right": f"images/{stem}-{'baseline' if left else 'adapter'}.png",
         "adapter_side": "left" if left else "right",
         "clip_choice_adapter": choice,
-    }
-
-
-def _report(
-    choice: dict[str, float],
-    per_metric: dict[str, dict[str, list[float]]],
-    skipped: Any,
-    suites: dict[str, list[Prompt]],
-    images_per_prompt: int,
-    steps: int,
-    pairs: int,
-) -> dict[str, Any]:
-    tests = {name: paired_ttest(v["baseline"], v["adapter"]) for name, v in per_metric.items()}
-    origins = {s: {o: sum(p.origin == o for p in ps) for o in ("paper", "ours")} for s, ps in suites.items()}
-    return {
-        "clip_choice_adapter_vs_baseline": choice,
-        "clip_choice_is": "an automatic proxy for the paper's human judgement of semantic accuracy",
-        "paired_t_tests": tests,
-        "higher_is_better": {**{"clip_similarity": True}, **PAPER_METRICS},
-        "metrics_skipped": skipped,
-        "prompt_origins": origins,
-        "images_per_prompt": images_per_prompt,
-        "sampling_steps": steps,
-        "pairs": pairs,
+        "table": prompt.table,
+        "question": f"Does the image show {prompt.semantics}?" if prompt.semantics else None,
     }
 
 
@@ -162,49 +142,17 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
-def _fmt(x: float | None, spec: str = ".3f") -> str:
-    return "n/a" if x is None else format(x, spec)
+def write_report(eval_dir: Path, report: dict[str, Any]) -> None:
+    """report.json and report.md, each written whole (temp file, then rename)."""
+    for name, text in (("report.json", json.dumps(report, indent=1)), ("report.md", render(report))):
+        atomic_write_bytes(eval_dir / name, text.encode())
 
 
-def _markdown(report: dict[str, Any], suites: dict[str, list[Prompt]]) -> str:
-    lines = [
-        "# SUR-adapter evaluation",
-        "",
-        f"{report['images_per_prompt']} image(s) per prompt, baseline and adapter from the same seeds, "
-        f"{report['sampling_steps']} DDIM steps.",
-        "",
-        "## CLIP choice (automatic proxy for semantic accuracy)",
-        "",
-        "CLIP's binary choice between the adapter's and the baseline's image for the prompt, softmax "
-        "over the two, mean over the suite; 0.5 = no preference. The paper judged semantic accuracy "
-        "by hand: stewards judge these pairs, blinded, on the review server's /judge page.",
-        "",
-        "| suite | prompts (paper / ours) | CLIP choice of adapter |",
-        "|---|---|---|",
-        *[
-            f"| {s} | {len(suites[s])} ({report['prompt_origins'][s]['paper']} / "
-            f"{report['prompt_origins'][s]['ours']}) | {v:.3f} |"
-            for s, v in report["clip_choice_adapter_vs_baseline"].items()
-        ],
-        "",
-        "## Quality and similarity, paired t-tests (adapter vs baseline)",
-        "",
-        "| metric | better | baseline mean | adapter mean | t | p-value | pairs |",
-        "|---|---|---|---|---|---|---|",
-        *[
-            f"| {m} | {'higher' if report['higher_is_better'].get(m, True) else 'lower'} "
-            f"| {_fmt(t['baseline_mean'], '.4f')} | {_fmt(t['adapter_mean'], '.4f')} | {_fmt(t['t'])} "
-            f"| {_fmt(t['p_value'], '.4g')} | {t['n']} |"
-            for m, t in report["paired_t_tests"].items()
-        ],
-        "",
-    ]
-    if report["metrics_skipped"]:
-        lines += ["Skipped metrics:", ""]
-        lines += [f"- {m}: {why}" for m, why in report["metrics_skipped"].items()]
-        lines.append("")
-    lines += ["Grid (`grid.png`): per prompt row, pairs of baseline | adapter images.", ""]
-    return "\n".join(lines)
+def rejudged(eval_dir: Path, human: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite an evaluation's report with what people judged on its pairs (adapter.report)."""
+    report = with_judgements(json.loads((eval_dir / "report.json").read_text()), human)
+    write_report(eval_dir, report)
+    return report
 
 
 def _hstack(images: list[Image.Image]) -> Image.Image:

@@ -1,5 +1,6 @@
-"""Image-quality metrics of the paper's Table 3 (CLIP-IQA, MUSIQ, BRISQUE) through pyiqa, and
-the paired t-test it reports (baseline vs adapter, same prompts and seeds).
+"""Image-quality metrics of the paper's Table 3 (CLIP-IQA, MUSIQ, BRISQUE) through pyiqa, and the
+significance tests: the paper's t-test for the means of two independent samples (Student's, equal
+variances, as scipy's default), and a paired test over the shared seeds (a fair extra).
 
 pyiqa is an optional extra (`pip install 'surd-builder[eval]'`) and its metrics need weights it
 downloads on first use; a metric that cannot load is skipped with its reason, never faked.
@@ -68,3 +69,33 @@ def paired_ttest(baseline: Sequence[float], adapter: Sequence[float]) -> dict[st
     if math.isnan(out["p_value"]):
         out["p_value"] = None
     return out
+
+
+def independent_ttest(baseline: Sequence[float], adapter: Sequence[float]) -> dict[str, Any]:
+    """The paper's test (Table 3): two-sided t-test for the means of two independent samples
+    (scipy.stats.ttest_ind, Student's, equal variances) of adapter vs baseline."""
+    from scipy import stats
+
+    a, b = np.asarray(adapter, dtype=float), np.asarray(baseline, dtype=float)
+    out: dict[str, Any] = {
+        "n": int(a.size),
+        "baseline_mean": float(b.mean()) if b.size else None,
+        "adapter_mean": float(a.mean()) if a.size else None,
+        "t": None,
+        "p_value": None,
+    }
+    if a.size < 2 or b.size < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
+        out["note"] = "fewer than 2 samples a side or no variance: no test"
+        return out
+    res = stats.ttest_ind(a, b)
+    out["t"], out["p_value"] = float(res.statistic), float(res.pvalue)
+    if math.isnan(out["p_value"]):
+        out["p_value"] = None
+    return out
+
+
+def verdict(p_value: float | None, alpha: float = 0.05) -> str:
+    """The paper's reading of a test (Table 3): p > 0.05 is "comparable"."""
+    if p_value is None:
+        return "no test"
+    return f"comparable (p > {alpha:g})" if p_value > alpha else f"differs (p ≤ {alpha:g})"

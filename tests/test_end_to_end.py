@@ -99,7 +99,12 @@ def test_demo_flow_under_prefect(prefect_api, tmp_path: Path, replay) -> None:
         st = now[row["stage"]]
         assert (row["in"], row["out"], row["pending"]) == (st["in"], st["out"], st["pending"]), row["stage"]
     report = json.loads((Path(out["evaluate"]["report"]).parent / "report.json").read_text())
-    assert report["pairs"] == 45 * 2 and "clip_similarity" in report["paired_t_tests"]
+    assert report["pairs"] == 45 * 2 and "clip_similarity" in report["t_tests"]
+    assert report["prompt_origins"] == {
+        "action": {"paper": 3, "ours": 12},
+        "color": {"paper": 6, "ours": 9},
+        "counting": {"paper": 6, "ours": 9},
+    }
 
 
 def _rows(root: Path, table: str) -> list[dict]:

@@ -4,6 +4,7 @@ generation as one call each, under the run's write lock (the CLI and the flows c
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import torch
 from PIL import Image
 
 from adapter.checkpoints import latest_checkpoint, load_adapter
-from adapter.evaluate import Scorers, evaluate
+from adapter.evaluate import Scorers, evaluate, rejudged
 from adapter.pipeline import generate, sd_pipeline
 from adapter.quality import load_metrics
 from adapter.suites import SUITES
@@ -21,6 +22,7 @@ from storage.embeddings import EmbeddingStore
 from storage.layout import DataDir
 from surd.models import profiles
 from surd.pipeline import open_data, writing
+from surd.review import judge, queue
 from surd.settings import Settings
 
 
@@ -102,6 +104,14 @@ def run_evaluate(
         raise FileNotFoundError(f"no checkpoint in {run}; train first")
     sd = profiles.stable_diffusion(settings)
     a = settings.adapter
+    trained = json.loads((ckpt / "config.json").read_text())
+    info = {
+        "base model": sd.model_id,
+        "LLM embeddings": trained.get("embeddings"),
+        "layer": trained.get("layer"),
+        "release": trained.get("release"),
+        "training steps": trained.get("step"),
+    }
     report = evaluate(
         sd.model,
         load_adapter(ckpt),
@@ -111,8 +121,35 @@ def run_evaluate(
         steps=a.eval_steps,
         suites={k: v[: a.eval_prompts_per_suite] for k, v in SUITES.items()},
         progress=progress,
+        run=info,
     )
+    report = with_judgements(settings, run) or report  # judgements of an earlier evaluation of it
     return {**report, "report": str(run / "eval" / "report.md")}
+
+
+def with_judgements(settings: Settings, run: Path) -> dict[str, Any] | None:
+    """Rewrite a run's evaluation report with what stewards judged on its pairs (the /judge page):
+    human accuracy per Table 1/7 prompt beside the paper's, and their blinded preferences. None
+    when nobody has judged it yet (the report keeps the CLIP proxy, labelled)."""
+    pairs = judge.run_pairs(Path(settings.data_root), run.name)
+    engine = queue.connect(settings.review_database_url)
+    try:
+        seen = judge.human(engine, run.name, pairs)
+    finally:
+        engine.dispose()
+    if not seen["accuracy"] and not seen["preference"]:
+        return None
+    return rejudged(run / "eval", seen)
+
+
+def report_run(settings: Settings, run: str) -> dict[str, Any]:
+    """The run's evaluation report brought up to date with the judgements so far (no images made)."""
+    path = Path(run)
+    with writing(settings, f"run-{path.name}"):  # its eval/ folder
+        if not (path / "eval" / "report.json").exists():
+            raise FileNotFoundError(f"no evaluation in {path}; run `surd evaluate` first")
+        report = with_judgements(settings, path) or json.loads((path / "eval" / "report.json").read_text())
+    return {**report, "report": str(path / "eval" / "report.md")}
 
 
 def train(

@@ -98,3 +98,13 @@ judgments = sa.Table(
     sa.Column("choice", sa.String(8), nullable=False),  # adapter | baseline | tie
     sa.Column("created_at", UTC_TS, nullable=False),
 )
+accuracy_judgments = sa.Table(  # the paper's question, asked of each image of a pair
+    "accuracy_judgments",
+    meta,
+    sa.Column("run", sa.String(200), primary_key=True),
+    sa.Column("pair_id", sa.String(64), primary_key=True),
+    sa.Column("steward", sa.String(128), primary_key=True),
+    sa.Column("adapter_shows", sa.Boolean, nullable=False),  # the adapter's image shows the semantics
+    sa.Column("baseline_shows", sa.Boolean, nullable=False),
+    sa.Column("created_at", UTC_TS, nullable=False),
+)

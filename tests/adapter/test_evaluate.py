@@ -97,8 +97,10 @@ def test_evaluate_writes_pairs_report_and_t_tests(parts, tmp_path: Path) -> None
     for p in pairs:
         assert (tmp_path / p["left"]).exists() and (tmp_path / p["right"]).exists()
         assert (p["adapter_side"] == "left") == p["left"].endswith("-adapter.png")
-    t = report["paired_t_tests"]
+    t = {name: tests["paired"] for name, tests in report["t_tests"].items()}
     assert set(t) == {"clip_similarity", "brightness"} and t["brightness"]["n"] == 12
+    ind = report["t_tests"]["brightness"]["independent"]
+    assert ind["n"] == 12 and ind["verdict"] in ("comparable (p > 0.05)", "differs (p ≤ 0.05)", "no test")
     # the reported means are the means of what the scorer returned for the saved images
     base = [
         brightness(Image.open(tmp_path / p["left" if p["adapter_side"] == "right" else "right"]))
@@ -106,5 +108,83 @@ def test_evaluate_writes_pairs_report_and_t_tests(parts, tmp_path: Path) -> None
     ]
     assert t["brightness"]["baseline_mean"] == pytest.approx(np.mean(base), rel=1e-6)
     md = (tmp_path / "report.md").read_text()
-    assert "automatic proxy" in md and "musiq: no weights" in md and "| action | 2 (0 / 2) |" in md
+    assert "automatic proxy" in md and "musiq: no weights" in md
+    assert "| action | paper | 2 | 4 |" in md  # the first two action prompts are the paper's
+    assert "Beside the paper" in md and "SD 1.5, LLaMA 13B, layer 40" in md and "differ" in md
+    assert "| Counting % | 14.67 | 36.67 | Table 2 |" in md
+    assert "Four freshly baked pies. | 63.08 | 73.85 |" in md and "CLIP proxy" in md
     assert Image.open(tmp_path / "grid.png").size == (32 * 4, 32 * 6)
+
+
+PAPER = Path(__file__).resolve().parents[3] / "shared" / "PAPER.md"
+
+
+def _paper_prompts() -> list[tuple[str, str]]:
+    """(suite, prompt) of every prompt row of PAPER.md's prompt tables, as printed there."""
+    rows = []
+    for line in PAPER.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0] in ("Action", "Color", "Counting") and len(cells) >= 2:
+            rows.append((cells[0].lower(), cells[1]))
+    return rows
+
+
+@pytest.mark.skipif(not PAPER.exists(), reason="../shared/PAPER.md is not beside this checkout")
+def test_every_prompt_the_paper_prints_is_in_the_suites_verbatim() -> None:
+    printed = _paper_prompts()
+    assert len(printed) == 15  # Tables 1/7 (nine) and 8 (six)
+    ours = {(s, p.text): p for s, ps in SUITES.items() for p in ps}
+    for suite, text in printed:
+        assert (suite, text) in ours, text
+        p = ours[(suite, text)]
+        assert p.origin == "paper" and p.table in ("Table 1/7", "Table 8")
+
+
+def test_each_suite_is_the_papers_size_with_its_table_7_accuracies() -> None:
+    assert {s: len(ps) for s, ps in SUITES.items()} == {"action": 15, "color": 15, "counting": 15}
+    paper = [p for ps in SUITES.values() for p in ps if p.origin == "paper"]
+    assert len(paper) == 15 and len({p.text for ps in SUITES.values() for p in ps}) == 45
+    table7 = {p.text: p.paper_accuracy for p in paper if p.table == "Table 1/7"}
+    assert len(table7) == 9 and all(p.semantics for p in paper if p.table == "Table 1/7")
+    assert table7["Seven vintage glass bottles."] == (0.00, 36.92)
+    assert table7["Giraffes eating trees."] == (25.38, 50.77)
+
+
+def test_the_papers_t_test_on_a_hand_case() -> None:
+    """Two independent samples, Student's t with pooled variance, worked by hand: baseline
+    1, 2, 3, 4 (mean 2.5, s² 5/3), adapter 2, 4, 6, 8 (mean 5, s² 20/3); pooled s² = 25/6;
+    t = 2.5 / sqrt(25/6 · (1/4 + 1/4)) = sqrt(3) ≈ 1.7320508, 6 degrees of freedom."""
+    from scipy import stats
+
+    from adapter.quality import independent_ttest, paired_ttest, verdict
+
+    res = independent_ttest([1, 2, 3, 4], [2, 4, 6, 8])
+    assert res["t"] == pytest.approx(3**0.5, rel=1e-9)
+    assert res["p_value"] == pytest.approx(2 * stats.t.sf(3**0.5, 6), rel=1e-9)
+    assert res["p_value"] == pytest.approx(stats.ttest_ind([2, 4, 6, 8], [1, 2, 3, 4]).pvalue, rel=1e-12)
+    assert verdict(res["p_value"]) == "comparable (p > 0.05)"  # p ≈ 0.134
+    # the paired test on the same numbers: differences 1, 2, 3, 4 → t = 2.5 / (sqrt(5/3) / 2)
+    paired = paired_ttest([1, 2, 3, 4], [2, 4, 6, 8])
+    assert paired["t"] == pytest.approx(2.5 / ((5 / 3) ** 0.5 / 2), rel=1e-9)
+    assert verdict(paired["p_value"]) == "differs (p ≤ 0.05)"
+    assert verdict(None) == "no test"
+
+
+def test_the_report_sets_human_accuracy_beside_the_papers() -> None:
+    from adapter.report import build, render, with_judgements
+
+    suites = {k: v[:3] for k, v in SUITES.items()}
+    pairs = [
+        {"suite": s, "prompt": p.text, "origin": p.origin, "clip_choice_adapter": 0.6}
+        for s, ps in suites.items()
+        for p in ps
+    ]
+    report = build(pairs, {}, {}, suites, 1, 4, {"layer": 12})
+    md = render(report)
+    assert "| Action % | 75.33 | 80.67 | Table 2 | 0.400 | 0.600 | CLIP proxy" in md and "layer 12" in md
+    judged = with_judgements(
+        report, {"accuracy": {"Giraffes eating trees.": {"adapter": 50.0, "baseline": 25.0, "images": 4}}}
+    )
+    md = render(judged)
+    assert "| action | Giraffes eating trees. | 25.38 | 50.77 | 25.0% | 50.0% | human (4 image(s)) |" in md
+    assert "| Action % | 75.33 | 80.67 | Table 2 | 25.000 | 50.000 | human, 4 image(s) judged |" in md

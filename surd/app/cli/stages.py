@@ -147,16 +147,22 @@ def train(
 
 def evaluate(
     run: str = typer.Argument(..., metavar="RUN", help="a run name under runs/ or its path"),
+    report_only: bool = typer.Option(
+        False, "--report-only", help="only rewrite the report with the stewards' judgements so far"
+    ),
     as_json: bool = JSON,
     config: Path | None = CONFIG,
 ) -> None:
-    """Evaluate a trained adapter: Action, Color, Counting suites; report, grid and judging pairs."""
+    """Evaluate a trained adapter: Action, Color, Counting suites; report beside the paper's figures,
+    grid and judging pairs. With --report-only, bring the report up to date with /judge."""
     from surd.app import training  # torch, diffusers: only to evaluate
 
     s = settings(config)
-    r = training.evaluate_run(
-        s, str(run_path(s, run)), progress=lambda line: err.print(line, highlight=False)
-    )
+    path = str(run_path(s, run))
+    if report_only:
+        r = training.report_run(s, path)
+    else:
+        r = training.evaluate_run(s, path, progress=lambda line: err.print(line, highlight=False))
     if as_json:
         result(r, True, "")
     else:

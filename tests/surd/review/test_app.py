@@ -321,6 +321,43 @@ def test_stewards_judge_evaluation_pairs_blinded(app, tmp_path: Path) -> None:
     assert changed.status_code == 409  # seen the results: the picks are final
 
 
+def test_a_question_pair_takes_answers_only_and_an_ab_pair_picks_only(app, tmp_path: Path) -> None:
+    from PIL import Image
+
+    run = tmp_path / "runs" / "r1" / "eval"
+    (run / "images").mkdir(parents=True)
+    pairs = []
+    for i, question in enumerate(("Does the image show exactly four pies?", None)):
+        for kind in ("adapter", "baseline"):
+            Image.new("RGB", (8, 8)).save(run / "images" / f"q{i}-{kind}.png")
+        pairs.append(
+            {"pair_id": f"q{i}", "suite": "counting", "prompt": f"prompt {i}", "origin": "paper", "seed": 0,
+             "left": f"images/q{i}-adapter.png", "right": f"images/q{i}-baseline.png", "adapter_side": "left",
+             "clip_choice_adapter": 0.5, "question": question}
+        )  # fmt: skip
+    (run / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    c = _client(app)
+    csrf = _login(c, "alice", "correct horse")
+    assert "Does the image show exactly four pies?" in c.get("/judge/r1").text
+    refused = [
+        c.post("/judge/r1", data={"csrf": csrf, "pair_id": "q0", "pick": "left"}),  # a pick for a question
+        c.post(
+            "/judge/r1/answer", data={"csrf": csrf, "pair_id": "q1", "left": "yes"}
+        ),  # an answer for a pick
+        c.post("/judge/r1/answer", data={"csrf": csrf, "pair_id": "q0", "left": "maybe"}),
+    ]
+    assert [r.status_code for r in refused] == [422, 422, 422]
+    assert c.post("/judge/r1/answer", data={"csrf": "bad", "pair_id": "q0", "left": "yes"}).status_code == 403
+    ok = c.post("/judge/r1/answer", data={"csrf": csrf, "pair_id": "q0", "left": "yes", "right": "no"})
+    assert ok.status_code == 200 and "prompt 1" in ok.text  # on to the next pair
+    from surd.review import judge
+
+    engine = queue.connect(app.state.settings.review_database_url)
+    assert judge.accuracy(engine, "r1", pairs) == {
+        "prompt 0": {"adapter": 100.0, "baseline": 0.0, "images": 1}
+    }
+
+
 def test_an_admin_revokes_tokens_and_removes_a_steward_whose_decisions_stay(app) -> None:
     engine = queue.connect(app.state.settings.review_database_url)
     token = {"Authorization": f"Bearer {auth.new_token(engine, 'alice')}"}

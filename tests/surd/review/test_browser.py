@@ -135,3 +135,70 @@ def test_a_steward_reviews_a_batch_with_the_keyboard_only(tmp_path: Path, browse
     assert [a["decision"] for a in audit] == ["accept", "reject", "accept", "undo"]
     assert audit[2]["simple_prompt"] == "a red fox" and audit[3]["previous_prompt"] == "a red fox"
     assert (tmp_path / "review.png").stat().st_size > 10_000
+
+
+def test_a_steward_answers_the_papers_question_and_the_report_sets_it_beside_the_papers(
+    tmp_path: Path, browser
+) -> None:
+    """One Table 1 prompt judged on /judge in the browser, as the paper measured it (does the
+    image show the prompt's semantics?); the run's report then shows the stewards' accuracy beside
+    the paper's hand-measured one."""
+    import json
+
+    import torch
+
+    from adapter.evaluate import Scorers, evaluate
+    from adapter.model import AdapterConfig, SURAdapter
+    from adapter.suites import SUITES
+    from surd.app.training import report_run
+    from surd.models import tiny
+
+    root = tmp_path / "data"
+    settings, _ = seed_review(root, n=1)
+    giraffes = next(p for p in SUITES["action"] if p.text == "Giraffes eating trees.")
+    parts = tiny.stable_diffusion(0, tmp_path / "models")
+    torch.manual_seed(0)
+    adapter = SURAdapter(AdapterConfig(dim=parts["text_encoder"].config.hidden_size, llm_dim=16, eta=0.5))
+    run = root / "runs" / "v0001-tiny-L-1-s0"
+
+    def choose(a: Image.Image, b: Image.Image, prompt: str) -> float:
+        return 0.5
+
+    evaluate(parts, adapter, Scorers(choose=choose), run / "eval", 2, 2, {"action": [giraffes]})
+    pairs = [json.loads(x) for x in (run / "eval" / "pairs.jsonl").read_text().splitlines()]
+    assert [p["question"] for p in pairs] == ["Does the image show giraffes eating from trees?"] * 2
+
+    answers = [("yes", "no"), ("yes", "yes")]  # (left, right) for the pairs in turn
+    with ThreadedServer(create_app(settings), free_port()) as server:
+        page = browser.new_page()
+        page.goto(server.url + "/login")
+        page.fill("#name", "alice")
+        page.fill("#password", "correct horse")
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
+        page.goto(server.url + "/judge/v0001-tiny-L-1-s0")
+        for left, right in answers:
+            assert page.text_content("#prompt") == "Giraffes eating trees."
+            assert "Does the image show giraffes eating from trees?" in page.text_content("#question")
+            page.check(f"#left-{left}")
+            page.check(f"#right-{right}")
+            with page.expect_navigation():
+                page.click("#submit-answer")
+        assert "Giraffes eating trees." in page.text_content("#accuracy")
+
+    shows = [
+        {"left": left == "yes", "right": right == "yes"} for left, right in answers
+    ]  # what the adapter's and the baseline's images were said to show
+    adapter_yes = sum(s[p["adapter_side"]] for s, p in zip(shows, pairs, strict=True))
+    baseline_yes = sum(
+        s["right" if p["adapter_side"] == "left" else "left"] for s, p in zip(shows, pairs, strict=True)
+    )
+    report = report_run(settings, str(run))
+    assert report["human"]["accuracy"]["Giraffes eating trees."] == {
+        "adapter": 50.0 * adapter_yes,
+        "baseline": 50.0 * baseline_yes,
+        "images": 2,
+    }
+    md = (run / "eval" / "report.md").read_text()
+    row = f"| action | Giraffes eating trees. | 25.38 | 50.77 | {50.0 * baseline_yes:.1f}% | {50.0 * adapter_yes:.1f}% | human (2 image(s)) |"
+    assert row in md, md
