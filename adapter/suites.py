@@ -47,7 +47,7 @@ SUITES: dict[str, list[Prompt]] = {
             "A chef tossing a pizza dough in the air in a kitchen.",
             15.38,
             32.31,
-            "pizza dough in the air, tossed",
+            "a chef tossing pizza dough in the air",
         ),
         *_ours(
             "a dog running on the beach",
