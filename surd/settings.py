@@ -203,6 +203,12 @@ class Settings(BaseSettings):
     profile: Literal["tiny", "real"] = "real"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     part_size: int = Field(256, ge=1, description="items per written part")
+    model_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch (and OpenMP/MKL) threads of a model stage; default: this process's share of "
+        "the cores (split between local Dask workers) less its decode workers",
+    )
     lock_wait_s: float = Field(
         60.0, ge=0, description="how long a writer waits for another run writing the same table or release"
     )

@@ -4,13 +4,15 @@ open items no human has touched."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from typing import Any
 
 import sqlalchemy as sa
 
 from storage.tables import fault_point
 from surd.review.db import reader
 from surd.review.kinds import ActorKind, Decision, State
-from surd.review.queue import decide
+from surd.review.queue import decide_many
 from surd.review.schema import items, standing
 
 
@@ -31,19 +33,17 @@ def auto_review(engine: sa.Engine, policy: str, min_margin: float) -> int:
                 ~sa.exists(sa.select(standing.c.sample_id).where(standing.c.sample_id == items.c.sample_id)),
             )
         ).all()
-    n = 0
     actor = f"policy:{policy}"
-    for sid, payload, margin in rows:
-        p = json.loads(payload)
-        words = len((p.get("simple_prompt") or "").split())
-        if words < 3:
-            decide(engine, sid, actor, Decision.REJECT, actor_kind=ActorKind.AUTO, reason="caption_wrong")
-        elif margin is None or margin < min_margin:
-            decide(engine, sid, actor, Decision.REJECT, actor_kind=ActorKind.AUTO, reason="low_margin")
-        elif margin >= min_margin + 0.2:
-            decide(engine, sid, actor, Decision.ACCEPT, actor_kind=ActorKind.AUTO)
-        else:
-            continue
-        n += 1
-        fault_point("review", n)
-    return n
+
+    def decisions() -> Iterator[dict[str, Any]]:
+        for sid, payload, margin in rows:
+            words = len((json.loads(payload).get("simple_prompt") or "").split())
+            base = {"sample_id": sid, "actor": actor, "actor_kind": ActorKind.AUTO}
+            if words < 3:
+                yield {**base, "decision": Decision.REJECT, "reason": "caption_wrong"}
+            elif margin is None or margin < min_margin:
+                yield {**base, "decision": Decision.REJECT, "reason": "low_margin"}
+            elif margin >= min_margin + 0.2:
+                yield {**base, "decision": Decision.ACCEPT}
+
+    return decide_many(engine, decisions(), each=lambda n: fault_point("review", n))

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
+from surd.parallel import batched
 from surd.review.db import QueueSchemaError, connect
 from surd.review.kinds import ActorKind, Decision, State
 from surd.review.outcome import refresh
@@ -158,40 +160,84 @@ def decide(
     Refused when another steward holds a live lease on the item, or when stewards decided the item
     and this actor had no part in it. A steward may override a policy's (auto) decision.
     """
+    with engine.begin() as conn:
+        return _decide(
+            conn, engine.dialect.name, sample_id, actor, decision, actor_kind, reason, simple_prompt
+        )
+
+
+def decide_many(
+    engine: sa.Engine,
+    decisions: Iterable[dict[str, Any]],
+    per_transaction: int = 256,
+    each: Callable[[int], None] | None = None,
+) -> int:
+    """Record many decisions (`decide`'s arguments as dicts), `per_transaction` to a transaction:
+    a policy's hundreds of thousands of decisions are not as many synced commits. `each(n)` is
+    told after the n-th (in its transaction). Returns how many were recorded."""
+    n = 0
+    for batch in batched(decisions, per_transaction):
+        with engine.begin() as conn:
+            for d in batch:
+                _decide(
+                    conn,
+                    engine.dialect.name,
+                    d["sample_id"],
+                    d["actor"],
+                    d["decision"],
+                    d.get("actor_kind", ActorKind.HUMAN),
+                    d.get("reason"),
+                    d.get("simple_prompt"),
+                )
+                n += 1
+                if each:
+                    each(n)
+    return n
+
+
+def _decide(
+    conn: sa.Connection,
+    dialect: str,
+    sample_id: str,
+    actor: str,
+    decision: str,
+    actor_kind: str,
+    reason: str | None,
+    simple_prompt: str | None,
+) -> int:
     if decision not in tuple(Decision):
         raise ValueError("decision must be accept or reject")
     if decision == Decision.REJECT and not reason:
         raise ValueError("a rejection needs a reason")
     simple_prompt = None if decision == Decision.REJECT else clean_prompt(simple_prompt)  # ValueError: why
     now = datetime.now(UTC)
-    with engine.begin() as conn:
-        needed, prev = _may_decide(conn, engine.dialect.name, sample_id, actor, actor_kind, now)
-        result = conn.execute(
-            decisions.insert().values(
-                sample_id=sample_id,
-                actor=actor,
-                actor_kind=actor_kind,
-                decision=decision,
-                reason=reason,
-                simple_prompt=simple_prompt,
-                previous_id=prev["decision_id"] if prev else None,
-                previous_decision=prev["decision"] if prev else None,
-                previous_reason=prev["reason"] if prev else None,
-                previous_prompt=prev["simple_prompt"] if prev else None,
-                created_at=now,
-            )
+    needed, prev = _may_decide(conn, dialect, sample_id, actor, actor_kind, now)
+    result = conn.execute(
+        decisions.insert().values(
+            sample_id=sample_id,
+            actor=actor,
+            actor_kind=actor_kind,
+            decision=decision,
+            reason=reason,
+            simple_prompt=simple_prompt,
+            previous_id=prev["decision_id"] if prev else None,
+            previous_decision=prev["decision"] if prev else None,
+            previous_reason=prev["reason"] if prev else None,
+            previous_prompt=prev["simple_prompt"] if prev else None,
+            created_at=now,
         )
-        did = int(result.inserted_primary_key[0])  # type: ignore[index]
-        row = {
-            "actor_kind": actor_kind,
-            "decision_id": did,
-            "decision": decision,
-            "reason": reason,
-            "simple_prompt": simple_prompt,
-            "created_at": now,
-        }
-        _stand(conn, sample_id, actor, row, replaces=prev is not None)
-        refresh(conn, sample_id, needed)
+    )
+    did = int(result.inserted_primary_key[0])  # type: ignore[index]
+    row = {
+        "actor_kind": actor_kind,
+        "decision_id": did,
+        "decision": decision,
+        "reason": reason,
+        "simple_prompt": simple_prompt,
+        "created_at": now,
+    }
+    _stand(conn, sample_id, actor, row, replaces=prev is not None)
+    refresh(conn, sample_id, needed)
     return did
 
 

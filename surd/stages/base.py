@@ -25,6 +25,7 @@ import pyarrow as pa
 from storage.layout import DataDir
 from storage.schemas import OK
 from storage.tables import PartTable
+from surd.models.threads import plan_threads, use_threads
 from surd.parallel import batched, in_order
 from surd.settings import Settings
 
@@ -150,6 +151,12 @@ class Stage(ABC, Generic[B]):
     @abstractmethod
     def decide(self, batch: B) -> Rows:
         """A batch's output rows, each with `status` (ok or dropped) and `reason` (None if ok)."""
+
+    def threads(self, decode_workers: int) -> int:
+        """The torch threads this stage's model gets (surd.models.device.plan_threads), set now."""
+        sc = self.settings.scale
+        per_host = sc.local_workers if sc.local_workers and not sc.dask_address else 1
+        return use_threads(plan_threads(self.settings.model_threads, decode_workers, per_host))
 
     def provenance(self) -> dict[str, Any]:
         """Written into every part: the stage, its model and the settings that made it."""

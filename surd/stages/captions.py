@@ -104,6 +104,7 @@ class CaptionStage(Stage[tuple[list[str], Any]]):
         self.captioner = BlipCaptioner(model, loaded.processor, cfg)
         self.model_id = str(loaded.model_id)
         workers = decode_workers(cfg.workers, device)
+        self.threads(workers)
         self.pre = stack.enter_context(Preprocessor(self.captioner.spec, workers))
 
     def batches(self, items: Iterator[dict[str, Any]]) -> Iterator[tuple[list[str], Any]]:

@@ -99,6 +99,7 @@ class ClipStage(Stage[tuple[list[str], Decoded]]):
         self.scorer = ClipScorer(model, loaded.extra)
         self.model_id = loaded.model_id
         workers = decode_workers(self.settings.clip.workers, device)
+        self.threads(workers)
         self.pre = stack.enter_context(Preprocessor(self.scorer.spec, workers, tokenizer=loaded.extra))
 
     def batches(self, items: Iterator[dict[str, Any]]) -> Iterator[tuple[list[str], Decoded]]:

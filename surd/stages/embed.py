@@ -30,6 +30,7 @@ from surd.settings import Settings
 from surd.stages.base import Partition, Rows, Stage, not_done, run_stage
 
 Todo = tuple[str, str, str]  # (sample id, simple prompt, its sha1)
+TOKENIZE_CHUNK = 50_000  # prompts tokenised at once (about 0.7 GB of token lists at most)
 
 
 def embed_todo(store: EmbeddingStore, release: Path, part: Partition = None) -> list[Todo]:
@@ -80,6 +81,7 @@ class EmbedStage(Stage[PooledBatch]):
         device = device_for(self.settings.device)
         if device.type == "cuda" and self.rank is not None:
             device = torch.device("cuda", self.rank % torch.cuda.device_count())
+        self.threads(0)  # no decode workers: the tokenizer runs in this process, between batches
         dtype = _dtype(self.settings.embed.dtype, device)
         model = loaded.model if loaded.split else loaded.model.to(device=device, dtype=dtype)
         self.store.revision = loaded.revision
@@ -90,10 +92,12 @@ class EmbedStage(Stage[PooledBatch]):
 
     def batches(self, items: Iterator[Todo]) -> Iterator[PooledBatch]:
         """Token-budget batches of equal-length prompts, each batch's vectors copied to the host
-        asynchronously (the writer thread waits for them, never the model)."""
-        self.items = list(items)
-        ids = self.tokenizer([t[1] for t in self.items])["input_ids"]
-        return self.pooler.run(ids, self.settings.embed.batch_tokens)
+        asynchronously (the writer thread waits for them, never the model). Prompts are tokenised
+        a chunk at a time, so memory holds one chunk's tokens whatever the release's size."""
+        for chunk in batched(items, TOKENIZE_CHUNK):
+            self.items: list[Todo] = chunk  # what `decide` reads a batch's indices from
+            ids = self.tokenizer([t[1] for t in chunk])["input_ids"]
+            yield from self.pooler.run(ids, self.settings.embed.batch_tokens)
 
     def decide(self, batch: PooledBatch) -> Rows:
         return [

@@ -303,3 +303,20 @@ def test_a_steward_overrides_a_policy_decision(url: str) -> None:
     assert got["s0"]["actor_kind"] == "human" and got["s0"]["decision"] == "reject"
     assert got["s1"]["actor_kind"] == "auto"
     e.dispose()
+
+
+def test_decide_many_commits_a_batch_at_a_time_and_a_failed_batch_leaves_nothing(engine) -> None:
+    ids = sorted(outcome_ids := [r["sample_id"] for r in _rows(5)])
+    told: list[int] = []
+    good = [
+        {"sample_id": s, "actor": "policy:p", "actor_kind": "auto", "decision": "accept"} for s in ids[:3]
+    ]
+    bad = {"sample_id": ids[3], "actor": "policy:p", "actor_kind": "auto", "decision": "maybe"}
+    with pytest.raises(ValueError, match="accept or reject"):
+        queue.decide_many(engine, [*good, bad], per_transaction=2, each=told.append)
+    decided = outcome.effective(engine)
+    assert sorted(decided) == ids[:2]  # the first transaction's two; the second (ids[2], bad) rolled back
+    assert told == [1, 2, 3]
+    rest = [{**g, "decision": "reject", "reason": "low_margin"} for g in good[2:]]
+    assert queue.decide_many(engine, rest, per_transaction=2) == 1
+    assert sorted(outcome.effective(engine)) == ids[:3] and len(outcome_ids) == 5

@@ -156,3 +156,28 @@ def test_the_registry_names_every_batch_stage() -> None:
         assert issubclass(cls, Stage) and cls.name == name
     with pytest.raises(KeyError, match="the stages are"):
         stage_class("nope")
+
+
+def test_threads_are_planned_from_the_stage_s_own_workers(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    import torch
+
+    from surd.models.threads import plan_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert plan_threads(None, 15) == 1  # beside a GPU: 15 decode workers, 1 model thread
+    assert plan_threads(None, 0) == 16  # on CPU: the model takes the cores
+    assert plan_threads(None, 0, processes_per_host=4) == 4  # 4 local Dask workers share them
+    assert plan_threads(3, 15) == 3  # the setting wins
+    assert plan_threads(None, 40) == 1
+    monkeypatch.undo()
+    before = torch.get_num_threads()
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(var, os.environ.get(var, ""))  # restored after the test
+    try:
+        settings, data = captions(tmp_path)
+        stage = PromptWords(settings.model_copy(update={"model_threads": 1}), data)
+        assert stage.threads(0) == 1 and torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+    finally:
+        torch.set_num_threads(before)
