@@ -3,7 +3,8 @@
 `in_order` keeps at most `window` pieces of work in flight on any executor (a process pool, a
 thread, a Dask cluster: whatever `submit` hands the work to) and yields each item with its result
 in input order, so memory stays flat whatever the input's size and the output is the same as a
-serial run's. `batched` cuts a stream into lists.
+serial run's. `batched` cuts a stream into lists. `plan_threads` gives a model stage its share of
+the cores (torch's default takes them all, whatever else runs beside it).
 """
 
 from __future__ import annotations
@@ -76,3 +77,23 @@ def die_with_parent(parent: int) -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before the call above
         os._exit(1)
+
+
+def plan_threads(setting: int | None, decode_workers: int, processes_per_host: int = 1) -> int:
+    """A model stage's torch threads: the setting, or its process's share of the cores (several
+    local Dask workers split them) less the decode workers beside it, at least one; so that decode
+    workers + model threads of every process on the machine stay within its cores."""
+    if setting is not None:
+        return setting
+    share = (os.cpu_count() or 1) // max(1, processes_per_host)
+    return max(1, share - decode_workers)
+
+
+def use_threads(n: int) -> int:
+    """Set torch's intra-op threads (and OpenMP's and MKL's, for what starts after) to `n`."""
+    import torch  # only a model stage that runs calls this; the stage module has imported it already
+
+    torch.set_num_threads(n)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    return n

@@ -25,8 +25,7 @@ import pyarrow as pa
 from storage.layout import DataDir
 from storage.schemas import OK
 from storage.tables import PartTable
-from surd.models.threads import plan_threads, use_threads
-from surd.parallel import batched, in_order
+from surd.parallel import batched, in_order, plan_threads, use_threads
 from surd.settings import Settings
 
 B = TypeVar("B")  # what one batch is, for one stage

@@ -163,7 +163,7 @@ def test_threads_are_planned_from_the_stage_s_own_workers(tmp_path: Path, monkey
 
     import torch
 
-    from surd.models.threads import plan_threads
+    from surd.parallel import plan_threads
 
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert plan_threads(None, 15) == 1  # beside a GPU: 15 decode workers, 1 model thread
