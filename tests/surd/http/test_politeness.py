@@ -116,6 +116,7 @@ def test_a_plain_403_is_not_a_challenge(tmp_path: Path, site: ReplaySite) -> Non
     assert exc.value.failed[0].stop_reason == "http_403"
 
 
+@pytest.mark.slow  # worker processes or the CLI in a subprocess
 def test_the_cli_exits_4_with_one_line_on_a_challenge(tmp_path: Path, site: ReplaySite) -> None:
     site.script(API, *[(403, {"cf-mitigated": "challenge"}, CHALLENGE_BODY, 0.0)] * 6)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SURD_")}

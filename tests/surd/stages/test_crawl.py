@@ -231,6 +231,7 @@ def test_sdonline_missing_detail_pages_have_reasons(tmp_path: Path, site: Replay
     assert all("/image/" in p["url"] for p in failed)
 
 
+@pytest.mark.slow  # worker processes or the CLI in a subprocess
 def test_sigkill_mid_crawl_resumes_to_the_same_table(tmp_path: Path, site: ReplaySite, reference) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SURD_")}
     env |= {

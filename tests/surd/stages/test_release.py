@@ -243,6 +243,7 @@ def test_publish_to_an_s3_compatible_store(data, s3) -> None:
     assert verify_files("surd-releases/surd/v0001", man["shards"], fs)[0].startswith(man["shards"][0]["file"])
 
 
+@pytest.mark.slow  # worker processes or the CLI in a subprocess
 def test_embedding_workers_split_the_work_and_agree(data, tmp_path: Path) -> None:
     """Two worker processes (one per GPU on a GPU machine; here two CPU processes) write their
     own parts; the layer read back equals a single worker's, and meta records what was loaded."""
