@@ -54,21 +54,9 @@ def paired_ttest(baseline: Sequence[float], adapter: Sequence[float]) -> dict[st
     from scipy import stats
 
     a, b = np.asarray(adapter, dtype=float), np.asarray(baseline, dtype=float)
-    out: dict[str, Any] = {
-        "n": int(a.size),
-        "baseline_mean": float(b.mean()) if b.size else None,
-        "adapter_mean": float(a.mean()) if a.size else None,
-        "t": None,
-        "p_value": None,
-    }
     if a.size < 2 or np.allclose(a - b, (a - b)[0]):
-        out["note"] = "fewer than 2 pairs or constant differences: no test"
-        return out
-    res = stats.ttest_rel(a, b)
-    out["t"], out["p_value"] = float(res.statistic), float(res.pvalue)
-    if math.isnan(out["p_value"]):
-        out["p_value"] = None
-    return out
+        return _result(a, b, None, "fewer than 2 pairs or constant differences: no test")
+    return _result(a, b, stats.ttest_rel(a, b))
 
 
 def independent_ttest(baseline: Sequence[float], adapter: Sequence[float]) -> dict[str, Any]:
@@ -77,20 +65,23 @@ def independent_ttest(baseline: Sequence[float], adapter: Sequence[float]) -> di
     from scipy import stats
 
     a, b = np.asarray(adapter, dtype=float), np.asarray(baseline, dtype=float)
+    if a.size < 2 or b.size < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
+        return _result(a, b, None, "fewer than 2 samples a side or no variance: no test")
+    return _result(a, b, stats.ttest_ind(a, b))
+
+
+def _result(a: np.ndarray, b: np.ndarray, res: Any, note: str | None = None) -> dict[str, Any]:
+    """A test's summary: sizes and means, and t and p (None, with a note, when there is no test)."""
+    p_value = None if res is None or math.isnan(float(res.pvalue)) else float(res.pvalue)
     out: dict[str, Any] = {
         "n": int(a.size),
         "baseline_mean": float(b.mean()) if b.size else None,
         "adapter_mean": float(a.mean()) if a.size else None,
-        "t": None,
-        "p_value": None,
+        "t": None if res is None else float(res.statistic),
+        "p_value": p_value,
     }
-    if a.size < 2 or b.size < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
-        out["note"] = "fewer than 2 samples a side or no variance: no test"
-        return out
-    res = stats.ttest_ind(a, b)
-    out["t"], out["p_value"] = float(res.statistic), float(res.pvalue)
-    if math.isnan(out["p_value"]):
-        out["p_value"] = None
+    if note:
+        out["note"] = note
     return out
 
 
