@@ -74,6 +74,8 @@ class PartTable:
         self.key = key
         self.compression = compression
         self._written = 0
+        self._known: set[str] = set()  # the keys of the parts in `_folded`, for `write`
+        self._folded: set[Path] = set()
 
     def parts(self) -> list[Path]:
         if not self.dir.exists():
@@ -98,6 +100,19 @@ class PartTable:
         for part in self.parts():
             out.update(self.part_ids(part))
         return out
+
+    def known(self) -> set[str]:
+        """The keys in storage, kept by this object and grown by the parts it has not seen yet (a
+        writer's check costs its new parts, not the whole table, per write). Parts only ever
+        keep their keys, so a part that vanished is the one case to read every part again."""
+        parts = self.parts()
+        if not self._folded.issubset(parts):
+            self._known, self._folded = set(), set()
+        for part in parts:
+            if part not in self._folded:
+                self._known.update(self.part_ids(part))
+                self._folded.add(part)
+        return self._known
 
     def iter_lookup(self, ids: Iterable[str], columns: Sequence[str]) -> Iterator[dict[str, Any]]:
         """The rows of the given keys, in storage order, reading only the parts that hold one of
@@ -140,7 +155,7 @@ class PartTable:
         """Append rows as one new part; rows whose key exists already are skipped."""
         table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(list(rows), self.schema)
         table = table.select(self.schema.names).cast(self.schema)
-        existing = self.ids()
+        existing = self.known()
         keys = table.column(self.key).to_pylist()
         seen: set[str] = set()
         keep = []

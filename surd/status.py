@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 from storage.embeddings import EmbeddingStore
 from storage.layout import DataDir
 from storage.releases import manifest, releases
 from storage.schemas import OK
-from surd.review import outcome, queries, queue
+from surd.review import queries, queue
 from surd.settings import Settings
 from surd.sources import SOURCES
 
@@ -16,21 +19,25 @@ CHAIN = [("raw_items", None), ("images", "raw_items"), ("captions", "images"), (
 
 
 def _summary(data: DataDir, name: str) -> tuple[int, int, dict[str, int]]:
-    ok = 0
+    """Rows, rows kept, and rows dropped by reason (the part before any ':'), counted in Arrow a
+    part at a time from the status and reason columns only."""
+    ok = total = 0
     dropped: dict[str, int] = {}
-    total = 0
-    for row in data.table(name).iter_rows(["status", "reason"]):
-        total += 1
-        if row["status"] == OK:
-            ok += 1
-        else:
-            key = str(row["reason"]).split(":")[0]
-            dropped[key] = dropped.get(key, 0) + 1
-    return total, ok, dropped
+    for part in data.table(name).parts():
+        t = pq.read_table(part, columns=["status", "reason"])
+        total += t.num_rows
+        kept = pc.fill_null(pc.equal(t.column("status"), OK), False)
+        ok += int(pc.sum(kept).as_py() or 0)
+        reasons = pc.fill_null(pc.filter(t.column("reason"), pc.invert(kept)), "None")
+        keys = pc.list_element(pc.split_pattern(reasons, ":", max_splits=1), 0)
+        for c in pc.value_counts(keys).to_pylist():
+            dropped[c["values"]] = dropped.get(c["values"], 0) + c["counts"]
+    return total, ok, dict(sorted(dropped.items()))
 
 
-def status(settings: Settings, data: DataDir) -> dict[str, Any]:
-    stages: dict[str, Any] = {}
+def chain(data: DataDir) -> dict[str, dict[str, Any]]:
+    """The counts of the table stages (raw items to CLIP scores); no review database needed."""
+    stages: dict[str, dict[str, Any]] = {}
     kept: dict[str, int] = {}
     for name, upstream in CHAIN:
         total, ok, dropped = _summary(data, name)
@@ -42,23 +49,22 @@ def status(settings: Settings, data: DataDir) -> dict[str, Any]:
             "pending": came_in - ok - sum(dropped.values()),
         }
         kept[name] = ok
+    return stages
+
+
+def status(settings: Settings, data: DataDir) -> dict[str, Any]:
+    stages: dict[str, Any] = chain(data)
     engine = queue.connect(settings.review_database_url)
     try:
-        queued = len(queries.queued_ids(engine))
-        standing = outcome.effective(engine)
+        queued, accepted, rejected = queries.review_counts(engine)
     finally:
         engine.dispose()
-    accepted = sum(1 for d in standing.values() if d["decision"] == "accept")
-    rejected: dict[str, int] = {}
-    for d in standing.values():
-        if d["decision"] == "reject":
-            key = f"rejected_by_{d['actor_kind']}:{d['reason']}"
-            rejected[key] = rejected.get(key, 0) + 1
+    clip_kept = stages["clip_scores"]["out"]
     stages["review"] = {
-        "in": kept["clip_scores"],
+        "in": clip_kept,
         "out": accepted,
         "dropped": rejected,
-        "pending": kept["clip_scores"] - accepted - sum(rejected.values()),
+        "pending": clip_kept - accepted - sum(rejected.values()),
         "queued": queued,
     }
 

@@ -4,10 +4,21 @@ SQLite runs in WAL mode and every write transaction starts with BEGIN IMMEDIATE,
 concurrent writers queue on the lock instead of failing on a stale snapshot; PostgreSQL takes row
 locks (`FOR UPDATE SKIP LOCKED`) in the claim. A database written by the first release of this
 code (table `schema_info`, no Alembic stamp) is stamped as revision 0001 and upgraded in place.
+
+Many processes open the database at once (overlapping runs, review workers, `surd status`), and
+the first of them creates it: migrations are serialised (an `flock` beside an SQLite file, an
+advisory lock on PostgreSQL), and SQLite waits up to `BUSY_TIMEOUT_S` for a lock from the very
+first statement of a connection, not only after its pragmas have run.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +29,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+BUSY_TIMEOUT_S = 60
+PG_MIGRATION_LOCK = 0x5355_5244  # "SURD": the advisory lock that serialises migrations on PostgreSQL
 
 
 class QueueSchemaError(RuntimeError):
@@ -47,6 +60,8 @@ def current_revision(engine: sa.Engine) -> str | None:
 def migrate(engine: sa.Engine, revision: str = "head") -> None:
     """Upgrade the schema (idempotent); refuse a database newer than this code."""
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK})
         insp = sa.inspect(conn)
         current = MigrationContext.configure(conn).get_current_revision()
         if current is None and insp.has_table("schema_info"):
@@ -64,19 +79,60 @@ def migrate(engine: sa.Engine, revision: str = "head") -> None:
         command.upgrade(_alembic_config(conn), revision)
 
 
+@contextmanager
+def _one_migrator(db_file: Path | None) -> Iterator[None]:
+    """Hold an exclusive `flock` beside an SQLite file while migrating: the kernel frees it if
+    the process dies. Other databases lock inside `migrate`."""
+    if db_file is None:
+        yield
+        return
+    fd = os.open(db_file.with_name(db_file.name + ".migrate.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _sqlite_file(url: sa.URL) -> Path | None:
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
+
+
+def _to_wal(cur: Any) -> None:
+    """Switch to WAL mode. On a new file this needs the exclusive lock, and SQLite answers "locked"
+    at once (no busy handler) when another connection is switching it too: try again until
+    BUSY_TIMEOUT_S."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
 def connect(url: str, *, upgrade: bool = True) -> sa.Engine:
     """An engine on the queue database, migrated to the newest schema."""
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, pool_pre_ping=True)
-    if engine.dialect.name == "sqlite":
+    parsed = sa.make_url(url)
+    db_file = _sqlite_file(parsed)
+    if db_file is not None:
+        db_file.parent.mkdir(parents=True, exist_ok=True)
+    sqlite = parsed.get_backend_name() == "sqlite"
+    # sqlite3's own busy handler, in force before the pragmas below run
+    args = {"timeout": BUSY_TIMEOUT_S} if sqlite else {}
+    engine = sa.create_engine(url, pool_pre_ping=True, connect_args=args)
+    if sqlite:
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _: Any) -> None:
             dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+            _to_wal(cur)
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=FULL")
             cur.close()
@@ -88,7 +144,8 @@ def connect(url: str, *, upgrade: bool = True) -> sa.Engine:
             )
 
     if upgrade:
-        migrate(engine)
+        with _one_migrator(db_file):
+            migrate(engine)
     return engine
 
 

@@ -20,6 +20,25 @@ def queued_ids(engine: sa.Engine) -> set[str]:
         return set(conn.execute(sa.select(items.c.sample_id)).scalars())
 
 
+def review_counts(engine: sa.Engine) -> tuple[int, int, dict[str, int]]:
+    """Items queued, final accepts, and final rejects by `rejected_by_<actor kind>:<reason>`,
+    counted by the database (no row per item comes back)."""
+    final = items.c.state == State.FINAL
+    with reader(engine) as conn:
+        queued = conn.execute(sa.select(sa.func.count()).select_from(items)).scalar_one()
+        accepted = conn.execute(
+            sa.select(sa.func.count()).where(final, items.c.final_decision == Decision.ACCEPT)
+        ).scalar_one()
+        by = (items.c.final_actor_kind, items.c.final_reason)
+        rows = conn.execute(
+            sa.select(*by, sa.func.count())
+            .where(final, items.c.final_decision == Decision.REJECT)
+            .group_by(*by)
+        ).all()
+    rejected = {f"rejected_by_{kind}:{reason}": n for kind, reason, n in rows}
+    return queued, accepted, dict(sorted(rejected.items()))
+
+
 def item(engine: sa.Engine, sample_id: str, actor: str | None = None) -> dict[str, Any] | None:
     """One item's payload, lease and outcome, with `actor`'s own standing decision if any."""
     with reader(engine) as conn:
