@@ -72,7 +72,12 @@ class ImageSettings(_Section):
     max_bytes: int = Field(30_000_000, gt=0)
     encode_format: Literal["jpeg", "png", "webp"] = "jpeg"
     quality: int = Field(92, ge=1, le=100)
-    phash_max_distance: int = Field(8, ge=0, le=63)
+    phash_max_distance: int = Field(
+        8, ge=0, le=63, description="near-copy candidates: 64-bit dHash within this Hamming distance"
+    )
+    confirm_max_distance: int = Field(
+        48, ge=0, le=256, description="a candidate is a near copy when its 256-bit DCT hash is within this"
+    )
     workers: int = Field(0, ge=0, description="decode/resize processes; 0 = all cores")
     requests_per_second: float = Field(10.0, gt=0, description="per image host")
     max_concurrency: int = Field(16, ge=1, description="per image host")

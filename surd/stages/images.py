@@ -13,13 +13,15 @@ import asyncio
 import multiprocessing
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from storage.layout import DataDir
 from storage.schemas import DROPPED, OK
@@ -28,7 +30,8 @@ from surd.http.errors import FetchError
 from surd.parallel import Done, batched, die_with_parent, in_order
 from surd.settings import CrawlSettings, ImageSettings, Settings
 from surd.stages.base import Partition, Stage
-from surd.stages.normalise import ImageRejected, NearDuplicateIndex, Normalised, normalise
+from surd.stages.dedup import Deduper
+from surd.stages.normalise import ImageRejected, Normalised, normalise
 
 OPT_OUT = ("noai", "noimageai")
 TRANSIENT = ("timeout", "connection_error", "blocked", "http_429", "http_5")
@@ -65,23 +68,7 @@ def decode(fetched: Fetched, cfg: ImageSettings) -> Result:
         return None, exc.reason, code
 
 
-class _Deduper:
-    def __init__(self, rows: Iterable[dict[str, Any]], max_distance: int) -> None:
-        self.by_sha: dict[str, str] = {}
-        self.near = NearDuplicateIndex(max_distance)
-        for row in rows:
-            if row["status"] == OK:
-                self.add(row["sha256"], row["phash"], row["sample_id"])
-
-    def add(self, sha: str, phash: str, ident: str) -> None:
-        self.by_sha.setdefault(sha, ident)
-        self.near.add(phash, ident)
-
-    def first(self, img: Normalised) -> str | None:
-        return self.by_sha.get(img.sha256) or self.near.find(img.phash)
-
-
-def _row(raw: dict[str, Any], result: Result, dedup: _Deduper) -> dict[str, Any]:
+def _row(raw: dict[str, Any], result: Result) -> dict[str, Any]:
     img, reason, code = result
     row: dict[str, Any] = {
         "sample_id": raw["sample_id"],
@@ -98,11 +85,17 @@ def _row(raw: dict[str, Any], result: Result, dedup: _Deduper) -> dict[str, Any]
         sha256=img.sha256,
         phash=img.phash,
     )
-    first = dedup.first(img)
-    if first and first != raw["sample_id"]:
-        return {**row, "status": DROPPED, "reason": f"duplicate_of:{first}", "duplicate_of": first}
-    dedup.add(img.sha256, img.phash, raw["sample_id"])
     return {**row, "status": OK, "reason": None, "image": img.data}
+
+
+def stored_deduper(data: DataDir, settings: ImageSettings) -> Deduper:
+    """The kept images so far, read a part at a time from three columns (never the image bytes)."""
+    dedup = Deduper(settings.phash_max_distance, settings.confirm_max_distance)
+    for part in data.table("images").parts():
+        t = pq.read_table(part, columns=["sample_id", "status", "sha256", "phash"])
+        t = t.filter(pc.fill_null(pc.equal(t.column("status"), OK), False))
+        dedup.add(*(t.column(c).to_pylist() for c in ("sample_id", "sha256", "phash")))
+    return dedup
 
 
 DECODE_THREADS = 2  # per worker process: Pillow releases the GIL while decoding and resizing
@@ -201,8 +194,7 @@ class ImagesStage(Stage[tuple[list[dict[str, Any]], list[Result]]]):
 
     def start(self, stack: ExitStack) -> None:
         self.shown = _Shown(self.progress)  # items the workers have done, between parts
-        cols = ["sample_id", "status", "sha256", "phash"]
-        self.dedup = _Deduper(self._out.iter_rows(cols), self.settings.images.phash_max_distance)
+        self.dedup = stored_deduper(self.data, self.settings.images)
         # the per-host limits hold across all workers: each gets its share
         self.share = self.settings.crawl.model_copy(
             update={
@@ -241,7 +233,16 @@ class ImagesStage(Stage[tuple[list[dict[str, Any]], list[Result]]]):
 
     def decide(self, batch: tuple[list[dict[str, Any]], list[Result]]) -> list[dict[str, Any]]:
         raw, results = batch
-        return [_row(r, res, self.dedup) for r, res in zip(raw, results, strict=True)]
+        rows = [_row(r, res) for r, res in zip(raw, results, strict=True)]
+        new = [r for r in rows if r["status"] == OK]
+        found = self.dedup.decide(
+            [r["sample_id"] for r in new], [r["sha256"] for r in new], [r["phash"] for r in new]
+        )
+        for row, match in zip(new, found, strict=True):
+            if match is not None:
+                del row["image"]
+                row.update(status=DROPPED, reason=match.reason(), duplicate_of=match.first)
+        return rows
 
     def provenance(self) -> dict[str, Any]:
         if self.rows is not None:

@@ -113,8 +113,29 @@ def dhash64(img: Image.Image) -> str:
     return f"{bits:016x}{r:02x}{g:02x}{b:02x}"
 
 
-def _colour(key: str) -> tuple[int, int, int]:
-    return int(key[16:18], 16), int(key[18:20], 16), int(key[20:22], 16)
+def _dct_matrix(n: int) -> np.ndarray:
+    k, x = np.arange(n)[:, None], np.arange(n)[None, :]
+    c = np.cos(np.pi * (2 * x + 1) * k / (2 * n)) * np.sqrt(2 / n)
+    c[0] /= np.sqrt(2)
+    return c
+
+
+_DCT32 = _dct_matrix(32)
+
+
+def dct256(img: Image.Image) -> str:
+    """A second, independent perceptual hash: the signs, against their median, of the 16×16
+    lowest frequencies of the 32×32 luminance's DCT (the 256-bit pHash), as 64 hex digits."""
+    small = np.asarray(img.convert("L").resize((32, 32), Image.Resampling.BOX), dtype=np.float64)
+    low = (_DCT32 @ small @ _DCT32.T)[:16, :16].ravel()
+    bits = low > np.median(low[1:])
+    return np.packbits(bits).tobytes().hex()
+
+
+def perceptual_key(img: Image.Image) -> str:
+    """The `phash` column: the 64-bit dHash and mean colour (22 hex digits), then the 256-bit DCT
+    hash that confirms a near copy (64 more; rows written before it have 22)."""
+    return dhash64(img) + dct256(img)
 
 
 def normalise(data: bytes, cfg: ImageSettings) -> Normalised:
@@ -130,43 +151,5 @@ def normalise(data: bytes, cfg: ImageSettings) -> Normalised:
         orig_height=h,
         orig_format=fmt,
         sha256=hashlib.sha256(out.tobytes()).hexdigest(),
-        phash=dhash64(out),
+        phash=perceptual_key(out),
     )
-
-
-class NearDuplicateIndex:
-    """Exact Hamming search over the 64-bit hashes: with distance ≤ t, two hashes share at least
-    one of t+1 bands (pigeonhole), so only band-mates are compared. Candidates must also have a
-    mean colour within `max_colour` per channel."""
-
-    def __init__(self, max_distance: int, max_colour: int = 24) -> None:
-        self.max_colour = max_colour
-        self.t = max_distance
-        self.bands = max_distance + 1
-        self._buckets: list[dict[int, list[tuple[int, tuple[int, int, int], str]]]] = [
-            {} for _ in range(self.bands)
-        ]
-
-    def _band_keys(self, value: int) -> list[int]:
-        width = 64 // self.bands
-        keys = []
-        for b in range(self.bands):
-            lo = b * width
-            hi = 64 if b == self.bands - 1 else lo + width
-            keys.append((value >> lo) & ((1 << (hi - lo)) - 1))
-        return keys
-
-    def find(self, phash: str) -> str | None:
-        value, colour = int(phash[:16], 16), _colour(phash)
-        for b, key in enumerate(self._band_keys(value)):
-            for other, other_colour, ident in self._buckets[b].get(key, []):
-                if bin(value ^ other).count("1") <= self.t and all(
-                    abs(x - y) <= self.max_colour for x, y in zip(colour, other_colour, strict=True)
-                ):
-                    return ident
-        return None
-
-    def add(self, phash: str, ident: str) -> None:
-        value, colour = int(phash[:16], 16), _colour(phash)
-        for b, key in enumerate(self._band_keys(value)):
-            self._buckets[b].setdefault(key, []).append((value, colour, ident))

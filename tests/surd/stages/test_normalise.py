@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from surd.settings import ImageSettings
-from surd.stages.normalise import ImageRejected, NearDuplicateIndex, normalise
+from surd.stages.dedup import Deduper
+from surd.stages.normalise import ImageRejected, normalise
 
 CFG = ImageSettings(size=64, min_side=32, max_pixels=4_000_000)
 
@@ -92,7 +93,10 @@ def test_near_duplicates_found_exact_hashes_differ() -> None:
     a = normalise(encode(picture, "PNG"), CFG)
     b = normalise(encode(picture, "JPEG", quality=70), CFG)
     assert a.sha256 != b.sha256
-    idx = NearDuplicateIndex(6)
-    idx.add(a.phash, "first")
-    assert idx.find(b.phash) == "first"
-    assert idx.find(normalise(encode(noise(301, 300).rotate(90)), CFG).phash) is None
+    other = normalise(encode(noise(301, 300).rotate(90)), CFG)
+    dedup = Deduper(CFG.phash_max_distance, CFG.confirm_max_distance)
+    assert dedup.decide(["first"], [a.sha256], [a.phash]) == [None]
+    found = dedup.decide(["again", "other"], [b.sha256, other.sha256], [b.phash, other.phash])
+    assert found[0] is not None and found[0].first == "first" and found[0].signal == "near"
+    assert found[1] is None
+    assert len(a.phash) == 86  # dHash, mean colour, then the 256-bit DCT hash
