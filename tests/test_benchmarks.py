@@ -93,3 +93,17 @@ def test_release_benchmark_tiny(tmp_path: Path) -> None:
     assert r is not None and r["rows"] == 40 and r["shards"] == 1 and r["seconds"] > 0
     assert r["peak_rss_mb"] >= r["rss_before_mb"] > 0
     assert (tmp_path / "r.jsonl").read_text().count("\n") == 1
+
+
+def test_dedup_benchmark() -> None:
+    import bench_dedup
+
+    [speed] = bench_dedup.main(["--hashes", "3000", "--part", "100"])
+    assert speed["hashes"] == 3000 and speed["seconds"] > 0 and speed["peak_rss_mb"] > 0
+    runs = bench_dedup.main(["--labelled", "120", "--workers", "1"])
+    assert [r["confirm_max"] for r in runs] == [256, 48]
+    for r in runs:
+        assert r["distinct"] + r["planted"] == 120 and r["planted"] > 0
+        assert r["planted"] - r["missed_duplicates"] == sum(
+            int(v.split("/")[0]) for v in r["caught_by_kind"].values()
+        )
