@@ -107,3 +107,21 @@ def test_dedup_benchmark() -> None:
         assert r["planted"] - r["missed_duplicates"] == sum(
             int(v.split("/")[0]) for v in r["caught_by_kind"].values()
         )
+
+
+def test_scale_benchmark(tmp_path: Path) -> None:
+    import bench_scale
+
+    rs = bench_scale.main(["--items", "60", "--data-root", str(tmp_path / "data")])
+    assert [r["stage"] for r in rs] == [
+        "crawl",
+        "images",
+        "caption",
+        "clip-filter",
+        "review",
+        "release",
+        "embed",
+    ]
+    assert rs[0]["items"] == 60 and rs[1]["items"] == 60 and rs[1]["false_duplicates"] == 0
+    assert all(r["cpu_seconds"] > 0 and r["peak_rss_mb"] > 0 and r["noop_seconds"] > 0 for r in rs)
+    assert rs[5]["items"] == rs[6]["items"] > 0  # the release's rows, all embedded

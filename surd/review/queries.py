@@ -16,8 +16,12 @@ from surd.review.schema import decisions, items, standing
 
 
 def queued_ids(engine: sa.Engine) -> set[str]:
+    return set(queued_id_list(engine))
+
+
+def queued_id_list(engine: sa.Engine) -> list[str]:
     with reader(engine) as conn:
-        return set(conn.execute(sa.select(items.c.sample_id)).scalars())
+        return list(conn.execute(sa.select(items.c.sample_id)).scalars())
 
 
 def review_counts(engine: sa.Engine) -> tuple[int, int, dict[str, int]]:

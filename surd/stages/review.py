@@ -2,35 +2,51 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 from storage.layout import DataDir
 from storage.schemas import OK
 from surd.parallel import batched
 from surd.review import policies, queries, queue
 from surd.settings import Settings
 
+LOOKUP_CHUNK = 50_000  # new samples whose prompts are looked up in one pass over the tables
+
+
+def _new_kept(data: DataDir, queued: pa.Array) -> Iterator[dict[str, Any]]:
+    """The CLIP-kept rows not yet queued, a part at a time: filtered in Arrow, so only new rows
+    ever become Python objects (a rerun with nothing new makes none)."""
+    for part in data.table("clip_scores").parts():
+        t = pq.read_table(part, columns=["sample_id", "status", "p_simple", "p_complex"])
+        keep = pc.and_(
+            pc.fill_null(pc.equal(t.column("status"), OK), False),
+            pc.invert(pc.is_in(t.column("sample_id"), value_set=queued)),
+        )
+        yield from t.filter(keep).drop_columns(["status"]).to_pylist()
+
 
 def enqueue_kept(settings: Settings, data: DataDir) -> int:
     """Enqueue every CLIP-kept sample not yet queued; idempotent. Returns how many were added."""
     engine = queue.connect(settings.review_database_url)
-    have = queries.queued_ids(engine)
-    todo = [
-        r
-        for r in data.table("clip_scores").iter_rows(["sample_id", "status", "p_simple", "p_complex"])
-        if r["status"] == OK and r["sample_id"] not in have
-    ]
-    ids = {r["sample_id"] for r in todo}
-    caps = data.table("captions").lookup(ids, ["simple_prompt"])
-    raw = data.table("raw_items").lookup(
-        ids,
-        ["complex_prompt", "negative_prompt", "source", "source_url", "nsfw_level"],
-    )
-    added = 0
-    for batch in batched(todo, settings.part_size):
-        rows = [{**r, **caps[r["sample_id"]], **raw[r["sample_id"]]} for r in batch]
-        for row in rows:
-            row.pop("status", None)
-        added += queue.enqueue(engine, rows, settings.review.audit_share)
-    engine.dispose()
+    try:
+        queued = pa.array(queries.queued_id_list(engine), pa.string())
+        added = 0
+        for chunk in batched(_new_kept(data, queued), LOOKUP_CHUNK):  # one pass over the tables each
+            ids = [r["sample_id"] for r in chunk]
+            caps = data.table("captions").lookup(ids, ["simple_prompt"])
+            raw = data.table("raw_items").lookup(
+                ids, ["complex_prompt", "negative_prompt", "source", "source_url", "nsfw_level"]
+            )
+            for batch in batched(iter(chunk), settings.part_size):
+                rows = [{**r, **caps[r["sample_id"]], **raw[r["sample_id"]]} for r in batch]
+                added += queue.enqueue(engine, rows, settings.review.audit_share)
+    finally:
+        engine.dispose()
     return added
 
 

@@ -1,0 +1,50 @@
+"""A rerun with nothing to do reads keys and statuses, never the stored image bytes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from surd import pipeline
+from tests.conftest import through_review
+
+
+def test_a_rerun_with_nothing_to_do_never_reads_image_bytes(demo_settings, monkeypatch) -> None:
+    s = demo_settings
+    through_review(s)
+    first = pipeline.release(s)
+    assert first is not None
+    reads: list[tuple[str, Any]] = []  # (file, columns asked for; None = every column)
+    real_read_table, real_file = pq.read_table, pq.ParquetFile
+
+    def read_table(source: Any, *args: Any, columns: Any = None, **kw: Any) -> Any:
+        reads.append((str(source), columns))
+        return real_read_table(source, *args, columns=columns, **kw)
+
+    class Recording(real_file):  # type: ignore[misc, valid-type]
+        def __init__(self, source: Any, *args: Any, **kw: Any) -> None:
+            self.source = str(source)
+            super().__init__(source, *args, **kw)
+
+        def iter_batches(self, *args: Any, columns: Any = None, **kw: Any) -> Any:
+            reads.append((self.source, columns))
+            return super().iter_batches(*args, columns=columns, **kw)
+
+        def read(self, columns: Any = None, **kw: Any) -> Any:
+            reads.append((self.source, columns))
+            return super().read(columns=columns, **kw)
+
+        def read_row_group(self, i: int, columns: Any = None, **kw: Any) -> Any:
+            reads.append((self.source, columns))
+            return super().read_row_group(i, columns=columns, **kw)
+
+    monkeypatch.setattr(pq, "read_table", read_table)
+    monkeypatch.setattr(pq, "ParquetFile", Recording)
+    for stage in (pipeline.images, pipeline.captions, pipeline.clip_filter):
+        assert stage(s)["processed"] == 0
+    pipeline.review(s)
+    assert pipeline.release(s) == first  # nothing changed: no new release
+    images = [cols for src, cols in reads if "/tables/images/" in src]
+    assert images, "the images table's keys were read"
+    assert all(cols is not None and "image" not in cols for cols in images), images
