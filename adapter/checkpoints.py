@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from adapter.config import TrainConfig
 from adapter.model import AdapterConfig, SURAdapter
+from storage.provenance import code_identity
 from storage.tables import atomic_write_bytes, fault_point
 
 
@@ -36,7 +37,14 @@ def save_checkpoint(
     save_file({k: v.contiguous() for k, v in adapter.state_dict().items()}, str(tmp / "adapter.safetensors"))
     (tmp / "config.json").write_text(
         json.dumps(
-            {"adapter": adapter.cfg.to_dict(), "train": cfg.model_dump(), "step": step, **extra}, indent=1
+            {
+                "adapter": adapter.cfg.to_dict(),
+                "train": cfg.model_dump(),
+                "step": step,
+                "code": code_identity(),
+                **extra,
+            },
+            indent=1,
         )
     )
     torch.save(

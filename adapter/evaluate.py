@@ -30,6 +30,7 @@ from adapter.model import SURAdapter
 from adapter.pipeline import generate, sd_pipeline
 from adapter.report import build, render, with_judgements
 from adapter.suites import SUITES, Prompt
+from storage.provenance import code_identity
 from storage.tables import atomic_write_bytes, fault_point
 
 Chooser = Callable[[Image.Image, Image.Image, str], float]
@@ -144,6 +145,7 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 def write_report(eval_dir: Path, report: dict[str, Any]) -> None:
     """report.json and report.md, each written whole (temp file, then rename)."""
+    report = {**report, "code": code_identity()}
     for name, text in (("report.json", json.dumps(report, indent=1)), ("report.md", render(report))):
         atomic_write_bytes(eval_dir / name, text.encode())
 

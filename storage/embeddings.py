@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.layout import DataDir
+from storage.provenance import code_identity
 from storage.schemas import embedding_schema
 from storage.tables import atomic_write_bytes, fault_point, write_parquet_atomic
 
@@ -108,6 +109,7 @@ class EmbeddingStore:
                         "dtype": "float16",
                         "pooling": "masked mean of decoder block outputs, before final norm",
                         "layer_numbering": "1..L = output of decoder block k",
+                        "code": code_identity(),
                     },
                     indent=1,
                 ).encode(),

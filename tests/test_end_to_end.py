@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from storage.layout import DataDir
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow  # subprocesses, servers or a browser: not in `make test-fast`
@@ -100,6 +101,17 @@ def test_demo_flow_under_prefect(prefect_api, tmp_path: Path, replay) -> None:
         assert (row["in"], row["out"], row["pending"]) == (st["in"], st["out"], st["pending"]), row["stage"]
     report = json.loads((Path(out["evaluate"]["report"]).parent / "report.json").read_text())
     assert report["pairs"] == 45 * 2 and "clip_similarity" in report["t_tests"]
+    # every artifact names the code that made it: this checkout's commit
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    man = json.loads((Path(out["release"]) / "manifest.json").read_text())
+    [ckpt] = (tmp_path / "data" / "runs").glob("*/ckpt-000020")
+    [emb] = (tmp_path / "data" / "embeddings").glob("*/meta.json")
+    for made in (man, json.loads((ckpt / "config.json").read_text()), json.loads(emb.read_text()), report):
+        assert made["code"]["commit"] == head and made["code"]["dirty"] in (True, False)
+    assert f"at commit {head[:12]}" in card
+    assert DataDir(tmp_path / "data").table("captions").provenance()[0]["code"]["commit"] == head
     assert report["prompt_origins"] == {
         "action": {"paper": 3, "ours": 12},
         "color": {"paper": 6, "ours": 9},

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import pyarrow as pa
 
 from storage.layout import DataDir
+from storage.provenance import code_identity
 from storage.schemas import OK
 from storage.tables import PartTable
 from surd.parallel import batched, in_order, plan_threads, use_threads
@@ -159,7 +160,11 @@ class Stage(ABC, Generic[B]):
 
     def provenance(self) -> dict[str, Any]:
         """Written into every part: the stage, its model and the settings that made it."""
-        out: dict[str, Any] = {"stage": self.name, "settings": self.settings.provenance()}
+        out: dict[str, Any] = {
+            "stage": self.name,
+            "code": code_identity(),
+            "settings": self.settings.provenance(),
+        }
         if self.model_id is not None:
             out["model_id"] = self.model_id
         return out

@@ -62,6 +62,12 @@ def _stats(values: list[int]) -> str:
     return f"mean {statistics.mean(values):.1f}, median {statistics.median(values)}, max {max(values)}"
 
 
+def _commit(code: dict[str, Any] | None) -> str:
+    if not code or not code.get("commit"):
+        return ""
+    return f" at commit {code['commit'][:12]}{' with local changes' if code.get('dirty') else ''}"
+
+
 def write_card(folder: Path, man: dict[str, Any], rows: list[dict[str, Any]]) -> None:
 
     plot_lengths(rows, folder / "prompt_lengths.png")
@@ -126,7 +132,8 @@ def write_card(folder: Path, man: dict[str, Any], rows: list[dict[str, Any]]) ->
         "",
         "## Provenance",
         "",
-        f"Made by SURD builder {man['code_version']} (schema {man['schema_version']}) with models "
+        f"Made by SURD builder {man['code_version']}{_commit(man.get('code'))} (schema "
+        f"{man['schema_version']}) with models "
         f"{json.dumps(man['model_ids'])}; the full settings are in `manifest.json`.",
         "",
     ]

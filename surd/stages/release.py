@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from storage.layout import DataDir
+from storage.provenance import code_identity
 from storage.releases import ShardFile, manifest, releases, verify_files
 from storage.schemas import SCHEMA_VERSION
 from storage.tables import fault_point
@@ -147,6 +148,7 @@ def create_release(settings: Settings, data: DataDir, counts: dict[str, Any] | N
         "created_at": datetime.now(UTC).isoformat(),
         "schema_version": SCHEMA_VERSION,
         "code_version": __version__,
+        "code": code_identity(),
         "rows": len(rows),
         "shards": shards,
         "parent": parent["release"] if parent else None,
