@@ -92,6 +92,20 @@ CLIP_SCORES = pa.schema(
     ]
 )
 
+GENERATION = [  # how the image was made, as its source states it (null: the source does not say)
+    pa.field("seed", pa.int64()),
+    pa.field("steps", pa.int32()),
+    pa.field("cfg_scale", pa.float32()),
+    pa.field("sampler", pa.string()),
+    pa.field("gen_width", pa.int32()),
+    pa.field("gen_height", pa.int32()),
+    pa.field("model_name", pa.string()),
+    pa.field("model_hash", pa.string()),
+    pa.field("creator", pa.string()),
+    pa.field("source_nsfw", pa.string()),
+    pa.field("source_created_at", pa.timestamp("us", tz="UTC")),
+]
+
 RELEASE = pa.schema(
     [
         pa.field("sample_id", pa.string(), nullable=False),
@@ -109,6 +123,7 @@ RELEASE = pa.schema(
         pa.field("decided_by_kind", pa.string()),
         pa.field("sha256", pa.string()),
         pa.field("licence_note", pa.string()),
+        *GENERATION,
     ]
 )
 

@@ -116,10 +116,12 @@ def to_int(value: Any) -> int | None:
 class Connector:
     """One source, all it takes to crawl it: its name, its settings section (where it is, its
     politeness defaults), the position a pass starts from, how one page is fetched and parsed
-    (position → a `Page` naming the next position: how a crawl resumes), and its licence note."""
+    (position → a `Page` naming the next position: how a crawl resumes), its licence note, and
+    how its raw items' generation parameters become typed release columns."""
 
     name: str
     settings: type[SourceSettings]
     start: str
     fetch: Callable[[str, Any, Client], Page]  # (position, its settings section, client)
     licence: str
+    generation: Callable[[dict[str, Any]], dict[str, Any]]  # a raw item row → storage.schemas.GENERATION

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr
 
 from surd.sources.base import Client, Connector, Page, ParseError, RawItem, SourceSettings, to_int
+from surd.sources.generation import civitai as generation_of
 
 NAME = "civitai"
 LICENCE = "Civitai images: rights stay with the uploaders; see https://civitai.com/content/tos"
@@ -96,6 +97,7 @@ def parse_item(obj: dict[str, Any], site: str) -> RawItem:
             "postId": obj.get("postId"),
             "username": obj.get("username"),
             "baseModel": obj.get("baseModel"),
+            "createdAt": obj.get("createdAt"),
         },
         drop_reason=None if kind == "image" else f"not_an_image_type:{kind}",
     )
@@ -169,4 +171,4 @@ def fetch(position: str, cfg: CivitaiSettings, client: Client) -> Page:
     return page
 
 
-CONNECTOR = Connector(NAME, CivitaiSettings, "start", fetch, LICENCE)
+CONNECTOR = Connector(NAME, CivitaiSettings, "start", fetch, LICENCE, generation_of)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from surd.sources.base import Client, Connector, Page, ParseError, RawItem, SourceSettings, to_int
+from surd.sources.generation import lexica as generation_of
 
 NAME = "lexica"
 LICENCE = "Lexica images: https://lexica.art/license"
@@ -102,4 +103,4 @@ def fetch(position: str, cfg: LexicaSettings, client: Client) -> Page:
     return page
 
 
-CONNECTOR = Connector(NAME, LexicaSettings, "0:0", fetch, LICENCE)
+CONNECTOR = Connector(NAME, LexicaSettings, "0:0", fetch, LICENCE, generation_of)

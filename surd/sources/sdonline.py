@@ -9,6 +9,7 @@ from bs4 import BeautifulSoup
 
 from surd.http.errors import FetchError
 from surd.sources.base import Client, Connector, Page, ParseError, RawItem, SourceSettings, to_int
+from surd.sources.generation import page_only as generation_of
 
 NAME = "sdonline"
 LICENCE = "Stable Diffusion Online: CreativeML Open RAIL-M (CompVis SD licence)"
@@ -111,4 +112,4 @@ def fetch(position: str, cfg: SdOnlineSettings, client: Client) -> Page:
     return Page(items=items, next_position=nxt, url=url, failed_items=failed)
 
 
-CONNECTOR = Connector(NAME, SdOnlineSettings, "0:0", fetch, LICENCE)
+CONNECTOR = Connector(NAME, SdOnlineSettings, "0:0", fetch, LICENCE, generation_of)

@@ -62,6 +62,23 @@ def _stats(values: list[int]) -> str:
     return f"mean {statistics.mean(values):.1f}, median {statistics.median(values)}, max {max(values)}"
 
 
+def _known(rows: list[dict[str, Any]]) -> str:
+    """The share of rows each generation column is known for, e.g. `seed 80%, steps 40%`."""
+    if not rows:
+        return "none"
+    cols = (
+        "seed",
+        "steps",
+        "cfg_scale",
+        "sampler",
+        "model_name",
+        "model_hash",
+        "creator",
+        "source_created_at",
+    )
+    return ", ".join(f"{c} {100 * sum(r.get(c) is not None for r in rows) // len(rows)}%" for c in cols)
+
+
 def _commit(code: dict[str, Any] | None) -> str:
     if not code or not code.get("commit"):
         return ""
@@ -124,7 +141,13 @@ def write_card(folder: Path, man: dict[str, Any], rows: list[dict[str, Any]]) ->
         "",
         "`sample_id`, `image` (512×512 JPEG bytes), `simple_prompt` (the steward's edit if any), `caption` "
         "(BLIP's), `complex_prompt`, `negative_prompt`, `source`, `source_item_id`, `source_url`, "
-        "`p_simple`, `p_complex` (CLIP), `decision_id`, `decided_by_kind`, `sha256`, `licence_note`.",
+        "`p_simple`, `p_complex` (CLIP), `decision_id`, `decided_by_kind`, `sha256`, `licence_note`; "
+        "and how the image was made, as its source states it (null where it does not): `seed` "
+        "(int64), `steps` (int32), `cfg_scale` (float32), `sampler`, `gen_width` and `gen_height` "
+        "(int32: the size the source states), `model_name`, `model_hash`, `creator` (the name the "
+        "site shows), `source_nsfw` (the source's own label, verbatim), `source_created_at` (UTC).",
+        "",
+        f"Generation parameters known: {_known(rows)}.",
         "",
         "## Licences",
         "",

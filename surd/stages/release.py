@@ -23,13 +23,16 @@ import pyarrow.parquet as pq
 from storage.layout import DataDir
 from storage.provenance import code_identity
 from storage.releases import ShardFile, manifest, releases, verify_files
-from storage.schemas import SCHEMA_VERSION
+from storage.schemas import RELEASE, SCHEMA_VERSION
 from storage.tables import fault_point
 from surd import __version__
 from surd.review import outcome, queue
 from surd.settings import ReleaseSettings, Settings
-from surd.sources import LICENCE_NOTES
+from surd.sources import LICENCE_NOTES, REGISTRY
 from surd.stages.card import write_card
+
+RAW_COLUMNS = ("complex_prompt", "negative_prompt", "source", "source_item_id", "source_url")
+GENERATION_FROM = ("width", "height", "model", "seed", "nsfw_level", "meta_json")  # → GENERATION
 
 
 def accepted_rows(settings: Settings, data: DataDir) -> list[dict[str, Any]]:
@@ -43,10 +46,7 @@ def accepted_rows(settings: Settings, data: DataDir) -> list[dict[str, Any]]:
     ids = set(standing)
     caps = data.table("captions").lookup(ids, ["simple_prompt"])
     clip = data.table("clip_scores").lookup(ids, ["p_simple", "p_complex"])
-    raw = data.table("raw_items").lookup(
-        ids,
-        ["complex_prompt", "negative_prompt", "source", "source_item_id", "source_url"],
-    )
+    raw = data.table("raw_items").lookup(ids, [*RAW_COLUMNS, *GENERATION_FROM])
     rows = []
     for sid in sorted(ids):
         d, r = standing[sid], raw[sid]
@@ -56,10 +56,11 @@ def accepted_rows(settings: Settings, data: DataDir) -> list[dict[str, Any]]:
                 "simple_prompt": d["simple_prompt"] or caps[sid]["simple_prompt"],
                 "caption": caps[sid]["simple_prompt"],
                 **clip[sid],
-                **r,
+                **{k: r[k] for k in RAW_COLUMNS},
                 "decision_id": d["id"],
                 "decided_by_kind": d["actor_kind"],
                 "licence_note": LICENCE_NOTES.get(r["source"], ""),
+                **REGISTRY[r["source"]].generation(r),
             }
         )
     return rows
@@ -104,6 +105,8 @@ def _reusable(
     """Parent shards every row of which is released again unchanged: (file, its sample ids)."""
     out = []
     for shard in parent["shards"]:
+        if not pq.read_schema(parent_dir / shard["file"]).remove_metadata().equals(RELEASE):
+            continue  # written with other columns (an older release): its rows are written anew
         ids = pq.read_table(parent_dir / shard["file"], columns=["sample_id"]).column(0).to_pylist()
         if all(current.get(i) == parent["fingerprint"].get(i) for i in ids):
             out.append((shard["file"], ids))
@@ -121,8 +124,9 @@ def create_release(settings: Settings, data: DataDir, counts: dict[str, Any] | N
     parent_dir = existing[-1] if existing else None
     parent = manifest(parent_dir) if parent_dir else None
     fingerprint = {r["sample_id"]: _row_key(r) for r in rows}
-    if not rows or (parent is not None and parent["fingerprint"] == fingerprint):
-        return None
+    same_columns = parent is not None and parent.get("columns") == RELEASE.names
+    if not rows or (parent is not None and same_columns and parent["fingerprint"] == fingerprint):
+        return None  # nothing changed (a release with other columns is remade with these)
     version = f"v{len(existing) + 1:04d}"
     data.releases_dir.mkdir(parents=True, exist_ok=True)
     for stale in data.releases_dir.glob(".tmp-*"):
@@ -148,6 +152,7 @@ def create_release(settings: Settings, data: DataDir, counts: dict[str, Any] | N
         "created_at": datetime.now(UTC).isoformat(),
         "schema_version": SCHEMA_VERSION,
         "code_version": __version__,
+        "columns": RELEASE.names,
         "code": code_identity(),
         "rows": len(rows),
         "shards": shards,

@@ -56,6 +56,33 @@ def test_release_manifest_card_and_round_trip(data) -> None:
     assert "| 74 |" in card and "![prompt lengths](prompt_lengths.png)" in card
     assert Image.open(path / "prompt_lengths.png").size[0] > 300
     assert create_release(settings, d) is None  # nothing changed: no new release
+    # generation parameters, typed, from what each source returned (null where it says nothing)
+    schema = pq.read_schema(path / man["shards"][0]["file"])
+    assert (str(schema.field("seed").type), str(schema.field("cfg_scale").type)) == ("int64", "float")
+    assert str(schema.field("source_created_at").type) == "timestamp[us, tz=UTC]"
+    by_source: dict[str, list[dict]] = {}
+    for r in rows:
+        by_source.setdefault(r["source"], []).append(r)
+    civ = by_source["civitai"]
+    assert any(r["steps"] and r["cfg_scale"] and r["sampler"] and r["creator"] for r in civ)
+    assert any(r["source_created_at"] is not None for r in civ)
+    assert all(r["steps"] is None and r["sampler"] is None for r in by_source.get("lexica", []))
+    assert "Generation parameters known: seed " in card
+
+
+def test_a_release_with_older_columns_is_remade_with_these_and_none_of_its_shards_reused(data) -> None:
+    settings, d = data
+    v1 = create_release(settings, d)
+    man = json.loads((v1 / "manifest.json").read_text())
+    for shard in man["shards"]:  # as an older version of this code wrote it: no generation columns
+        f = v1 / shard["file"]
+        pq.write_table(pq.read_table(f).drop_columns(["seed", "steps"]), f)
+    man["columns"] = [c for c in man["columns"] if c not in ("seed", "steps")]
+    (v1 / "manifest.json").write_text(json.dumps(man))
+    v2 = create_release(settings, d)
+    assert v2 is not None and v2.name == "v0002"  # same samples, new columns: a new release
+    assert not any("reused_from" in s for s in manifest(v2)["shards"])
+    assert {"seed", "steps"} <= set(pq.read_schema(v2 / manifest(v2)["shards"][0]["file"]).names)
 
 
 def test_verify_names_a_truncated_and_a_flipped_shard(data) -> None:
