@@ -4,7 +4,7 @@ open items no human has touched."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,6 +14,8 @@ from surd.review.db import reader
 from surd.review.kinds import ActorKind, Decision, State
 from surd.review.queue import decide_many
 from surd.review.schema import items, standing
+
+READ_CHUNK = 2048  # open items read at a time
 
 
 def auto_review(engine: sa.Engine, policy: str, min_margin: float) -> int:
@@ -26,16 +28,9 @@ def auto_review(engine: sa.Engine, policy: str, min_margin: float) -> int:
         return 0
     if policy != "demo-margin-v1":
         raise ValueError(f"unknown auto-review policy {policy!r}; valid: none, demo-margin-v1")
-    with reader(engine) as conn:
-        rows = conn.execute(
-            sa.select(items.c.sample_id, items.c.payload, items.c.margin).where(
-                items.c.state == State.OPEN,
-                ~sa.exists(sa.select(standing.c.sample_id).where(standing.c.sample_id == items.c.sample_id)),
-            )
-        ).all()
     actor = f"policy:{policy}"
 
-    def decisions() -> Iterator[dict[str, Any]]:
+    def decisions(rows: Iterable[Any]) -> Iterator[dict[str, Any]]:
         for sid, payload, margin in rows:
             words = len((json.loads(payload).get("simple_prompt") or "").split())
             base = {"sample_id": sid, "actor": actor, "actor_kind": ActorKind.AUTO}
@@ -46,4 +41,13 @@ def auto_review(engine: sa.Engine, policy: str, min_margin: float) -> int:
             elif margin >= min_margin + 0.2:
                 yield {**base, "decision": Decision.ACCEPT}
 
-    return decide_many(engine, decisions(), each=lambda n: fault_point("review", n))
+    # the open items are read a chunk at a time from one snapshot while the decisions are written
+    # on other connections (WAL on SQLite, MVCC on PostgreSQL): memory holds one chunk
+    with reader(engine) as conn:
+        rows = conn.execution_options(stream_results=True, yield_per=READ_CHUNK).execute(
+            sa.select(items.c.sample_id, items.c.payload, items.c.margin).where(
+                items.c.state == State.OPEN,
+                ~sa.exists(sa.select(standing.c.sample_id).where(standing.c.sample_id == items.c.sample_id)),
+            )
+        )
+        return decide_many(engine, decisions(rows), each=lambda n: fault_point("review", n))

@@ -27,7 +27,7 @@ import numpy as np
 
 MIX = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: a band key → a bucket
 MAX_TABLE_BITS = 22  # 4M buckets (32 MB) per band at most
-SPARSE = 16  # buckets per stored hash, up to MAX_TABLE_BITS: few wasted candidates per probe
+SPARSE = 8  # buckets per stored hash, up to MAX_TABLE_BITS: few wasted candidates per probe
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:

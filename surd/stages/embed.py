@@ -30,7 +30,7 @@ from surd.settings import Settings
 from surd.stages.base import Partition, Rows, Stage, not_done, run_stage
 
 Todo = tuple[str, str, str]  # (sample id, simple prompt, its sha1)
-TOKENIZE_CHUNK = 50_000  # prompts tokenised at once (about 0.7 GB of token lists at most)
+TOKENIZE_CHUNK = 8_192  # prompts tokenised at once: memory stays that of one chunk, whatever the release
 
 
 def embed_todo(store: EmbeddingStore, release: Path, part: Partition = None) -> list[Todo]:

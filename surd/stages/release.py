@@ -35,35 +35,54 @@ RAW_COLUMNS = ("complex_prompt", "negative_prompt", "source", "source_item_id", 
 GENERATION_FROM = ("width", "height", "model", "seed", "nsfw_level", "meta_json")  # → GENERATION
 
 
-def accepted_rows(settings: Settings, data: DataDir) -> list[dict[str, Any]]:
-    """The release rows of the accepted samples, in sample-id order, without their images:
-    `write_shards` streams those in (bytes and sha256) from the images table."""
+def _accepted(
+    settings: Settings, data: DataDir
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The standing accept decisions and the captions of those samples."""
     engine = queue.connect(settings.review_database_url)
     try:
         standing = {k: v for k, v in outcome.effective(engine).items() if v["decision"] == "accept"}
     finally:
         engine.dispose()
-    ids = set(standing)
-    caps = data.table("captions").lookup(ids, ["simple_prompt"])
-    clip = data.table("clip_scores").lookup(ids, ["p_simple", "p_complex"])
-    raw = data.table("raw_items").lookup(ids, [*RAW_COLUMNS, *GENERATION_FROM])
-    rows = []
-    for sid in sorted(ids):
-        d, r = standing[sid], raw[sid]
-        rows.append(
-            {
-                "sample_id": sid,
-                "simple_prompt": d["simple_prompt"] or caps[sid]["simple_prompt"],
-                "caption": caps[sid]["simple_prompt"],
-                **clip[sid],
-                **{k: r[k] for k in RAW_COLUMNS},
-                "decision_id": d["id"],
-                "decided_by_kind": d["actor_kind"],
-                "licence_note": LICENCE_NOTES.get(r["source"], ""),
-                **REGISTRY[r["source"]].generation(r),
-            }
+    return standing, data.table("captions").lookup(standing, ["simple_prompt"])
+
+
+def _fingerprint(standing: dict[str, dict[str, Any]], caps: dict[str, dict[str, Any]]) -> dict[str, str]:
+    return {
+        sid: _row_key(
+            {"simple_prompt": d["simple_prompt"] or caps[sid]["simple_prompt"], "decision_id": d["id"]}
         )
-    return rows
+        for sid, d in standing.items()
+    }
+
+
+def accepted_rows(
+    settings: Settings, data: DataDir, accepted: tuple[dict[str, Any], dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """The release rows of the accepted samples, in sample-id order, without their images:
+    `write_shards` streams those in (bytes and sha256) from the images table. Each raw item is
+    turned into its row as it is read, so its full metadata is never held for every sample."""
+    standing, caps = accepted or _accepted(settings, data)
+    clip = data.table("clip_scores").lookup(standing, ["p_simple", "p_complex"])
+    rows = {}
+    for r in data.table("raw_items").iter_lookup(standing, [*RAW_COLUMNS, *GENERATION_FROM]):
+        sid, d = r["sample_id"], standing[r["sample_id"]]
+        rows[sid] = {
+            "sample_id": sid,
+            "simple_prompt": d["simple_prompt"] or caps[sid]["simple_prompt"],
+            "caption": caps[sid]["simple_prompt"],
+            **clip[sid],
+            **{k: r[k] for k in RAW_COLUMNS},
+            "decision_id": d["id"],
+            "decided_by_kind": d["actor_kind"],
+            "licence_note": LICENCE_NOTES.get(r["source"], ""),
+            **REGISTRY[r["source"]].generation(r),
+        }
+    if len(rows) != len(standing):
+        raise RuntimeError(
+            f"{len(standing) - len(rows)} accepted samples have no raw item; no release written"
+        )
+    return [rows[sid] for sid in sorted(rows)]
 
 
 def write_shards(
@@ -119,14 +138,15 @@ def create_release(settings: Settings, data: DataDir, counts: dict[str, Any] | N
     Parent shards whose rows are all unchanged are hard-linked into the new release (no copy,
     same bytes, same hash); the other rows go to new shards, in the images' storage order, so
     samples added since the parent fill new shards and leave the parent's reusable."""
-    rows = accepted_rows(settings, data)
+    accepted = _accepted(settings, data)
     existing = releases(data)
     parent_dir = existing[-1] if existing else None
     parent = manifest(parent_dir) if parent_dir else None
-    fingerprint = {r["sample_id"]: _row_key(r) for r in rows}
+    fingerprint = _fingerprint(*accepted)  # before any prompt is read: a no-op stops here
     same_columns = parent is not None and parent.get("columns") == RELEASE.names
-    if not rows or (parent is not None and same_columns and parent["fingerprint"] == fingerprint):
+    if not fingerprint or (parent is not None and same_columns and parent["fingerprint"] == fingerprint):
         return None  # nothing changed (a release with other columns is remade with these)
+    rows = accepted_rows(settings, data, accepted)
     version = f"v{len(existing) + 1:04d}"
     data.releases_dir.mkdir(parents=True, exist_ok=True)
     for stale in data.releases_dir.glob(".tmp-*"):

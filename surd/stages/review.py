@@ -15,7 +15,7 @@ from surd.parallel import batched
 from surd.review import policies, queries, queue
 from surd.settings import Settings
 
-LOOKUP_CHUNK = 50_000  # new samples whose prompts are looked up in one pass over the tables
+LOOKUP_CHUNK = 8_192  # new samples whose prompts are looked up in one pass over the tables
 
 
 def _new_kept(data: DataDir, queued: pa.Array) -> Iterator[dict[str, Any]]:
