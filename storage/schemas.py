@@ -8,11 +8,18 @@ never deleted: what left the path stays visible with its reason.
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 SCHEMA_VERSION = 1
 
 OK = "ok"
 DROPPED = "dropped"
+
+
+def is_ok(table: pa.Table) -> pa.ChunkedArray:
+    """True where a row's `status` is `ok` (a null status is not)."""
+    return pc.fill_null(pc.equal(table.column("status"), OK), False)
+
 
 _STATUS = [
     pa.field("sample_id", pa.string(), nullable=False),

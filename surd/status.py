@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from storage.embeddings import EmbeddingStore
 from storage.layout import DataDir
 from storage.releases import manifest, releases
-from storage.schemas import OK
+from storage.schemas import OK, is_ok
 from surd.review import queries, queue
 from surd.settings import Settings
 from surd.sources import SOURCES
@@ -26,7 +26,7 @@ def _summary(data: DataDir, name: str) -> tuple[int, int, dict[str, int]]:
     for part in data.table(name).parts():
         t = pq.read_table(part, columns=["status", "reason"])
         total += t.num_rows
-        kept = pc.fill_null(pc.equal(t.column("status"), OK), False)
+        kept = is_ok(t)
         ok += int(pc.sum(kept).as_py() or 0)
         reasons = pc.fill_null(pc.filter(t.column("reason"), pc.invert(kept)), "None")
         keys = pc.list_element(pc.split_pattern(reasons, ":", max_splits=1), 0)

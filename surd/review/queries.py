@@ -15,11 +15,7 @@ from surd.review.kinds import ActorKind, Decision, State
 from surd.review.schema import decisions, items, standing
 
 
-def queued_ids(engine: sa.Engine) -> set[str]:
-    return set(queued_id_list(engine))
-
-
-def queued_id_list(engine: sa.Engine) -> list[str]:
+def queued_ids(engine: sa.Engine) -> list[str]:
     with reader(engine) as conn:
         return list(conn.execute(sa.select(items.c.sample_id)).scalars())
 

@@ -20,11 +20,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from storage.layout import DataDir
-from storage.schemas import DROPPED, OK
+from storage.schemas import DROPPED, OK, is_ok
 from surd.http.client import AsyncPoliteClient
 from surd.http.errors import FetchError
 from surd.parallel import Done, batched, die_with_parent, in_order
@@ -93,7 +92,7 @@ def stored_deduper(data: DataDir, settings: ImageSettings) -> Deduper:
     dedup = Deduper(settings.phash_max_distance, settings.confirm_max_distance)
     for part in data.table("images").parts():
         t = pq.read_table(part, columns=["sample_id", "status", "sha256", "phash"])
-        t = t.filter(pc.fill_null(pc.equal(t.column("status"), OK), False))
+        t = t.filter(is_ok(t))
         dedup.add(*(t.column(c).to_pylist() for c in ("sample_id", "sha256", "phash")))
     return dedup
 

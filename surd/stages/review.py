@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from storage.layout import DataDir
-from storage.schemas import OK
+from storage.schemas import is_ok
 from surd.parallel import batched
 from surd.review import policies, queries, queue
 from surd.settings import Settings
@@ -24,7 +24,7 @@ def _new_kept(data: DataDir, queued: pa.Array) -> Iterator[dict[str, Any]]:
     for part in data.table("clip_scores").parts():
         t = pq.read_table(part, columns=["sample_id", "status", "p_simple", "p_complex"])
         keep = pc.and_(
-            pc.fill_null(pc.equal(t.column("status"), OK), False),
+            is_ok(t),
             pc.invert(pc.is_in(t.column("sample_id"), value_set=queued)),
         )
         yield from t.filter(keep).drop_columns(["status"]).to_pylist()
@@ -34,7 +34,7 @@ def enqueue_kept(settings: Settings, data: DataDir) -> int:
     """Enqueue every CLIP-kept sample not yet queued; idempotent. Returns how many were added."""
     engine = queue.connect(settings.review_database_url)
     try:
-        queued = pa.array(queries.queued_id_list(engine), pa.string())
+        queued = pa.array(queries.queued_ids(engine), pa.string())
         added = 0
         for chunk in batched(_new_kept(data, queued), LOOKUP_CHUNK):  # one pass over the tables each
             ids = [r["sample_id"] for r in chunk]
