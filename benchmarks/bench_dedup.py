@@ -35,7 +35,7 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 import synthetic  # noqa: E402
 
 from surd.settings import ImageSettings  # noqa: E402
-from surd.stages.dedup import Deduper  # noqa: E402
+from surd.stages.dedup import VIEWS, Deduper  # noqa: E402
 from surd.stages.normalise import normalise  # noqa: E402
 
 
@@ -47,16 +47,26 @@ def _hexes(rng: np.random.Generator, n: int, words: int) -> list[str]:
     return [bytes(r).hex() for r in rng.integers(0, 256, (n, 8 * words), dtype=np.uint8)]
 
 
+def _deduper(cfg: ImageSettings, confirm: int) -> Deduper:
+    return Deduper(
+        cfg.phash_max_distance,
+        confirm,
+        zoom_distance=cfg.zoom_max_distance,
+        zoom_confirm=min(confirm, cfg.zoom_confirm_max_distance),
+    )
+
+
 def speed(n: int, part: int, cfg: ImageSettings) -> dict[str, Any]:
     rng = np.random.default_rng(0)
-    dedup = Deduper(cfg.phash_max_distance, cfg.confirm_max_distance)
+    dedup = _deduper(cfg, cfg.confirm_max_distance)
     dropped = 0
     start = time.perf_counter()
     for lo in range(0, n, part):
         m = min(part, n - lo)
         dh, dct, sha = _hexes(rng, m, 1), _hexes(rng, m, 4), _hexes(rng, m, 4)
         colour = [bytes(c).hex() for c in rng.integers(0, 256, (m, 3), dtype=np.uint8)]
-        keys = [a + b + c for a, b, c in zip(dh, colour, dct, strict=True)]
+        views = _hexes(rng, m, 5 * VIEWS)
+        keys = [a + b + c + v for a, b, c, v in zip(dh, colour, dct, views, strict=True)]
         ids = [f"{k:016x}" for k in range(lo, lo + m)]
         dropped += sum(x is not None for x in dedup.decide(ids, sha, keys))
     seconds = time.perf_counter() - start
@@ -84,7 +94,7 @@ def labelled(n: int, part: int, cfg: ImageSettings, workers: int) -> list[dict[s
     ids = [f"{k:016x}" for k in range(n)]
     out = []
     for confirm in (256, cfg.confirm_max_distance):
-        dedup = Deduper(cfg.phash_max_distance, confirm)
+        dedup = _deduper(cfg, confirm)
         found = []
         for lo in range(0, n, part):
             hi = min(n, lo + part)

@@ -12,22 +12,35 @@ A near copy is found by one signal and confirmed by a second, independent one:
 2. **Confirmation**: the 256-bit DCT hash (low frequencies of the luminance, 32×32) within
    `confirm_distance`. Thresholds: README, "Duplicates", measured by `benchmarks/bench_dedup.py`.
 
+A copy cropped around its centre is a centred enlargement of the original once both are
+normalised, too far for the whole-image hashes. Each image also carries both hashes of its centre
+enlarged by a few zooms (`normalise.zoom_views`); a new image is compared, within the tighter
+`zoom_distance` and `zoom_confirm`, with the kept images' views (it may be their crop) and its own
+views with the kept images (it may be their original). The views of every kept image form a second
+index of the same bands.
+
 Of several matches, the one first in storage order is named. Images stored before the 256-bit
-hash existed (a 22-digit `phash`) cannot confirm: for them the first signal decides, as it did.
+hash existed (a 22-digit `phash`) cannot confirm: for them the first signal decides, as it did;
+images stored before the views (86 digits) are compared whole only.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
+
+from surd.stages.normalise import ZOOMS
 
 MIX = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: a band key → a bucket
 MAX_TABLE_BITS = 22  # 4M buckets (32 MB) per band at most
 SPARSE = 8  # buckets per stored hash, up to MAX_TABLE_BITS: few wasted candidates per probe
+VIEWS = len(ZOOMS)
+KEY = 86  # hex digits of the whole-image hashes; then 80 per view
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
@@ -40,14 +53,31 @@ def _words(hexes: list[str], width: int) -> np.ndarray:
     return np.ascontiguousarray(raw).view(">u8").astype(np.uint64).reshape(len(hexes), width)
 
 
-def _unpack(keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """`phash` strings → 64-bit dHash, mean colour (n×3), 256-bit DCT hash (n×4 words), and
-    whether it has one (keys of 22 hex digits predate it)."""
-    has = np.array([len(k) >= 86 for k in keys], bool)
-    dh = _words([k[:16] for k in keys], 1)[:, 0]
-    colour = np.frombuffer(bytes.fromhex("".join(k[16:22] for k in keys)), np.uint8).reshape(-1, 3)
-    dct = _words([k[22:86] if len(k) >= 86 else "0" * 64 for k in keys], 4)
-    return dh, colour.astype(np.int16), dct, has
+@dataclass(frozen=True)
+class Keys:
+    """Parsed `phash` strings: 64-bit dHash, mean colour (n×3), 256-bit DCT hash (n×4 words), the
+    views' dHashes (n×VIEWS) and DCT hashes (n×VIEWS×4), and which keys have a DCT hash and views
+    (keys of 22 and 86 hex digits predate them)."""
+
+    dh: np.ndarray
+    colour: np.ndarray
+    dct: np.ndarray
+    vdh: np.ndarray
+    vdct: np.ndarray
+    has: np.ndarray
+    hasv: np.ndarray
+
+    @classmethod
+    def parse(cls, keys: Sequence[str]) -> Keys:
+        full = KEY + 80 * VIEWS
+        has = np.array([len(k) >= KEY for k in keys], bool)
+        hasv = np.array([len(k) >= full for k in keys], bool)
+        dh = _words([k[:16] for k in keys], 1)[:, 0]
+        colour = np.frombuffer(bytes.fromhex("".join(k[16:22] for k in keys)), np.uint8).reshape(-1, 3)
+        dct = _words([k[22:KEY] if len(k) >= KEY else "0" * 64 for k in keys], 4)
+        views = _words([k[KEY:full] if len(k) >= full else "0" * 80 * VIEWS for k in keys], 5 * VIEWS)
+        views = views.reshape(len(keys), VIEWS, 5)
+        return cls(dh, colour.astype(np.int16), dct, views[:, :, 0], views[:, :, 1:], has, hasv)
 
 
 def plan_bands(max_distance: int, expected: int = 1_000_000) -> tuple[list[int], int]:
@@ -55,7 +85,7 @@ def plan_bands(max_distance: int, expected: int = 1_000_000) -> tuple[list[int],
     split with the least expected work (probes, and candidates at `expected` hashes)."""
     best: tuple[float, list[int], int] | None = None
     for bands in range(1, min(max_distance + 1, 16) + 1):
-        radius = math.ceil((max_distance + 1) / bands) - 1
+        radius = _radius(max_distance, bands)
         widths = [64 // bands + (1 if i < 64 % bands else 0) for i in range(bands)]
         probes = sum(sum(math.comb(w, r) for r in range(radius + 1)) for w in widths)
         load = expected / 2 ** min(min(widths), MAX_TABLE_BITS)
@@ -64,6 +94,11 @@ def plan_bands(max_distance: int, expected: int = 1_000_000) -> tuple[list[int],
             best = (cost, widths, radius)
     assert best is not None
     return best[1], best[2]
+
+
+def _radius(distance: int, bands: int) -> int:
+    """The probe radius that finds every hash within `distance` over `bands` bands (pigeonhole)."""
+    return math.ceil((distance + 1) / bands) - 1
 
 
 def _masks(width: int, radius: int) -> np.ndarray:
@@ -76,19 +111,28 @@ def _masks(width: int, radius: int) -> np.ndarray:
 
 class _Chains:
     """Buckets of positions by a key: head[bucket] = the newest position, prev[position] = the
-    next older one in the same bucket (-1: none). The table doubles (and is refilled from the
-    stored keys) when it holds more positions than buckets."""
+    next older one in the same bucket (-1: none). The table grows (and is refilled from the
+    stored keys) to keep SPARSE buckets per position, up to MAX_TABLE_BITS."""
 
-    def __init__(self, bits: int = 12) -> None:
-        self.bits = bits
+    def __init__(self, bits: int = 12, key_bits: int = 64) -> None:
+        self.bits, self.key_bits = bits, key_bits
         self.head = np.full(1 << bits, -1, np.int32)
         self.prev = np.empty(0, np.int32)
 
     def bucket(self, keys: np.ndarray) -> np.ndarray:
+        if self.key_bits <= self.bits:  # the key itself: no two keys share a bucket
+            return keys.astype(np.int64)
         return ((keys * MIX) >> np.uint64(64 - self.bits)).astype(np.int64)
 
-    def add(self, keys: np.ndarray, start: int, all_keys: np.ndarray) -> None:
-        """Add positions start.. start+len(keys); `all_keys` is every stored key (for a refill)."""
+    def add(
+        self,
+        keys: np.ndarray,
+        start: int,
+        stored: Callable[[], tuple[np.ndarray, np.ndarray | None]],
+        valid: np.ndarray | None = None,
+    ) -> None:
+        """Add positions start.. start+len(keys), but those not `valid`; `stored()` gives every
+        stored key and which are valid (read only for a refill)."""
         end = start + len(keys)
         if len(self.prev) < end:
             self.prev = np.concatenate(
@@ -97,9 +141,13 @@ class _Chains:
         if end * SPARSE > len(self.head) and self.bits < MAX_TABLE_BITS:
             self.bits = min(MAX_TABLE_BITS, math.ceil(math.log2(end * SPARSE)) + 1)
             self.head = np.full(1 << self.bits, -1, np.int32)
-            keys, start = all_keys[:end], 0
+            (keys, valid), start = stored(), 0
         b = self.bucket(keys)
         pos = np.arange(start, start + len(keys), dtype=np.int32)
+        if valid is not None:
+            b, pos = b[valid], pos[valid]
+        if not len(b):
+            return
         order = np.lexsort((pos, b))  # by bucket, then position
         b, pos = b[order], pos[order]
         first = np.r_[True, b[1:] != b[:-1]]
@@ -130,137 +178,199 @@ class _Chains:
 @dataclass(frozen=True)
 class Match:
     """The earlier image a new one repeats, and by which signal: `sha256`, or the two hashes'
-    distances (`dct256` None where the earlier image has no 256-bit hash)."""
+    distances (`dct256` None where the earlier image has no 256-bit hash) and, for a centre crop,
+    the zoom of the view that matched."""
 
     first: str
     signal: str
     dhash64: int | None = None
     dct256: int | None = None
+    zoom: float | None = None
 
     def reason(self) -> str:
         if self.signal == "sha256":
             return f"duplicate_of:{self.first}"
         dct = "" if self.dct256 is None else f",dct256={self.dct256}"
-        return f"duplicate_of:{self.first}:dhash64={self.dhash64}{dct}"
+        zoom = "" if self.zoom is None else f",zoom={self.zoom:g}"
+        return f"duplicate_of:{self.first}:dhash64={self.dhash64}{dct}{zoom}"
 
 
-class Deduper:
-    """The kept images so far, in storage order, and the duplicate decision for new ones."""
+class _Store:
+    """Growable columns of the kept images, in storage order."""
 
-    def __init__(self, max_distance: int, confirm_distance: int, max_colour: int = 24) -> None:
-        self.t, self.confirm, self.max_colour = max_distance, confirm_distance, max_colour
-        self.widths, radius = plan_bands(max_distance)
-        self.shifts = np.cumsum([0, *self.widths[:-1]]).astype(np.uint64)
-        self.masks = [_masks(w, radius) for w in self.widths]
-        self.bands = [_Chains() for _ in self.widths]
-        self.sha = _Chains()
+    def __init__(self) -> None:
         self.n = 0
         self.ids = np.empty(0, "S16")
-        self.sha_key = np.empty((0, 4), np.uint64)
+        self.sha = np.empty((0, 4), np.uint64)
         self.dh = np.empty(0, np.uint64)
         self.colour = np.empty((0, 3), np.int16)
         self.dct = np.empty((0, 4), np.uint64)
+        self.vdh = np.empty((0, VIEWS), np.uint64)
+        self.vdct = np.empty((0, VIEWS, 4), np.uint64)
         self.has = np.empty(0, bool)
+        self.hasv = np.empty(0, bool)
         self.alive = np.empty(0, bool)  # False: a duplicate, never matched again
-        self._batch = 0
 
-    def __len__(self) -> int:
-        return self.n
-
-    def _band(self, values: np.ndarray, b: int) -> np.ndarray:
-        return (values >> self.shifts[b]) & np.uint64((1 << self.widths[b]) - 1)
-
-    def add(self, ids: Sequence[str], shas: Sequence[str], keys: Sequence[str]) -> None:
-        """Keep these images (in storage order) as the earliest of their kind."""
-        if not ids:
-            return
-        dh, colour, dct, has = _unpack(keys)
-        sha = _words([s[:64] for s in shas], 4)
+    def append(self, ids: Sequence[str], sha: np.ndarray, k: Keys) -> None:
         raw = np.array([i.encode() for i in ids])
         start, end = self.n, self.n + len(ids)
         if raw.dtype.itemsize > self.ids.dtype.itemsize:
             self.ids = self.ids.astype(raw.dtype)
         if end > len(self.dh):
             grow = max(end, 2 * len(self.dh), 1024)
-            self.ids = np.resize(self.ids, grow)
-            self.sha_key = np.resize(self.sha_key, (grow, 4))
-            self.dh = np.resize(self.dh, grow)
-            self.colour = np.resize(self.colour, (grow, 3))
-            self.dct = np.resize(self.dct, (grow, 4))
-            self.has = np.resize(self.has, grow)
-            self.alive = np.resize(self.alive, grow)
-        self.ids[start:end], self.sha_key[start:end] = raw, sha
-        self.dh[start:end], self.colour[start:end], self.dct[start:end], self.has[start:end] = (
-            dh,
-            colour,
-            dct,
-            has,
-        )
-        self.alive[start:end] = True
+            for name in ("ids", "sha", "dh", "colour", "dct", "vdh", "vdct", "has", "hasv", "alive"):
+                old = getattr(self, name)
+                setattr(self, name, np.resize(old, (grow, *old.shape[1:])))
+        span = slice(start, end)
+        self.ids[span], self.sha[span], self.alive[span] = raw, sha, True
+        self.dh[span], self.colour[span], self.dct[span], self.has[span] = k.dh, k.colour, k.dct, k.has
+        self.vdh[span], self.vdct[span], self.hasv[span] = k.vdh, k.vdct, k.hasv
         self.n = end
-        self.sha.add(sha[:, 0], start, self.sha_key[:end, 0])
-        for b, chains in enumerate(self.bands):
-            chains.add(self._band(dh, b), start, self._band(self.dh[:end], b))
+
+
+class Deduper:
+    """The kept images so far, in storage order, and the duplicate decision for new ones."""
+
+    def __init__(
+        self,
+        max_distance: int,
+        confirm_distance: int,
+        max_colour: int = 24,
+        zoom_distance: int = 5,
+        zoom_confirm: int = 40,
+    ) -> None:
+        self.t, self.confirm, self.max_colour = max_distance, confirm_distance, max_colour
+        self.tz, self.confirm_z = zoom_distance, zoom_confirm
+        self.widths = plan_bands(max(max_distance, zoom_distance))[0]  # one split for both searches
+        self.shifts = np.cumsum([0, *self.widths[:-1]]).astype(np.uint64)
+        self.masks = [_masks(w, _radius(max_distance, len(self.widths))) for w in self.widths]
+        self.masks_z = [_masks(w, _radius(zoom_distance, len(self.widths))) for w in self.widths]
+        self.bands = [_Chains(key_bits=w) for w in self.widths]
+        self.view_bands = [_Chains(key_bits=w) for w in self.widths]  # entry p·VIEWS + v: view v of p
+        self.sha = _Chains()
+        self.s = _Store()
+        self._views: dict[tuple[int, int], int] = {}  # (query, position) → view that matched
+
+    def __len__(self) -> int:
+        return self.s.n
+
+    def _band(self, values: np.ndarray, b: int) -> np.ndarray:
+        return (values >> self.shifts[b]) & np.uint64((1 << self.widths[b]) - 1)
+
+    def add(self, ids: Sequence[str], shas: Sequence[str], keys: Sequence[str]) -> None:
+        """Keep these images (in storage order) as the earliest of their kind."""
+        if ids:
+            self._add(ids, shas, Keys.parse(keys))
+
+    def _add(self, ids: Sequence[str], shas: Sequence[str], k: Keys) -> None:
+        s, start = self.s, self.s.n
+        s.append(ids, _words([x[:64] for x in shas], 4), k)
+        n = s.n
+        self.sha.add(s.sha[start:n, 0], start, partial(self._stored, "sha", 0, n))
+        for b in range(len(self.widths)):
+            self.bands[b].add(self._band(k.dh, b), start, partial(self._stored, "dh", b, n))
+            self.view_bands[b].add(  # images without views are not indexed
+                self._band(k.vdh.ravel(), b),
+                start * VIEWS,
+                partial(self._stored, "views", b, n),
+                np.repeat(k.hasv, VIEWS),
+            )
+
+    def _stored(self, what: str, b: int, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Every stored key of an index (and which are valid): read when its table grows."""
+        s = self.s
+        if what == "sha":
+            return s.sha[:n, 0], None
+        if what == "dh":
+            return self._band(s.dh[:n], b), None
+        return self._band(s.vdh[:n].ravel(), b), np.repeat(s.hasv[:n], VIEWS)
 
     def _exact(self, sha: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
         """(query, position) of every stored image with the same pixels as a query, before it."""
         owner, pos = self.sha.members(self.sha.bucket(sha[:, 0]), np.arange(len(sha), dtype=np.int64))
-        keep = (pos < start + owner) & self.alive[pos]
+        keep = (pos < start + owner) & self.s.alive[pos]
         owner, pos = owner[keep], pos[keep]
-        same = (self.sha_key[pos] == sha[owner]).all(axis=1)
+        same = (self.s.sha[pos] == sha[owner]).all(axis=1)
         return owner[same], pos[same]
 
-    def _near(
-        self, dh: np.ndarray, colour: np.ndarray, dct: np.ndarray, has: np.ndarray, start: int
+    def _search(
+        self, bands: list[_Chains], masks: list[np.ndarray], query: np.ndarray, stored: np.ndarray, t: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(query, position) of every stored image before it that both signals agree on."""
-        owners, positions = [], []
-        q = np.arange(len(dh), dtype=np.int64)
-        for b, chains in enumerate(self.bands):
-            probes = self._band(dh, b)[:, None] ^ self.masks[b][None, :]
-            cur = chains.head[chains.bucket(probes).ravel()]
-            owner = np.repeat(q, probes.shape[1])
-            keep = cur >= 0
-            owner, cur = owner[keep], cur[keep]
+        """(query, entry) of every stored hash within `t` bits of a query (some pairs twice)."""
+        owners, entries = [], []
+        for b, chains in enumerate(bands):
+            probes = (self._band(query, b)[:, None] ^ masks[b][None, :]).ravel()
+            cur = chains.head[chains.bucket(probes)]
+            hit_any = np.flatnonzero(cur >= 0)
+            owner, cur = hit_any // len(masks[b]), cur[hit_any]
             while len(cur):  # walk the buckets, keeping only the hashes within the distance
-                hit = _popcount(dh[owner] ^ self.dh[cur]) <= self.t
+                hit = _popcount(query[owner] ^ stored[cur]) <= t
                 owners.append(owner[hit])
-                positions.append(cur[hit])
+                entries.append(cur[hit])
                 cur = chains.prev[cur]
                 keep = cur >= 0
                 owner, cur = owner[keep], cur[keep]
         if not owners:
             return np.empty(0, np.int64), np.empty(0, np.int64)
-        owner, pos = np.concatenate(owners), np.concatenate(positions).astype(np.int64)
-        ok = (pos < start + owner) & self.alive[pos]
-        ok &= (np.abs(colour[owner] - self.colour[pos]) <= self.max_colour).all(axis=1)
-        confirmed = _popcount(dct[owner] ^ self.dct[pos]).sum(axis=1) <= self.confirm
-        ok &= confirmed | ~(has[owner] & self.has[pos])
-        return owner[ok], pos[ok]
+        return np.concatenate(owners), np.concatenate(entries).astype(np.int64)
+
+    def _near(self, k: Keys, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(query, position, view) of every kept image before a query that both signals agree on:
+        view 0 the whole images, +v the kept image's view v-1, -v the query's view v-1."""
+        s, n = self.s, self.s.n
+        found = []
+        owner, pos = self._search(self.bands, self.masks, k.dh, s.dh[:n], self.t)
+        ok = _popcount(k.dct[owner] ^ s.dct[pos]).sum(axis=1) <= self.confirm
+        found.append((owner, pos, np.zeros_like(pos), ok | ~(k.has[owner] & s.has[pos])))
+        owner, entry = self._search(self.view_bands, self.masks_z, k.dh, s.vdh[:n].ravel(), self.tz)
+        pos, view = entry // VIEWS, entry % VIEWS
+        ok = s.hasv[pos] & k.has[owner]
+        ok &= _popcount(k.dct[owner] ^ s.vdct[pos, view]).sum(axis=1) <= self.confirm_z
+        found.append((owner, pos, view + 1, ok))
+        queries = np.flatnonzero(k.hasv)  # every view of those with views, one search
+        owner, pos = self._search(self.bands, self.masks_z, k.vdh[queries].ravel(), s.dh[:n], self.tz)
+        owner, view = queries[owner // VIEWS], owner % VIEWS
+        ok = s.has[pos] & (_popcount(k.vdct[owner, view] ^ s.dct[pos]).sum(axis=1) <= self.confirm_z)
+        found.append((owner, pos, -view - 1, ok))
+        owner, pos, view, ok = (np.concatenate(c) for c in zip(*found, strict=True))
+        ok &= (pos < start + owner) & s.alive[pos]
+        ok &= (np.abs(k.colour[owner] - s.colour[pos]) <= self.max_colour).all(axis=1)
+        owner, pos, view = owner[ok], pos[ok], view[ok]
+        self._views = {}
+        for i, p, v in zip(owner.tolist(), pos.tolist(), view.tolist(), strict=True):
+            if (i, p) not in self._views or abs(v) < abs(self._views[i, p]):
+                self._views[i, p] = v  # the whole images first, then the smallest zoom
+        return owner, pos, view
 
     def _match(self, i: int, pos: int, signal: str) -> Match:
-        first = self.ids[pos].decode()
+        s = self.s
+        first = s.ids[pos].decode()
         if signal == "sha256":
             return Match(first, "sha256")
-        j = self.n - self._batch + i  # i's own position
-        dct = int(_popcount(self.dct[j] ^ self.dct[pos]).sum()) if self.has[j] and self.has[pos] else None
-        return Match(first, "near", int(_popcount(self.dh[j] ^ self.dh[pos])), dct)
+        j = s.n - self._batch + i  # i's own position
+        view = self._views[i, pos]
+        if view == 0:
+            dct = int(_popcount(s.dct[j] ^ s.dct[pos]).sum()) if s.has[j] and s.has[pos] else None
+            return Match(first, "near", int(_popcount(s.dh[j] ^ s.dh[pos])), dct)
+        if view > 0:  # i is a crop of the kept image
+            a, b = (s.dh[j], s.dct[j]), (s.vdh[pos, view - 1], s.vdct[pos, view - 1])
+        else:  # the kept image is a crop of i
+            a, b = (s.vdh[j, -view - 1], s.vdct[j, -view - 1]), (s.dh[pos], s.dct[pos])
+        dh, dct = int(_popcount(a[0] ^ b[0])), int(_popcount(a[1] ^ b[1]).sum())
+        return Match(first, "near", dh, dct, ZOOMS[abs(view) - 1])
 
     def decide(self, ids: Sequence[str], shas: Sequence[str], keys: Sequence[str]) -> list[Match | None]:
         """For each new image in order, the first earlier image it repeats (stored, or earlier in
         these and kept), or None. All are added; the repeats as dropped (never matched again)."""
         if not ids:
             return []
-        start = self.n
-        self.add(ids, shas, keys)
+        start, k = self.s.n, Keys.parse(keys)
+        self._add(ids, shas, k)
         self._batch = len(ids)
-        sha, dh = self.sha_key[start:], self.dh[start:]
-        colour, dct, has = self.colour[start : self.n], self.dct[start : self.n], self.has[start : self.n]
-        pairs = {
-            "sha256": self._exact(sha[: len(ids)], start),
-            "near": self._near(dh[: len(ids)], colour, dct, has, start),
-        }
+        near = self._near(k, start)
+        pairs = {"sha256": self._exact(self.s.sha[start : self.s.n], start), "near": near[:2]}
         # exact copies before near ones; of either, the first in storage order that is kept
+        alive = self.s.alive
         out: list[Match | None] = [None] * len(ids)
         stored: dict[str, np.ndarray] = {}
         later: dict[int, dict[str, list[int]]] = {}  # matches among these ids: decided in order
@@ -275,16 +385,16 @@ class Deduper:
             for signal in ("sha256", "near"):
                 if stored[signal][i] >= 0:
                     out[i] = self._match(i, int(stored[signal][i]), signal)
-                    self.alive[start + i] = False
+                    alive[start + i] = False
                     break
         for i in sorted(later):
             for signal in ("sha256", "near"):
-                alive = [p for p in later[i][signal] if self.alive[p]]
+                kept = [p for p in later[i][signal] if alive[p]]
                 if stored[signal][i] >= 0:
-                    alive.append(int(stored[signal][i]))
-                if alive:
-                    out[i] = self._match(i, min(alive), signal)
-                    self.alive[start + i] = False
+                    kept.append(int(stored[signal][i]))
+                if kept:
+                    out[i] = self._match(i, min(kept), signal)
+                    alive[start + i] = False
                     break
         return out
 

@@ -89,7 +89,12 @@ def _row(raw: dict[str, Any], result: Result) -> dict[str, Any]:
 
 def stored_deduper(data: DataDir, settings: ImageSettings) -> Deduper:
     """The kept images so far, read a part at a time from three columns (never the image bytes)."""
-    dedup = Deduper(settings.phash_max_distance, settings.confirm_max_distance)
+    dedup = Deduper(
+        settings.phash_max_distance,
+        settings.confirm_max_distance,
+        zoom_distance=settings.zoom_max_distance,
+        zoom_confirm=settings.zoom_confirm_max_distance,
+    )
     for part in data.table("images").parts():
         t = pq.read_table(part, columns=["sample_id", "status", "sha256", "phash"])
         t = t.filter(is_ok(t))

@@ -103,14 +103,20 @@ def square(img: Image.Image, size: int, mode: str, resample: str = "bicubic") ->
     return canvas
 
 
+Box = tuple[float, float, float, float]
+
+
+def _dhash_bits(gray: Image.Image, box: Box | None = None) -> str:
+    small = np.asarray(gray.resize((9, 8), Image.Resampling.BOX, box=box), dtype=np.int16)
+    return f"{int.from_bytes(np.packbits(small[:, 1:] > small[:, :-1]).tobytes(), 'big'):016x}"
+
+
 def dhash64(img: Image.Image) -> str:
     """A perceptual key: a 64-bit difference hash (survives re-encoding and small resizes) and the
     mean colour (so that two flat pictures of different colours, whose gradients are both nil,
     are not taken for one another), as 16 + 6 hex digits."""
-    small = np.asarray(img.convert("L").resize((9, 8), Image.Resampling.BOX), dtype=np.int16)
-    bits = int.from_bytes(np.packbits(small[:, 1:] > small[:, :-1]).tobytes(), "big")
     r, g, b = img.convert("RGB").resize((1, 1), Image.Resampling.BOX).getpixel((0, 0))  # type: ignore[misc]
-    return f"{bits:016x}{r:02x}{g:02x}{b:02x}"
+    return f"{_dhash_bits(img.convert('L'))}{r:02x}{g:02x}{b:02x}"
 
 
 def _dct_matrix(n: int) -> np.ndarray:
@@ -123,19 +129,39 @@ def _dct_matrix(n: int) -> np.ndarray:
 _DCT32 = _dct_matrix(32)
 
 
+def _dct_bits(gray: Image.Image, box: Box | None = None) -> str:
+    small = np.asarray(gray.resize((32, 32), Image.Resampling.BOX, box=box), dtype=np.float64)
+    low = (_DCT32 @ small @ _DCT32.T)[:16, :16].ravel()
+    return np.packbits(low > np.median(low[1:])).tobytes().hex()
+
+
 def dct256(img: Image.Image) -> str:
     """A second, independent perceptual hash: the signs, against their median, of the 16×16
     lowest frequencies of the 32×32 luminance's DCT (the 256-bit pHash), as 64 hex digits."""
-    small = np.asarray(img.convert("L").resize((32, 32), Image.Resampling.BOX), dtype=np.float64)
-    low = (_DCT32 @ small @ _DCT32.T)[:16, :16].ravel()
-    bits = low > np.median(low[1:])
-    return np.packbits(bits).tobytes().hex()
+    return _dct_bits(img.convert("L"))
+
+
+ZOOMS = (1.04, 1.08, 1.12, 1.16)  # centre crops of 2–7% a side; README, "Duplicates"
+
+
+def zoom_views(img: Image.Image) -> str:
+    """Both hashes (16 + 64 hex digits) of the centre of the image enlarged by each of ZOOMS: what
+    a copy cropped around its centre hashes to once normalised (a centre crop of any aspect
+    becomes a centred enlargement of the square), so that such a copy is found either way."""
+    gray, (w, h) = img.convert("L"), img.size
+    out = []
+    for z in ZOOMS:
+        dx, dy = w * (1 - 1 / z) / 2, h * (1 - 1 / z) / 2
+        box = (dx, dy, w - dx, h - dy)
+        out.append(_dhash_bits(gray, box) + _dct_bits(gray, box))
+    return "".join(out)
 
 
 def perceptual_key(img: Image.Image) -> str:
-    """The `phash` column: the 64-bit dHash and mean colour (22 hex digits), then the 256-bit DCT
-    hash that confirms a near copy (64 more; rows written before it have 22)."""
-    return dhash64(img) + dct256(img)
+    """The `phash` column: the 64-bit dHash and mean colour (22 hex digits), the 256-bit DCT hash
+    that confirms a near copy (64), then `zoom_views` (80 per zoom). Rows written before hold 22
+    or 86 digits."""
+    return dhash64(img) + dct256(img) + zoom_views(img)
 
 
 def normalise(data: bytes, cfg: ImageSettings) -> Normalised:

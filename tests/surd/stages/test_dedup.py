@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from surd.stages.dedup import Deduper, Match, plan_bands
+from surd.stages.dedup import KEY, VIEWS, Deduper, Match, plan_bands
+from surd.stages.normalise import ZOOMS
 
 
 def _flip(value: int, bits: int, rng: np.random.Generator, width: int) -> int:
@@ -75,6 +76,105 @@ def _reference(
             kept.append((ident, sha, key))
         out.append(found)
     return out
+
+
+def _hashes(rng: np.random.Generator, base: tuple[int, int], dh_bits: int, dct_bits: int) -> str:
+    """16 + 64 hex digits: a dHash and a DCT hash that many bits from `base`'s."""
+    return f"{_flip(base[0], dh_bits, rng, 64):016x}{_flip(base[1], dct_bits, rng, 256):064x}"
+
+
+def _parts(key: str) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """A key's whole-image (dHash, DCT hash) and its views'."""
+    whole = (int(key[:16], 16), int(key[22:KEY] or "0", 16))
+    views = key[KEY:]
+    return whole, [
+        (int(views[i : i + 16], 16), int(views[i + 16 : i + 80], 16)) for i in range(0, len(views), 80)
+    ]
+
+
+def _cropped_items(n: int, seed: int) -> list[tuple[str, str, str]]:
+    """(id, sha256, phash) with views: crops of a kept image (whole hashes near one of its views),
+    originals of one (a view near its whole hashes), at every distance around the limits, and
+    keys of 86 digits (written before the views)."""
+    rng = np.random.default_rng(seed)
+    out: list[tuple[str, str, str]] = []
+    for k in range(n):
+        sha = bytes(rng.integers(0, 256, 32, dtype=np.uint8)).hex()
+        colour = bytes(rng.integers(100, 130, 3, dtype=np.uint8)).hex()
+        views = [(int(rng.integers(0, 2**63)), int.from_bytes(rng.bytes(32), "big")) for _ in range(VIEWS)]
+        whole = (int(rng.integers(0, 2**63)), int.from_bytes(rng.bytes(32), "big"))
+        roll = rng.random()
+        if out and roll < 0.6:
+            base_whole, base_views = _parts(out[int(rng.integers(len(out)))][2])
+            dh_bits, dct_bits = int(rng.integers(0, 9)), int(rng.choice([0, 10, 30, 38, 42, 60]))
+            v = int(rng.integers(VIEWS))
+            if roll < 0.3 and base_views:  # a crop of it: near one of its views
+                whole = (
+                    _flip(base_views[v][0], dh_bits, rng, 64),
+                    _flip(base_views[v][1], dct_bits, rng, 256),
+                )
+            else:  # its original: one of our views near its whole hashes
+                views[v] = (_flip(base_whole[0], dh_bits, rng, 64), _flip(base_whole[1], dct_bits, rng, 256))
+        key = f"{whole[0]:016x}{colour}{whole[1]:064x}" + "".join(f"{a:016x}{b:064x}" for a, b in views)
+        out.append((f"{k:016x}", sha, key[:KEY] if rng.random() < 0.1 else key))
+    return out
+
+
+def _reference_views(
+    items: list[tuple[str, str, str]], t: int, confirm: int, tz: int, confirm_z: int
+) -> list[Match | None]:
+    """Every pair, one item at a time, whole images then each view both ways, as the module says."""
+
+    def dist(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+        return bin(a[0] ^ b[0]).count("1"), bin(a[1] ^ b[1]).count("1")
+
+    kept: list[tuple[str, str]] = []
+    out: list[Match | None] = []
+    for ident, _, key in items:
+        found: Match | None = None
+        whole, views = _parts(key)
+        for other, okey in kept:
+            if any(
+                abs(a - b) > 24
+                for a, b in zip(bytes.fromhex(key[16:22]), bytes.fromhex(okey[16:22]), strict=True)
+            ):
+                continue
+            owhole, oviews = _parts(okey)
+            d, e = dist(whole, owhole)
+            if d <= t and e <= confirm:
+                found = Match(other, "near", d, e)
+            for v in range(VIEWS):
+                if found:
+                    break
+                for a, b in ([(whole, oviews[v])] if oviews else []) + (
+                    [(views[v], owhole)] if views else []
+                ):
+                    d, e = dist(a, b)
+                    if d <= tz and e <= confirm_z:
+                        found = Match(other, "near", d, e, ZOOMS[v])
+                        break
+            if found:
+                break
+        if found is None:
+            kept.append((ident, key))
+        out.append(found)
+    return out
+
+
+@pytest.mark.parametrize(("part", "seed"), [(64, 1), (1000, 2), (37, 3)])
+def test_crops_found_both_ways_as_comparing_every_pair(part: int, seed: int) -> None:
+    items = _cropped_items(800, seed)
+    dedup = Deduper(8, 48, zoom_distance=5, zoom_confirm=40)
+    got: list[Match | None] = []
+    for lo in range(0, len(items), part):
+        chunk = items[lo : lo + part]
+        got += dedup.decide(*(list(c) for c in zip(*chunk, strict=True)))
+    assert got == _reference_views(items, 8, 48, 5, 40)
+    assert sum(m is not None and m.zoom is not None for m in got) > 60
+
+
+def test_a_crop_reason_names_the_zoom() -> None:
+    assert Match("a", "near", 2, 17, 1.08).reason() == "duplicate_of:a:dhash64=2,dct256=17,zoom=1.08"
 
 
 @pytest.mark.parametrize(("t", "part"), [(8, 64), (8, 1000), (3, 37), (0, 50), (12, 100)])

@@ -99,4 +99,27 @@ def test_near_duplicates_found_exact_hashes_differ() -> None:
     found = dedup.decide(["again", "other"], [b.sha256, other.sha256], [b.phash, other.phash])
     assert found[0] is not None and found[0].first == "first" and found[0].signal == "near"
     assert found[1] is None
-    assert len(a.phash) == 86  # dHash, mean colour, then the 256-bit DCT hash
+    assert len(a.phash) == 86 + 80 * 4  # dHash, mean colour, 256-bit DCT hash, then 4 zoom views
+
+
+@pytest.mark.parametrize("crop_first", [False, True])
+def test_a_centre_crop_is_found_either_way_round_and_names_its_zoom(crop_first: bool) -> None:
+    from surd.sources.replay import synth_image
+
+    cfg = ImageSettings()
+    picture = Image.open(io.BytesIO(synth_image("x1", 640)[0])).convert("RGB")
+    w, h = picture.size
+    whole = normalise(encode(picture, "JPEG", quality=90), cfg)
+    crops = [
+        normalise(encode(picture.crop((dx, dy, w - dx, h - dy)), "JPEG", quality=85), cfg)
+        for dx, dy in ((w // 25, h // 25), (w // 16, 0))  # 4% all round; 6% off the sides of a portrait
+    ]
+    other = normalise(encode(Image.open(io.BytesIO(synth_image("other", 640)[0])).convert("RGB")), cfg)
+    for crop in crops:
+        first, then = (crop, whole) if crop_first else (whole, crop)
+        dedup = Deduper(cfg.phash_max_distance, cfg.confirm_max_distance)
+        assert dedup.decide(["first"], [first.sha256], [first.phash]) == [None]
+        found = dedup.decide(["then", "other"], [then.sha256, other.sha256], [then.phash, other.phash])
+        # a view matched: the whole images are too far apart (they would have been named first)
+        assert found[0] is not None and found[0].first == "first" and found[0].zoom is not None
+        assert found[1] is None
