@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
 from surd.review.db import reader
-from surd.review.kinds import ActorKind, State
+from surd.review.kinds import ActorKind, Decision, State
 from surd.review.schema import decisions, items, standing
 
 
@@ -40,6 +40,24 @@ def effective(engine: sa.Engine) -> dict[str, dict[str, Any]]:
         }
         for r in rows
     }
+
+
+class Accepted(NamedTuple):
+    """An accepted item's outcome, as a release needs it (a tuple: a release holds one per row)."""
+
+    id: int  # the decision behind it
+    actor_kind: str
+    simple_prompt: str | None  # the steward's edit, if any
+
+
+def accepted(engine: sa.Engine) -> dict[str, Accepted]:
+    """{sample id: outcome} of every item finally accepted, read from a streamed cursor."""
+    query = sa.select(
+        items.c.sample_id, items.c.final_decision_id, items.c.final_actor_kind, items.c.final_prompt
+    ).where(items.c.state == State.FINAL, items.c.final_decision == Decision.ACCEPT)
+    with reader(engine) as conn:
+        rows = conn.execution_options(stream_results=True, yield_per=4096).execute(query)
+        return {r[0]: Accepted(r[1], r[2], r[3]) for r in rows}
 
 
 def outcome_of(needed: int, rows: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -11,6 +11,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from surd.sources import LICENCE_NOTES
 from surd.summary import counts as counts_text
 
@@ -36,14 +38,13 @@ def frequent(texts: list[str | None], n: int = 15) -> tuple[list[tuple[str, int]
     return unigrams.most_common(n), bigrams.most_common(n)
 
 
-def plot_lengths(rows: list[dict[str, Any]], path: Path) -> None:
+def plot_lengths(simple: list[int], complex_: list[int], path: Path) -> None:
+    """Histograms of the words per prompt."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    simple = [len(words(r["simple_prompt"])) for r in rows]
-    complex_ = [len(words(r["complex_prompt"])) for r in rows]
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
     top = max([*simple, *complex_, 1])
     bins = range(0, top + 2, max(1, top // 40))
@@ -62,9 +63,9 @@ def _stats(values: list[int]) -> str:
     return f"mean {statistics.mean(values):.1f}, median {statistics.median(values)}, max {max(values)}"
 
 
-def _known(rows: list[dict[str, Any]]) -> str:
+def _known(rows: pa.Table) -> str:
     """The share of rows each generation column is known for, e.g. `seed 80%, steps 40%`."""
-    if not rows:
+    if not len(rows):
         return "none"
     cols = (
         "seed",
@@ -76,7 +77,8 @@ def _known(rows: list[dict[str, Any]]) -> str:
         "creator",
         "source_created_at",
     )
-    return ", ".join(f"{c} {100 * sum(r.get(c) is not None for r in rows) // len(rows)}%" for c in cols)
+    n = len(rows)
+    return ", ".join(f"{c} {100 * (n - rows.column(c).null_count) // n}%" for c in cols)
 
 
 def _commit(code: dict[str, Any] | None) -> str:
@@ -85,14 +87,16 @@ def _commit(code: dict[str, Any] | None) -> str:
     return f" at commit {code['commit'][:12]}{' with local changes' if code.get('dirty') else ''}"
 
 
-def write_card(folder: Path, man: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-
-    plot_lengths(rows, folder / "prompt_lengths.png")
+def write_card(folder: Path, man: dict[str, Any], rows: pa.Table) -> None:
+    """README.md (the dataset card) and its plot, from the manifest and the rows (no images)."""
+    simple, complex_ = rows.column("simple_prompt").to_pylist(), rows.column("complex_prompt").to_pylist()
+    simple_words, complex_words = [len(words(t)) for t in simple], [len(words(t)) for t in complex_]
+    plot_lengths(simple_words, complex_words, folder / "prompt_lengths.png")
     counts = man.get("counts", {})
-    by_source = Counter(r["source"] for r in rows)
-    by_kind = Counter(r["decided_by_kind"] for r in rows)
-    top_simple, phrases_simple = frequent([r["simple_prompt"] for r in rows])
-    top_complex, phrases_complex = frequent([r["complex_prompt"] for r in rows])
+    by_source = Counter(rows.column("source").to_pylist())
+    by_kind = Counter(rows.column("decided_by_kind").to_pylist())
+    top_simple, phrases_simple = frequent(simple)
+    top_complex, phrases_complex = frequent(complex_)
     fmt = ", ".join
     lines = [
         "---",
@@ -127,8 +131,8 @@ def write_card(folder: Path, man: dict[str, Any], rows: list[dict[str, Any]]) ->
         "",
         "![prompt lengths](prompt_lengths.png)",
         "",
-        f"- complex prompts: {_stats([len(words(r['complex_prompt'])) for r in rows])}",
-        f"- simple prompts: {_stats([len(words(r['simple_prompt'])) for r in rows])}",
+        f"- complex prompts: {_stats(complex_words)}",
+        f"- simple prompts: {_stats(simple_words)}",
         "",
         "## Most frequent words and phrases",
         "",

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from storage.layout import DataDir
@@ -35,68 +37,81 @@ RAW_COLUMNS = ("complex_prompt", "negative_prompt", "source", "source_item_id", 
 GENERATION_FROM = ("width", "height", "model", "seed", "nsfw_level", "meta_json")  # → GENERATION
 
 
-def _accepted(
-    settings: Settings, data: DataDir
-) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+Standing = tuple[dict[str, outcome.Accepted], dict[str, str]]  # accepted outcomes, their captions
+ROWS = pa.schema([f for f in RELEASE if f.name not in ("image", "sha256")])  # the images stream in
+BATCH = 4096  # rows made Python objects at once
+
+
+def _accepted(settings: Settings, data: DataDir) -> Standing:
     """The standing accept decisions and the captions of those samples."""
     engine = queue.connect(settings.review_database_url)
     try:
-        standing = {k: v for k, v in outcome.effective(engine).items() if v["decision"] == "accept"}
+        standing = outcome.accepted(engine)
     finally:
         engine.dispose()
-    return standing, data.table("captions").lookup(standing, ["simple_prompt"])
+    caps = data.table("captions").iter_lookup(standing, ["simple_prompt"])
+    return standing, {r["sample_id"]: r["simple_prompt"] for r in caps}
 
 
-def _fingerprint(standing: dict[str, dict[str, Any]], caps: dict[str, dict[str, Any]]) -> dict[str, str]:
+def _fingerprint(standing: dict[str, outcome.Accepted], caps: dict[str, str]) -> dict[str, str]:
     return {
-        sid: _row_key(
-            {"simple_prompt": d["simple_prompt"] or caps[sid]["simple_prompt"], "decision_id": d["id"]}
-        )
-        for sid, d in standing.items()
+        sid: _row_key({"simple_prompt": a.simple_prompt or caps[sid], "decision_id": a.id})
+        for sid, a in standing.items()
     }
 
 
-def accepted_rows(
-    settings: Settings, data: DataDir, accepted: tuple[dict[str, Any], dict[str, Any]] | None = None
-) -> list[dict[str, Any]]:
+def accepted_rows(settings: Settings, data: DataDir, accepted: Standing | None = None) -> pa.Table:
     """The release rows of the accepted samples, in sample-id order, without their images:
-    `write_shards` streams those in (bytes and sha256) from the images table. Each raw item is
-    turned into its row as it is read, so its full metadata is never held for every sample."""
+    `write_shards` streams those in (bytes and sha256) from the images table. Rows are made from
+    the raw items as they are read and kept as Arrow columns, BATCH at a time, so neither the raw
+    metadata nor a Python object per row is held for every sample."""
     standing, caps = accepted or _accepted(settings, data)
-    clip = data.table("clip_scores").lookup(standing, ["p_simple", "p_complex"])
-    rows = {}
+    clip = {
+        r["sample_id"]: (r["p_simple"], r["p_complex"])
+        for r in data.table("clip_scores").iter_lookup(standing, ["p_simple", "p_complex"])
+    }
+    batches, batch = [], []
     for r in data.table("raw_items").iter_lookup(standing, [*RAW_COLUMNS, *GENERATION_FROM]):
-        sid, d = r["sample_id"], standing[r["sample_id"]]
-        rows[sid] = {
-            "sample_id": sid,
-            "simple_prompt": d["simple_prompt"] or caps[sid]["simple_prompt"],
-            "caption": caps[sid]["simple_prompt"],
-            **clip[sid],
-            **{k: r[k] for k in RAW_COLUMNS},
-            "decision_id": d["id"],
-            "decided_by_kind": d["actor_kind"],
-            "licence_note": LICENCE_NOTES.get(r["source"], ""),
-            **REGISTRY[r["source"]].generation(r),
-        }
+        sid, a = r["sample_id"], standing[r["sample_id"]]
+        p_simple, p_complex = clip[sid]
+        batch.append(
+            {
+                "sample_id": sid,
+                "simple_prompt": a.simple_prompt or caps[sid],
+                "caption": caps[sid],
+                "p_simple": p_simple,
+                "p_complex": p_complex,
+                **{k: r[k] for k in RAW_COLUMNS},
+                "decision_id": a.id,
+                "decided_by_kind": a.actor_kind,
+                "licence_note": LICENCE_NOTES.get(r["source"], ""),
+                **REGISTRY[r["source"]].generation(r),
+            }
+        )
+        if len(batch) >= BATCH:
+            batches.append(pa.Table.from_pylist(batch, ROWS))
+            batch = []
+    batches.append(pa.Table.from_pylist(batch, ROWS))
+    rows = pa.concat_tables(batches)
     if len(rows) != len(standing):
         raise RuntimeError(
             f"{len(standing) - len(rows)} accepted samples have no raw item; no release written"
         )
-    return [rows[sid] for sid in sorted(rows)]
+    return rows.sort_by("sample_id")
 
 
 def write_shards(
-    data: DataDir, rows: list[dict[str, Any]], folder: Path, first: int, cfg: ReleaseSettings
+    data: DataDir, rows: pa.Table, folder: Path, first: int, cfg: ReleaseSettings
 ) -> Iterator[dict[str, Any]]:
     """Write the rows with their image bytes as shards `shard-{first}…` of at most
     `cfg.shard_rows` rows and `cfg.shard_bytes` image bytes; yields each shard's manifest entry.
     The images are read in storage order, a part at a time, and written a row group at a time, so
     memory holds one part and one row group of images whatever the release's size."""
-    by_id = {r["sample_id"]: r for r in rows}
+    at = {sid: k for k, sid in enumerate(rows.column("sample_id").to_pylist())}
     out: ShardFile | None = None
     index, found = first, 0
-    for img in data.table("images").iter_lookup(by_id, ["image", "sha256"]):
-        row = {**by_id[img["sample_id"]], **img}
+    for img in data.table("images").iter_lookup(at, ["image", "sha256"]):
+        row = {**rows.slice(at[img["sample_id"]], 1).to_pylist()[0], **img}
         nbytes = len(row["image"] or b"") + 1024
         if out is not None and (out.rows >= cfg.shard_rows or out.bytes + nbytes > cfg.shard_bytes):
             yield out.close()
@@ -105,10 +120,10 @@ def write_shards(
             out = ShardFile(folder / f"shard-{index:05d}.parquet", cfg.row_group_rows)
         out.add(row, nbytes)
         found += 1
-    if found != len(by_id):
+    if found != len(at):
         if out is not None:
             out.close()  # the temp folder goes with it; the next release removes it
-        raise RuntimeError(f"{len(by_id) - found} accepted samples have no stored image; no release written")
+        raise RuntimeError(f"{len(at) - found} accepted samples have no stored image; no release written")
     if out is not None:
         yield out.close()
 
@@ -147,6 +162,7 @@ def create_release(settings: Settings, data: DataDir, counts: dict[str, Any] | N
     if not fingerprint or (parent is not None and same_columns and parent["fingerprint"] == fingerprint):
         return None  # nothing changed (a release with other columns is remade with these)
     rows = accepted_rows(settings, data, accepted)
+    del accepted  # held as Arrow columns from here
     version = f"v{len(existing) + 1:04d}"
     data.releases_dir.mkdir(parents=True, exist_ok=True)
     for stale in data.releases_dir.glob(".tmp-*"):
@@ -162,7 +178,9 @@ def create_release(settings: Settings, data: DataDir, counts: dict[str, Any] | N
             os.link(parent_dir / file, tmp / name)
             shards.append({**by_file[file], "file": name, "reused_from": f"{parent['release']}/{file}"})
             reused_ids.update(ids)
-    fresh = [r for r in rows if r["sample_id"] not in reused_ids]
+    fresh = rows.filter(
+        pc.invert(pc.is_in(rows.column("sample_id"), pa.array(sorted(reused_ids), pa.string())))
+    )
     for entry in write_shards(data, fresh, tmp, len(shards), settings.release):
         shards.append(entry)
         fault_point("release", len(shards))
