@@ -9,8 +9,9 @@ against every kept image before it and then kept. Prints {"hashes", "seconds", "
 
 `--labelled N` makes N items (benchmarks/synthetic.py: distinct pictures in families of four, and
 about 2% planted copies: exact, re-encoded, resized, cropped), normalises each through the images
-stage's own `normalise`, and decides them in order twice: on the first signal alone (the 64-bit
-dHash, to see the distances), then with the confirming 256-bit DCT hash at the settings' limits.
+stage's own `normalise`, and decides them in order twice: on the first signals alone (the 64-bit
+dHashes of the whole images and of their zoomed views, to see the distances), then with the
+confirming 256-bit DCT hashes at the settings' limits.
 Prints, for each run, the false duplicates (a distinct picture dropped), the missed copies, the
 precision and recall, and the distances that chose the thresholds.
 """
@@ -36,7 +37,7 @@ import synthetic  # noqa: E402
 
 from surd.settings import ImageSettings  # noqa: E402
 from surd.stages.dedup import VIEWS, Deduper  # noqa: E402
-from surd.stages.normalise import normalise  # noqa: E402
+from surd.stages.normalise import ZOOMS, normalise  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -47,18 +48,14 @@ def _hexes(rng: np.random.Generator, n: int, words: int) -> list[str]:
     return [bytes(r).hex() for r in rng.integers(0, 256, (n, 8 * words), dtype=np.uint8)]
 
 
-def _deduper(cfg: ImageSettings, confirm: int) -> Deduper:
-    return Deduper(
-        cfg.phash_max_distance,
-        confirm,
-        zoom_distance=cfg.zoom_max_distance,
-        zoom_confirm=min(confirm, cfg.zoom_confirm_max_distance),
-    )
+def _deduper(cfg: ImageSettings, confirm: int, zoom_confirm: int) -> Deduper:
+    zoom = cfg.zoom_max_distance
+    return Deduper(cfg.phash_max_distance, confirm, zoom_distance=zoom, zoom_confirm=zoom_confirm)
 
 
 def speed(n: int, part: int, cfg: ImageSettings) -> dict[str, Any]:
     rng = np.random.default_rng(0)
-    dedup = _deduper(cfg, cfg.confirm_max_distance)
+    dedup = _deduper(cfg, cfg.confirm_max_distance, cfg.zoom_confirm_max_distance)
     dropped = 0
     start = time.perf_counter()
     for lo in range(0, n, part):
@@ -93,8 +90,8 @@ def labelled(n: int, part: int, cfg: ImageSettings, workers: int) -> list[dict[s
     made = time.perf_counter() - start
     ids = [f"{k:016x}" for k in range(n)]
     out = []
-    for confirm in (256, cfg.confirm_max_distance):
-        dedup = _deduper(cfg, confirm)
+    for confirm, zoom_confirm in ((256, 256), (cfg.confirm_max_distance, cfg.zoom_confirm_max_distance)):
+        dedup = _deduper(cfg, confirm, zoom_confirm)
         found = []
         for lo in range(0, n, part):
             hi = min(n, lo + part)
@@ -106,7 +103,8 @@ def labelled(n: int, part: int, cfg: ImageSettings, workers: int) -> list[dict[s
             k: f"{sum(1 for it, m in copies if it[1] == k and m)}/{sum(1 for it, _ in copies if it[1] == k)}"
             for k in synthetic.KINDS
         }
-        near = [m for _, m in caught if m.signal == "near"]
+        near = [m for _, m in caught if m.signal == "near" and m.zoom is None]
+        zoomed = [m for _, m in caught if m.zoom is not None]
         out.append(
             {
                 "items": n,
@@ -114,6 +112,8 @@ def labelled(n: int, part: int, cfg: ImageSettings, workers: int) -> list[dict[s
                 "planted": len(copies),
                 "dhash_max": cfg.phash_max_distance,
                 "confirm_max": confirm,
+                "zoom_max": cfg.zoom_max_distance,
+                "zoom_confirm_max": zoom_confirm,
                 "false_duplicates": len(false),
                 "missed_duplicates": len(copies) - len(caught),
                 "caught_by_kind": by_kind,
@@ -121,7 +121,10 @@ def labelled(n: int, part: int, cfg: ImageSettings, workers: int) -> list[dict[s
                 "recall": round(len(caught) / max(1, len(copies)), 4),
                 "copies_dct256_max": max((m.dct256 or 0 for m in near), default=None),
                 "copies_dhash64_max": max((m.dhash64 or 0 for m in near), default=None),
+                "crops_by_zoom": {z: sum(1 for m in zoomed if m.zoom == z) for z in ZOOMS},
+                "zoomed_dct256_max": max((m.dct256 or 0 for m in zoomed), default=None),
                 "false_dct256_min": min((m.dct256 for m in false if m.dct256 is not None), default=None),
+                "false_by_zoom": sum(1 for m in false if m.zoom is not None),
                 "seconds_to_make_and_hash": round(made, 1),
             }
         )
