@@ -15,6 +15,7 @@ from PIL import Image
 
 from storage.embeddings import prompt_sha1, read_layer
 from storage.releases import read_columns
+from storage.schemas import image_bytes
 
 
 def read_release(release: Path) -> pa.Table:
@@ -34,8 +35,8 @@ def encode_text(parts: dict[str, Any], prompts: list[str]) -> torch.Tensor:
 def pixels(table: pa.Table, resolution: int) -> torch.Tensor:
     """The release's images as (N, 3, r, r) in [-1, 1]: centre-cropped to a square, then resized."""
     pics = []
-    for b in table.column("image").to_pylist():
-        img = Image.open(io.BytesIO(b)).convert("RGB")
+    for value in table.column("image").to_pylist():
+        img = Image.open(io.BytesIO(image_bytes(value) or b"")).convert("RGB")
         side = min(img.size)
         left, top = (img.width - side) // 2, (img.height - side) // 2
         img = img.crop((left, top, left + side, top + side)).resize(

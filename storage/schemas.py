@@ -7,6 +7,9 @@ never deleted: what left the path stays visible with its reason.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -113,10 +116,42 @@ GENERATION = [  # how the image was made, as its source states it (null: the sou
     pa.field("source_created_at", pa.timestamp("us", tz="UTC")),
 ]
 
-RELEASE = pa.schema(
+# Hugging Face `datasets`' Image storage: a release's `image` loads as a PIL image (the bytes are
+# JPEG; `path` is null). Releases written before this held the bytes alone: `image_bytes` reads both.
+IMAGE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+
+
+def image_bytes(value: bytes | dict[str, Any] | None) -> bytes | None:
+    """A release row's image bytes, whether stored as Hugging Face's Image struct or plain bytes."""
+    return value.get("bytes") if isinstance(value, dict) else value
+
+
+def hf_dtype(field: pa.Field) -> str:
+    """The `datasets` dtype of a release column (`image` for the Image struct)."""
+    t = field.type
+    if t == IMAGE:
+        return "image"
+    if pa.types.is_floating(t):
+        return f"float{t.bit_width}"
+    if pa.types.is_timestamp(t):
+        return f"timestamp[{t.unit}, tz={t.tz}]" if t.tz else f"timestamp[{t.unit}]"
+    return {pa.string(): "string", pa.binary(): "binary", pa.bool_(): "bool"}.get(t, str(t))
+
+
+def hf_features(schema: pa.Schema) -> dict[str, Any]:
+    """`datasets`' own description of the columns (the `huggingface` key of the Parquet metadata):
+    how `load_dataset("parquet", …)` knows that `image` is an image."""
+    out: dict[str, Any] = {}
+    for f in schema:
+        dtype = hf_dtype(f)
+        out[f.name] = {"_type": "Image"} if dtype == "image" else {"dtype": dtype, "_type": "Value"}
+    return out
+
+
+_RELEASE_FIELDS = pa.schema(
     [
         pa.field("sample_id", pa.string(), nullable=False),
-        pa.field("image", pa.binary()),
+        pa.field("image", IMAGE),
         pa.field("simple_prompt", pa.string()),
         pa.field("caption", pa.string()),
         pa.field("complex_prompt", pa.string()),
@@ -132,6 +167,9 @@ RELEASE = pa.schema(
         pa.field("licence_note", pa.string()),
         *GENERATION,
     ]
+)
+RELEASE = _RELEASE_FIELDS.with_metadata(
+    {"huggingface": json.dumps({"info": {"features": hf_features(_RELEASE_FIELDS)}})}
 )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from storage.embeddings import prompt_sha1, read_layer
 from storage.releases import stream
+from storage.schemas import image_bytes
 
 
 def export_imagefolder(release: Path, out: Path) -> int:
@@ -30,7 +31,7 @@ def export_imagefolder(release: Path, out: Path) -> int:
         for batch in stream(release, cols):
             for row in batch.to_pylist():
                 name = f"{row['sample_id']}.jpg"
-                (train / name).write_bytes(row["image"])
+                (train / name).write_bytes(image_bytes(row["image"]) or b"")
                 meta.write(
                     json.dumps(
                         {"file_name": name, "text": row["simple_prompt"], "prompt": row["complex_prompt"]},

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from huggingface_hub import DatasetCard, DatasetCardData
 
+from storage.schemas import RELEASE, hf_dtype
 from surd.sources import LICENCE_NOTES
 from surd.summary import counts as counts_text
 
@@ -81,6 +83,81 @@ def _known(rows: pa.Table) -> str:
     return ", ".join(f"{c} {100 * (n - rows.column(c).null_count) // n}%" for c in cols)
 
 
+COLUMNS = {
+    "sample_id": "the sample's id (16 hex digits of sha1(source:item id))",
+    "image": "the 512×512 JPEG (Hugging Face Image: loads as a PIL image)",
+    "simple_prompt": "the simple prompt: BLIP's caption, or the steward's edit of it",
+    "caption": "BLIP's caption as made",
+    "complex_prompt": "the prompt the image was generated from, as the source gives it",
+    "negative_prompt": "the negative prompt, where the source gives one",
+    "source": "the site: civitai, lexica or sdonline",
+    "source_item_id": "the item's id on its site",
+    "source_url": "the item's page or API address",
+    "p_simple": "CLIP's probability for the simple prompt (against the complex one)",
+    "p_complex": "CLIP's probability for the complex prompt",
+    "decision_id": "the review decision behind the sample (the audit log's id)",
+    "decided_by_kind": "who accepted it: human (a steward) or auto (a named policy)",
+    "sha256": "sha256 of the normalised image's pixels",
+    "licence_note": "the source's terms for its images",
+    "seed": "the generation seed the source states",
+    "steps": "sampling steps",
+    "cfg_scale": "classifier-free guidance scale",
+    "sampler": "the sampler's name",
+    "gen_width": "the generated image's width as the source states it",
+    "gen_height": "the generated image's height as the source states it",
+    "model_name": "the model's name",
+    "model_hash": "the model's hash",
+    "creator": "the creator's name as the site shows it",
+    "source_nsfw": "the source's own NSFW label, verbatim",
+    "source_created_at": "when the source says the image was made (UTC)",
+}
+
+PAPER_BIBTEX = """@inproceedings{zhong2023suradapter,
+  title     = {SUR-adapter: Enhancing Text-to-Image Pre-trained Diffusion Models with Large Language Models},
+  author    = {Zhong, Shanshan and Huang, Zhongzhan and Wen, Wushao and Qin, Jinghui and Lin, Liang},
+  booktitle = {Proceedings of the 31st ACM International Conference on Multimedia},
+  year      = {2023}
+}"""
+
+
+def size_category(n: int) -> str:
+    """Hugging Face's size category of n rows."""
+    bounds = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
+    for bound, name in bounds:
+        if n < bound:
+            return name
+    return "1M<n<10M" if n < 10_000_000 else "n>10M"
+
+
+def card_data(man: dict[str, Any]) -> DatasetCardData:
+    """The card's metadata: what the Hub shows and `load_dataset` reads (the image feature)."""
+    return DatasetCardData(
+        pretty_name=f"SURD release {man['release']}",
+        license="other",
+        license_name="per-source-terms",
+        license_link="LICENSE.md",
+        task_categories=["text-to-image"],
+        language=["en"],
+        size_categories=[size_category(man["rows"])],
+        source_datasets=["original"],
+        tags=["stable-diffusion", "prompts", "sur-adapter"],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "shard-*.parquet"}]}],
+        dataset_info={
+            "features": [{"name": f.name, "dtype": hf_dtype(f)} for f in RELEASE],
+            "splits": [{"name": "train", "num_examples": man["rows"]}],
+        },
+    )
+
+
+def _citation(man: dict[str, Any]) -> str:
+    year = str(man.get("created_at", ""))[:4] or "2026"
+    commit = (man.get("code") or {}).get("commit") or man["code_version"]
+    return (
+        f"@misc{{surd_{man['release']},\n  title = {{SURD, release {man['release']}}},\n"
+        f"  note  = {{{man['rows']} samples; built by SURD builder at {commit}}},\n  year  = {{{year}}}\n}}"
+    )
+
+
 def _commit(code: dict[str, Any] | None) -> str:
     if not code or not code.get("commit"):
         return ""
@@ -99,11 +176,6 @@ def write_card(folder: Path, man: dict[str, Any], rows: pa.Table) -> None:
     top_complex, phrases_complex = frequent(complex_)
     fmt = ", ".join
     lines = [
-        "---",
-        "configs:",
-        "- config_name: default",
-        "  data_files: shard-*.parquet",
-        "---",
         f"# SURD release {man['release']}",
         "",
         f"{man['rows']} samples in {len(man['shards'])} shard(s) of plain Parquet (zstd); parent: "
@@ -143,13 +215,9 @@ def write_card(folder: Path, man: dict[str, Any], rows: pa.Table) -> None:
         "",
         "## Columns",
         "",
-        "`sample_id`, `image` (512×512 JPEG bytes), `simple_prompt` (the steward's edit if any), `caption` "
-        "(BLIP's), `complex_prompt`, `negative_prompt`, `source`, `source_item_id`, `source_url`, "
-        "`p_simple`, `p_complex` (CLIP), `decision_id`, `decided_by_kind`, `sha256`, `licence_note`; "
-        "and how the image was made, as its source states it (null where it does not): `seed` "
-        "(int64), `steps` (int32), `cfg_scale` (float32), `sampler`, `gen_width` and `gen_height` "
-        "(int32: the size the source states), `model_name`, `model_hash`, `creator` (the name the "
-        "site shows), `source_nsfw` (the source's own label, verbatim), `source_created_at` (UTC).",
+        "| column | type | what it holds |",
+        "|---|---|---|",
+        *[f"| `{f.name}` | {hf_dtype(f)} | {COLUMNS[f.name]} |" for f in RELEASE],
         "",
         f"Generation parameters known: {_known(rows)}.",
         "",
@@ -163,5 +231,20 @@ def write_card(folder: Path, man: dict[str, Any], rows: pa.Table) -> None:
         f"{man['schema_version']}) with models "
         f"{json.dumps(man['model_ids'])}; the full settings are in `manifest.json`.",
         "",
+        "## Citation",
+        "",
+        "The paper whose dataset this rebuilds, and this release:",
+        "",
+        "```bibtex",
+        PAPER_BIBTEX,
+        "",
+        _citation(man),
+        "```",
+        "",
     ]
-    (folder / "README.md").write_text("\n".join(lines))
+    (folder / "LICENSE.md").write_text(
+        "# Terms of the images in this release\n\nEach row's `licence_note` names its source's terms:\n\n"
+        + "".join(f"- {LICENCE_NOTES[s]}\n" for s in sorted(by_source) if s in LICENCE_NOTES)
+    )
+    card = DatasetCard(f"---\n{card_data(man).to_yaml()}\n---\n" + "\n".join(lines))
+    card.save(folder / "README.md")

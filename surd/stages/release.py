@@ -112,7 +112,8 @@ def write_shards(
     index, found = first, 0
     for img in data.table("images").iter_lookup(at, ["image", "sha256"]):
         row = {**rows.slice(at[img["sample_id"]], 1).to_pylist()[0], **img}
-        nbytes = len(row["image"] or b"") + 1024
+        nbytes = len(img["image"] or b"") + 1024
+        row["image"] = {"bytes": img["image"], "path": None}  # Hugging Face's Image
         if out is not None and (out.rows >= cfg.shard_rows or out.bytes + nbytes > cfg.shard_bytes):
             yield out.close()
             index, out = index + 1, None
@@ -133,13 +134,20 @@ def _row_key(row: dict[str, Any]) -> str:
     return hashlib.sha1(f"{row['simple_prompt'] or ''}\x1f{row['decision_id']}".encode()).hexdigest()
 
 
+def _same_schema(folder: Path, man: dict[str, Any]) -> bool:
+    """Whether a release was written with today's columns and types (else it is remade)."""
+    if man.get("columns") != RELEASE.names:
+        return False
+    return not man["shards"] or pq.read_schema(folder / man["shards"][0]["file"]).equals(RELEASE)
+
+
 def _reusable(
     parent_dir: Path, parent: dict[str, Any], current: dict[str, str]
 ) -> list[tuple[str, list[str]]]:
     """Parent shards every row of which is released again unchanged: (file, its sample ids)."""
     out = []
     for shard in parent["shards"]:
-        if not pq.read_schema(parent_dir / shard["file"]).remove_metadata().equals(RELEASE):
+        if not pq.read_schema(parent_dir / shard["file"]).equals(RELEASE):
             continue  # written with other columns (an older release): its rows are written anew
         ids = pq.read_table(parent_dir / shard["file"], columns=["sample_id"]).column(0).to_pylist()
         if all(current.get(i) == parent["fingerprint"].get(i) for i in ids):
@@ -158,7 +166,7 @@ def create_release(settings: Settings, data: DataDir, counts: dict[str, Any] | N
     parent_dir = existing[-1] if existing else None
     parent = manifest(parent_dir) if parent_dir else None
     fingerprint = _fingerprint(*accepted)  # before any prompt is read: a no-op stops here
-    same_columns = parent is not None and parent.get("columns") == RELEASE.names
+    same_columns = parent_dir is not None and parent is not None and _same_schema(parent_dir, parent)
     if not fingerprint or (parent is not None and same_columns and parent["fingerprint"] == fingerprint):
         return None  # nothing changed (a release with other columns is remade with these)
     rows = accepted_rows(settings, data, accepted)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from storage.layout import DataDir
 from storage.releases import list_published, publish, stream, verify_files
+from storage.schemas import IMAGE
 from surd import pipeline
 from surd.review import queue
 from surd.settings import Settings, load_settings
@@ -50,7 +51,8 @@ def test_release_manifest_card_and_round_trip(data) -> None:
     assert verify(path) == []
     rows = [r for b in stream(path) for r in b.to_pylist()]
     assert len(rows) == man["rows"] and len({r["sample_id"] for r in rows}) == man["rows"]
-    assert all(Image.open(io.BytesIO(r["image"])).size == (512, 512) for r in rows[:3])
+    assert all(r["image"]["path"] is None for r in rows)  # Hugging Face's Image: bytes and a path
+    assert all(Image.open(io.BytesIO(r["image"]["bytes"])).size == (512, 512) for r in rows[:3])
     only = next(stream(path, ["sample_id", "simple_prompt"]))
     assert only.schema.names == ["sample_id", "simple_prompt"]  # column projection
     card = (path / "README.md").read_text()
@@ -69,6 +71,23 @@ def test_release_manifest_card_and_round_trip(data) -> None:
     assert any(r["source_created_at"] is not None for r in civ)
     assert all(r["steps"] is None and r["sampler"] is None for r in by_source.get("lexica", []))
     assert "Generation parameters known: seed " in card
+
+
+def test_a_release_whose_images_are_plain_bytes_is_remade_and_still_read(data, tmp_path: Path) -> None:
+    from surd.exports import export_release
+
+    settings, d = data
+    v1 = create_release(settings, d)
+    for shard in manifest(v1)["shards"]:  # as this code wrote it before the Image type
+        f = v1 / shard["file"]
+        t = pq.read_table(f)
+        k = t.schema.get_field_index("image")
+        pq.write_table(t.set_column(k, "image", t.column("image").combine_chunks().field("bytes")), f)
+    assert export_release(v1, tmp_path / "old", "imagefolder")["rows"] == manifest(v1)["rows"]
+    assert Image.open(next((tmp_path / "old" / "train").glob("*.jpg"))).size == (512, 512)
+    v2 = create_release(settings, d)
+    assert v2 is not None and not any("reused_from" in s for s in manifest(v2)["shards"])
+    assert pq.read_schema(v2 / manifest(v2)["shards"][0]["file"]).field("image").type == IMAGE
 
 
 def test_a_release_with_older_columns_is_remade_with_these_and_none_of_its_shards_reused(data) -> None:
@@ -184,7 +203,9 @@ def test_shards_are_written_holding_one_part_and_one_row_group_of_images(data, t
 
 
 def test_exports_load_with_hugging_face_datasets(data, tmp_path: Path) -> None:
+    from datasets import Image as HFImage
     from datasets import load_dataset
+    from huggingface_hub import DatasetCard
 
     settings, d = data
     path = create_release(settings, d)
@@ -196,6 +217,17 @@ def test_exports_load_with_hugging_face_datasets(data, tmp_path: Path) -> None:
     shards = [str(path / s["file"]) for s in manifest(path)["shards"]]
     plain = load_dataset("parquet", data_files=shards, split="train")
     assert sorted(zip(plain["simple_prompt"], plain["complex_prompt"], strict=True)) == expected
+    assert isinstance(plain[0]["image"], Image.Image) and plain[0]["image"].size == (512, 512)
+    # the card: Hugging Face's own reader, its metadata, and the types it declares are the loaded ones
+    card = DatasetCard.load(path / "README.md")
+    meta = card.data.to_dict()
+    assert meta["license"] == "other" and meta["task_categories"] == ["text-to-image"]
+    declared = {f["name"]: f["dtype"] for f in meta["dataset_info"]["features"]}
+    assert declared["image"] == "image" and set(declared) == set(plain.features)
+    for name, feature in plain.features.items():
+        got = "image" if isinstance(feature, HFImage) else feature.dtype
+        assert got == declared[name], name
+    assert "@inproceedings{zhong2023suradapter" in card.text and "| `seed` | int64 |" in card.text
     from surd.exports import export_release
 
     out = tmp_path / "export"
