@@ -109,10 +109,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
 
+    from surd.models.blip_caption import BlipCaptioner
+    from surd.models.clip_score import ClipScorer
     from surd.models.preprocess import Preprocessor
     from surd.settings import CaptionSettings
-    from surd.stages.captions import BlipCaptioner
-    from surd.stages.clip import ClipScorer
 
     dev = device()
     blobs = image_set(args.images)

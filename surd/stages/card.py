@@ -149,13 +149,16 @@ def card_data(man: dict[str, Any]) -> DatasetCardData:
     )
 
 
-def _citation(man: dict[str, Any]) -> str:
+def _citations(man: dict[str, Any]) -> list[str]:
+    """The card's last section: BibTeX of the paper and of this release."""
     year = str(man.get("created_at", ""))[:4] or "2026"
     commit = (man.get("code") or {}).get("commit") or man["code_version"]
-    return (
+    release = (
         f"@misc{{surd_{man['release']},\n  title = {{SURD, release {man['release']}}},\n"
         f"  note  = {{{man['rows']} samples; built by SURD builder at {commit}}},\n  year  = {{{year}}}\n}}"
     )
+    head = ["## Citation", "", "The paper whose dataset this rebuilds, and this release:", ""]
+    return [*head, "```bibtex", PAPER_BIBTEX, "", release, "```", ""]
 
 
 def _commit(code: dict[str, Any] | None) -> str:
@@ -231,16 +234,7 @@ def write_card(folder: Path, man: dict[str, Any], rows: pa.Table) -> None:
         f"{man['schema_version']}) with models "
         f"{json.dumps(man['model_ids'])}; the full settings are in `manifest.json`.",
         "",
-        "## Citation",
-        "",
-        "The paper whose dataset this rebuilds, and this release:",
-        "",
-        "```bibtex",
-        PAPER_BIBTEX,
-        "",
-        _citation(man),
-        "```",
-        "",
+        *_citations(man),
     ]
     (folder / "LICENSE.md").write_text(
         "# Terms of the images in this release\n\nEach row's `licence_note` names its source's terms:\n\n"

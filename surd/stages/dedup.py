@@ -26,25 +26,19 @@ images stored before the views (86 digits) are compared whole only.
 
 from __future__ import annotations
 
-import itertools
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 
+from surd.stages.hash_index import Chains, plan_bands, popcount, probe_masks, probe_radius
 from surd.stages.normalise import ZOOMS
 
-MIX = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: a band key → a bucket
-MAX_TABLE_BITS = 22  # 4M buckets (32 MB) per band at most
-SPARSE = 8  # buckets per stored hash, up to MAX_TABLE_BITS: few wasted candidates per probe
+__all__ = ["Deduper", "Keys", "Match", "plan_bands"]
+
 VIEWS = len(ZOOMS)
 KEY = 86  # hex digits of the whole-image hashes; then 80 per view
-
-
-def _popcount(x: np.ndarray) -> np.ndarray:
-    return np.bitwise_count(x)
 
 
 def _words(hexes: list[str], width: int) -> np.ndarray:
@@ -78,101 +72,6 @@ class Keys:
         views = _words([k[KEY:full] if len(k) >= full else "0" * 80 * VIEWS for k in keys], 5 * VIEWS)
         views = views.reshape(len(keys), VIEWS, 5)
         return cls(dh, colour.astype(np.int16), dct, views[:, :, 0], views[:, :, 1:], has, hasv)
-
-
-def plan_bands(max_distance: int, expected: int = 1_000_000) -> tuple[list[int], int]:
-    """Band widths and probe radius for an exact search within `max_distance` of 64 bits: the
-    split with the least expected work (probes, and candidates at `expected` hashes)."""
-    best: tuple[float, list[int], int] | None = None
-    for bands in range(1, min(max_distance + 1, 16) + 1):
-        radius = _radius(max_distance, bands)
-        widths = [64 // bands + (1 if i < 64 % bands else 0) for i in range(bands)]
-        probes = sum(sum(math.comb(w, r) for r in range(radius + 1)) for w in widths)
-        load = expected / 2 ** min(min(widths), MAX_TABLE_BITS)
-        cost = probes * (1 + load)
-        if best is None or cost < best[0]:
-            best = (cost, widths, radius)
-    assert best is not None
-    return best[1], best[2]
-
-
-def _radius(distance: int, bands: int) -> int:
-    """The probe radius that finds every hash within `distance` over `bands` bands (pigeonhole)."""
-    return math.ceil((distance + 1) / bands) - 1
-
-
-def _masks(width: int, radius: int) -> np.ndarray:
-    """Every value of `width` bits with at most `radius` bits set."""
-    out = [0]
-    for r in range(1, radius + 1):
-        out.extend(sum(1 << b for b in bits) for bits in itertools.combinations(range(width), r))
-    return np.array(out, np.uint64)
-
-
-class _Chains:
-    """Buckets of positions by a key: head[bucket] = the newest position, prev[position] = the
-    next older one in the same bucket (-1: none). The table grows (and is refilled from the
-    stored keys) to keep SPARSE buckets per position, up to MAX_TABLE_BITS."""
-
-    def __init__(self, bits: int = 12, key_bits: int = 64) -> None:
-        self.bits, self.key_bits = bits, key_bits
-        self.head = np.full(1 << bits, -1, np.int32)
-        self.prev = np.empty(0, np.int32)
-
-    def bucket(self, keys: np.ndarray) -> np.ndarray:
-        if self.key_bits <= self.bits:  # the key itself: no two keys share a bucket
-            return keys.astype(np.int64)
-        return ((keys * MIX) >> np.uint64(64 - self.bits)).astype(np.int64)
-
-    def add(
-        self,
-        keys: np.ndarray,
-        start: int,
-        stored: Callable[[], tuple[np.ndarray, np.ndarray | None]],
-        valid: np.ndarray | None = None,
-    ) -> None:
-        """Add positions start.. start+len(keys), but those not `valid`; `stored()` gives every
-        stored key and which are valid (read only for a refill)."""
-        end = start + len(keys)
-        if len(self.prev) < end:
-            self.prev = np.concatenate(
-                [self.prev, np.empty(max(end - len(self.prev), len(self.prev)), np.int32)]
-            )
-        if end * SPARSE > len(self.head) and self.bits < MAX_TABLE_BITS:
-            self.bits = min(MAX_TABLE_BITS, math.ceil(math.log2(end * SPARSE)) + 1)
-            self.head = np.full(1 << self.bits, -1, np.int32)
-            (keys, valid), start = stored(), 0
-        b = self.bucket(keys)
-        pos = np.arange(start, start + len(keys), dtype=np.int32)
-        if valid is not None:
-            b, pos = b[valid], pos[valid]
-        if not len(b):
-            return
-        order = np.lexsort((pos, b))  # by bucket, then position
-        b, pos = b[order], pos[order]
-        first = np.r_[True, b[1:] != b[:-1]]
-        last = np.r_[b[1:] != b[:-1], True]
-        older = np.empty_like(pos)
-        older[1:] = pos[:-1]
-        older[first] = self.head[b[first]]
-        self.prev[pos] = older
-        self.head[b[last]] = pos[last]
-
-    def members(self, buckets: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(owner, position) for every position in the given buckets."""
-        cur = self.head[buckets]
-        keep = cur >= 0
-        owner, cur = owner[keep], cur[keep]
-        owners, positions = [], []
-        while len(cur):
-            owners.append(owner)
-            positions.append(cur)
-            cur = self.prev[cur]
-            keep = cur >= 0
-            owner, cur = owner[keep], cur[keep]
-        if not owners:
-            return np.empty(0, np.int64), np.empty(0, np.int64)
-        return np.concatenate(owners), np.concatenate(positions)
 
 
 @dataclass(frozen=True)
@@ -243,11 +142,11 @@ class Deduper:
         self.tz, self.confirm_z = zoom_distance, zoom_confirm
         self.widths = plan_bands(max(max_distance, zoom_distance))[0]  # one split for both searches
         self.shifts = np.cumsum([0, *self.widths[:-1]]).astype(np.uint64)
-        self.masks = [_masks(w, _radius(max_distance, len(self.widths))) for w in self.widths]
-        self.masks_z = [_masks(w, _radius(zoom_distance, len(self.widths))) for w in self.widths]
-        self.bands = [_Chains(key_bits=w) for w in self.widths]
-        self.view_bands = [_Chains(key_bits=w) for w in self.widths]  # entry p·VIEWS + v: view v of p
-        self.sha = _Chains()
+        self.masks = [probe_masks(w, probe_radius(max_distance, len(self.widths))) for w in self.widths]
+        self.masks_z = [probe_masks(w, probe_radius(zoom_distance, len(self.widths))) for w in self.widths]
+        self.bands = [Chains(key_bits=w) for w in self.widths]
+        self.view_bands = [Chains(key_bits=w) for w in self.widths]  # entry p·VIEWS + v: view v of p
+        self.sha = Chains()
         self.s = _Store()
         self._views: dict[tuple[int, int], int] = {}  # (query, position) → view that matched
 
@@ -294,7 +193,7 @@ class Deduper:
         return owner[same], pos[same]
 
     def _search(
-        self, bands: list[_Chains], masks: list[np.ndarray], query: np.ndarray, stored: np.ndarray, t: int
+        self, bands: list[Chains], masks: list[np.ndarray], query: np.ndarray, stored: np.ndarray, t: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """(query, entry) of every stored hash within `t` bits of a query (some pairs twice)."""
         owners, entries = [], []
@@ -304,7 +203,7 @@ class Deduper:
             hit_any = np.flatnonzero(cur >= 0)
             owner, cur = hit_any // len(masks[b]), cur[hit_any]
             while len(cur):  # walk the buckets, keeping only the hashes within the distance
-                hit = _popcount(query[owner] ^ stored[cur]) <= t
+                hit = popcount(query[owner] ^ stored[cur]) <= t
                 owners.append(owner[hit])
                 entries.append(cur[hit])
                 cur = chains.prev[cur]
@@ -320,17 +219,17 @@ class Deduper:
         s, n = self.s, self.s.n
         found = []
         owner, pos = self._search(self.bands, self.masks, k.dh, s.dh[:n], self.t)
-        ok = _popcount(k.dct[owner] ^ s.dct[pos]).sum(axis=1) <= self.confirm
+        ok = popcount(k.dct[owner] ^ s.dct[pos]).sum(axis=1) <= self.confirm
         found.append((owner, pos, np.zeros_like(pos), ok | ~(k.has[owner] & s.has[pos])))
         owner, entry = self._search(self.view_bands, self.masks_z, k.dh, s.vdh[:n].ravel(), self.tz)
         pos, view = entry // VIEWS, entry % VIEWS
         ok = s.hasv[pos] & k.has[owner]
-        ok &= _popcount(k.dct[owner] ^ s.vdct[pos, view]).sum(axis=1) <= self.confirm_z
+        ok &= popcount(k.dct[owner] ^ s.vdct[pos, view]).sum(axis=1) <= self.confirm_z
         found.append((owner, pos, view + 1, ok))
         queries = np.flatnonzero(k.hasv)  # every view of those with views, one search
         owner, pos = self._search(self.bands, self.masks_z, k.vdh[queries].ravel(), s.dh[:n], self.tz)
         owner, view = queries[owner // VIEWS], owner % VIEWS
-        ok = s.has[pos] & (_popcount(k.vdct[owner, view] ^ s.dct[pos]).sum(axis=1) <= self.confirm_z)
+        ok = s.has[pos] & (popcount(k.vdct[owner, view] ^ s.dct[pos]).sum(axis=1) <= self.confirm_z)
         found.append((owner, pos, -view - 1, ok))
         owner, pos, view, ok = (np.concatenate(c) for c in zip(*found, strict=True))
         ok &= (pos < start + owner) & s.alive[pos]
@@ -350,13 +249,13 @@ class Deduper:
         j = s.n - self._batch + i  # i's own position
         view = self._views[i, pos]
         if view == 0:
-            dct = int(_popcount(s.dct[j] ^ s.dct[pos]).sum()) if s.has[j] and s.has[pos] else None
-            return Match(first, "near", int(_popcount(s.dh[j] ^ s.dh[pos])), dct)
+            dct = int(popcount(s.dct[j] ^ s.dct[pos]).sum()) if s.has[j] and s.has[pos] else None
+            return Match(first, "near", int(popcount(s.dh[j] ^ s.dh[pos])), dct)
         if view > 0:  # i is a crop of the kept image
             a, b = (s.dh[j], s.dct[j]), (s.vdh[pos, view - 1], s.vdct[pos, view - 1])
         else:  # the kept image is a crop of i
             a, b = (s.vdh[j, -view - 1], s.vdct[j, -view - 1]), (s.dh[pos], s.dct[pos])
-        dh, dct = int(_popcount(a[0] ^ b[0])), int(_popcount(a[1] ^ b[1]).sum())
+        dh, dct = int(popcount(a[0] ^ b[0])), int(popcount(a[1] ^ b[1]).sum())
         return Match(first, "near", dh, dct, ZOOMS[abs(view) - 1])
 
     def decide(self, ids: Sequence[str], shas: Sequence[str], keys: Sequence[str]) -> list[Match | None]:

@@ -6,11 +6,12 @@ import torch
 from PIL import Image
 
 from surd.models import tiny
+from surd.models.blip_caption import caption_images, strip_prompt
+from surd.models.clip_score import score
 from surd.models.llm_pool import pooled_layers
 from surd.models.preprocess import is_truncated
 from surd.settings import CaptionSettings
-from surd.stages.captions import caption_images, strip_prompt
-from surd.stages.clip import keep, score
+from surd.stages.clip import keep
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +126,9 @@ def test_left_and_right_padding_agree() -> None:
 def test_fast_preprocessing_matches_the_models_own(pics: list[Image.Image]) -> None:
     import io
 
+    from surd.models.blip_caption import BlipCaptioner
+    from surd.models.clip_score import ClipScorer
     from surd.models.preprocess import normalize, to_tensor
-    from surd.stages.captions import BlipCaptioner
-    from surd.stages.clip import ClipScorer
 
     big = pics[0].resize((512, 512))
     buf = io.BytesIO()

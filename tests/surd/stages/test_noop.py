@@ -48,3 +48,29 @@ def test_a_rerun_with_nothing_to_do_never_reads_image_bytes(demo_settings, monke
     images = [cols for src, cols in reads if "/tables/images/" in src]
     assert images, "the images table's keys were read"
     assert all(cols is not None and "image" not in cols for cols in images), images
+
+
+NOOP = """
+import json, sys
+from surd import pipeline
+from surd.settings import load_settings
+
+s = load_settings(**json.loads(sys.argv[1]))
+runs = [pipeline.captions(s)["processed"], pipeline.clip_filter(s)["processed"]]
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "transformers", "open_clip"})
+print(json.dumps({"processed": runs, "heavy": heavy}))
+"""
+
+
+def test_a_model_stage_with_nothing_to_do_imports_no_model_library(demo_settings) -> None:
+    import json
+    import subprocess
+    import sys
+
+    s = demo_settings
+    through_review(s)  # captions and CLIP scores made: nothing left for either stage
+    light = {"data_root": str(s.data_root), "profile": "tiny", "device": "cpu"}
+    out = subprocess.run(
+        [sys.executable, "-c", NOOP, json.dumps(light)], capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout.splitlines()[-1]) == {"processed": [0, 0], "heavy": []}
