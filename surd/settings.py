@@ -76,10 +76,10 @@ class ImageSettings(_Section):
         8, ge=0, le=63, description="near-copy candidates: 64-bit dHash within this Hamming distance"
     )
     confirm_max_distance: int = Field(
-        48, ge=0, le=256, description="a candidate is a near copy when its 256-bit DCT hash is within this"
+        32, ge=0, le=256, description="a candidate is a near copy when its 256-bit DCT hash is within this"
     )
     zoom_max_distance: int = Field(5, ge=0, le=63, description="centre crops: zoomed dHash within this")
-    zoom_confirm_max_distance: int = Field(40, ge=0, le=256, description="…confirmed by its DCT within")
+    zoom_confirm_max_distance: int = Field(32, ge=0, le=256, description="…confirmed by its DCT within")
     workers: int = Field(0, ge=0, description="decode/resize processes; 0 = all cores")
     requests_per_second: float = Field(10.0, gt=0, description="per image host")
     max_concurrency: int = Field(16, ge=1, description="per image host")

@@ -136,7 +136,7 @@ class Deduper:
         confirm_distance: int,
         max_colour: int = 24,
         zoom_distance: int = 5,
-        zoom_confirm: int = 40,
+        zoom_confirm: int = 32,
     ) -> None:
         self.t, self.confirm, self.max_colour = max_distance, confirm_distance, max_colour
         self.tz, self.confirm_z = zoom_distance, zoom_confirm
