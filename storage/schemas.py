@@ -156,6 +156,7 @@ _RELEASE_FIELDS = pa.schema(
         pa.field("caption", pa.string()),
         pa.field("complex_prompt", pa.string()),
         pa.field("negative_prompt", pa.string()),
+        pa.field("prompt_group", pa.string()),
         pa.field("source", pa.string()),
         pa.field("source_item_id", pa.string()),
         pa.field("source_url", pa.string()),

@@ -147,6 +147,7 @@ class ReleaseSettings(_Section):
     shard_rows: int = Field(2000, ge=1)
     shard_bytes: int = Field(512_000_000, ge=1, description="image bytes per shard, at most")
     row_group_rows: int = Field(256, ge=1, description="rows per Parquet row group (streaming unit)")
+    max_per_prompt_group: int | None = Field(None, ge=1, description="samples per complex prompt; None: all")
     location: str | None = Field(None, description="also publish releases here, e.g. s3://bucket/surd")
     endpoint_url: str | None = Field(None, description="an S3-compatible store (MinIO, ...)")
     access_key: SecretStr | None = None

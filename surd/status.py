@@ -70,12 +70,14 @@ def status(settings: Settings, data: DataDir) -> dict[str, Any]:
 
     rels = releases(data)
     latest = manifest(rels[-1]) if rels else None
+    held = {k: len(v) for k, v in latest.get("held_back", {}).items()} if latest else {}
     stages["release"] = {
         "in": accepted,
         "out": latest["rows"] if latest else 0,
-        "dropped": {},
-        "pending": accepted - (latest["rows"] if latest else 0),
+        "dropped": held,  # past release.max_per_prompt_group
+        "pending": accepted - (latest["rows"] if latest else 0) - sum(held.values()),
         "latest": latest["release"] if latest else None,
+        "prompt_groups": latest.get("prompt_groups") if latest else None,
     }
     emb: dict[str, Any] = {}
     if data.embeddings_dir.exists():

@@ -90,6 +90,7 @@ COLUMNS = {
     "caption": "BLIP's caption as made",
     "complex_prompt": "the prompt the image was generated from, as the source gives it",
     "negative_prompt": "the negative prompt, where the source gives one",
+    "prompt_group": "samples made from one complex prompt share it (sha1 of the normalised prompt, 16 hex)",
     "source": "the site: civitai, lexica or sdonline",
     "source_item_id": "the item's id on its site",
     "source_url": "the item's page or API address",
@@ -161,6 +162,19 @@ def _citations(man: dict[str, Any]) -> list[str]:
     return [*head, "```bibtex", PAPER_BIBTEX, "", release, "```", ""]
 
 
+def _groups_text(man: dict[str, Any]) -> str:
+    """The prompt groups line: how many, the largest, and what the per-group cap held back."""
+    g = man.get("prompt_groups") or {}
+    cap = man.get("max_per_prompt_group")
+    held = sum(len(v) for v in man.get("held_back", {}).values())
+    capped = f"at most {cap} per group: {held} held back" if cap else "no cap per group (as the paper)"
+    return (
+        f"Prompt groups (`prompt_group`: samples made from one complex prompt): {g.get('groups', 0)} "
+        f"groups, the largest {g.get('largest', 0)} samples, {g.get('shared', 0)} samples in a group of "
+        f"two or more; {capped}."
+    )
+
+
 def _commit(code: dict[str, Any] | None) -> str:
     if not code or not code.get("commit"):
         return ""
@@ -197,6 +211,8 @@ def write_card(folder: Path, man: dict[str, Any], rows: pa.Table) -> None:
         "",
         f"Decisions behind the accepted samples: {counts_text(by_kind)} "
         "(`auto` = a named policy, never mixed with stewards' `human` decisions).",
+        "",
+        _groups_text(man),
         "",
         "## Per source",
         "",

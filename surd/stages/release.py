@@ -32,6 +32,7 @@ from surd.review import outcome, queue
 from surd.settings import ReleaseSettings, Settings
 from surd.sources import LICENCE_NOTES, REGISTRY
 from surd.stages.card import write_card
+from surd.stages.groups import HELD_BACK, cap_groups, group_sizes, prompt_group
 
 RAW_COLUMNS = ("complex_prompt", "negative_prompt", "source", "source_item_id", "source_url")
 GENERATION_FROM = ("width", "height", "model", "seed", "nsfw_level", "meta_json")  # → GENERATION
@@ -82,6 +83,7 @@ def accepted_rows(settings: Settings, data: DataDir, accepted: Standing | None =
                 "p_simple": p_simple,
                 "p_complex": p_complex,
                 **{k: r[k] for k in RAW_COLUMNS},
+                "prompt_group": prompt_group(r["complex_prompt"]),
                 "decision_id": a.id,
                 "decided_by_kind": a.actor_kind,
                 "licence_note": LICENCE_NOTES.get(r["source"], ""),
@@ -155,22 +157,38 @@ def _reusable(
     return out
 
 
+def _inputs(fingerprint: dict[str, str], cap: int | None) -> str:
+    """What a release is made from: every accepted sample's key and the per-group cap."""
+    return hashlib.sha256(json.dumps([fingerprint, cap], sort_keys=True).encode()).hexdigest()
+
+
+def _unchanged(parent: dict[str, Any] | None, fingerprint: dict[str, str], cap: int | None) -> bool:
+    if parent is None:
+        return False
+    if "inputs" in parent:
+        return bool(parent["inputs"] == _inputs(fingerprint, cap))
+    return cap is None and parent["fingerprint"] == fingerprint  # written before the cap existed
+
+
 def create_release(settings: Settings, data: DataDir, counts: dict[str, Any] | None = None) -> Path | None:
     """Write a new release of the accepted samples; None when nothing changed since the last.
 
     Parent shards whose rows are all unchanged are hard-linked into the new release (no copy,
     same bytes, same hash); the other rows go to new shards, in the images' storage order, so
-    samples added since the parent fill new shards and leave the parent's reusable."""
+    samples added since the parent fill new shards and leave the parent's reusable. With
+    `release.max_per_prompt_group`, the samples past the cap are held back (surd.stages.groups)."""
     accepted = _accepted(settings, data)
+    cap = settings.release.max_per_prompt_group
     existing = releases(data)
     parent_dir = existing[-1] if existing else None
     parent = manifest(parent_dir) if parent_dir else None
-    fingerprint = _fingerprint(*accepted)  # before any prompt is read: a no-op stops here
+    everything = _fingerprint(*accepted)  # before any prompt is read: a no-op stops here
     same_columns = parent_dir is not None and parent is not None and _same_schema(parent_dir, parent)
-    if not fingerprint or (parent is not None and same_columns and parent["fingerprint"] == fingerprint):
+    if not everything or (same_columns and _unchanged(parent, everything, cap)):
         return None  # nothing changed (a release with other columns is remade with these)
-    rows = accepted_rows(settings, data, accepted)
+    rows, held = cap_groups(accepted_rows(settings, data, accepted), cap)
     del accepted  # held as Arrow columns from here
+    fingerprint = {sid: everything[sid] for sid in rows.column("sample_id").to_pylist()}
     version = f"v{len(existing) + 1:04d}"
     data.releases_dir.mkdir(parents=True, exist_ok=True)
     for stale in data.releases_dir.glob(".tmp-*"):
@@ -192,23 +210,11 @@ def create_release(settings: Settings, data: DataDir, counts: dict[str, Any] | N
     for entry in write_shards(data, fresh, tmp, len(shards), settings.release):
         shards.append(entry)
         fault_point("release", len(shards))
-    before = set(parent["fingerprint"]) if parent else set()
-    man = {
-        "release": version,
-        "created_at": datetime.now(UTC).isoformat(),
-        "schema_version": SCHEMA_VERSION,
-        "code_version": __version__,
-        "columns": RELEASE.names,
-        "code": code_identity(),
-        "rows": len(rows),
-        "shards": shards,
-        "parent": parent["release"] if parent else None,
-        "added": sorted(set(fingerprint) - before),
-        "removed": sorted(before - set(fingerprint)),
-        "changed": sorted(
-            i for i in set(fingerprint) & before if parent and parent["fingerprint"][i] != fingerprint[i]
-        ),
-        "fingerprint": fingerprint,
+    man = _manifest(version, parent, fingerprint, shards) | {
+        "inputs": _inputs(everything, cap),
+        "max_per_prompt_group": cap,
+        "held_back": {HELD_BACK: sorted(held.column("sample_id").to_pylist())} if cap else {},
+        "prompt_groups": group_sizes(rows),
         "counts": counts or {},
         "model_ids": _model_ids(data),
         "settings": settings.provenance(),
@@ -219,6 +225,30 @@ def create_release(settings: Settings, data: DataDir, counts: dict[str, Any] | N
     fault_point("release_card", 1)
     os.replace(tmp, data.releases_dir / version)
     return data.releases_dir / version
+
+
+def _manifest(
+    version: str, parent: dict[str, Any] | None, fingerprint: dict[str, str], shards: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The manifest's identity, contents and lineage: what it holds against its parent."""
+    before = set(parent["fingerprint"]) if parent else set()
+    return {
+        "release": version,
+        "created_at": datetime.now(UTC).isoformat(),
+        "schema_version": SCHEMA_VERSION,
+        "code_version": __version__,
+        "columns": RELEASE.names,
+        "code": code_identity(),
+        "rows": len(fingerprint),
+        "shards": shards,
+        "parent": parent["release"] if parent else None,
+        "added": sorted(set(fingerprint) - before),
+        "removed": sorted(before - set(fingerprint)),
+        "changed": sorted(
+            i for i in set(fingerprint) & before if parent and parent["fingerprint"][i] != fingerprint[i]
+        ),
+        "fingerprint": fingerprint,
+    }
 
 
 def _model_ids(data: DataDir) -> dict[str, list[str]]:

@@ -347,3 +347,29 @@ def test_rebuild_publishes_each_release_once(data, tmp_path: Path) -> None:
     again = pipeline.release_info(s)
     assert not again["created"] and shard.stat().st_mtime_ns == stamp  # not uploaded twice
     assert list_published(str(target)) == ["v0001"]
+
+
+def test_a_cap_per_prompt_group_holds_back_the_later_samples_and_the_counts_add_up(data) -> None:
+    from surd.status import status
+
+    settings, d = data
+    v1 = create_release(settings, d)
+    groups = pq.read_table(v1 / manifest(v1)["shards"][0]["file"], columns=["prompt_group"])
+    sizes = manifest(v1)["prompt_groups"]
+    assert sizes["largest"] >= 2 and len(groups) > 0  # the demo has a prompt made twice
+    capped = settings.model_copy(
+        update={"release": settings.release.model_copy(update={"max_per_prompt_group": 1})}
+    )
+    v2 = create_release(capped, d)
+    assert v2 is not None
+    man = manifest(v2)
+    held = man["held_back"]["prompt_group_cap"]
+    assert man["rows"] == sizes["groups"] and len(held) == manifest(v1)["rows"] - sizes["groups"]
+    assert set(held) <= set(man["removed"]) and not set(held) & set(man["fingerprint"])
+    assert verify(v2) == []
+    st = status(capped, d)["stages"]["release"]
+    assert st["dropped"] == {"prompt_group_cap": len(held)} and st["pending"] == 0
+    assert st["in"] == st["out"] + len(held)
+    assert "held back" in (v2 / "README.md").read_text()
+    assert create_release(capped, d) is None  # the same samples, the same cap: nothing to do
+    assert create_release(settings, d) is not None  # the cap lifted: a new release with them all
