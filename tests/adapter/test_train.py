@@ -52,7 +52,7 @@ def tiny_release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     rows = [
         {
             "sample_id": f"s{i}",
-            "image": synth_image(f"k{i}", 64)[0],
+            "image": {"bytes": synth_image(f"k{i}", 64)[0], "path": None},
             "simple_prompt": p,
             "complex_prompt": p + ", masterpiece, highly detailed, 8k",
         }

@@ -17,6 +17,7 @@ SAMPLE = {
     pa.bool_(): True,
     pa.binary(): b"\x00\x01",
     pa.timestamp("us", tz="UTC"): datetime(2026, 1, 2, tzinfo=UTC),
+    schemas.IMAGE: {"bytes": b"\xff\xd8", "path": None},
 }
 
 
