@@ -60,6 +60,7 @@ def write_parquet_atomic(
 
 _PART_IDS: dict[tuple[str, int, int], frozenset[str]] = {}
 _PART_IDS_MAX = 20_000  # parts whose keys stay cached in this process
+BULK = 4096  # a lookup of more keys than this matches them in Arrow, part by part, uncached
 
 
 class PartTable:
@@ -119,10 +120,16 @@ class PartTable:
         them, a batch of 256 rows at a time; only the asked rows become Python objects."""
         want = set(ids)
         cols = list(dict.fromkeys([self.key, *columns]))
+        # many keys: each part's keys matched in Arrow, not kept as Python sets (a release's lookups)
+        bulk = pa.array(sorted(want), self.schema.field(self.key).type) if len(want) > BULK else None
         for part in self.parts():
             if not want:
                 return
-            hits = want.intersection(self.part_ids(part))
+            if bulk is None:
+                hits = want.intersection(self.part_ids(part))
+            else:
+                keys = pq.read_table(part, columns=[self.key]).column(0)
+                hits = want.intersection(keys.filter(pc.is_in(keys, value_set=bulk)).to_pylist())
             if not hits:
                 continue
             keys = pa.array(sorted(hits), self.schema.field(self.key).type)

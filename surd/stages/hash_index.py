@@ -16,7 +16,7 @@ import numpy as np
 
 MIX = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: a band key → a bucket
 MAX_TABLE_BITS = 22  # 4M buckets (32 MB) per band at most
-SPARSE = 8  # buckets per stored hash, up to MAX_TABLE_BITS: few wasted candidates per probe
+SPARSE = 4  # buckets per stored hash (at least), up to MAX_TABLE_BITS: few wasted candidates
 
 
 def popcount(x: np.ndarray) -> np.ndarray:
@@ -82,7 +82,7 @@ class Chains:
                 [self.prev, np.empty(max(end - len(self.prev), len(self.prev)), np.int32)]
             )
         if end * SPARSE > len(self.head) and self.bits < MAX_TABLE_BITS:
-            self.bits = min(MAX_TABLE_BITS, math.ceil(math.log2(end * SPARSE)) + 1)
+            self.bits = min(MAX_TABLE_BITS, math.ceil(math.log2(end * SPARSE)))
             self.head = np.full(1 << self.bits, -1, np.int32)
             (keys, valid), start = stored(), 0
         b = self.bucket(keys)

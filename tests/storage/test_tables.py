@@ -121,3 +121,28 @@ def test_lookup_reads_only_the_parts_that_hold_the_keys(tmp_path: Path, monkeypa
     other = DataDir(tmp_path).table("captions")
     assert [r["sample_id"] for r in other.iter_lookup({"id2"}, [])] == ["id2"]
     assert reads == [(str(paths[0]), ("sample_id",))]
+
+
+def test_a_lookup_of_many_keys_matches_them_in_arrow_and_caches_no_key_set(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from storage import tables
+
+    table = DataDir(tmp_path).open().table("captions")
+    for p in range(4):
+        table.write([_row(table.schema, 10 * p + i) for i in range(10)])
+    want = {f"id{i}" for i in (3, 4, 15, 27, 28, 29, 39)} | {"nope"}
+    few = list(table.iter_lookup(want, ["simple_prompt"]))
+    tables._PART_IDS.clear()
+    monkeypatch.setattr(tables, "BULK", 3)  # so these 8 keys are "many"
+    many = list(table.iter_lookup(want, ["simple_prompt"]))
+    assert many == few and [r["sample_id"] for r in many] == [
+        "id3",
+        "id4",
+        "id15",
+        "id27",
+        "id28",
+        "id29",
+        "id39",
+    ]
+    assert tables._PART_IDS == {}  # no part's keys kept as a Python set
