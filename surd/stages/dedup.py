@@ -149,6 +149,7 @@ class Deduper:
         self.sha = Chains()
         self.s = _Store()
         self._views: dict[tuple[int, int], int] = {}  # (query, position) → view that matched
+        self._batch = 0  # images in the part being decided
 
     def __len__(self) -> int:
         return self.s.n
