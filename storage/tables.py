@@ -60,7 +60,7 @@ def write_parquet_atomic(
 
 _PART_IDS: dict[tuple[str, int, int], frozenset[str]] = {}
 _PART_IDS_MAX = 20_000  # parts whose keys stay cached in this process
-BULK = 4096  # a lookup of more keys than this matches them in Arrow, part by part, uncached
+BULK = 4096  # a lookup of more keys than this reads each part's keys without caching them
 
 
 class PartTable:
@@ -120,16 +120,14 @@ class PartTable:
         them, a batch of 256 rows at a time; only the asked rows become Python objects."""
         want = set(ids)
         cols = list(dict.fromkeys([self.key, *columns]))
-        # many keys: each part's keys matched in Arrow, not kept as Python sets (a release's lookups)
-        bulk = pa.array(sorted(want), self.schema.field(self.key).type) if len(want) > BULK else None
+        bulk = len(want) > BULK  # many keys: each part's keys read and dropped, not cached
         for part in self.parts():
             if not want:
                 return
-            if bulk is None:
-                hits = want.intersection(self.part_ids(part))
+            if bulk:
+                hits = want.intersection(pq.read_table(part, columns=[self.key]).column(0).to_pylist())
             else:
-                keys = pq.read_table(part, columns=[self.key]).column(0)
-                hits = want.intersection(keys.filter(pc.is_in(keys, value_set=bulk)).to_pylist())
+                hits = want.intersection(self.part_ids(part))
             if not hits:
                 continue
             keys = pa.array(sorted(hits), self.schema.field(self.key).type)

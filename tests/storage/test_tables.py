@@ -123,9 +123,7 @@ def test_lookup_reads_only_the_parts_that_hold_the_keys(tmp_path: Path, monkeypa
     assert reads == [(str(paths[0]), ("sample_id",))]
 
 
-def test_a_lookup_of_many_keys_matches_them_in_arrow_and_caches_no_key_set(
-    tmp_path: Path, monkeypatch
-) -> None:
+def test_a_lookup_of_many_keys_caches_no_key_set(tmp_path: Path, monkeypatch) -> None:
     from storage import tables
 
     table = DataDir(tmp_path).open().table("captions")
