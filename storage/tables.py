@@ -135,6 +135,23 @@ class PartTable:
                 yield from batch.filter(pc.is_in(batch.column(0), value_set=keys)).to_pylist()
             want -= hits
 
+    def select(self, keys: pa.Array | pa.ChunkedArray, columns: Sequence[str]) -> Iterator[pa.Table]:
+        """The rows of the given keys, only the asked columns, as Arrow tables (a part's hits
+        each), in storage order. Each part's keys are matched against one set of the wanted keys
+        (linear in the parts' rows, where an Arrow `is_in` over every wanted key would rebuild its
+        hash table per part); no Python object is made per row found."""
+        want = set(keys.to_pylist())
+        cols = list(dict.fromkeys([self.key, *columns]))
+        for part in self.parts():
+            if not want:
+                return
+            table = pq.read_table(part, columns=cols, use_threads=False)
+            hits = want.intersection(table.column(self.key).to_pylist())
+            if hits:
+                found = pa.array(list(hits), self.schema.field(self.key).type)
+                yield table.filter(pc.is_in(table.column(self.key), value_set=found))
+                want -= hits
+
     def lookup(self, ids: Iterable[str], columns: Sequence[str]) -> dict[str, dict[str, Any]]:
         """{key: row} for the given keys (missing keys are absent); see `iter_lookup`."""
         return {row[self.key]: row for row in self.iter_lookup(ids, columns)}

@@ -152,15 +152,19 @@ def release(settings: Settings) -> str | None:
     return release_info(settings)["path"]
 
 
+def _release_counts(settings: Settings, data: DataDir) -> dict[str, int]:
+    """What each stage kept, for a new release's manifest (counted only when one is written)."""
+    st = status(settings, data)["stages"]
+    counts = {k: st[k]["out"] for k in ("raw_items", "images", "captions", "clip_scores")}
+    return counts | {"accepted": st["review"]["out"]}
+
+
 def release_info(settings: Settings) -> dict[str, Any]:
     """Create a release if the accepted set changed (and publish it where settings say); returns
     the latest release: path, whether it is new, its rows and counts, and where it was published."""
     data = open_data(settings)
     with writing(settings, "release"):  # versions stay distinct; no live writer's temp is removed
-        st = status(settings, data)["stages"]
-        counts = {k: st[k]["out"] for k in ("raw_items", "images", "captions", "clip_scores")}
-        counts["accepted"] = st["review"]["out"]
-        created = create_release(settings, data, counts)
+        created = create_release(settings, data, lambda: _release_counts(settings, data))
     existing = releases(data)
     if not existing:
         return {"path": None, "created": False}

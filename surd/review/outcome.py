@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
+import pyarrow as pa
 import sqlalchemy as sa
 
 from surd.review.db import reader
@@ -42,22 +43,31 @@ def effective(engine: sa.Engine) -> dict[str, dict[str, Any]]:
     }
 
 
-class Accepted(NamedTuple):
-    """An accepted item's outcome, as a release needs it (a tuple: a release holds one per row)."""
+ACCEPTED = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("decision_id", pa.int64()),  # the decision behind it
+        pa.field("decided_by_kind", pa.string()),
+        pa.field("edited", pa.string()),  # the steward's edit of the simple prompt, if any
+    ]
+)
+_BATCH = 4096
 
-    id: int  # the decision behind it
-    actor_kind: str
-    simple_prompt: str | None  # the steward's edit, if any
 
-
-def accepted(engine: sa.Engine) -> dict[str, Accepted]:
-    """{sample id: outcome} of every item finally accepted, read from a streamed cursor."""
+def accepted(engine: sa.Engine) -> pa.Table:
+    """Every item finally accepted (schema ACCEPTED), read from a streamed cursor into Arrow
+    columns _BATCH rows at a time: a release holds no Python object per accepted sample."""
     query = sa.select(
         items.c.sample_id, items.c.final_decision_id, items.c.final_actor_kind, items.c.final_prompt
     ).where(items.c.state == State.FINAL, items.c.final_decision == Decision.ACCEPT)
+    batches = []
     with reader(engine) as conn:
-        rows = conn.execution_options(stream_results=True, yield_per=4096).execute(query)
-        return {r[0]: Accepted(r[1], r[2], r[3]) for r in rows}
+        result = conn.execution_options(stream_results=True, yield_per=_BATCH).execute(query)
+        for chunk in result.partitions(_BATCH):
+            columns = zip(*chunk, strict=True)
+            arrays = [pa.array(c, f.type) for c, f in zip(columns, ACCEPTED, strict=True)]
+            batches.append(pa.RecordBatch.from_arrays(arrays, schema=ACCEPTED))
+    return pa.Table.from_batches(batches, ACCEPTED)
 
 
 def outcome_of(needed: int, rows: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,68 +38,81 @@ RAW_COLUMNS = ("complex_prompt", "negative_prompt", "source", "source_item_id", 
 GENERATION_FROM = ("width", "height", "model", "seed", "nsfw_level", "meta_json")  # → GENERATION
 
 
-Standing = tuple[dict[str, outcome.Accepted], dict[str, str]]  # accepted outcomes, their captions
 ROWS = pa.schema([f for f in RELEASE if f.name not in ("image", "sha256")])  # the images stream in
-BATCH = 4096  # rows made Python objects at once
+DECIDED = ("sample_id", "decision_id", "decided_by_kind", "simple_prompt", "caption")  # → _accepted
+FROM_RAW = pa.schema([f for f in ROWS if f.name not in (*DECIDED[1:], "p_simple", "p_complex")])
+BATCH = 4096  # raw items made Python objects at once
 
 
-def _accepted(settings: Settings, data: DataDir) -> Standing:
-    """The standing accept decisions and the captions of those samples."""
+def _aligned(tables: list[pa.Table], ids: pa.ChunkedArray, missing: str) -> pa.Table:
+    """Lookup results put in sample-id order, checked to hold exactly the (sorted) `ids`."""
+    found = pa.concat_tables(tables, promote_options="permissive").sort_by("sample_id") if tables else None
+    if found is None or len(found) != len(ids) or not found.column("sample_id").equals(ids):
+        short = len(ids) - (len(found) if found is not None else 0)
+        raise RuntimeError(f"{short} accepted samples have no {missing}; no release written")
+    return found
+
+
+def _accepted(settings: Settings, data: DataDir) -> pa.Table:
+    """Every standing accept with its caption, in sample-id order: sample_id, decision_id,
+    decided_by_kind, simple_prompt (the steward's edit, else the caption), caption and row_key
+    (`_row_key`). Arrow columns, aligned by sorting: no Python object per accepted sample."""
     engine = queue.connect(settings.review_database_url)
     try:
-        standing = outcome.accepted(engine)
+        acc = outcome.accepted(engine).sort_by("sample_id")
     finally:
         engine.dispose()
-    caps = data.table("captions").iter_lookup(standing, ["simple_prompt"])
-    return standing, {r["sample_id"]: r["simple_prompt"] for r in caps}
+    if not len(acc):
+        return acc.append_column("caption", pa.array([], pa.string()))
+    ids = acc.column("sample_id")
+    caption = _aligned(list(data.table("captions").select(ids, ["simple_prompt"])), ids, "caption")
+    caption = caption.column("simple_prompt")
+    edited = acc.column("edited")
+    simple = pc.if_else(pc.fill_null(pc.greater(pc.utf8_length(edited), 0), False), edited, caption)
+    keys = [
+        _row_key({"simple_prompt": s, "decision_id": d})
+        for s, d in zip(simple.to_pylist(), acc.column("decision_id").to_pylist(), strict=True)
+    ]
+    return (
+        acc.drop_columns(["edited"])
+        .append_column("simple_prompt", simple)
+        .append_column("caption", caption)
+        .append_column("row_key", pa.array(keys, pa.string()))
+    )
 
 
-def _fingerprint(standing: dict[str, outcome.Accepted], caps: dict[str, str]) -> dict[str, str]:
+def _from_raw(r: dict[str, Any]) -> dict[str, Any]:
+    """A release row's columns that come from its raw item (meta_json parsed, then dropped)."""
     return {
-        sid: _row_key({"simple_prompt": a.simple_prompt or caps[sid], "decision_id": a.id})
-        for sid, a in standing.items()
+        "sample_id": r["sample_id"],
+        **{k: r[k] for k in RAW_COLUMNS},
+        "prompt_group": prompt_group(r["complex_prompt"]),
+        "licence_note": LICENCE_NOTES.get(r["source"], ""),
+        **REGISTRY[r["source"]].generation(r),
     }
 
 
-def accepted_rows(settings: Settings, data: DataDir, accepted: Standing | None = None) -> pa.Table:
+def accepted_rows(settings: Settings, data: DataDir, accepted: pa.Table | None = None) -> pa.Table:
     """The release rows of the accepted samples, in sample-id order, without their images:
-    `write_shards` streams those in (bytes and sha256) from the images table. Rows are made from
-    the raw items as they are read and kept as Arrow columns, BATCH at a time, so neither the raw
-    metadata nor a Python object per row is held for every sample."""
-    standing, caps = accepted or _accepted(settings, data)
-    clip = {
-        r["sample_id"]: (r["p_simple"], r["p_complex"])
-        for r in data.table("clip_scores").iter_lookup(standing, ["p_simple", "p_complex"])
-    }
-    batches, batch = [], []
-    for r in data.table("raw_items").iter_lookup(standing, [*RAW_COLUMNS, *GENERATION_FROM]):
-        sid, a = r["sample_id"], standing[r["sample_id"]]
-        p_simple, p_complex = clip[sid]
-        batch.append(
-            {
-                "sample_id": sid,
-                "simple_prompt": a.simple_prompt or caps[sid],
-                "caption": caps[sid],
-                "p_simple": p_simple,
-                "p_complex": p_complex,
-                **{k: r[k] for k in RAW_COLUMNS},
-                "prompt_group": prompt_group(r["complex_prompt"]),
-                "decision_id": a.id,
-                "decided_by_kind": a.actor_kind,
-                "licence_note": LICENCE_NOTES.get(r["source"], ""),
-                **REGISTRY[r["source"]].generation(r),
-            }
-        )
-        if len(batch) >= BATCH:
-            batches.append(pa.Table.from_pylist(batch, ROWS))
-            batch = []
-    batches.append(pa.Table.from_pylist(batch, ROWS))
-    rows = pa.concat_tables(batches)
-    if len(rows) != len(standing):
-        raise RuntimeError(
-            f"{len(standing) - len(rows)} accepted samples have no raw item; no release written"
-        )
-    return rows.sort_by("sample_id")
+    `write_shards` streams those in (bytes and sha256) from the images table. The raw items and
+    CLIP scores are looked up as Arrow columns and aligned with the decisions by sorting; only a
+    batch of raw items at a time becomes Python objects (to parse each source's generation
+    metadata), so neither the raw metadata nor an object per row is held for every sample."""
+    acc = accepted if accepted is not None else _accepted(settings, data)
+    if not len(acc):
+        return ROWS.empty_table()
+    ids = acc.column("sample_id")
+    made = []
+    for part in data.table("raw_items").select(ids, [*RAW_COLUMNS, *GENERATION_FROM]):
+        for start in range(0, len(part), BATCH):
+            raws = part.slice(start, BATCH).to_pylist()
+            made.append(pa.Table.from_pylist([_from_raw(r) for r in raws], FROM_RAW))
+    raw = _aligned(made, ids, "raw item")
+    del made
+    clip = _aligned(list(data.table("clip_scores").select(ids, ["p_simple", "p_complex"])), ids, "CLIP score")
+    column = {n: acc.column(n) for n in DECIDED} | {n: raw.column(n) for n in FROM_RAW.names}
+    column |= {n: clip.column(n) for n in ("p_simple", "p_complex")}
+    return pa.table([column[n] for n in ROWS.names], schema=ROWS)
 
 
 def write_shards(
@@ -170,8 +183,12 @@ def _unchanged(parent: dict[str, Any] | None, fingerprint: dict[str, str], cap: 
     return cap is None and parent["fingerprint"] == fingerprint  # written before the cap existed
 
 
-def create_release(settings: Settings, data: DataDir, counts: dict[str, Any] | None = None) -> Path | None:
+def create_release(
+    settings: Settings, data: DataDir, counts: dict[str, Any] | Callable[[], dict[str, Any]] | None = None
+) -> Path | None:
     """Write a new release of the accepted samples; None when nothing changed since the last.
+    `counts` (the stages' counts, for the manifest) may be a function: called only when a release
+    is written, so a no-op does not count every table.
 
     Parent shards whose rows are all unchanged are hard-linked into the new release (no copy,
     same bytes, same hash); the other rows go to new shards, in the images' storage order, so
@@ -182,13 +199,17 @@ def create_release(settings: Settings, data: DataDir, counts: dict[str, Any] | N
     existing = releases(data)
     parent_dir = existing[-1] if existing else None
     parent = manifest(parent_dir) if parent_dir else None
-    everything = _fingerprint(*accepted)  # before any prompt is read: a no-op stops here
+    ids = accepted.column("sample_id").to_pylist()
+    everything = dict(zip(ids, accepted.column("row_key").to_pylist(), strict=True))
+    del ids  # a no-op stops below, before any raw item is read
     same_columns = parent_dir is not None and parent is not None and _same_schema(parent_dir, parent)
     if not everything or (same_columns and _unchanged(parent, everything, cap)):
         return None  # nothing changed (a release with other columns is remade with these)
     rows, held = cap_groups(accepted_rows(settings, data, accepted), cap)
-    del accepted  # held as Arrow columns from here
-    fingerprint = {sid: everything[sid] for sid in rows.column("sample_id").to_pylist()}
+    del accepted
+    fingerprint = (
+        everything if cap is None else {sid: everything[sid] for sid in rows.column("sample_id").to_pylist()}
+    )
     version = f"v{len(existing) + 1:04d}"
     data.releases_dir.mkdir(parents=True, exist_ok=True)
     for stale in data.releases_dir.glob(".tmp-*"):
@@ -204,8 +225,10 @@ def create_release(settings: Settings, data: DataDir, counts: dict[str, Any] | N
             os.link(parent_dir / file, tmp / name)
             shards.append({**by_file[file], "file": name, "reused_from": f"{parent['release']}/{file}"})
             reused_ids.update(ids)
-    fresh = rows.filter(
-        pc.invert(pc.is_in(rows.column("sample_id"), pa.array(sorted(reused_ids), pa.string())))
+    fresh = (  # a filter copies every column: only when some rows are in reused shards
+        rows.filter(pc.invert(pc.is_in(rows.column("sample_id"), pa.array(sorted(reused_ids), pa.string()))))
+        if reused_ids
+        else rows
     )
     for entry in write_shards(data, fresh, tmp, len(shards), settings.release):
         shards.append(entry)
@@ -215,7 +238,7 @@ def create_release(settings: Settings, data: DataDir, counts: dict[str, Any] | N
         "max_per_prompt_group": cap,
         "held_back": {HELD_BACK: sorted(held.column("sample_id").to_pylist())} if cap else {},
         "prompt_groups": group_sizes(rows),
-        "counts": counts or {},
+        "counts": (counts() if callable(counts) else counts) or {},
         "model_ids": _model_ids(data),
         "settings": settings.provenance(),
     }

@@ -123,6 +123,19 @@ def test_lookup_reads_only_the_parts_that_hold_the_keys(tmp_path: Path, monkeypa
     assert reads == [(str(paths[0]), ("sample_id",))]
 
 
+def test_select_gives_the_asked_rows_and_columns_as_arrow_in_storage_order(tmp_path: Path) -> None:
+    table = DataDir(tmp_path).open().table("captions")
+    assert list(table.select(pa.array(["id1"]), ["simple_prompt"])) == []  # no part yet
+    for p in range(4):
+        table.write([{**_row(table.schema, 10 * p + i), "simple_prompt": f"p{10 * p + i}"} for i in range(10)])
+    want = pa.chunked_array([["id39", "nope", "id3"], ["id27", "id4", "id3"]])  # any order, repeats
+    got = list(table.select(want, ["simple_prompt"]))
+    assert [len(t) for t in got] == [2, 1, 1]  # a table per part that holds a wanted key
+    assert all(t.column_names == ["sample_id", "simple_prompt"] for t in got)
+    rows = pa.concat_tables(got).to_pylist()
+    assert rows == [{"sample_id": f"id{i}", "simple_prompt": f"p{i}"} for i in (3, 4, 27, 39)]
+
+
 def test_a_lookup_of_many_keys_caches_no_key_set(tmp_path: Path, monkeypatch) -> None:
     from storage import tables
 

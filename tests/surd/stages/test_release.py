@@ -59,6 +59,8 @@ def test_release_manifest_card_and_round_trip(data) -> None:
     assert "| 74 |" in card and "![prompt lengths](prompt_lengths.png)" in card
     assert Image.open(path / "prompt_lengths.png").size[0] > 300
     assert create_release(settings, d) is None  # nothing changed: no new release
+    # the stage counts are a function, called only when a release is written (a no-op counts nothing)
+    assert create_release(settings, d, lambda: pytest.fail("counted for a no-op")) is None
     # generation parameters, typed, from what each source returned (null where it says nothing)
     schema = pq.read_schema(path / man["shards"][0]["file"])
     assert (str(schema.field("seed").type), str(schema.field("cfg_scale").type)) == ("int64", "float")
