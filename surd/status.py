@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
+import duckdb
 
 from storage.embeddings import EmbeddingStore
 from storage.layout import DataDir
 from storage.releases import manifest, releases
-from storage.schemas import OK, is_ok
+from storage.schemas import OK
 from surd.review import queries, queue
 from surd.settings import Settings
 from surd.sources import SOURCES
@@ -19,20 +18,40 @@ CHAIN = [("raw_items", None), ("images", "raw_items"), ("captions", "images"), (
 
 
 def _summary(data: DataDir, name: str) -> tuple[int, int, dict[str, int]]:
-    """Rows, rows kept, and rows dropped by reason (the part before any ':'), counted in Arrow a
-    part at a time from the status and reason columns only."""
-    ok = total = 0
+    """Rows, rows kept, and rows dropped by reason (the part before any ':'), counted by one
+    DuckDB aggregate over every part's status and reason columns (streamed, multi-threaded: a
+    file-by-file read cost a millisecond a part, seconds at 100k items)."""
+    parts = [str(p) for p in data.table(name).parts()]
+    if not parts:
+        return 0, 0, {}
+    con = duckdb.connect()
+    try:
+        groups = con.execute(
+            "select coalesce(status = ?, false), split_part(coalesce(reason, 'None'), ':', 1), count(*) "
+            "from read_parquet(?) group by all",
+            [OK, parts],
+        ).fetchall()
+    finally:
+        con.close()
+    total = sum(n for _, _, n in groups)
+    ok = sum(n for kept, _, n in groups if kept)
     dropped: dict[str, int] = {}
-    for part in data.table(name).parts():
-        t = pq.read_table(part, columns=["status", "reason"])
-        total += t.num_rows
-        kept = is_ok(t)
-        ok += int(pc.sum(kept).as_py() or 0)
-        reasons = pc.fill_null(pc.filter(t.column("reason"), pc.invert(kept)), "None")
-        keys = pc.list_element(pc.split_pattern(reasons, ":", max_splits=1), 0)
-        for c in pc.value_counts(keys).to_pylist():
-            dropped[c["values"]] = dropped.get(c["values"], 0) + c["counts"]
+    for kept, key, n in groups:
+        if not kept:
+            dropped[key] = dropped.get(key, 0) + n
     return total, ok, dict(sorted(dropped.items()))
+
+
+def _failed_pages(data: DataDir) -> int:
+    parts = [str(p) for p in data.table("crawl_pages").parts()]
+    if not parts:
+        return 0
+    con = duckdb.connect()
+    try:
+        row = con.execute("select count(*) from read_parquet(?) where status is distinct from ?", [parts, OK])
+        return int(row.fetchone()[0])  # type: ignore[index]
+    finally:
+        con.close()
 
 
 def chain(data: DataDir) -> dict[str, dict[str, Any]]:
@@ -98,7 +117,7 @@ def status(settings: Settings, data: DataDir) -> dict[str, Any]:
         else []
     )
     stages["adapter_runs"] = runs
-    failed_pages = sum(1 for r in data.table("crawl_pages").iter_rows(["status"]) if r["status"] != OK)
+    failed_pages = _failed_pages(data)
     crawls = {}
     for source in SOURCES:
         st = data.state(f"crawl-{source}")
