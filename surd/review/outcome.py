@@ -52,6 +52,7 @@ ACCEPTED = pa.schema(
     ]
 )
 _BATCH = 4096
+TAKEDOWN_ACTOR = "takedown:"  # + the takedown's id: the actor of a takedown's rejection
 
 
 def accepted(engine: sa.Engine) -> pa.Table:
@@ -72,6 +73,17 @@ def accepted(engine: sa.Engine) -> pa.Table:
 
 def outcome_of(needed: int, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The item's outcome from its standing decisions, or None while it stays open."""
+    taken = [r for r in rows if str(r.get("actor") or "").startswith(TAKEDOWN_ACTOR)]
+    if taken:  # a takedown settles an item over every steward and policy
+        t = max(taken, key=lambda r: r["decision_id"])
+        return {
+            "final_decision": t["decision"],
+            "final_reason": t["reason"],
+            "final_prompt": None,
+            "final_actor": t["actor"],
+            "final_actor_kind": ActorKind.AUTO,
+            "final_decision_id": t["decision_id"],
+        }
     autos = [r for r in rows if r["actor_kind"] == ActorKind.AUTO]
     humans = sorted((r for r in rows if r["actor_kind"] == ActorKind.HUMAN), key=lambda r: r["decision_id"])
     if humans:

@@ -108,3 +108,26 @@ accuracy_judgments = sa.Table(  # the paper's question, asked of each image of a
     sa.Column("baseline_shows", sa.Boolean, nullable=False),
     sa.Column("created_at", UTC_TS, nullable=False),
 )
+takedowns = sa.Table(  # append-only: what was taken down, at whose request, entered by whom, when
+    "takedowns",
+    meta,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # sample | item | creator | url
+    sa.Column("source", sa.String(32)),  # item and creator: the site
+    sa.Column("value", sa.Text, nullable=False),  # the sample id, item id, creator name or URL
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("requested_by", sa.Text),
+    sa.Column("actor", sa.String(128), nullable=False),  # who entered it (cli:<user> or a steward)
+    sa.Column("created_at", UTC_TS, nullable=False),
+)
+release_prunes = sa.Table(  # append-only: release versions deleted because they held taken-down rows
+    "release_prunes",
+    meta,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("release", sa.String(32), nullable=False),
+    sa.Column("superseded_by", sa.String(32), nullable=False),
+    sa.Column("location", sa.Text, nullable=False),  # the folder or published URL deleted
+    sa.Column("taken_down_rows", sa.Integer, nullable=False),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("created_at", UTC_TS, nullable=False),
+)

@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from storage.layout import DataDir
-from surd.review import auth, export, limiter, queries, queue
+from surd.review import auth, export, limiter, queries, queue, takedowns
 from surd.review.text import clean_prompt
 from surd.sources import SOURCES
 
@@ -272,6 +272,8 @@ def _admin_page(s: Session, status: int = 200, **extra: Any) -> HTMLResponse:
         roles=auth.ROLES,
         leases=queries.open_leases(s.engine),
         agreement=queries.agreement(s.engine),
+        takedowns=takedowns.entries(s.engine),
+        takedown_kinds=takedowns.KINDS,
         **extra,
     )
 
@@ -335,6 +337,28 @@ def admin_release(request: Request, csrf: str = Form(...), steward: str = Form(.
     s.check_csrf(csrf)
     n = queue.release_leases(s.engine, steward=steward)
     return _admin_page(s, message=f"{n} item(s) of {steward} returned to the queue.")
+
+
+@router.post("/admin/takedowns", response_class=HTMLResponse)
+def admin_takedown(
+    request: Request,
+    csrf: str = Form(...),
+    kind: str = Form(...),
+    target: str = Form(...),
+    reason: str = Form(""),
+    requested_by: str = Form(""),
+) -> Response:
+    """Record a takedown (as `surd takedown add` does) and reject the queued items it covers."""
+    from surd.stages import takedown  # the stages' rules: only when an admin takes content down
+
+    s = Session(request, admin=True)
+    s.check_csrf(csrf)
+    try:
+        entry = takedowns.add(s.engine, kind, target, reason, f"steward:{s.name}", requested_by or None)
+    except ValueError as exc:
+        return _admin_page(s, message=str(exc), status=422)
+    n = takedown.enforce(s.settings, DataDir(s.settings.data_root))
+    return _admin_page(s, message=f"Takedown {entry['id']} recorded; {n} queued item(s) rejected.")
 
 
 @router.get("/admin/export")

@@ -28,6 +28,7 @@ from storage.schemas import OK
 from storage.tables import PartTable
 from surd.parallel import batched, in_order, plan_threads, use_threads
 from surd.settings import Settings
+from surd.stages import takedown
 
 B = TypeVar("B")  # what one batch is, for one stage
 T = TypeVar("T")
@@ -123,6 +124,7 @@ class Stage(ABC, Generic[B]):
     source: ClassVar[str] = ""  # the table it reads (its rows with status ok)
     columns: ClassVar[tuple[str, ...]] = ()  # what it reads of each pending row
     schema: ClassVar[pa.Schema | None] = None  # its output's schema, when not a table of storage.schemas
+    drops_takedowns: ClassVar[bool] = True  # False: its input is a release, which has none
 
     def __init__(self, settings: Settings, data: DataDir) -> None:
         self.settings, self.data = settings, data
@@ -140,6 +142,14 @@ class Stage(ABC, Generic[B]):
     def todo(self, part: Partition = None) -> Iterator[Any]:
         """The items to do, in a stable order: by default the source's rows not yet in the output."""
         return pending(self.data.table(self.source), self.output(), self.columns, part)
+
+    def taken_down(self) -> dict[str, int]:
+        """{sample id: takedown id} of the items this run drops with the reason `takedown`
+        instead of working on them (surd.stages.takedown); read once per run with work to do."""
+        if not self.drops_takedowns:
+            return {}
+        matcher = takedown.load(self.settings)
+        return takedown.resolve(matcher, self.data) if matcher else {}
 
     def start(self, stack: ExitStack) -> None:
         """Load the model (once per run, and only when there is work); enter pools into `stack`."""
@@ -194,17 +204,34 @@ def run_stage(stage: Stage[Any], progress: Progress = None, part: Partition = No
     stage.prepare()
     if stage.reports_progress:
         stage.progress, progress = progress, None
+    gone = stage.taken_down()
+    held: Rows = []  # drop rows of taken-down items, written with the next part
+
+    def allowed(items: Iterator[Any]) -> Iterator[Any]:
+        for item in items:
+            tid = gone.get(item["sample_id"]) if gone and isinstance(item, dict) else None
+            if tid is None:
+                yield item
+            else:
+                held.append(takedown.drop_row(item["sample_id"], tid))
+
+    def with_held(rows: Rows) -> Rows:
+        out = [*rows, *held]
+        held.clear()
+        if progress:
+            progress(len(out))
+        return out
+
     with ExitStack() as stack:
         stage.start(stack)
         run.model_id = stage.model_id
         writer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix=f"{stage.name}-writer"))
 
         def decided() -> Iterator[Rows]:
-            for batch in stage.batches(itertools.chain([first], todo)):
-                rows = stage.decide(batch)
-                if progress:
-                    progress(len(rows))
-                yield rows
+            for batch in stage.batches(allowed(itertools.chain([first], todo))):
+                yield with_held(stage.decide(batch))
+            if held:
+                yield with_held([])
 
         def write(rows: Rows) -> Any:
             return writer.submit(stage.write, rows)

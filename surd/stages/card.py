@@ -61,6 +61,26 @@ def plot_lengths(simple: list[int], complex_: list[int], path: Path) -> None:
     plt.close(fig)
 
 
+def _takedown_text(man: dict[str, Any]) -> list[str]:
+    """How to have content removed, what happens then, and what this release already left out."""
+    contact = (man.get("settings") or {}).get("crawl", {}).get("contact_url") or "the maintainers"
+    gone = {sid for sid, r in (man.get("removed_reasons") or {}).items() if r.startswith("takedown:")}
+    gone |= set((man.get("held_back") or {}).get("takedown", []))  # accepted, then taken down
+    return [
+        "## Removing your content",
+        "",
+        f"Creators and rights holders can ask for an image, a post, or all of a creator's images to be "
+        f"removed: write to {contact} with the sample id, the item's URL or your name on the site. "
+        "A takedown is recorded with who asked and when. From then on the builder never fetches "
+        "that content again, every stage drops it, and the next release leaves it out and lists it "
+        "under `removed` in `manifest.json` with the reason; older versions that hold it are deleted "
+        "once a release without it exists (`surd release prune`).",
+        "",
+        f"Taken down since the previous release: {len(gone)} rows.",
+        "",
+    ]
+
+
 def _stats(values: list[int]) -> str:
     return f"mean {statistics.mean(values):.1f}, median {statistics.median(values)}, max {max(values)}"
 
@@ -244,6 +264,7 @@ def write_card(folder: Path, man: dict[str, Any], rows: pa.Table) -> None:
         "",
         *[f"- {LICENCE_NOTES[s]}" for s in sorted(by_source) if s in LICENCE_NOTES],
         "",
+        *_takedown_text(man),
         "## Provenance",
         "",
         f"Made by SURD builder {man['code_version']}{_commit(man.get('code'))} (schema "

@@ -26,6 +26,7 @@ from surd.http.errors import FetchError
 from surd.settings import CrawlSettings, Settings
 from surd.sources import REGISTRY, SOURCES
 from surd.sources.base import Connector, Page, ParseError
+from surd.stages import takedown
 
 __all__ = ["SOURCES", "CrawlFailed", "CrawlStats", "crawl_source"]
 FINISHED = ("end", "limit", "repeated_cursor", "reached_known_items")  # a pass that ended well
@@ -39,6 +40,7 @@ class CrawlStats:
     pages_failed: int = 0
     items_written: int = 0
     new_items: int = 0
+    taken_down: int = 0  # new items a takedown covers: kept as ids only, never fetched
     stop_reason: str | None = None
     failures: list[str] = field(default_factory=list)
     failed_url: str | None = None
@@ -150,6 +152,7 @@ class _Pass:
         self.raw, self.pages = data.table("raw_items"), data.table("crawl_pages")
         self.keys = _image_keys(self.raw.iter_rows(["sample_id", "status", "image_key"]))
         self.known = self.raw.ids()  # grows with each page written: never re-read per page
+        self.gone = takedown.load(settings)
         self.last_written = 0
         self.meta = {
             "crawl_id": state["crawl_id"],
@@ -186,6 +189,11 @@ class _Pass:
         rows = []
         for item in page.items:
             row = item.to_row(self.state["crawl_id"])
+            tid = self.gone.match(row) if self.gone else None
+            if tid is not None:  # its id stays, so the item is counted and never fetched
+                rows.append(_taken_down(row, tid))
+                self.stats.taken_down += row["sample_id"] not in self.known
+                continue
             if row["status"] == OK and item.image_key:
                 first = self.keys.get(item.image_key)
                 if first and first != row["sample_id"]:
@@ -239,6 +247,13 @@ class _Pass:
         if stop is not None:
             stats.stop_reason = stop
         return stop
+
+
+def _taken_down(row: dict[str, Any], tid: int) -> dict[str, Any]:
+    """A taken-down item's raw row: who and when it was seen, and why it is dropped; no prompt,
+    URL or metadata of it is stored."""
+    keep = ("sample_id", "source", "source_item_id", "fetched_at", "crawl_id")
+    return {**dict.fromkeys(row), **{k: row[k] for k in keep}} | takedown.drop_row(row["sample_id"], tid)
 
 
 def _page_url(connector: Connector, settings: Settings) -> str:

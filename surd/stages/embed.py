@@ -46,6 +46,7 @@ class EmbedStage(Stage[PooledBatch]):
     embedded), on one device: `rank` picks `cuda:<rank>` on a GPU machine."""
 
     name = "embeddings"
+    drops_takedowns = False  # it embeds a release's rows: a release holds no taken-down item
 
     def __init__(
         self,

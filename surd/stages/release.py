@@ -31,6 +31,7 @@ from surd import __version__
 from surd.review import outcome, queue
 from surd.settings import ReleaseSettings, Settings
 from surd.sources import LICENCE_NOTES, REGISTRY
+from surd.stages import takedown
 from surd.stages.card import write_card
 from surd.stages.groups import HELD_BACK, cap_groups, group_sizes, prompt_group
 
@@ -195,6 +196,11 @@ def create_release(
     samples added since the parent fill new shards and leave the parent's reusable. With
     `release.max_per_prompt_group`, the samples past the cap are held back (surd.stages.groups)."""
     accepted = _accepted(settings, data)
+    matcher = takedown.load(settings)
+    gone = takedown.resolve(matcher, data) if matcher else {}  # {sample id: takedown id}
+    taken = pc.is_in(accepted.column("sample_id"), pa.array(sorted(gone), pa.string()))
+    withdrawn = accepted.filter(taken).column("sample_id").to_pylist()  # accepted, then taken down
+    accepted = accepted.filter(pc.invert(taken)) if withdrawn else accepted
     cap = settings.release.max_per_prompt_group
     existing = releases(data)
     parent_dir = existing[-1] if existing else None
@@ -210,7 +216,7 @@ def create_release(
     fingerprint = (
         everything if cap is None else {sid: everything[sid] for sid in rows.column("sample_id").to_pylist()}
     )
-    version = f"v{len(existing) + 1:04d}"
+    version = f"v{int(existing[-1].name[1:]) + 1 if existing else 1:04d}"  # pruned ones stay unused
     data.releases_dir.mkdir(parents=True, exist_ok=True)
     for stale in data.releases_dir.glob(".tmp-*"):
         shutil.rmtree(stale)  # the caller holds the release lock: a temp folder's writer is dead
@@ -236,7 +242,9 @@ def create_release(
     man = _manifest(version, parent, fingerprint, shards) | {
         "inputs": _inputs(everything, cap),
         "max_per_prompt_group": cap,
-        "held_back": {HELD_BACK: sorted(held.column("sample_id").to_pylist())} if cap else {},
+        "held_back": ({HELD_BACK: sorted(held.column("sample_id").to_pylist())} if cap else {})
+        | ({takedown.REASON: withdrawn} if withdrawn else {}),
+        "removed_reasons": _removed_reasons(parent, fingerprint, gone, held),
         "prompt_groups": group_sizes(rows),
         "counts": (counts() if callable(counts) else counts) or {},
         "model_ids": _model_ids(data),
@@ -272,6 +280,21 @@ def _manifest(
         ),
         "fingerprint": fingerprint,
     }
+
+
+def _removed_reasons(
+    parent: dict[str, Any] | None, fingerprint: dict[str, str], gone: dict[str, int], held: pa.Table
+) -> dict[str, str]:
+    """Why each row of the parent is not in this release: `takedown:<id>`, the prompt-group cap,
+    or `not_accepted` (a steward or policy changed its decision)."""
+    capped = set(held.column("sample_id").to_pylist())
+    out = {}
+    for sid in sorted(set(parent["fingerprint"]) - set(fingerprint) if parent else ()):
+        if sid in gone:
+            out[sid] = takedown.reason(gone[sid])
+        else:
+            out[sid] = HELD_BACK if sid in capped else "not_accepted"
+    return out
 
 
 def _model_ids(data: DataDir) -> dict[str, list[str]]:

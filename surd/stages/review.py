@@ -14,6 +14,7 @@ from storage.schemas import is_ok
 from surd.parallel import batched
 from surd.review import policies, queries, queue
 from surd.settings import Settings
+from surd.stages import takedown
 
 LOOKUP_CHUNK = 8_192  # new samples whose prompts are looked up in one pass over the tables
 
@@ -31,7 +32,10 @@ def _new_kept(data: DataDir, queued: pa.Array) -> Iterator[dict[str, Any]]:
 
 
 def enqueue_kept(settings: Settings, data: DataDir) -> int:
-    """Enqueue every CLIP-kept sample not yet queued; idempotent. Returns how many were added."""
+    """Enqueue every CLIP-kept sample not yet queued; idempotent. Returns how many were added.
+    Items a takedown covers are queued without their prompts and rejected as the takedown."""
+    matcher = takedown.load(settings)
+    gone = takedown.resolve(matcher, data) if matcher else {}
     engine = queue.connect(settings.review_database_url)
     try:
         queued = pa.array(queries.queued_ids(engine), pa.string())
@@ -43,10 +47,15 @@ def enqueue_kept(settings: Settings, data: DataDir) -> int:
                 ids, ["complex_prompt", "negative_prompt", "source", "source_url", "nsfw_level"]
             )
             for batch in batched(iter(chunk), settings.part_size):
-                rows = [{**r, **caps[r["sample_id"]], **raw[r["sample_id"]]} for r in batch]
+                rows = [
+                    r if r["sample_id"] in gone else {**r, **caps[r["sample_id"]], **raw[r["sample_id"]]}
+                    for r in batch
+                ]  # a taken-down item is queued by its id and scores only, and rejected below
                 added += queue.enqueue(engine, rows, settings.review.audit_share)
     finally:
         engine.dispose()
+    if matcher:
+        takedown.enforce(settings, data, matcher)
     return added
 
 

@@ -127,7 +127,9 @@ def test_select_gives_the_asked_rows_and_columns_as_arrow_in_storage_order(tmp_p
     table = DataDir(tmp_path).open().table("captions")
     assert list(table.select(pa.array(["id1"]), ["simple_prompt"])) == []  # no part yet
     for p in range(4):
-        table.write([{**_row(table.schema, 10 * p + i), "simple_prompt": f"p{10 * p + i}"} for i in range(10)])
+        table.write(
+            [{**_row(table.schema, 10 * p + i), "simple_prompt": f"p{10 * p + i}"} for i in range(10)]
+        )
     want = pa.chunked_array([["id39", "nope", "id3"], ["id27", "id4", "id3"]])  # any order, repeats
     got = list(table.select(want, ["simple_prompt"]))
     assert [len(t) for t in got] == [2, 1, 1]  # a table per part that holds a wanted key

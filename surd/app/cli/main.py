@@ -9,7 +9,7 @@ import traceback
 import typer
 
 from surd import __version__
-from surd.app.cli import data, ops, release, review, stages
+from surd.app.cli import data, ops, release, review, stages, takedown
 from surd.app.cli.common import OPTIONS, err
 from surd.app.cli.errors import Exit, classify, first_line
 from surd.app.engines import add_commands
@@ -48,7 +48,7 @@ def root(
     OPTIONS.progress_every = progress_every
 
 
-for module in (stages, data, release, review, ops):
+for module in (stages, data, release, review, takedown, ops):
     module.register(app)
 add_commands(app)  # what flows/ plugs in (`deploy`), through entry points
 

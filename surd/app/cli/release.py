@@ -10,6 +10,7 @@ import typer
 from storage.embeddings import EmbeddingStore
 from storage.releases import publish as copy
 from surd import pipeline
+from surd.app.cli import takedown
 from surd.app.cli.common import CONFIG, JSON, err, fail, open_data, out, result, settings
 from surd.app.cli.errors import Exit
 from surd.app.cli.paths import release_path
@@ -115,4 +116,5 @@ def register(app: typer.Typer) -> None:
     release_app.command("verify")(verify)
     release_app.command("export")(export)
     release_app.command("publish")(publish)
+    release_app.command("prune")(takedown.prune)
     app.add_typer(release_app, name="release")

@@ -103,6 +103,8 @@ def test_every_route_refuses_anonymous_access(app) -> None:
                             "steward": "alice",
                             "pair_id": "p",
                             "pick": "left",
+                            "kind": "sample",
+                            "target": "s1",
                         },
                         follow_redirects=False,
                     )
@@ -154,6 +156,7 @@ def test_csrf_is_required_on_every_state_changing_request(app) -> None:
         "/admin/leases/release": {"steward": "root"},
         "/admin/stewards/remove": {"name": "alice"},
         "/admin/tokens/revoke": {"name": "alice"},
+        "/admin/takedowns": {"kind": "sample", "target": "s1", "reason": "asked"},
     }
     for path, data in forms.items():
         assert c.post(path, data={**data, "csrf": "forged"}).status_code == 403, path
@@ -189,8 +192,10 @@ def test_stewards_cannot_reach_admin_actions(app) -> None:
         "/admin/leases/release",
         "/admin/stewards/remove",
         "/admin/tokens/revoke",
+        "/admin/takedowns",
     ):
         data = {"csrf": csrf, "name": "alice", "password": "long enough", "role": "admin", "steward": "x"}
+        data |= {"kind": "sample", "target": "s1", "reason": "asked"}
         assert c.post(path, data=data).status_code == 403, path
     engine = queue.connect(app.state.settings.review_database_url)
     assert auth.check(engine, "alice", "long enough") is None  # no self-promotion
@@ -387,3 +392,23 @@ def test_an_admin_revokes_tokens_and_removes_a_steward_whose_decisions_stay(app)
     assert [d["actor"] for d in queries.export_rows(engine, "audit")] == [
         "alice"
     ]  # the log keeps her decision
+
+
+def test_an_admin_takes_down_a_sample_recorded_and_rejected_in_the_queue(app) -> None:
+    admin = _client(app)
+    csrf = _login(admin, "root", "root password")
+    bad = admin.post("/admin/takedowns", data={"csrf": csrf, "kind": "creator", "target": "x", "reason": "r"})
+    assert bad.status_code == 422 and "--creator takes SOURCE:NAME" in bad.text
+    form = {"csrf": csrf, "kind": "sample", "target": "s1", "reason": XSS, "requested_by": "a lawyer"}
+    page = admin.post("/admin/takedowns", data=form).text
+    assert "Takedown 1 recorded; 1 queued item(s) rejected." in page
+    assert "<script>alert" not in page and "&lt;script&gt;" in page  # the reason shown as text
+    assert "steward:root" in page and "a lawyer" in page
+    engine = queue.connect(app.state.settings.review_database_url)
+    got = outcome.effective(engine)["s1"]
+    assert (got["decision"], got["reason"], got["actor"]) == ("reject", "takedown", "takedown:1")
+    # a steward cannot take it back: the takedown settles the item over every decision
+    alice = _client(app)
+    alice_csrf = _login(alice, "alice", "correct horse")
+    alice.post("/decide", data={"csrf": alice_csrf, "sample_id": "s1", "decision": "accept"})
+    assert outcome.effective(engine)["s1"]["decision"] == "reject"

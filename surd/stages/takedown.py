@@ -1,0 +1,159 @@
+"""Which items are taken down: the takedown log (surd.review.takedowns) as a matcher over raw-item
+rows, and the stored sample ids it covers. A taken-down item is dropped with the reason
+`takedown:<id>` by every stage that meets it: the crawl keeps only its ids, the image, caption and
+CLIP stages write a drop row instead of working on it, the review rejects it, a release leaves it
+out (the manifest lists it as removed, with the reason)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+
+from storage.layout import DataDir
+from storage.schemas import DROPPED
+from surd.ids import sample_id
+from surd.review import queue
+from surd.review import takedowns as log
+from surd.review.db import reader
+from surd.review.kinds import ActorKind, Decision
+from surd.review.outcome import TAKEDOWN_ACTOR
+from surd.review.schema import items
+from surd.settings import Settings
+from surd.sources import REGISTRY
+
+REASON = "takedown"
+RAW = ("sample_id", "source", "source_item_id", "source_url", "image_url")
+GENERATION_FROM = ("width", "height", "model", "seed", "nsfw_level", "meta_json")  # → the creator
+BATCH = 4096
+
+
+def normal_url(url: str | None) -> str | None:
+    """A URL compared for takedowns: scheme and host in lower case, no fragment, no trailing '/'."""
+    if not url:
+        return None
+    p = urlsplit(url.strip())
+    return urlunsplit((p.scheme.lower(), p.netloc.lower(), p.path.rstrip("/"), p.query, ""))
+
+
+@dataclass
+class Matcher:
+    """The takedowns in force, by what they name; each maps to the takedown's id."""
+
+    samples: dict[str, int] = field(default_factory=dict)  # sample ids (from --sample and --item)
+    creators: dict[tuple[str, str], int] = field(default_factory=dict)  # (source, name casefolded)
+    urls: dict[str, int] = field(default_factory=dict)  # normal_url
+
+    @classmethod
+    def of(cls, entries: Iterable[Mapping[str, Any]]) -> Matcher:
+        m = cls()
+        for e in entries:
+            kind, value, tid = e["kind"], e["value"], int(e["id"])
+            if kind == "sample":
+                m.samples.setdefault(value, tid)
+            elif kind == "item":
+                m.samples.setdefault(sample_id(e["source"], value), tid)
+            elif kind == "creator":
+                m.creators.setdefault((e["source"], value.casefold()), tid)
+            elif kind == "url":
+                m.urls.setdefault(normal_url(value) or value, tid)
+        return m
+
+    def __bool__(self) -> bool:
+        return bool(self.samples or self.creators or self.urls)
+
+    @property
+    def needs_raw(self) -> bool:
+        """Whether matching needs each item's raw row (a creator or URL), not only its id."""
+        return bool(self.creators or self.urls)
+
+    def match(self, row: Mapping[str, Any]) -> int | None:
+        """The takedown covering a raw-item row (its id, source, URLs, creator), or None."""
+        tid = self.samples.get(row.get("sample_id") or "")
+        if tid is not None:
+            return tid
+        for key in ("source_url", "image_url"):
+            url = normal_url(row.get(key))
+            if url and url in self.urls:
+                return self.urls[url]
+        source = row.get("source")
+        if self.creators and source in REGISTRY and row.get("meta_json") is not None:
+            creator = REGISTRY[source].generation(dict(row)).get("creator")
+            if creator:
+                return self.creators.get((source, str(creator).casefold()))
+        return None
+
+
+def load(settings: Settings) -> Matcher:
+    """The takedowns in force, read from the review database."""
+    engine = queue.connect(settings.review_database_url)
+    try:
+        return Matcher.of(log.entries(engine))
+    finally:
+        engine.dispose()
+
+
+def resolve(matcher: Matcher, data: DataDir) -> dict[str, int]:
+    """{sample id: takedown id} of the stored items a takedown covers (with every id named by
+    --sample or --item, stored or not). A creator or URL takedown reads the raw items' id, URL and
+    metadata columns, a batch at a time; with none, nothing is read."""
+    gone = dict(matcher.samples)
+    if not matcher.needs_raw:
+        return gone
+    for part in data.table("raw_items").parts():
+        for batch in pq.ParquetFile(part).iter_batches(batch_size=BATCH, columns=[*RAW, *GENERATION_FROM]):
+            for row in batch.to_pylist():
+                tid = matcher.match(row)
+                if tid is not None:
+                    gone.setdefault(row["sample_id"], tid)
+    return gone
+
+
+def reason(tid: int) -> str:
+    return f"{REASON}:{tid}"
+
+
+def drop_row(sid: str, tid: int) -> dict[str, Any]:
+    """A stage's output row for a taken-down item: its id, dropped, and the takedown."""
+    return {"sample_id": sid, "status": DROPPED, "reason": reason(tid)}
+
+
+def enforce(settings: Settings, data: DataDir, matcher: Matcher | None = None) -> int:
+    """Reject, as the takedown (actor `takedown:<id>`, reason `takedown`), every queued item a
+    takedown covers and has not rejected yet, whatever stewards or a policy decided: the item
+    leaves the review and every later release. A steward's lease on it ends. Returns how many."""
+    matcher = matcher if matcher is not None else load(settings)
+    if not matcher:
+        return 0
+    gone = resolve(matcher, data)
+    engine = queue.connect(settings.review_database_url)
+    try:
+        todo = []
+        ids = sorted(gone)
+        with reader(engine) as conn:
+            for k in range(0, len(ids), 500):
+                q = sa.select(items.c.sample_id, items.c.final_actor).where(
+                    items.c.sample_id.in_(ids[k : k + 500])
+                )
+                todo += [
+                    sid for sid, actor in conn.execute(q) if not str(actor or "").startswith(TAKEDOWN_ACTOR)
+                ]
+        for sid in todo:
+            queue.release_leases(engine, sample_id=sid)
+        decisions = (
+            {
+                "sample_id": sid,
+                "actor": f"{TAKEDOWN_ACTOR}{gone[sid]}",
+                "actor_kind": ActorKind.AUTO,
+                "decision": Decision.REJECT,
+                "reason": REASON,
+            }
+            for sid in todo
+        )
+        return queue.decide_many(engine, decisions)
+    finally:
+        engine.dispose()

@@ -1,0 +1,167 @@
+"""Takedowns: recorded with who and when, enforced by the crawl, every stage, the review and the
+release; superseded releases that still hold taken-down rows are pruned only after confirmation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from storage.layout import DataDir
+from storage.releases import manifest, releases
+from surd import pipeline
+from surd.ids import sample_id
+from surd.review import queue
+from surd.review import takedowns as log
+from surd.settings import load_settings
+from surd.sources.replay import ReplaySite
+from surd.stages.release import verify
+from surd.stages.takedown import Matcher, normal_url, resolve
+from surd.status import status
+
+SURD = str(Path(sys.executable).parent / "surd")
+
+
+def surd(root: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SURD_")}
+    env |= {"SURD_DATA_ROOT": str(root), "SURD_PROFILE": "tiny", "SURD_DEVICE": "cpu"}
+    return subprocess.run([SURD, *args], env=env, input=stdin, capture_output=True, text=True, timeout=300)
+
+
+def test_a_matcher_names_items_by_id_creator_and_url() -> None:
+    m = Matcher.of(
+        [
+            {"id": 1, "kind": "sample", "source": None, "value": "abc123"},
+            {"id": 2, "kind": "item", "source": "lexica", "value": "77"},
+            {"id": 3, "kind": "creator", "source": "civitai", "value": "Cooler_Rider"},
+            {"id": 4, "kind": "url", "source": None, "value": "HTTPS://Example.com/img/9/#top"},
+        ]
+    )
+    assert m and m.needs_raw
+    assert m.match({"sample_id": "abc123"}) == 1
+    assert m.match({"sample_id": sample_id("lexica", "77")}) == 2
+    civ = {"sample_id": "x", "source": "civitai", "meta_json": '{"username": "cooler_rider"}'}
+    assert m.match(civ) == 3  # as the site shows the name, in any case
+    assert m.match({**civ, "meta_json": '{"username": "someone"}'}) is None
+    assert m.match({"sample_id": "y", "image_url": "https://example.com/img/9"}) == 4
+    assert normal_url("https://EXAMPLE.com/a/?q=1#f") == "https://example.com/a?q=1"
+    assert not Matcher.of([]) and not Matcher.of([{"id": 1, "kind": "sample", "value": "a"}]).needs_raw
+
+
+def test_a_takedown_with_a_bad_target_is_one_line(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    DataDir(root).open()
+    for args, says in [
+        (["--creator", "nosite:bob"], "--creator takes SOURCE:NAME"),
+        (["--item", "civitai:"], "--item takes SOURCE:ITEM_ID"),
+        (["--url", "ftp://x/y"], "--url takes an http(s) URL"),
+        (["--sample", "a", "--url", "https://x/y"], "give exactly one of"),
+    ]:
+        run = surd(root, "takedown", "add", *args, "--reason", "asked")
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        assert says in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert surd(root, "takedown", "list").stdout.strip() == "no takedowns"
+
+
+def test_a_taken_down_sample_is_dropped_by_the_image_stage_unfetched(demo_settings, replay) -> None:
+    s = demo_settings.model_copy(update={"crawl": demo_settings.crawl.model_copy(update={"limit": 25})})
+    pipeline.crawl(s, "civitai")
+    data = DataDir(s.data_root)
+    raw = [r for r in data.table("raw_items").iter_rows() if r["status"] == "ok"]
+    victim = raw[3]
+    engine = queue.connect(s.review_database_url)
+    entry = log.add(engine, "sample", victim["sample_id"], "the creator asked", "test", "mail 2026-11-30")
+    engine.dispose()
+    before = len(replay.requests)
+    pipeline.images(s)
+    fetched = {path for _, path in replay.requests[before:]}
+    images = data.table("images").lookup([r["sample_id"] for r in raw], ["status", "reason", "image"])
+    assert images[victim["sample_id"]]["reason"] == f"takedown:{entry['id']}"
+    assert images[victim["sample_id"]]["image"] is None
+    assert not any(victim["image_url"].endswith(p) for p in fetched)  # never fetched
+    assert len(images) == len(raw)  # every other item decided as before: nothing lost
+    assert status(s, data)["stages"]["images"]["dropped"]["takedown"] == 1
+
+
+@pytest.fixture
+def site() -> ReplaySite:
+    """The replay site, with one more Civitai item by the creator of a released sample on a
+    later page (the recorded objects, renamed at the network boundary)."""
+    site = ReplaySite()
+    site._civitai[60]["username"] = "Cooler_Rider"
+    site.start()
+    yield site
+    site.stop()
+
+
+def test_a_creator_taken_down_after_a_release(tmp_path: Path, site: ReplaySite) -> None:
+    from surd.app.demo import demo_config
+
+    cfg: dict[str, Any] = demo_config(tmp_path / "data", site)
+    s = load_settings(**{**cfg, "crawl": {**cfg["crawl"], "limit": 25}})
+    pipeline.crawl(s, "civitai")
+    for stage in (pipeline.images, pipeline.captions, pipeline.clip_filter, pipeline.review):
+        stage(s)
+    v1 = Path(pipeline.release(s))
+    rows = pq.read_table(v1 / manifest(v1)["shards"][0]["file"], columns=["sample_id", "creator"]).to_pylist()
+    theirs = [r["sample_id"] for r in rows if r["creator"] == "Cooler_Rider"]
+    assert theirs, "the recorded data releases one sample of this creator"
+
+    root = Path(s.data_root)
+    add = surd(root, "takedown", "add", "--creator", "civitai:Cooler_Rider", "--reason", "creator asked",
+               "--requested-by", "them@example.com")  # fmt: skip
+    assert add.returncode == 0, add.stderr
+    assert "takedown 1 recorded" in add.stdout and f"{len(theirs)} rows of {v1.name} go" in add.stdout
+    listed = surd(root, "takedown", "list").stdout
+    assert "creator civitai:Cooler_Rider  reason: creator asked  requested by: them@example.com" in listed
+
+    # the next crawl meets a new item of theirs: its id only is kept, its image never fetched
+    full = load_settings(**cfg)
+    before = len(site.requests)
+    assert pipeline.crawl(full, "civitai", full=True)["taken_down"] == 1  # the new one
+    for stage in (pipeline.images, pipeline.captions, pipeline.clip_filter, pipeline.review):
+        stage(full)
+    data = DataDir(root)
+    new = [r for r in data.table("raw_items").iter_rows() if str(r["reason"]).startswith("takedown:")]
+    assert len(new) == 1 and new[0]["image_url"] is None and new[0]["complex_prompt"] is None
+    assert new[0]["meta_json"] is None  # no prompt, URL or metadata of theirs is stored
+    token = site._civitai[60]["url"].split("/")[4]  # the image's uuid, in every rendition's URL
+    fetched = [p for _, p in site.requests[before:] if p.startswith("/img/civitai/")]
+    assert fetched and not any(token in p for p in fetched)
+
+    v2 = Path(pipeline.release(full))
+    man = manifest(v2)
+    assert v2.name == "v0002" and not set(theirs) & set(man["fingerprint"])
+    assert set(theirs) <= set(man["removed"])
+    assert all(man["removed_reasons"][sid] == "takedown:1" for sid in theirs)
+    assert verify(v1) == [] and verify(v2) == []
+    card = (v2 / "README.md").read_text()
+    assert "## Removing your content" in card and "Taken down since the previous release: 1 rows." in card
+    st = status(full, data)["stages"]
+    assert st["raw_items"]["dropped"]["takedown"] == 1
+    assert st["review"]["dropped"]["rejected_by_auto:takedown"] == len(theirs)
+
+    # prune: only after a yes, recorded; the release that replaces it must be clean itself
+    refused = surd(root, "release", "prune", "--superseded-by", "v0001")
+    assert refused.returncode == 2 and "v0001 still holds 1 taken-down rows" in refused.stderr
+    no = surd(root, "release", "prune", "--superseded-by", "v0002", stdin="n\n")
+    assert no.returncode == 130 and v1.exists(), no.stderr
+    assert "v0001: 1 taken-down rows" in no.stderr
+    yes = surd(root, "release", "prune", "--superseded-by", "v0002", stdin="y\n")
+    assert yes.returncode == 0 and "pruned v0001" in yes.stdout, yes.stderr
+    assert not v1.exists() and [p.name for p in releases(data)] == ["v0002"] and verify(v2) == []
+    engine = queue.connect(full.review_database_url)
+    try:
+        pruned = log.prunes(engine)
+        assert [(p["release"], p["superseded_by"], p["taken_down_rows"]) for p in pruned] == [
+            ("v0001", "v0002", 1)
+        ]
+        assert resolve(Matcher.of(log.entries(engine)), data).keys() >= set(theirs)
+    finally:
+        engine.dispose()
+    assert pipeline.release(full) == str(v2)  # nothing changed: no new release, none reused
