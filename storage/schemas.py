@@ -167,6 +167,7 @@ _RELEASE_FIELDS = pa.schema(
         pa.field("sha256", pa.string()),
         pa.field("licence_note", pa.string()),
         *GENERATION,
+        pa.field("safety_level", pa.int8()),  # the source's NSFW label on one scale (surd.sources.safety)
     ]
 )
 RELEASE = _RELEASE_FIELDS.with_metadata(

@@ -43,6 +43,9 @@ class ClaimRequest(BaseModel):
     margin_min: float | None = None
     margin_max: float | None = None
     nsfw_levels: list[str] | None = None
+    safety_max: int | None = Field(
+        None, ge=0, le=3, description="at most this NSFW level (0 safe … 3 explicit)"
+    )
 
 
 class ClaimResponse(BaseModel):
@@ -73,7 +76,11 @@ class UndoResponse(BaseModel):
 def claim(body: ClaimRequest, request: Request, who: Caller = Depends(caller)) -> ClaimResponse:
     s = request.app.state.settings
     filters = queue.Filters(
-        body.source, body.margin_min, body.margin_max, tuple(body.nsfw_levels) if body.nsfw_levels else None
+        body.source,
+        body.margin_min,
+        body.margin_max,
+        tuple(body.nsfw_levels) if body.nsfw_levels else None,
+        body.safety_max,
     )
     got = queue.claim(request.app.state.engine, who.name, body.n, s.review.lease_seconds, filters)
     return ClaimResponse(items=got, lease_seconds=s.review.lease_seconds)

@@ -45,7 +45,10 @@ def item(engine: sa.Engine, sample_id: str, actor: str | None = None) -> dict[st
         row = conn.execute(sa.select(items).where(items.c.sample_id == sample_id)).mappings().first()
         if row is None:
             return None
-        out = {**json.loads(row["payload"]), **{k: row[k] for k in ("state", "needed", "lease_owner")}}
+        out = {
+            **json.loads(row["payload"]),
+            **{k: row[k] for k in ("state", "needed", "lease_owner", "safety_level")},
+        }
         out["final"] = {k: row[k] for k in row.keys() if k.startswith("final_")}  # noqa: SIM118
         if actor is not None:
             mine = (

@@ -24,6 +24,7 @@ from surd.review.kinds import ActorKind, Decision, State
 from surd.review.outcome import refresh
 from surd.review.schema import decisions, items, standing
 from surd.review.text import clean_prompt
+from surd.sources.safety import source_level
 
 __all__ = ["QueueSchemaError", "connect"]
 
@@ -40,6 +41,7 @@ class Filters:
     margin_min: float | None = None
     margin_max: float | None = None
     nsfw_levels: tuple[str, ...] | None = None
+    safety_max: int | None = None  # at most this level (surd.sources.safety); unlabelled items too
 
     def clauses(self) -> list[Any]:
         out: list[Any] = []
@@ -51,6 +53,8 @@ class Filters:
             out.append(items.c.margin <= self.margin_max)
         if self.nsfw_levels:
             out.append(items.c.nsfw_level.in_(self.nsfw_levels))
+        if self.safety_max is not None:
+            out.append(sa.or_(items.c.safety_level.is_(None), items.c.safety_level <= self.safety_max))
         return out
 
 
@@ -68,6 +72,7 @@ def enqueue(engine: sa.Engine, rows: list[dict[str, Any]], audit_share: float = 
     values = []
     for r in rows:
         margin = float(r["p_simple"]) - float(r["p_complex"]) if r.get("p_simple") is not None else None
+        r = {**r, "safety_level": source_level(r.get("nsfw_level"))}
         values.append(
             {
                 "sample_id": r["sample_id"],
@@ -76,6 +81,7 @@ def enqueue(engine: sa.Engine, rows: list[dict[str, Any]], audit_share: float = 
                 "source": r.get("source"),
                 "margin": margin,
                 "nsfw_level": None if r.get("nsfw_level") is None else str(r["nsfw_level"]),
+                "safety_level": r["safety_level"],
                 "needed": 2 if is_audit(r["sample_id"], audit_share) else 1,
                 "state": State.OPEN,
             }

@@ -23,6 +23,7 @@ items = sa.Table(
     sa.Column("source", sa.String(32)),
     sa.Column("margin", sa.Float),  # p_simple - p_complex
     sa.Column("nsfw_level", sa.String(16)),
+    sa.Column("safety_level", sa.Integer),  # nsfw_level on one scale (surd.sources.safety); None: unlabelled
     sa.Column("needed", sa.Integer, nullable=False, server_default="1"),  # 2 for an audit item
     sa.Column("state", sa.String(8), nullable=False, server_default="open"),  # open | final
     sa.Column("final_decision", sa.String(16)),

@@ -21,6 +21,7 @@ from storage.layout import DataDir
 from surd.review import auth, export, limiter, queries, queue, takedowns
 from surd.review.text import clean_prompt
 from surd.sources import SOURCES
+from surd.sources.safety import LEVELS, level_name, parse_level
 
 router = APIRouter(include_in_schema=False)
 templates = Environment(
@@ -61,7 +62,11 @@ class Session:
         f = self.request.session.get("filters") or {}
         levels = f.get("nsfw_levels")
         return queue.Filters(
-            f.get("source"), f.get("margin_min"), f.get("margin_max"), tuple(levels) if levels else None
+            f.get("source"),
+            f.get("margin_min"),
+            f.get("margin_max"),
+            tuple(levels) if levels else None,
+            f.get("safety_max"),
         )
 
     def render(self, template: str, status: int = 200, **extra: Any) -> HTMLResponse:
@@ -72,6 +77,10 @@ class Session:
             "progress": queries.progress(self.engine),
             "filters": self.filters,
             "sources": SOURCES,
+            "levels": LEVELS,
+            "level_name": level_name,
+            "blur_at": self.settings.review.blur_at,
+            "blur_unlabelled": self.settings.review.blur_unlabelled,
             **extra,
         }
         return HTMLResponse(templates.get_template(template).render(**ctx), status_code=status)
@@ -233,15 +242,21 @@ def set_filters(
     margin_min: str = Form(""),
     margin_max: str = Form(""),
     nsfw_levels: str = Form(""),
+    safety_max: str = Form(""),
 ) -> Response:
     s = Session(request)
     s.check_csrf(csrf)
     levels = [x.strip() for x in nsfw_levels.split(",") if x.strip()]
+    try:
+        most = parse_level(safety_max) if safety_max.strip() else None
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
     request.session["filters"] = {
         "source": source or None,
         "margin_min": _float_or_none(margin_min),
         "margin_max": _float_or_none(margin_max),
         "nsfw_levels": levels or None,
+        "safety_max": most,
     }
     queue.release_leases(s.engine, steward=s.name)  # what was held under the old filters goes back
     return RedirectResponse("/", status_code=303)

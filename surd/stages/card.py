@@ -16,6 +16,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from storage.schemas import RELEASE, hf_dtype
 from surd.sources import LICENCE_NOTES
+from surd.sources.safety import LEVELS, level_name
 from surd.summary import counts as counts_text
 
 STOPWORDS = frozenset(
@@ -59,6 +60,28 @@ def plot_lengths(simple: list[int], complex_: list[int], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _safety_text(rows: pa.Table) -> list[str]:
+    """The NSFW note: each level's share of the rows, as the sources label them."""
+    if "safety_level" not in rows.column_names or not len(rows):
+        return []
+    counts = {r["values"]: r["counts"] for r in rows.column("safety_level").value_counts().to_pylist()}
+    shares = ", ".join(
+        f"{level_name(k)} {counts.get(k, 0)} ({100 * counts.get(k, 0) / len(rows):.1f}%)"
+        for k in [*range(len(LEVELS)), None]
+    )
+    return [
+        "## NSFW note",
+        "",
+        "These are generated images as their sites list them; some are not safe for work. Each row's "
+        "`safety_level` is its source's own label on one scale (`source_nsfw` keeps it verbatim); "
+        "no detector has checked them, and a source that gives no label leaves it null. Filter "
+        "with `surd release export --max-nsfw LEVEL` or on the column.",
+        "",
+        f"Rows by level: {shares}.",
+        "",
+    ]
 
 
 def _takedown_text(man: dict[str, Any]) -> list[str]:
@@ -130,6 +153,8 @@ COLUMNS = {
     "model_hash": "the model's hash",
     "creator": "the creator's name as the site shows it",
     "source_nsfw": "the source's own NSFW label, verbatim",
+    "safety_level": "the source's NSFW label on one scale: 0 safe, 1 suggestive, 2 mature, 3 explicit "
+    "(null: unlabelled)",
     "source_created_at": "when the source says the image was made (UTC)",
 }
 
@@ -264,6 +289,7 @@ def write_card(folder: Path, man: dict[str, Any], rows: pa.Table) -> None:
         "",
         *[f"- {LICENCE_NOTES[s]}" for s in sorted(by_source) if s in LICENCE_NOTES],
         "",
+        *_safety_text(rows),
         *_takedown_text(man),
         "## Provenance",
         "",

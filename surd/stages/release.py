@@ -31,6 +31,7 @@ from surd import __version__
 from surd.review import outcome, queue
 from surd.settings import ReleaseSettings, Settings
 from surd.sources import LICENCE_NOTES, REGISTRY
+from surd.sources.safety import source_level
 from surd.stages import takedown
 from surd.stages.card import write_card
 from surd.stages.groups import HELD_BACK, cap_groups, group_sizes, prompt_group
@@ -90,6 +91,7 @@ def _from_raw(r: dict[str, Any]) -> dict[str, Any]:
         "prompt_group": prompt_group(r["complex_prompt"]),
         "licence_note": LICENCE_NOTES.get(r["source"], ""),
         **REGISTRY[r["source"]].generation(r),
+        "safety_level": source_level(r["nsfw_level"]),
     }
 
 

@@ -14,7 +14,8 @@ from surd.app.cli import takedown
 from surd.app.cli.common import CONFIG, JSON, err, fail, open_data, out, result, settings
 from surd.app.cli.errors import Exit
 from surd.app.cli.paths import release_path
-from surd.exports import export_release
+from surd.exports import SafetyFilter, export_release
+from surd.sources.safety import parse_level
 from surd.stages.release import manifest, releases, storage_options
 from surd.stages.release import verify as check
 from surd.summary import describe
@@ -76,6 +77,15 @@ def export(
     to: Path = typer.Option(..., "--out", help="folder to write (replaced atomically)"),
     layer: int = typer.Option(-1, help="LLM layer for surd-adapter's prompt2vec (1..L, -1 = last)"),
     llm: str | None = typer.Option(None, help="which embeddings (model id or preset); default: settings"),
+    max_nsfw: str | None = typer.Option(
+        None,
+        "--max-nsfw",
+        metavar="LEVEL",
+        help="keep rows labelled at most LEVEL (0 safe, 1 suggestive, 2 mature)",
+    ),
+    keep_unlabelled: bool = typer.Option(
+        False, help="with --max-nsfw: keep rows whose source gives no label"
+    ),
     as_json: bool = JSON,
     config: Path | None = CONFIG,
 ) -> None:
@@ -88,10 +98,15 @@ def export(
     if fmt is ExportFormat.surd_adapter:
         emb = EmbeddingStore(open_data(s, create=False), llm_model_id(s, llm)).dir
     try:
-        r = export_release(path, to, fmt.value, emb, layer)
+        safety = SafetyFilter(parse_level(max_nsfw) if max_nsfw is not None else None, keep_unlabelled)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    try:
+        r = export_release(path, to, fmt.value, emb, layer, safety)
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc), Exit.DATA) from None
-    result(r, as_json, f"exported {path.name} ({r['rows']} rows) to {r['imagefolder']}")
+    left = f"; {r['left_out_by_nsfw']} left out by --max-nsfw" if max_nsfw is not None else ""
+    result(r, as_json, f"exported {path.name} ({r['rows']} rows) to {r['imagefolder']}{left}")
 
 
 def publish(

@@ -24,6 +24,11 @@
     else if (!form && document.getElementById('judge') && ['1', '2', '0'].includes(e.key)) {
       click({ '1': 'left', '2': 'right', '0': 'tie' }[e.key]);
     }
+    else if (e.key === 'v' && document.getElementById('veil-note')) {
+      const img = document.getElementById('image');
+      img.classList.toggle('veiled');
+      document.getElementById('veil-note').textContent = img.classList.contains('veiled') ? 'blurred: press v to show' : 'shown: press v to blur';
+    }
     else if (e.key === 'u') click('undo');
     else if (e.key === 'n') go('next');
     else if (e.key === 'p') go('prev');

@@ -23,8 +23,9 @@ CHROMIUM = "/usr/bin/chromium"
 XSS = "<script>window.pwned=1;alert('xss')</script><img src=x onerror=\"window.pwned=2\"> a castle"
 
 
-def seed_review(root: Path, n: int = 4):
-    """A data root with n queued items and their images; s1's complex prompt is an XSS payload."""
+def seed_review(root: Path, n: int = 4, labels: dict[int, str] | None = None):
+    """A data root with n queued items and their images; s1's complex prompt is an XSS payload.
+    `labels`: the source's NSFW label of some items (else Civitai's browsing level 1, PG)."""
     data = DataDir(root).open()
     settings = load_settings(data_root=root)
     engine = queue.connect(settings.review_database_url)
@@ -41,7 +42,7 @@ def seed_review(root: Path, n: int = 4):
                 "p_complex": 0.4,
                 "source": "civitai",
                 "source_url": f"https://civitai.com/images/{i}",
-                "nsfw_level": 1,
+                "nsfw_level": (labels or {}).get(i, 1),
             }
         )
         buf = io.BytesIO()
@@ -135,6 +136,40 @@ def test_a_steward_reviews_a_batch_with_the_keyboard_only(tmp_path: Path, browse
     assert [a["decision"] for a in audit] == ["accept", "reject", "accept", "undo"]
     assert audit[2]["simple_prompt"] == "a red fox" and audit[3]["previous_prompt"] == "a red fox"
     assert (tmp_path / "review.png").stat().st_size > 10_000
+
+
+def test_a_flagged_image_stays_blurred_until_the_steward_reveals_it(tmp_path: Path, browser) -> None:
+    settings, engine = seed_review(tmp_path, n=3, labels={1: "X", 3: "Soft"})
+    with ThreadedServer(create_app(settings), free_port()) as server:
+        page = browser.new_page()
+        page.goto(server.url + "/login")
+        page.fill("#name", "alice")
+        page.fill("#password", "correct horse")
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
+        blur = "getComputedStyle(document.getElementById('image')).filter"
+        assert page.text_content("#simple") == "a photo of thing 1"
+        assert page.text_content("#safety").startswith("Safety: explicit (source label X)")
+        assert page.evaluate(blur).startswith("blur(")  # flagged: blurred from the first paint
+        page.keyboard.press("v")
+        assert page.evaluate(blur) == "none" and "press v to blur" in page.text_content("#veil-note")
+        page.keyboard.press("v")
+        assert page.evaluate(blur).startswith("blur(")
+        with page.expect_navigation():
+            page.keyboard.press("a")
+        assert page.text_content("#simple") == "a photo of thing 2"
+        assert page.text_content("#safety").startswith("Safety: safe")  # below the level: shown
+        assert page.evaluate(blur) == "none" and page.locator("#veil-note").count() == 0
+        with page.expect_navigation():
+            page.keyboard.press("a")
+        assert page.text_content("#safety").startswith("Safety: suggestive (source label Soft)")
+        assert page.evaluate(blur) == "none"  # blur_at is mature (2) by default
+        # the filters: safe only leaves nothing of these but what is decided
+        page.select_option("select[name=safety_max]", "0")
+        with page.expect_navigation():
+            page.click("#filters button")
+        assert page.locator("#empty").count() == 1
+    assert outcome.effective(engine)["s1"]["decision"] == "accept"
 
 
 def test_a_steward_answers_the_papers_question_and_the_report_sets_it_beside_the_papers(

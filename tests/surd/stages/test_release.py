@@ -234,6 +234,22 @@ def test_exports_load_with_hugging_face_datasets(data, tmp_path: Path) -> None:
 
     out = tmp_path / "export"
     assert export_release(path, out, "imagefolder")["rows"] == len(expected)
+    # the sources' NSFW labels on one scale: a column, shares on the card, a filter on export
+    from surd.exports import SafetyFilter
+    from surd.sources.safety import source_level
+
+    labels = plain.select_columns(["sample_id", "safety_level", "source_nsfw"])
+    levels = {r["sample_id"]: r["safety_level"] for r in labels}
+    assert all(r["safety_level"] == source_level(r["source_nsfw"]) for r in labels)
+    assert set(levels.values()) - {None}, "the demo's sources label some rows"
+    assert "## NSFW note" in card.text and "Rows by level: safe " in card.text
+    safe = export_release(path, tmp_path / "safe", "imagefolder", safety=SafetyFilter(0))
+    assert safe["rows"] == sum(1 for v in levels.values() if v == 0)
+    assert safe["left_out_by_nsfw"] == len(levels) - safe["rows"]
+    lenient = export_release(
+        path, tmp_path / "s2", "imagefolder", safety=SafetyFilter(0, keep_unlabelled=True)
+    )
+    assert lenient["rows"] == sum(1 for v in levels.values() if v in (0, None))
     folder = load_dataset("imagefolder", data_dir=str(out), split="train")
     assert sorted(zip(folder["text"], folder["prompt"], strict=True)) == expected
     assert folder[0]["image"].size == (512, 512)
