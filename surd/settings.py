@@ -132,12 +132,7 @@ class ReviewSettings(_Section):
     auto_min_margin: float = -0.5
     claim_batch: int = Field(10, ge=1, le=200, description="items a steward holds at once in the UI")
     prefetch: int = Field(5, ge=0, le=50, description="next images the review page preloads")
-    blur_at: int = Field(
-        2,
-        ge=0,
-        le=4,
-        description="NSFW level (0 safe … 3 explicit) from which images are blurred until revealed; 4: never",
-    )
+    blur_at: int = Field(2, ge=0, le=4, description="NSFW level (0 safe … 3 explicit) blurred from; 4: never")
     blur_unlabelled: bool = Field(False, description="blur images whose source gives no NSFW label")
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=1, le=65535)
