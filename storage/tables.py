@@ -145,12 +145,25 @@ class PartTable:
         for part in self.parts():
             if not want:
                 return
-            table = pq.read_table(part, columns=cols, use_threads=False)
+            table = self.read_part(part, cols)
             hits = want.intersection(table.column(self.key).to_pylist())
             if hits:
                 found = pa.array(list(hits), self.schema.field(self.key).type)
                 yield table.filter(pc.is_in(table.column(self.key), value_set=found))
                 want -= hits
+
+    def read_part(self, part: Path, columns: Sequence[str]) -> pa.Table:
+        """One part's columns; a column the part was written without (a nullable column added to
+        the schema since) comes back as nulls of its type."""
+        file = pq.ParquetFile(part)
+        have = set(file.schema_arrow.names)
+        table = file.read(columns=[c for c in columns if c in have], use_threads=False)
+        for c in columns:
+            if c not in have:
+                table = table.append_column(
+                    self.schema.field(c), pa.nulls(len(table), self.schema.field(c).type)
+                )
+        return table.select(list(columns))
 
     def lookup(self, ids: Iterable[str], columns: Sequence[str]) -> dict[str, dict[str, Any]]:
         """{key: row} for the given keys (missing keys are absent); see `iter_lookup`."""

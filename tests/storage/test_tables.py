@@ -11,6 +11,7 @@ from storage.layout import DataDir, SchemaVersionError
 
 SAMPLE = {
     pa.string(): "x",
+    pa.int8(): 2,
     pa.int32(): 7,
     pa.int64(): 9,
     pa.float32(): 0.5,
@@ -136,6 +137,21 @@ def test_select_gives_the_asked_rows_and_columns_as_arrow_in_storage_order(tmp_p
     assert all(t.column_names == ["sample_id", "simple_prompt"] for t in got)
     rows = pa.concat_tables(got).to_pylist()
     assert rows == [{"sample_id": f"id{i}", "simple_prompt": f"p{i}"} for i in (3, 4, 27, 39)]
+
+
+def test_a_part_written_before_a_column_was_added_reads_it_as_nulls(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    table = DataDir(tmp_path).open().table("clip_scores")
+    path = table.write([_row(table.schema, i) for i in range(3)])
+    old = pq.read_table(path).drop_columns(["sim_complex"])  # as an older version wrote it
+    pq.write_table(old, path)
+    got = pa.concat_tables(table.select(pa.array(["id1", "id2"]), ["sim_complex", "p_simple"]))
+    assert got.column_names == ["sample_id", "sim_complex", "p_simple"]
+    assert (
+        got.column("sim_complex").to_pylist() == [None, None]
+        and got.column("p_simple").to_pylist() == [0.5] * 2
+    )
 
 
 def test_a_lookup_of_many_keys_caches_no_key_set(tmp_path: Path, monkeypatch) -> None:
