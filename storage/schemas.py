@@ -99,6 +99,9 @@ CLIP_SCORES = pa.schema(
         pa.field("sim_complex", pa.float32()),
         pa.field("complex_truncated", pa.bool_()),
         pa.field("model_id", pa.string()),
+        pa.field(
+            "nsfw_score", pa.float32()
+        ),  # CLIP zero-shot (surd.models.clip_score); null: scored before it
     ]
 )
 
@@ -168,6 +171,7 @@ _RELEASE_FIELDS = pa.schema(
         pa.field("licence_note", pa.string()),
         *GENERATION,
         pa.field("safety_level", pa.int8()),  # the source's NSFW label on one scale (surd.sources.safety)
+        pa.field("nsfw_score", pa.float32()),  # CLIP's zero-shot NSFW probability (clip_scores)
     ]
 )
 RELEASE = _RELEASE_FIELDS.with_metadata(

@@ -120,20 +120,16 @@ class ReviewSettings(_Section):
     database_url: SecretStr | None = None  # may hold a password; default: SQLite under the data root
     lease_seconds: int = Field(900, ge=1)
     audit_share: float = Field(0.1, ge=0, le=1)
-    reject_reasons: list[str] = [
-        "caption_wrong",
-        "nsfw",
-        "low_quality",
-        "text_or_watermark",
-        "duplicate",
-        "other",
-    ]
+    reject_reasons: list[str] = "caption_wrong nsfw low_quality text_or_watermark duplicate other".split()
     auto_policy: Literal["none", "demo-margin-v1"] = "none"
     auto_min_margin: float = -0.5
     claim_batch: int = Field(10, ge=1, le=200, description="items a steward holds at once in the UI")
     prefetch: int = Field(5, ge=0, le=50, description="next images the review page preloads")
     blur_at: int = Field(2, ge=0, le=4, description="NSFW level (0 safe … 3 explicit) blurred from; 4: never")
     blur_unlabelled: bool = Field(False, description="blur images whose source gives no NSFW label")
+    blur_score: float | None = Field(
+        None, ge=0, le=1, description="also blur at this CLIP zero-shot NSFW score"
+    )
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=1, le=65535)
     session_secret: SecretStr | None = None

@@ -12,15 +12,18 @@ from surd.models import profiles
 from surd.models.device import device_for
 from surd.models.preprocess import CLIP_MEAN, CLIP_STD, Preprocessor, Spec, decode_workers, normalize
 from surd.settings import Settings
+from surd.sources.safety import NSFW_SCORER, SAFETY_TEXTS
 
-__all__ = ["ClipScorer", "Preprocessor", "decode_workers", "load", "score"]
+__all__ = ["NSFW_SCORER", "ClipScorer", "Preprocessor", "decode_workers", "load", "score"]
 
 
 class ClipScorer:
-    """CLIP's choice between [simple, complex] for each image; load once, call per batch."""
+    """CLIP's choice between [simple, complex] for each image, and its zero-shot NSFW score (the
+    softmax over SAFETY_TEXTS, not a trained detector); load once, call per batch."""
 
     def __init__(self, model: Any, tokenizer: Any) -> None:
         self.model, self.tokenizer = model, tokenizer
+        self._safety: torch.Tensor | None = None  # SAFETY_TEXTS' features, computed once
         cfg = getattr(model.visual, "preprocess_cfg", {})
         size = cfg.get("size", model.visual.image_size)
         self.spec = Spec(
@@ -42,15 +45,21 @@ class ClipScorer:
         flat = tokens.transpose(0, 1).reshape(2 * n, -1)  # all simple prompts, then all complex ones
         txt = self.model.encode_text(flat.to(p.device, non_blocking=True), normalize=True)
         sims = torch.stack([(img * txt[:n]).sum(-1), (img * txt[n:]).sum(-1)], dim=-1).float()
-        probs = (self.model.logit_scale.exp().float() * sims).softmax(dim=-1)
+        scale = self.model.logit_scale.exp().float()
+        probs = (scale * sims).softmax(dim=-1)
+        if self._safety is None:
+            safety = self.tokenizer(list(SAFETY_TEXTS)).to(p.device)
+            self._safety = self.model.encode_text(safety, normalize=True)
+        nsfw = (scale * (img @ self._safety.T).float()).softmax(dim=-1)[:, 1]
         return [
             {
                 "sim_simple": float(s[0]),
                 "sim_complex": float(s[1]),
                 "p_simple": float(pr[0]),
                 "p_complex": float(pr[1]),
+                "nsfw_score": float(z),
             }
-            for s, pr in zip(sims.cpu().tolist(), probs.cpu().tolist(), strict=True)
+            for s, pr, z in zip(sims.cpu().tolist(), probs.cpu().tolist(), nsfw.cpu().tolist(), strict=True)
         ]
 
 

@@ -81,6 +81,7 @@ class Session:
             "level_name": level_name,
             "blur_at": self.settings.review.blur_at,
             "blur_unlabelled": self.settings.review.blur_unlabelled,
+            "blur_score": self.settings.review.blur_score,
             **extra,
         }
         return HTMLResponse(templates.get_template(template).render(**ctx), status_code=status)

@@ -48,3 +48,9 @@ def parse_level(text: str) -> int:
         return LEVELS.index(t)
     valid = ", ".join(f"{i} {n}" for i, n in enumerate(LEVELS))
     raise ValueError(f"unknown NSFW level {text!r}; valid: {valid}")
+
+
+# CLIP's zero-shot NSFW score, computed in the CLIP stage (surd.models.clip_score): the softmax of
+# the image's similarities to these two texts, a cue rather than a trained detector
+SAFETY_TEXTS = ("an image that is safe for work", "an explicit image with nudity or sexual content")
+NSFW_SCORER = "clip-zero-shot-nsfw-v1"  # the method's name and version; the model is the CLIP's id

@@ -16,7 +16,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from storage.schemas import RELEASE, hf_dtype
 from surd.sources import LICENCE_NOTES
-from surd.sources.safety import LEVELS, level_name
+from surd.sources.safety import LEVELS, NSFW_SCORER, SAFETY_TEXTS, level_name
 from surd.summary import counts as counts_text
 
 STOPWORDS = frozenset(
@@ -80,6 +80,23 @@ def _safety_text(rows: pa.Table) -> list[str]:
         "with `surd release export --max-nsfw LEVEL` or on the column.",
         "",
         f"Rows by level: {shares}.",
+        "",
+        *_score_text(rows),
+    ]
+
+
+def _score_text(rows: pa.Table) -> list[str]:
+    if "nsfw_score" not in rows.column_names:
+        return []
+    scores = [v for v in rows.column("nsfw_score").to_pylist() if v is not None]
+    if not scores:
+        return []
+    high = sum(1 for v in scores if v >= 0.5)
+    return [
+        f'`nsfw_score` is CLIP\'s zero-shot choice between "{SAFETY_TEXTS[0]}" and "{SAFETY_TEXTS[1]}" '
+        f"(method `{NSFW_SCORER}`, the CLIP of `model_ids.clip_scores` in `manifest.json`): a cue, "
+        f"not a trained detector. {high} of {len(scores)} scored rows ({100 * high / len(scores):.1f}%) "
+        "are at 0.5 or above.",
         "",
     ]
 
@@ -153,6 +170,7 @@ COLUMNS = {
     "model_hash": "the model's hash",
     "creator": "the creator's name as the site shows it",
     "source_nsfw": "the source's own NSFW label, verbatim",
+    "nsfw_score": "CLIP's zero-shot probability of the NSFW text over the safe one (not a trained detector)",
     "safety_level": "the source's NSFW label on one scale: 0 safe, 1 suggestive, 2 mature, 3 explicit "
     "(null: unlabelled)",
     "source_created_at": "when the source says the image was made (UTC)",

@@ -14,6 +14,7 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 from storage.schemas import DROPPED, OK
+from surd.sources.safety import NSFW_SCORER
 from surd.stages.base import Partition, Stage
 
 if TYPE_CHECKING:
@@ -48,6 +49,10 @@ class ClipStage(Stage["tuple[list[str], Decoded]"]):
         self.threads(workers)
         pre = clip_score.Preprocessor(self.scorer.spec, workers, tokenizer=tokenizer)
         self.pre = stack.enter_context(pre)
+
+    def provenance(self) -> dict[str, Any]:
+        """With the zero-shot NSFW score's method and version (its model is `model_id`)."""
+        return super().provenance() | {"nsfw_scorer": NSFW_SCORER}
 
     def batches(self, items: Iterator[dict[str, Any]]) -> Iterator[tuple[list[str], Decoded]]:
         work = ((r["sample_id"], r["image"], r["prompts"]) for r in items)

@@ -42,7 +42,7 @@ GENERATION_FROM = ("width", "height", "model", "seed", "nsfw_level", "meta_json"
 
 ROWS = pa.schema([f for f in RELEASE if f.name not in ("image", "sha256")])  # the images stream in
 DECIDED = ("sample_id", "decision_id", "decided_by_kind", "simple_prompt", "caption")  # → _accepted
-FROM_RAW = pa.schema([f for f in ROWS if f.name not in (*DECIDED[1:], "p_simple", "p_complex")])
+FROM_RAW = pa.schema([f for f in ROWS if f.name not in (*DECIDED[1:], "p_simple", "p_complex", "nsfw_score")])
 BATCH = 4096  # raw items made Python objects at once
 
 
@@ -112,9 +112,10 @@ def accepted_rows(settings: Settings, data: DataDir, accepted: pa.Table | None =
             made.append(pa.Table.from_pylist([_from_raw(r) for r in raws], FROM_RAW))
     raw = _aligned(made, ids, "raw item")
     del made
-    clip = _aligned(list(data.table("clip_scores").select(ids, ["p_simple", "p_complex"])), ids, "CLIP score")
+    scores = ("p_simple", "p_complex", "nsfw_score")
+    clip = _aligned(list(data.table("clip_scores").select(ids, scores)), ids, "CLIP score")
     column = {n: acc.column(n) for n in DECIDED} | {n: raw.column(n) for n in FROM_RAW.names}
-    column |= {n: clip.column(n) for n in ("p_simple", "p_complex")}
+    column |= {n: clip.column(n) for n in scores}
     return pa.table([column[n] for n in ROWS.names], schema=ROWS)
 
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from storage.layout import DataDir
 from storage.schemas import is_ok
@@ -22,8 +21,9 @@ LOOKUP_CHUNK = 8_192  # new samples whose prompts are looked up in one pass over
 def _new_kept(data: DataDir, queued: pa.Array) -> Iterator[dict[str, Any]]:
     """The CLIP-kept rows not yet queued, a part at a time: filtered in Arrow, so only new rows
     ever become Python objects (a rerun with nothing new makes none)."""
-    for part in data.table("clip_scores").parts():
-        t = pq.read_table(part, columns=["sample_id", "status", "p_simple", "p_complex"])
+    scores = data.table("clip_scores")
+    for part in scores.parts():
+        t = scores.read_part(part, ["sample_id", "status", "p_simple", "p_complex", "nsfw_score"])
         keep = pc.and_(
             is_ok(t),
             pc.invert(pc.is_in(t.column("sample_id"), value_set=queued)),

@@ -89,6 +89,14 @@ def test_clip_scores_match_hand_computation(pics: list[Image.Image]) -> None:
     assert s["sim_simple"] == pytest.approx(float(sims[0]), abs=1e-5)
     assert s["p_simple"] == pytest.approx(float(p[0]), abs=1e-5)
     assert s["p_simple"] + s["p_complex"] == pytest.approx(1.0, abs=1e-6)
+    # the zero-shot NSFW score: the same softmax over the two safety texts
+    from surd.sources.safety import SAFETY_TEXTS
+
+    with torch.no_grad():
+        z = torch.softmax(
+            model.logit_scale.exp() * (model.encode_text(tok(list(SAFETY_TEXTS)), normalize=True) @ img), 0
+        )
+    assert s["nsfw_score"] == pytest.approx(float(z[1]), abs=1e-5)
 
 
 def test_truncation_flag() -> None:

@@ -23,7 +23,9 @@ CHROMIUM = "/usr/bin/chromium"
 XSS = "<script>window.pwned=1;alert('xss')</script><img src=x onerror=\"window.pwned=2\"> a castle"
 
 
-def seed_review(root: Path, n: int = 4, labels: dict[int, str] | None = None):
+def seed_review(
+    root: Path, n: int = 4, labels: dict[int, str] | None = None, scores: dict[int, float] | None = None
+):
     """A data root with n queued items and their images; s1's complex prompt is an XSS payload.
     `labels`: the source's NSFW label of some items (else Civitai's browsing level 1, PG)."""
     data = DataDir(root).open()
@@ -43,6 +45,7 @@ def seed_review(root: Path, n: int = 4, labels: dict[int, str] | None = None):
                 "source": "civitai",
                 "source_url": f"https://civitai.com/images/{i}",
                 "nsfw_level": (labels or {}).get(i, 1),
+                **({"nsfw_score": scores[i]} if i in (scores or {}) else {}),
             }
         )
         buf = io.BytesIO()
@@ -139,7 +142,8 @@ def test_a_steward_reviews_a_batch_with_the_keyboard_only(tmp_path: Path, browse
 
 
 def test_a_flagged_image_stays_blurred_until_the_steward_reveals_it(tmp_path: Path, browser) -> None:
-    settings, engine = seed_review(tmp_path, n=3, labels={1: "X", 3: "Soft"})
+    settings, engine = seed_review(tmp_path, n=3, labels={1: "X", 3: "Soft"}, scores={2: 0.2, 3: 0.9})
+    settings = settings.model_copy(update={"review": settings.review.model_copy(update={"blur_score": 0.8})})
     with ThreadedServer(create_app(settings), free_port()) as server:
         page = browser.new_page()
         page.goto(server.url + "/login")
@@ -159,11 +163,13 @@ def test_a_flagged_image_stays_blurred_until_the_steward_reveals_it(tmp_path: Pa
             page.keyboard.press("a")
         assert page.text_content("#simple") == "a photo of thing 2"
         assert page.text_content("#safety").startswith("Safety: safe")  # below the level: shown
+        assert "CLIP zero-shot NSFW 0.20" in page.text_content("#safety")
         assert page.evaluate(blur) == "none" and page.locator("#veil-note").count() == 0
         with page.expect_navigation():
             page.keyboard.press("a")
         assert page.text_content("#safety").startswith("Safety: suggestive (source label Soft)")
-        assert page.evaluate(blur) == "none"  # blur_at is mature (2) by default
+        assert "CLIP zero-shot NSFW 0.90" in page.text_content("#safety")  # below blur_at (2, mature),
+        assert page.evaluate(blur).startswith("blur(")  # but at review.blur_score: blurred
         # the filters: safe only leaves nothing of these but what is decided
         page.select_option("select[name=safety_max]", "0")
         with page.expect_navigation():

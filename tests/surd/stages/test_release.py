@@ -243,6 +243,9 @@ def test_exports_load_with_hugging_face_datasets(data, tmp_path: Path) -> None:
     assert all(r["safety_level"] == source_level(r["source_nsfw"]) for r in labels)
     assert set(levels.values()) - {None}, "the demo's sources label some rows"
     assert "## NSFW note" in card.text and "Rows by level: safe " in card.text
+    zero_shot = plain.select_columns(["nsfw_score"])["nsfw_score"]
+    assert all(v is not None and 0 <= v <= 1 for v in zero_shot)  # CLIP's zero-shot score, every row
+    assert "method `clip-zero-shot-nsfw-v1`" in card.text and "scored rows" in card.text
     safe = export_release(path, tmp_path / "safe", "imagefolder", safety=SafetyFilter(0))
     assert safe["rows"] == sum(1 for v in levels.values() if v == 0)
     assert safe["left_out_by_nsfw"] == len(levels) - safe["rows"]
