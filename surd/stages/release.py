@@ -64,11 +64,12 @@ def _accepted(settings: Settings, data: DataDir) -> pa.Table:
         acc = outcome.accepted(engine).sort_by("sample_id")
     finally:
         engine.dispose()
-    if not len(acc):
-        return acc.append_column("caption", pa.array([], pa.string()))
     ids = acc.column("sample_id")
-    caption = _aligned(list(data.table("captions").select(ids, ["simple_prompt"])), ids, "caption")
-    caption = caption.column("simple_prompt")
+    if len(acc):
+        caption = _aligned(list(data.table("captions").select(ids, ["simple_prompt"])), ids, "caption")
+        caption = caption.column("simple_prompt")
+    else:  # nothing accepted (yet): the same columns, empty
+        caption = pa.chunked_array([], pa.string())
     edited = acc.column("edited")
     simple = pc.if_else(pc.fill_null(pc.greater(pc.utf8_length(edited), 0), False), edited, caption)
     keys = [

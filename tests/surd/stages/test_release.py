@@ -394,3 +394,11 @@ def test_a_cap_per_prompt_group_holds_back_the_later_samples_and_the_counts_add_
     assert "held back" in (v2 / "README.md").read_text()
     assert create_release(capped, d) is None  # the same samples, the same cap: nothing to do
     assert create_release(settings, d) is not None  # the cap lifted: a new release with them all
+
+
+def test_nothing_accepted_makes_no_release(tmp_path: Path) -> None:
+    from surd.settings import load_settings
+
+    settings = load_settings(data_root=str(tmp_path / "data"))
+    d = DataDir(tmp_path / "data").open()
+    assert create_release(settings, d) is None and releases(d) == []  # an empty queue, no tables
