@@ -61,6 +61,9 @@ def _time(value: Any) -> datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
+READS = ("width", "height", "model", "seed", "nsfw_level", "meta_json")  # the raw columns used here
+
+
 def common(row: dict[str, Any]) -> dict[str, Any]:
     """What every source states in the raw item's own columns."""
     return {

@@ -148,8 +148,7 @@ class Stage(ABC, Generic[B]):
         instead of working on them (surd.stages.takedown); read once per run with work to do."""
         if not self.drops_takedowns:
             return {}
-        matcher = takedown.load(self.settings)
-        return takedown.resolve(matcher, self.data) if matcher else {}
+        return takedown.covered(self.settings, self.data)
 
     def start(self, stack: ExitStack) -> None:
         """Load the model (once per run, and only when there is work); enter pools into `stack`."""

@@ -29,8 +29,7 @@ def prunable(settings: Settings, data: DataDir, superseded_by: str, **storage: A
     found = {p.name: p for p in releases(data)}
     if superseded_by not in found:
         raise ValueError(f"no release {superseded_by!r}; releases: {', '.join(found) or 'none'}")
-    matcher = takedown.load(settings)
-    gone = takedown.resolve(matcher, data) if matcher else {}
+    gone = takedown.covered(settings, data)
     still = sum(1 for sid in manifest(found[superseded_by])["fingerprint"] if sid in gone)
     if still:
         raise ValueError(

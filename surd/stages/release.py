@@ -30,14 +30,13 @@ from storage.tables import fault_point
 from surd import __version__
 from surd.review import outcome, queue
 from surd.settings import ReleaseSettings, Settings
-from surd.sources import LICENCE_NOTES, REGISTRY
+from surd.sources import LICENCE_NOTES, REGISTRY, generation
 from surd.sources.safety import source_level
 from surd.stages import takedown
 from surd.stages.card import write_card
 from surd.stages.groups import HELD_BACK, cap_groups, group_sizes, prompt_group
 
 RAW_COLUMNS = ("complex_prompt", "negative_prompt", "source", "source_item_id", "source_url")
-GENERATION_FROM = ("width", "height", "model", "seed", "nsfw_level", "meta_json")  # → GENERATION
 
 
 ROWS = pa.schema([f for f in RELEASE if f.name not in ("image", "sha256")])  # the images stream in
@@ -107,7 +106,7 @@ def accepted_rows(settings: Settings, data: DataDir, accepted: pa.Table | None =
         return ROWS.empty_table()
     ids = acc.column("sample_id")
     made = []
-    for part in data.table("raw_items").select(ids, [*RAW_COLUMNS, *GENERATION_FROM]):
+    for part in data.table("raw_items").select(ids, [*RAW_COLUMNS, *generation.READS]):
         for start in range(0, len(part), BATCH):
             raws = part.slice(start, BATCH).to_pylist()
             made.append(pa.Table.from_pylist([_from_raw(r) for r in raws], FROM_RAW))
@@ -200,8 +199,7 @@ def create_release(
     samples added since the parent fill new shards and leave the parent's reusable. With
     `release.max_per_prompt_group`, the samples past the cap are held back (surd.stages.groups)."""
     accepted = _accepted(settings, data)
-    matcher = takedown.load(settings)
-    gone = takedown.resolve(matcher, data) if matcher else {}  # {sample id: takedown id}
+    gone = takedown.covered(settings, data)  # {sample id: takedown id}
     taken = pc.is_in(accepted.column("sample_id"), pa.array(sorted(gone), pa.string()))
     withdrawn = accepted.filter(taken).column("sample_id").to_pylist()  # accepted, then taken down
     accepted = accepted.filter(pc.invert(taken)) if withdrawn else accepted

@@ -35,7 +35,7 @@ def enqueue_kept(settings: Settings, data: DataDir) -> int:
     """Enqueue every CLIP-kept sample not yet queued; idempotent. Returns how many were added.
     Items a takedown covers are queued without their prompts and rejected as the takedown."""
     matcher = takedown.load(settings)
-    gone = takedown.resolve(matcher, data) if matcher else {}
+    gone = takedown.resolve(matcher, data)
     engine = queue.connect(settings.review_database_url)
     try:
         queued = pa.array(queries.queued_ids(engine), pa.string())

@@ -24,11 +24,10 @@ from surd.review.kinds import ActorKind, Decision
 from surd.review.outcome import TAKEDOWN_ACTOR
 from surd.review.schema import items
 from surd.settings import Settings
-from surd.sources import REGISTRY
+from surd.sources import REGISTRY, generation
 
 REASON = "takedown"
 RAW = ("sample_id", "source", "source_item_id", "source_url", "image_url")
-GENERATION_FROM = ("width", "height", "model", "seed", "nsfw_level", "meta_json")  # → the creator
 BATCH = 4096
 
 
@@ -97,6 +96,11 @@ def load(settings: Settings) -> Matcher:
         engine.dispose()
 
 
+def covered(settings: Settings, data: DataDir) -> dict[str, int]:
+    """{sample id: takedown id} of what the takedowns in force cover (`load`, then `resolve`)."""
+    return resolve(load(settings), data)
+
+
 def resolve(matcher: Matcher, data: DataDir) -> dict[str, int]:
     """{sample id: takedown id} of the stored items a takedown covers (with every id named by
     --sample or --item, stored or not). A creator or URL takedown reads the raw items' id, URL and
@@ -105,7 +109,7 @@ def resolve(matcher: Matcher, data: DataDir) -> dict[str, int]:
     if not matcher.needs_raw:
         return gone
     for part in data.table("raw_items").parts():
-        for batch in pq.ParquetFile(part).iter_batches(batch_size=BATCH, columns=[*RAW, *GENERATION_FROM]):
+        for batch in pq.ParquetFile(part).iter_batches(batch_size=BATCH, columns=[*RAW, *generation.READS]):
             for row in batch.to_pylist():
                 tid = matcher.match(row)
                 if tid is not None:

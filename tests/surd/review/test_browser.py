@@ -58,6 +58,17 @@ def seed_review(
     return settings, engine
 
 
+def signed_in(browser, url: str):
+    """A new page, signed in as alice (the keyboard-only test types it all itself)."""
+    page = browser.new_page()
+    page.goto(url + "/login")
+    page.fill("#name", "alice")
+    page.fill("#password", "correct horse")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    return page
+
+
 @pytest.fixture
 def browser():
     if not Path(CHROMIUM).exists():
@@ -145,12 +156,7 @@ def test_a_flagged_image_stays_blurred_until_the_steward_reveals_it(tmp_path: Pa
     settings, engine = seed_review(tmp_path, n=3, labels={1: "X", 3: "Soft"}, scores={2: 0.2, 3: 0.9})
     settings = settings.model_copy(update={"review": settings.review.model_copy(update={"blur_score": 0.8})})
     with ThreadedServer(create_app(settings), free_port()) as server:
-        page = browser.new_page()
-        page.goto(server.url + "/login")
-        page.fill("#name", "alice")
-        page.fill("#password", "correct horse")
-        with page.expect_navigation():
-            page.keyboard.press("Enter")
+        page = signed_in(browser, server.url)
         blur = "getComputedStyle(document.getElementById('image')).filter"
         assert page.text_content("#simple") == "a photo of thing 1"
         assert page.text_content("#safety").startswith("Safety: explicit (source label X)")
@@ -211,12 +217,7 @@ def test_a_steward_answers_the_papers_question_and_the_report_sets_it_beside_the
 
     answers = [("yes", "no"), ("yes", "yes")]  # (left, right) for the pairs in turn
     with ThreadedServer(create_app(settings), free_port()) as server:
-        page = browser.new_page()
-        page.goto(server.url + "/login")
-        page.fill("#name", "alice")
-        page.fill("#password", "correct horse")
-        with page.expect_navigation():
-            page.keyboard.press("Enter")
+        page = signed_in(browser, server.url)
         page.goto(server.url + "/judge/v0001-tiny-L-1-s0")
         for left, right in answers:
             assert page.text_content("#prompt") == "Giraffes eating trees."
