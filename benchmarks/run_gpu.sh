@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU benchmarks in one call (the device machine: python3 with torch; missing wheels in .whl/).
 #   benchmarks/run_gpu.sh                   all of them
-#   benchmarks/run_gpu.sh caption adapter   only those (embed | caption | adapter)
+#   benchmarks/run_gpu.sh check caption     only those, in that order (check | embed | caption | clip | profile | adapter)
 # Results go to $OUT/bench.jsonl, one JSON object per line.
 set -uo pipefail
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -13,18 +13,28 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; J="$OUT/bench.jsonl"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 WORKERS=$(( $(nproc) - 1 ))
 cd "$(dirname "$0")"
-want() { for w in "${ARGS[@]}"; do [ "$w" = "$1" ] && return 0; done; return 1; }
 ARGS=("$@")
-if [ ${#ARGS[@]} -eq 0 ]; then ARGS=(embed caption adapter); fi
-if want embed; then
-  python3 bench_embed.py --preset llama-7b --prompts 20000 --naive 200 --out "$J" 2>&1 | tail -3
-  python3 bench_embed.py --preset llama-13b --prompts 20000 --out "$J" 2>&1 | tail -3
-fi
-if want caption; then
-  python3 bench_caption_clip.py --size base --images 8192 --workers "$WORKERS" --caption-batch 256 512 \
-    --skip clip --out "$J" 2>&1 | tail -8
-  python3 bench_caption_clip.py --size base --images 32768 --workers "$WORKERS" --skip caption --out "$J" 2>&1 | tail -2
-fi
-if want adapter; then
-  python3 bench_adapter_step.py --size sd15 --batch 16 --steps 20 --out "$J" 2>&1 | tail -4
-fi
+if [ ${#ARGS[@]} -eq 0 ]; then ARGS=(check caption clip profile embed adapter); fi
+for part in "${ARGS[@]}"; do
+  echo "== $part $(date +%T)"
+  case $part in
+    check)  # compiled vs eager embeddings on the same 512 prompts, and a float32 reference
+      python3 check_embed_compiled.py --preset llama-7b --prompts 512 --out "$J" 2>&1 | tail -3 ;;
+    embed)  # the GPU default (each block compiled), with where the time goes and the writer's rate
+      python3 bench_embed.py --preset llama-7b --prompts 20000 --compile --breakdown --writer 2048 \
+        --out "$J" 2>&1 | tail -3
+      python3 bench_embed.py --preset llama-13b --prompts 20000 --compile --out "$J" 2>&1 | tail -3 ;;
+    caption)  # both searches, beam 3, batch 256 and 512: end to end and the model alone
+      python3 bench_caption_clip.py --size base --images 8192 --workers "$WORKERS" --caption-batch 256 512 \
+        --beams 3 --skip clip --out "$J" 2>&1 | tail -8 ;;
+    clip)
+      python3 bench_caption_clip.py --size base --images 32768 --workers "$WORKERS" --skip caption \
+        --out "$J" 2>&1 | tail -2 ;;
+    profile)  # the decode workers alone, with and without tokenising; GPU busy share of a model step
+      python3 profile_preprocess.py --workers "$WORKERS" --out "$J" 2>&1 | tail -2 ;;
+    adapter)
+      python3 bench_adapter_step.py --size sd15 --batch 16 --steps 20 --out "$J" 2>&1 | tail -4 ;;
+    *) echo "unknown part: $part (check | embed | caption | clip | profile | adapter)" >&2; exit 2 ;;
+  esac
+done
+echo "== done $(date +%T)"

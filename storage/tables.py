@@ -48,11 +48,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_parquet_atomic(
-    table: pa.Table, path: Path, row_group_size: int | None = None, compression: str = "zstd"
+    table: pa.Table,
+    path: Path,
+    row_group_size: int | None = None,
+    compression: str = "zstd",
+    **options: Any,
 ) -> None:
+    """Written to a temp name, synced, renamed; `options` go to `pq.write_table` as they are."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    pq.write_table(table, tmp, compression=compression, row_group_size=row_group_size)
+    pq.write_table(table, tmp, compression=compression, row_group_size=row_group_size, **options)
     with tmp.open("rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)

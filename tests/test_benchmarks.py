@@ -21,6 +21,35 @@ def test_embed_benchmark(tmp_path: Path) -> None:
     assert (tmp_path / "b.jsonl").read_text().count("\n") == 1
 
 
+def test_embed_breakdown_and_writer() -> None:
+    import bench_embed
+
+    r = bench_embed.main(["--preset", "tiny", "--prompts", "64", "--breakdown", "--writer", "16"])
+    b = r["breakdown"]
+    assert r["writer_prompts_per_s"] > 0 and b["batches"] >= 1
+    assert all(b[k] > 0 for k in ("model_only_s", "with_hooks_s", "full_run_s", "full_batches_one_length_s"))
+
+
+def test_compiled_embeddings_check_agrees_with_eager() -> None:
+    import check_embed_compiled
+
+    r = check_embed_compiled.main(["--preset", "tiny", "--prompts", "24"])
+    assert r["layers"] == 4 and len(r["max_rel_compiled_vs_eager"]) == 4
+    assert r["agree"] and r["compiled_repeatable"]
+    assert all(0 < x < 0.05 for x in r["max_rel_eager_vs_fp32"])  # bf16 differs from float32, a little
+
+
+def test_preprocess_profile() -> None:
+    import profile_preprocess
+
+    clip_r, cap_r = profile_preprocess.main(
+        ["--size", "tiny", "--images", "16", "--inline-images", "8", "--workers", "1"]
+    )
+    assert clip_r["bench"] == "profile_clip" and cap_r["bench"] == "profile_caption"
+    assert clip_r["pool_decode_tokenise_per_s"] > 0 and cap_r["pool_decode_per_s"] > 0
+    assert clip_r["model_step_gpu_busy"] is None  # no GPU here
+
+
 def test_caption_clip_benchmark() -> None:
     import bench_caption_clip
 
