@@ -102,6 +102,16 @@ CLIP_SCORES = pa.schema(
         pa.field(
             "nsfw_score", pa.float32()
         ),  # CLIP zero-shot (surd.models.clip_score); null: scored before it
+        # CLIP's unit-length image embedding, float16 (surd.stages.near_duplicates); null: before it
+        pa.field("image_embedding", pa.list_(pa.float16())),
+    ]
+)
+
+NEAR_DUPLICATES = pa.schema(
+    [
+        *_STATUS,
+        pa.field("similarity", pa.float32()),  # cosine to the closest kept image (null: none near)
+        pa.field("near_duplicate_of", pa.string()),  # the kept sample it duplicates (dropped rows)
     ]
 )
 
@@ -172,6 +182,8 @@ _RELEASE_FIELDS = pa.schema(
         *GENERATION,
         pa.field("safety_level", pa.int8()),  # the source's NSFW label on one scale (surd.sources.safety)
         pa.field("nsfw_score", pa.float32()),  # CLIP's zero-shot NSFW probability (clip_scores)
+        pa.field("near_duplicates", pa.int32()),  # later images dropped as the same picture as this
+        pa.field("prompt_profanity", pa.float32()),  # the complex prompt's (surd.stages.prompt_label)
     ]
 )
 RELEASE = _RELEASE_FIELDS.with_metadata(
@@ -196,4 +208,5 @@ STAGE_TABLES: dict[str, pa.Schema] = {
     "images": IMAGES,
     "captions": CAPTIONS,
     "clip_scores": CLIP_SCORES,
+    "near_duplicates": NEAR_DUPLICATES,
 }

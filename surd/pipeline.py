@@ -131,10 +131,17 @@ def clip_filter(settings: Settings, progress: Progress = None, part: Partition =
     return run(settings, "clip_scores", progress, part)
 
 
+def near_duplicates(settings: Settings, progress: Progress = None) -> dict[str, Any]:
+    return run(settings, "near_duplicates", progress)
+
+
 def review(settings: Settings) -> dict[str, Any]:
-    """Enqueue the CLIP-kept samples and apply the auto-review policy; the queue's progress."""
+    """Group near duplicates among the CLIP-kept samples (the stage, first: the queue takes only
+    what it kept), enqueue the rest and apply the auto-review policy; the queue's progress."""
+    near = near_duplicates(settings)
     data = open_data(settings)
     out: dict[str, Any] = {
+        "near_duplicates": {"processed": near["processed"], "kept": near["kept"], "dropped": near["dropped"]},
         "enqueued": enqueue_kept(settings, data),
         "auto_decided": apply_auto_policy(settings),
         "policy": settings.review.auto_policy,
@@ -155,8 +162,9 @@ def release(settings: Settings) -> str | None:
 def _release_counts(settings: Settings, data: DataDir) -> dict[str, int]:
     """What each stage kept, for a new release's manifest (counted only when one is written)."""
     st = status(settings, data)["stages"]
-    counts = {k: st[k]["out"] for k in ("raw_items", "images", "captions", "clip_scores")}
-    return counts | {"accepted": st["review"]["out"]}
+    counts = {k: st[k]["out"] for k in ("raw_items", "images", "captions", "clip_scores", "near_duplicates")}
+    near = st["near_duplicates"]["dropped"].get("near_duplicate_of", 0)
+    return counts | {"near_duplicates_dropped": near, "accepted": st["review"]["out"]}
 
 
 def release_info(settings: Settings) -> dict[str, Any]:

@@ -14,7 +14,13 @@ from surd.review import queries, queue
 from surd.settings import Settings
 from surd.sources import SOURCES
 
-CHAIN = [("raw_items", None), ("images", "raw_items"), ("captions", "images"), ("clip_scores", "captions")]
+CHAIN = [
+    ("raw_items", None),
+    ("images", "raw_items"),
+    ("captions", "images"),
+    ("clip_scores", "captions"),
+    ("near_duplicates", "clip_scores"),
+]
 
 
 def _summary(data: DataDir, name: str) -> tuple[int, int, dict[str, int]]:
@@ -55,7 +61,7 @@ def _failed_pages(data: DataDir) -> int:
 
 
 def chain(data: DataDir) -> dict[str, dict[str, Any]]:
-    """The counts of the table stages (raw items to CLIP scores); no review database needed."""
+    """The counts of the table stages (raw items to near duplicates); no review database needed."""
     stages: dict[str, dict[str, Any]] = {}
     kept: dict[str, int] = {}
     for name, upstream in CHAIN:
@@ -78,12 +84,12 @@ def status(settings: Settings, data: DataDir) -> dict[str, Any]:
         queued, accepted, rejected = queries.review_counts(engine)
     finally:
         engine.dispose()
-    clip_kept = stages["clip_scores"]["out"]
+    went_on = stages["near_duplicates"]["out"]
     stages["review"] = {
-        "in": clip_kept,
+        "in": went_on,
         "out": accepted,
         "dropped": rejected,
-        "pending": clip_kept - accepted - sum(rejected.values()),
+        "pending": went_on - accepted - sum(rejected.values()),
         "queued": queued,
     }
 

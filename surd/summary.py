@@ -39,7 +39,13 @@ def describe_review(r: dict[str, Any]) -> str:
         if "items" in q
         else ""
     )
-    return f"review: {r['enqueued']} enqueued, {r['auto_decided']} decided by policy {r['policy']}{queue}"
+    near = r.get("near_duplicates") or {}
+    dropped = sum(near.get("dropped", {}).values())
+    near_text = f"{dropped} near duplicate(s) dropped, " if near else ""
+    return (
+        f"review: {near_text}{r['enqueued']} enqueued, {r['auto_decided']} decided by policy "
+        f"{r['policy']}{queue}"
+    )
 
 
 def describe_release(r: dict[str, Any]) -> str:

@@ -154,3 +154,14 @@ def test_scale_benchmark(tmp_path: Path) -> None:
     assert rs[0]["items"] == 60 and rs[1]["items"] == 60 and rs[1]["false_duplicates"] == 0
     assert all(r["cpu_seconds"] > 0 and r["peak_rss_mb"] > 0 and r["noop_seconds"] > 0 for r in rs)
     assert rs[5]["items"] == rs[6]["items"] > 0  # the release's rows, all embedded
+
+
+def test_near_duplicates_benchmark(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench_near_dups
+
+    from surd.stages import near_index
+
+    monkeypatch.setattr(near_index, "EXACT_MAX", 1000)  # the inverted-file path, at a small size
+    r = bench_near_dups.main(["--n", "3000", "--dim", "32", "--out", str(tmp_path / "b.jsonl")])
+    assert r["index"] == "ivf-sq-fp16" and r["planted"] > 0 and r["wrongly_grouped"] == 0
+    assert r["caught"] >= 0.9 * r["planted"] and r["peak_rss_mb"] > 0

@@ -51,6 +51,7 @@ class ClipScorer:
             safety = self.tokenizer(list(SAFETY_TEXTS)).to(p.device)
             self._safety = self.model.encode_text(safety, normalize=True)
         nsfw = (scale * (img @ self._safety.T).float()).softmax(dim=-1)[:, 1]
+        embedding = img.to(torch.float16).cpu().numpy()  # unit length: what near duplicates compare
         return [
             {
                 "sim_simple": float(s[0]),
@@ -58,8 +59,11 @@ class ClipScorer:
                 "p_simple": float(pr[0]),
                 "p_complex": float(pr[1]),
                 "nsfw_score": float(z),
+                "image_embedding": e,
             }
-            for s, pr, z in zip(sims.cpu().tolist(), probs.cpu().tolist(), nsfw.cpu().tolist(), strict=True)
+            for s, pr, z, e in zip(
+                sims.cpu().tolist(), probs.cpu().tolist(), nsfw.cpu().tolist(), embedding, strict=True
+            )
         ]
 
 

@@ -17,6 +17,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "images": ("surd.stages.images", "ImagesStage"),
     "captions": ("surd.stages.captions", "CaptionStage"),
     "clip_scores": ("surd.stages.clip", "ClipStage"),
+    "near_duplicates": ("surd.stages.near_duplicates", "NearDuplicateStage"),
     "embeddings": ("surd.stages.embed", "EmbedStage"),
 }
 PARTITIONED = ("captions", "clip_scores", "embeddings")  # stages a cluster may split by sample id

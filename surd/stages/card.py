@@ -82,20 +82,40 @@ def _safety_text(rows: pa.Table) -> list[str]:
         f"Rows by level: {shares}.",
         "",
         *_score_text(rows),
+        *_prompt_text(rows),
+    ]
+
+
+def _at_or_above_half(rows: pa.Table, column: str) -> tuple[int, int] | None:
+    """(rows at 0.5 or above, rows scored) of a score column; None: no such column or no score."""
+    if column not in rows.column_names:
+        return None
+    scores = [v for v in rows.column(column).to_pylist() if v is not None]
+    return (sum(1 for v in scores if v >= 0.5), len(scores)) if scores else None
+
+
+def _prompt_text(rows: pa.Table) -> list[str]:
+    share = _at_or_above_half(rows, "prompt_profanity")
+    if share is None:
+        return []
+    high, n = share
+    return [
+        "`prompt_profanity` labels each complex prompt with a maintained profanity classifier "
+        "(`model_ids.prompt_profanity` in `manifest.json`; word features, so it reads words, not "
+        f"meaning). {high} of {n} prompts ({100 * high / n:.1f}%) are at 0.5 or above.",
+        "",
     ]
 
 
 def _score_text(rows: pa.Table) -> list[str]:
-    if "nsfw_score" not in rows.column_names:
+    share = _at_or_above_half(rows, "nsfw_score")
+    if share is None:
         return []
-    scores = [v for v in rows.column("nsfw_score").to_pylist() if v is not None]
-    if not scores:
-        return []
-    high = sum(1 for v in scores if v >= 0.5)
+    high, n = share
     return [
         f'`nsfw_score` is CLIP\'s zero-shot choice between "{SAFETY_TEXTS[0]}" and "{SAFETY_TEXTS[1]}" '
         f"(method `{NSFW_SCORER}`, the CLIP of `model_ids.clip_scores` in `manifest.json`): a cue, "
-        f"not a trained detector. {high} of {len(scores)} scored rows ({100 * high / len(scores):.1f}%) "
+        f"not a trained detector. {high} of {n} scored rows ({100 * high / n:.1f}%) "
         "are at 0.5 or above.",
         "",
     ]
@@ -174,6 +194,10 @@ COLUMNS = {
     "safety_level": "the source's NSFW label on one scale: 0 safe, 1 suggestive, 2 mature, 3 explicit "
     "(null: unlabelled)",
     "source_created_at": "when the source says the image was made (UTC)",
+    "prompt_profanity": "probability that the complex prompt is profane or offensive language "
+    "(`model_ids.prompt_profanity` in `manifest.json`; a word-level classifier: a cue, not a verdict)",
+    "near_duplicates": "how many later images were dropped as the same picture as this one (CLIP image "
+    "cosine at or above the threshold; `near_duplicates` table)",
 }
 
 PAPER_BIBTEX = """@inproceedings{zhong2023suradapter,
@@ -244,6 +268,25 @@ def _commit(code: dict[str, Any] | None) -> str:
     return f" at commit {code['commit'][:12]}{' with local changes' if code.get('dirty') else ''}"
 
 
+def _counts_text(counts: dict[str, Any]) -> list[str]:
+    """The funnel in the paper's terms, and what the near-duplicate stage dropped."""
+    stages = ("raw_items", "images", "captions", "clip_scores", "near_duplicates", "accepted")
+    return [
+        "## Counts in the paper's terms",
+        "",
+        "| collected (raw items with a prompt) | images kept | captioned | CLIP-kept | not a near duplicate "
+        "| accepted |",
+        "|---|---|---|---|---|---|",
+        "| " + " | ".join(str(counts.get(k, "?")) for k in stages) + " |",
+        "",
+        f"Near duplicates: {counts.get('near_duplicates_dropped', '?')} CLIP-kept images were dropped as "
+        "the same picture as an earlier one (CLIP image-embedding cosine at or above the threshold; "
+        "the first in storage order stays; `near_duplicate_of:<sample id>` in the `near_duplicates` "
+        "table), before review.",
+        "",
+    ]
+
+
 def write_card(folder: Path, man: dict[str, Any], rows: pa.Table) -> None:
     """README.md (the dataset card) and its plot, from the manifest and the rows (no images)."""
     simple, complex_ = rows.column("simple_prompt").to_pylist(), rows.column("complex_prompt").to_pylist()
@@ -262,16 +305,7 @@ def write_card(folder: Path, man: dict[str, Any], rows: pa.Table) -> None:
         f"{man['parent'] or 'none'}; added {len(man['added'])}, removed {len(man['removed'])}, "
         f"changed {len(man.get('changed', []))}.",
         "",
-        "## Counts in the paper's terms",
-        "",
-        "| collected (raw items with a prompt) | images kept | captioned | CLIP-kept | accepted |",
-        "|---|---|---|---|---|",
-        "| "
-        + " | ".join(
-            str(counts.get(k, "?")) for k in ("raw_items", "images", "captions", "clip_scores", "accepted")
-        )
-        + " |",
-        "",
+        *_counts_text(counts),
         f"Decisions behind the accepted samples: {counts_text(by_kind)} "
         "(`auto` = a named policy, never mixed with stewards' `human` decisions).",
         "",

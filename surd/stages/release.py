@@ -32,7 +32,7 @@ from surd.review import outcome, queue
 from surd.settings import ReleaseSettings, Settings
 from surd.sources import LICENCE_NOTES, REGISTRY, generation
 from surd.sources.safety import source_level
-from surd.stages import takedown
+from surd.stages import near_duplicates, prompt_label, takedown
 from surd.stages.card import write_card
 from surd.stages.groups import HELD_BACK, cap_groups, group_sizes, prompt_group
 
@@ -41,7 +41,8 @@ RAW_COLUMNS = ("complex_prompt", "negative_prompt", "source", "source_item_id", 
 
 ROWS = pa.schema([f for f in RELEASE if f.name not in ("image", "sha256")])  # the images stream in
 DECIDED = ("sample_id", "decision_id", "decided_by_kind", "simple_prompt", "caption")  # → _accepted
-FROM_RAW = pa.schema([f for f in ROWS if f.name not in (*DECIDED[1:], "p_simple", "p_complex", "nsfw_score")])
+NOT_RAW = (*DECIDED[1:], "p_simple", "p_complex", "nsfw_score", "near_duplicates", "prompt_profanity")
+FROM_RAW = pa.schema([f for f in ROWS if f.name not in NOT_RAW])
 BATCH = 4096  # raw items made Python objects at once
 
 
@@ -116,6 +117,8 @@ def accepted_rows(settings: Settings, data: DataDir, accepted: pa.Table | None =
     clip = _aligned(list(data.table("clip_scores").select(ids, scores)), ids, "CLIP score")
     column = {n: acc.column(n) for n in DECIDED} | {n: raw.column(n) for n in FROM_RAW.names}
     column |= {n: clip.column(n) for n in scores}
+    column["near_duplicates"] = near_duplicates.copies(data, ids)
+    column["prompt_profanity"] = prompt_label.scores(raw.column("complex_prompt"))
     return pa.table([column[n] for n in ROWS.names], schema=ROWS)
 
 
@@ -203,6 +206,10 @@ def create_release(
     taken = pc.is_in(accepted.column("sample_id"), pa.array(sorted(gone), pa.string()))
     withdrawn = accepted.filter(taken).column("sample_id").to_pylist()  # accepted, then taken down
     accepted = accepted.filter(pc.invert(taken)) if withdrawn else accepted
+    # accepted before the near-duplicate stage ran on them (a data root from an older version)
+    dup = pc.is_in(accepted.column("sample_id"), near_duplicates.dropped(data))
+    duplicates = accepted.filter(dup).column("sample_id").to_pylist()
+    accepted = accepted.filter(pc.invert(dup)) if duplicates else accepted
     cap = settings.release.max_per_prompt_group
     existing = releases(data)
     parent_dir = existing[-1] if existing else None
@@ -245,11 +252,13 @@ def create_release(
         "inputs": _inputs(everything, cap),
         "max_per_prompt_group": cap,
         "held_back": ({HELD_BACK: sorted(held.column("sample_id").to_pylist())} if cap else {})
-        | ({takedown.REASON: withdrawn} if withdrawn else {}),
-        "removed_reasons": _removed_reasons(parent, fingerprint, gone, held),
+        | ({takedown.REASON: withdrawn} if withdrawn else {})
+        | ({near_duplicates.REASON: duplicates} if duplicates else {}),
+        "removed_reasons": _removed_reasons(parent, fingerprint, gone, held)
+        | {sid: near_duplicates.REASON for sid in duplicates if parent and sid in parent["fingerprint"]},
         "prompt_groups": group_sizes(rows),
         "counts": (counts() if callable(counts) else counts) or {},
-        "model_ids": _model_ids(data),
+        "model_ids": _model_ids(data) | {"prompt_profanity": [prompt_label.scorer()]},
         "settings": settings.provenance(),
     }
     (tmp / "manifest.json").write_text(json.dumps(man, indent=1, sort_keys=True))

@@ -1,4 +1,5 @@
-"""The review stage: enqueue what CLIP kept; decisions come from stewards (or a named policy)."""
+"""The review stage: enqueue what CLIP and the near-duplicate stage kept; decisions come from
+stewards (or a named policy)."""
 
 from __future__ import annotations
 
@@ -18,14 +19,25 @@ from surd.stages import takedown
 LOOKUP_CHUNK = 8_192  # new samples whose prompts are looked up in one pass over the tables
 
 
+def _went_on(data: DataDir) -> pa.Array:
+    """The ids the near-duplicate stage kept (it runs on what CLIP kept)."""
+    near = data.table("near_duplicates")
+    ids = [near.read_part(p, ["sample_id", "status"]) for p in near.parts()]
+    return pa.concat_arrays(
+        [pa.array([], pa.string())] + [t.filter(is_ok(t)).column("sample_id").combine_chunks() for t in ids]
+    )
+
+
 def _new_kept(data: DataDir, queued: pa.Array) -> Iterator[dict[str, Any]]:
-    """The CLIP-kept rows not yet queued, a part at a time: filtered in Arrow, so only new rows
-    ever become Python objects (a rerun with nothing new makes none)."""
+    """The rows that CLIP and the near-duplicate stage kept, not yet queued, a part at a time:
+    filtered in Arrow, so only new rows ever become Python objects (a rerun with nothing new
+    makes none)."""
     scores = data.table("clip_scores")
+    went_on = _went_on(data)
     for part in scores.parts():
         t = scores.read_part(part, ["sample_id", "status", "p_simple", "p_complex", "nsfw_score"])
         keep = pc.and_(
-            is_ok(t),
+            pc.and_(is_ok(t), pc.is_in(t.column("sample_id"), value_set=went_on)),
             pc.invert(pc.is_in(t.column("sample_id"), value_set=queued)),
         )
         yield from t.filter(keep).drop_columns(["status"]).to_pylist()

@@ -19,6 +19,7 @@ SAMPLE = {
     pa.binary(): b"\x00\x01",
     pa.timestamp("us", tz="UTC"): datetime(2026, 1, 2, tzinfo=UTC),
     schemas.IMAGE: {"bytes": b"\xff\xd8", "path": None},
+    pa.list_(pa.float16()): [0.5, -0.25],  # an image embedding (exact in float16)
 }
 
 

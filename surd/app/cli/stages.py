@@ -106,6 +106,14 @@ def clip_filter(as_json: bool = JSON, config: Path | None = CONFIG) -> None:
     result(r, as_json, describe("clip_scores", r))
 
 
+def near_duplicates(as_json: bool = JSON, config: Path | None = CONFIG) -> None:
+    """Drop CLIP-kept images that are near duplicates of an earlier one (CLIP embedding cosine);
+    `surd review` runs it first too."""
+
+    r = _stage("near duplicates", "near_duplicates", pipeline.near_duplicates, settings(config))
+    result(r, as_json, describe("near_duplicates", r))
+
+
 def embed(
     release: str = typer.Option("latest", help="vNNNN or latest"),
     llm: str | None = typer.Option(None, help="tiny | llama-7b | llama-13b | llama-33b | a hub id"),
@@ -210,6 +218,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(images_app, name="images")
     app.command()(caption)
     app.command("clip-filter")(clip_filter)
+    app.command("near-duplicates")(near_duplicates)
     app.command()(embed)
     app.command()(train)
     app.command()(evaluate)

@@ -150,7 +150,7 @@ def test_in_order_keeps_order_and_its_bound() -> None:
 
 
 def test_the_registry_names_every_batch_stage() -> None:
-    assert set(REGISTRY) == {"images", "captions", "clip_scores", "embeddings"}
+    assert set(REGISTRY) == {"images", "captions", "clip_scores", "near_duplicates", "embeddings"}
     for name in REGISTRY:
         cls = stage_class(name)
         assert issubclass(cls, Stage) and cls.name == name
