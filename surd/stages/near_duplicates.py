@@ -63,10 +63,12 @@ class NearDuplicateStage(Stage[list[dict[str, Any]]]):
         done = pa.array(list(self.output().ids()), pa.string())
         scores = self.data.table(self.source)
         pending: list[tuple[list[str], np.ndarray, np.ndarray]] = []
-        for p in scores.parts():
-            t = scores.read_part(p, ["sample_id", "status", "image_embedding"])
-            t = t.filter(pc.and_(is_ok(t), pc.invert(pc.is_in(t.column("sample_id"), value_set=done))))
-            if len(t):
+        for p in scores.parts():  # the key and status first: a part with nothing new reads no vector
+            t = scores.read_part(p, ["sample_id", "status"])
+            new = pc.and_(is_ok(t), pc.invert(pc.is_in(t.column("sample_id"), value_set=done)))
+            if pc.any(new).as_py():
+                t = t.append_column("image_embedding", scores.read_part(p, ["image_embedding"]).column(0))
+                t = t.filter(new)
                 has, vecs = vectors(t.column("image_embedding"))
                 pending.append((t.column("sample_id").to_pylist(), has, vecs))
         self.pending = pending
