@@ -27,7 +27,8 @@ class What(StrEnum):
 
 
 def enqueue(as_json: bool = JSON, config: Path | None = CONFIG) -> None:
-    """Enqueue CLIP-kept samples (and apply the auto-review policy, if one is set)."""
+    """Drop near duplicates among the CLIP-kept samples, enqueue the rest (and apply the auto-review
+    policy, if one is set)."""
 
     r = pipeline.review(settings(config))
     result(r, as_json, describe("review", r))
