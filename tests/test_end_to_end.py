@@ -301,6 +301,7 @@ def test_sigkill_in_every_stage_then_resume(tmp_path: Path) -> None:
         "images:2",
         "captions:2",
         "clip_scores:2",
+        "near_duplicates:2",  # two of its three parts written; the index is rebuilt from them
         "review:10",
         "release:1",
         "release_manifest:1",  # the manifest is written, the folder not yet renamed
@@ -332,6 +333,7 @@ def test_sigkill_in_every_stage_then_resume(tmp_path: Path) -> None:
         ("images", ["sample_id", "status", "reason", "sha256", "duplicate_of"]),
         ("captions", ["sample_id", "status", "simple_prompt"]),
         ("clip_scores", ["sample_id", "status", "p_simple"]),
+        ("near_duplicates", ["sample_id", "status", "reason", "similarity"]),
     ):
         tables = [
             sorted(tuple(r.values()) for r in pq.read_table(root / "tables" / name, columns=cols).to_pylist())
