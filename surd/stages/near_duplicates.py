@@ -79,16 +79,12 @@ class NearDuplicateStage(Stage[list[dict[str, Any]]]):
 
     def _kept(self) -> tuple[list[str], np.ndarray]:
         """The samples this stage kept in earlier runs that have an embedding, in storage order."""
-        out = self.output()
-        ids: list[str] = []
-        for p in out.parts():
-            t = out.read_part(p, ["sample_id", "status"])
-            ids.extend(t.filter(is_ok(t)).column("sample_id").to_pylist())
-        if not ids:
+        ids = kept(self.data)
+        if not len(ids):
             return [], np.zeros((0, 0), dtype=np.float16)
-        tables = self.data.table(self.source).select(pa.array(ids, pa.string()), ["image_embedding"])
+        tables = self.data.table(self.source).select(ids, ["image_embedding"])
         found = {k: v for t in tables for k, v in _pairs(t) if v is not None}
-        have = [i for i in ids if i in found]
+        have = [i for i in ids.to_pylist() if i in found]
         return have, np.stack([found[i] for i in have]) if have else np.zeros((0, 0), dtype=np.float16)
 
     def start(self, stack: ExitStack) -> None:
@@ -143,15 +139,15 @@ def _pairs(t: pa.Table) -> Iterator[tuple[str, np.ndarray | None]]:
         yield sid, (next(rows) if h else None)
 
 
+def kept(data: DataDir) -> pa.Array:
+    """The ids of the samples this stage kept (what goes on to review), in storage order."""
+    rows = data.table("near_duplicates").read(["sample_id", "status"])
+    return rows.filter(is_ok(rows)).column("sample_id").combine_chunks()
+
+
 def _dropped_rows(data: DataDir) -> pa.Table:
     """(sample_id, near_duplicate_of) of every sample this stage dropped as a near duplicate."""
-    table = data.table("near_duplicates")
-    parts = [table.read_part(p, ["sample_id", "near_duplicate_of"]) for p in table.parts()]
-    if not parts:
-        return pa.table(
-            {"sample_id": pa.array([], pa.string()), "near_duplicate_of": pa.array([], pa.string())}
-        )
-    rows = pa.concat_tables(parts)
+    rows = data.table("near_duplicates").read(["sample_id", "near_duplicate_of"])
     return rows.filter(pc.is_valid(rows.column("near_duplicate_of")))
 
 

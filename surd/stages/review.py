@@ -14,18 +14,9 @@ from storage.schemas import is_ok
 from surd.parallel import batched
 from surd.review import policies, queries, queue
 from surd.settings import Settings
-from surd.stages import takedown
+from surd.stages import near_duplicates, takedown
 
 LOOKUP_CHUNK = 8_192  # new samples whose prompts are looked up in one pass over the tables
-
-
-def _went_on(data: DataDir) -> pa.Array:
-    """The ids the near-duplicate stage kept (it runs on what CLIP kept)."""
-    near = data.table("near_duplicates")
-    ids = [near.read_part(p, ["sample_id", "status"]) for p in near.parts()]
-    return pa.concat_arrays(
-        [pa.array([], pa.string())] + [t.filter(is_ok(t)).column("sample_id").combine_chunks() for t in ids]
-    )
 
 
 def _new_kept(data: DataDir, queued: pa.Array) -> Iterator[dict[str, Any]]:
@@ -33,7 +24,7 @@ def _new_kept(data: DataDir, queued: pa.Array) -> Iterator[dict[str, Any]]:
     filtered in Arrow, so only new rows ever become Python objects (a rerun with nothing new
     makes none)."""
     scores = data.table("clip_scores")
-    went_on = _went_on(data)
+    went_on = near_duplicates.kept(data)
     for part in scores.parts():
         t = scores.read_part(part, ["sample_id", "status", "p_simple", "p_complex", "nsfw_score"])
         keep = pc.and_(
