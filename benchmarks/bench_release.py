@@ -55,7 +55,7 @@ def _jpegs(count: int, target_kb: int) -> list[bytes]:
 def build(root: Path, samples: int, image_kb: int, part_size: int) -> dict[str, Any]:
     from storage.layout import DataDir
     from storage.schemas import OK
-    from surd import pipeline
+    from surd import chain, pipeline
     from surd.settings import load_settings
 
     settings = load_settings(
@@ -63,7 +63,7 @@ def build(root: Path, samples: int, image_kb: int, part_size: int) -> dict[str, 
     )
     data = DataDir(root).open()
     jpegs = _jpegs(16, image_kb)
-    tables = {name: data.table(name) for name in ("raw_items", "images", "captions", "clip_scores")}
+    tables = {name: data.table(name) for name in chain.PIPELINE.tables}
     for start in range(0, samples, part_size):
         ids = [f"{i:016x}" for i in range(start, min(samples, start + part_size))]
         tables["raw_items"].write(
@@ -85,9 +85,10 @@ def build(root: Path, samples: int, image_kb: int, part_size: int) -> dict[str, 
         tables["clip_scores"].write(
             {"sample_id": s, "status": OK, "p_simple": 0.9, "p_complex": 0.1} for s in ids
         )
+    pipeline.run(settings, "near_duplicates")  # no embeddings written here: it keeps every sample
     review = pipeline.review(settings)
     image_bytes = sum(len(jpegs[i % len(jpegs)]) for i in range(samples))
-    return {"review": review["auto_decided"], "image_bytes": image_bytes}
+    return {"review": review.auto_decided, "image_bytes": image_bytes}
 
 
 def _rss_mb() -> float:

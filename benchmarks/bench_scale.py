@@ -7,7 +7,8 @@ The site serves N image objects in Civitai's `/api/v1/images` shape (200 a page,
 with generated pictures (benchmarks/synthetic.py: families of four alike pictures that share a
 prompt, and about 2% planted copies: exact, re-encoded, resized, cropped). The stages run in order
 with the tiny models on CPU, politeness limits raised for loopback: crawl → images → caption →
-clip-filter → review enqueue (policy demo-margin-v1) → release create → embed. Then each runs
+clip-filter → near-duplicates (the declared stages, surd.chain) → review enqueue (policy
+demo-margin-v1) → release create → embed. Then each runs
 again with nothing to do. One JSON line per stage:
 
     {"stage", "items", "seconds", "cpu_seconds", "cpu_ms_per_item", "peak_rss_mb",
@@ -44,6 +45,7 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 import synthetic  # noqa: E402
 
+from surd import chain  # noqa: E402
 from surd.ids import sample_id  # noqa: E402
 from surd.sources.replay import ReplaySite  # noqa: E402
 
@@ -180,20 +182,15 @@ def came_in(root: Path, stage: str, n: int) -> int:
     if stage in ("release", "embed"):
         latest = sorted(p for p in (root / "releases").iterdir() if p.name.startswith("v"))[-1]
         return int(json.loads((latest / "manifest.json").read_text())["rows"])
-    upstream = {
-        "images": "raw_items",
-        "caption": "images",
-        "clip-filter": "captions",
-        "review": "clip_scores",
-    }
-    return _ok(root, upstream[stage])
+    tables = chain.PIPELINE.tables
+    if stage == "review":
+        return _ok(root, tables[-1])
+    return _ok(root, tables[tables.index(stage) - 1])
 
 
-STAGES = [
+STAGES = [  # (what the row is called: a table, or a step; the command)
     ("crawl", ["crawl", "civitai"]),
-    ("images", ["images"]),
-    ("caption", ["caption"]),
-    ("clip-filter", ["clip-filter"]),
+    *((s.name, [chain.PIPELINE.command(s)]) for s in chain.PIPELINE),
     ("review", ["review", "enqueue"]),
     ("release", ["release", "create"]),
     ("embed", ["embed"]),

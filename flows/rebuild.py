@@ -1,9 +1,19 @@
-"""The `rebuild` flow: every stage of the data path, then embeddings, training and evaluation."""
+"""The `rebuild` flow: the crawls, every declared batch stage in order (surd.chain), the review
+queue and a release, then (when asked) embeddings, training and evaluation.
+
+Each declared stage names the work pool it needs. A rebuild run by its deployment (on the `cpu`
+pool) runs the stages of its own pool as tasks and hands each run of consecutive stages of another
+pool (captions, CLIP and near duplicates: `gpu`) to the `stages/<pool>` deployment with
+`run_deployment`, waiting for it: the order of the chain and the one rebuild run (with its
+sub-runs) stay visible in one place, a failure there fails the rebuild, and a GPU worker loads its
+models once for the three stages. A rebuild called directly (the demo, `surd rebuild` without a
+server's deployments) runs every stage in its own process."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,17 +28,20 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.concurrency.sync import concurrency
-from prefect.events import emit_event
+from prefect.runtime import deployment
 
-from flows import scale
+from flows import events, scale
 from flows.training import embed_flow, evaluate_flow, train_flow
-from surd import pipeline
+from surd import chain, pipeline
+from surd.pipeline import ReleaseInfo, ReviewRun
 from surd.progress import Meter, ProgressLog
 from surd.review.queries import progress_markdown
 from surd.settings import Settings, load_settings
+from surd.stages.base import StageRun
 from surd.stages.crawl import CrawlFailed, CrawlStats
 from surd.status import status
 
+HOME_POOL = "cpu"  # the work pool of the rebuild's own deployment (flows/deployments.PLAN)
 PROGRESS_LOG_S = float(os.environ.get("SURD_PROGRESS_EVERY", "10"))  # seconds between log lines
 
 
@@ -37,14 +50,14 @@ def _settings(config: dict[str, Any]) -> Settings:
 
 
 @task(retries=2, retry_delay_seconds=5, task_run_name="crawl-{source}")
-def crawl_task(config: dict[str, Any], source: str) -> dict[str, Any]:
+def crawl_task(config: dict[str, Any], source: str) -> CrawlStats:
     # one crawler per site across all deployments and workers, when the global concurrency
     # limit `crawl-<source>` exists (created by the production set-up); without it, no wait
     with concurrency(f"crawl-{source}", occupy=1):
         return pipeline.crawl(_settings(config), source)
 
 
-def _with_progress(settings: Settings, stage: str, run: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+def _with_progress(settings: Settings, stage: str, run: Callable[..., StageRun]) -> StageRun:
     """Run a stage with a progress artifact (share of the items pending when it started, updated
     at most once a second) and a progress line in the run's log every `PROGRESS_LOG_S`."""
     todo = pipeline.pending_total(settings, stage)
@@ -65,29 +78,75 @@ def _with_progress(settings: Settings, stage: str, run: Callable[..., dict[str, 
         return run(settings, progress=advance)
 
 
-@task(retries=2, retry_delay_seconds=5)
-def images_task(config: dict[str, Any]) -> dict[str, Any]:
-    return _with_progress(_settings(config), "images", pipeline.images)
-
-
-@task(retries=1)
-def captions_task(config: dict[str, Any]) -> dict[str, Any]:
-    return _with_progress(_settings(config), "captions", pipeline.captions)
-
-
-@task(retries=1)
-def clip_task(config: dict[str, Any]) -> dict[str, Any]:
-    return _with_progress(_settings(config), "clip_scores", pipeline.clip_filter)
+def run_stage(config: dict[str, Any], name: str) -> StageRun:
+    """One declared stage: on the Dask cluster of the settings when scaled out and the stage can
+    be spread, else as a task with a progress artifact."""
+    settings = _settings(config)
+    stage = chain.PIPELINE.stage_class(name)
+    if settings.scale.enabled and stage.scale != "one":  # parts or partitions on Dask workers
+        return scale.run(config, settings, name)
+    fn = stage_task.with_options(retries=stage.retries, retry_delay_seconds=5, task_run_name=name)
+    return fn(config, name)  # type: ignore[no-any-return]
 
 
 @task
-def review_task(config: dict[str, Any]) -> dict[str, Any]:
+def stage_task(config: dict[str, Any], name: str) -> StageRun:
+    settings = _settings(config)
+    return _with_progress(settings, name, lambda s, progress=None: pipeline.run(s, name, progress))
+
+
+@flow(name="stages")
+def stages_flow(names: list[str], config: dict[str, Any] | None = None) -> dict[str, StageRun]:
+    """Declared stages, in the order given, on the worker that runs this flow (its pool's)."""
+    pool = os.environ.get("SURD_POOL") or "-"
+    get_run_logger().info("stages %s on pool %s (host %s)", ", ".join(names), pool, socket.gethostname())
+    return {n: run_stage(config or {}, n) for n in names}
+
+
+def by_pool(names: list[str]) -> list[tuple[str, list[str]]]:
+    """Consecutive declared stages grouped by the pool each needs, in order."""
+    groups: list[tuple[str, list[str]]] = []
+    for name in names:
+        pool = chain.PIPELINE.stage_class(name).pool
+        if groups and groups[-1][0] == pool:
+            groups[-1][1].append(name)
+        else:
+            groups.append((pool, [name]))
+    return groups
+
+
+def run_declared(config: dict[str, Any], home: str | None) -> dict[str, Any]:
+    """Every declared stage in order; with `home` (the pool this rebuild runs on, when run by a
+    deployment), the groups of another pool go to that pool's `stages` deployment and are waited
+    for. Returns each stage's summary (or, for a routed group, the sub-run's id and pool)."""
+    out: dict[str, Any] = {}
+    for pool, names in by_pool(chain.PIPELINE.names()):
+        if home is None or pool == home:
+            for name in names:
+                out[name] = run_stage(config, name)
+            continue
+        from prefect.deployments import run_deployment  # only when routing to another pool
+
+        run = run_deployment(f"stages/{pool}", parameters={"names": names, "config": config})
+        if run.state is None or not run.state.is_completed():
+            ended = run.state.name if run.state else "unknown"
+            raise RuntimeError(
+                f"stages {', '.join(names)} on pool {pool} ended {ended} (flow run {run.id}); their "
+                "tables keep what was written: the next rebuild goes on from there"
+            )
+        for name in names:
+            out[name] = {"pool": pool, "flow_run": str(run.id)}
+    return out
+
+
+@task
+def review_task(config: dict[str, Any]) -> ReviewRun:
     """Enqueue and move on: stewards decide at their pace; the release takes what is decided."""
     out = pipeline.review(_settings(config))
     create_markdown_artifact(
         key="review-queue",
-        markdown=progress_markdown(out["queue"]),
-        description=f"review queue after this run ({out['enqueued']} enqueued)",
+        markdown=progress_markdown(out.queue),
+        description=f"review queue after this run ({out.enqueued} enqueued, {out.withdrawn} withdrawn)",
     )
     return out
 
@@ -98,22 +157,13 @@ def release_limit(settings: Settings) -> str:
 
 
 @task
-def release_task(config: dict[str, Any]) -> dict[str, Any]:
+def release_task(config: dict[str, Any]) -> ReleaseInfo:
+    """A release if the accepted set changed, then every release not yet announced is announced
+    (one `surd.release.published` each, which starts embed → train → evaluate; flows/events.py)."""
     settings = _settings(config)
     with concurrency(release_limit(settings), occupy=1):  # without the limit: no wait
         info = pipeline.release_info(settings)
-    if info["created"]:  # a deployment trigger on this event starts training on the new release
-        emit_event(
-            event="surd.release.published",
-            resource={"prefect.resource.id": f"surd.release.{info['release']}"},
-            payload={
-                "release": info["release"],
-                "path": info["path"],
-                "rows": info["rows"],
-                "counts": info["counts"],
-                "published": info["published"],
-            },
-        )
+    info.announced = events.announce(settings)
     return info
 
 
@@ -125,7 +175,7 @@ def status_task(config: dict[str, Any]) -> dict[str, Any]:
 
 
 @flow(name="release")
-def release_flow(config: dict[str, Any] | None = None) -> dict[str, Any]:
+def release_flow(config: dict[str, Any] | None = None) -> ReleaseInfo:
     """Release what stewards have decided since the last release (nothing if unchanged)."""
     return release_task(config or {})
 
@@ -146,20 +196,14 @@ def rebuild(config: dict[str, Any] | None = None, train: bool = True) -> dict[st
             exc = state.result(raise_on_failure=False)
             failed.extend(exc.failed if isinstance(exc, CrawlFailed) else [exc])
             log.error("%s", exc)
-    if settings.scale.enabled:  # parts and partitions on Dask workers (flows/scale.py)
-        out["images"] = scale.run_images(config, settings)
-        out["captions"] = scale.run(config, settings, "captions")
-        out["clip_scores"] = scale.run(config, settings, "clip_scores")
-    else:
-        out["images"] = images_task(config)
-        out["captions"] = captions_task(config)
-        out["clip_scores"] = clip_task(config)
+    home = HOME_POOL if deployment.id else None  # run by its deployment: route stages by pool
+    out.update(run_declared(config, home))
     out["review"] = review_task(config)
-    release = release_task(config)["path"]
+    release = release_task(config).path
     out["release"] = release
     if release and train:  # in production these run as their own deployments, on events
         out["embed"] = embed_flow(release, config=config)
-        out["train"] = train_flow(release, out["embed"]["model_id"], config=config)
+        out["train"] = train_flow(release, out["embed"].model_id, config=config)
         out["evaluate"] = evaluate_flow(out["train"]["run_dir"], config=config)
     st = status_task(config)
     rows = [

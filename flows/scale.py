@@ -13,15 +13,16 @@ run.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
 from prefect_dask import DaskTaskRunner
 
-from surd import pipeline
+from surd import chain, pipeline
+from surd.pipeline import EmbedRun
 from surd.settings import Settings, load_settings
-from surd.stages import PARTITIONED
-from surd.stages.base import merge
+from surd.stages.base import StageRun, merge
 from surd.stages.images import process_part
 
 
@@ -54,19 +55,31 @@ def pin_gpu() -> None:
 
 
 @task(retries=1, task_run_name="{stage}-part-{k}-of-{n}")
-def stage_part(config: dict[str, Any], stage: str, k: int, n: int, extra: dict[str, Any]) -> dict[str, Any]:
+def stage_part(config: dict[str, Any], stage: str, k: int, n: int) -> StageRun:
+    from distributed import get_worker
+
     pin_gpu()
-    return pipeline.run(load_settings(**config), stage, part=(k, n), **extra)
+    run = pipeline.run(load_settings(**config), stage, part=(k, n))
+    worker = get_worker()
+    run.workers = [f"{worker.name} {worker.address}"]
+    return run
+
+
+@task(retries=1, task_run_name="embed-part-{k}-of-{n}")
+def embed_part(config: dict[str, Any], release: str, llm: str | None, k: int, n: int) -> EmbedRun:
+    pin_gpu()
+    return pipeline.embed(load_settings(**config), release, llm, part=(k, n))
 
 
 @task(retries=1, task_run_name="images-part-{n_rows}-items")
 def images_part(rows: list[dict[str, Any]], politeness: Any, cfg: Any, n_rows: int) -> list[Any]:
-
     return process_part(rows, politeness, cfg)
 
 
 @flow(name="partitioned-images")
-def partitioned_images(config: dict[str, Any], workers: int) -> dict[str, Any]:
+def partitioned_images(config: dict[str, Any], workers: int) -> StageRun:
+    """The images stage: this process decides duplicates in order; parts are fetched and decoded
+    by the cluster's workers, each under its share of the per-host politeness limits."""
     settings = load_settings(**config)
 
     def submit(rows: list[dict[str, Any]], share: Any) -> Any:
@@ -75,23 +88,33 @@ def partitioned_images(config: dict[str, Any], workers: int) -> dict[str, Any]:
     return pipeline.images(settings, submit=submit, workers=workers)
 
 
-def run_images(config: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """The images stage with its fetching and decoding on the Dask cluster of the settings."""
-    sub = partitioned_images.with_options(task_runner=task_runner(settings))  # type: ignore[arg-type]
-    return sub(config, partitions(settings))
-
-
 @flow(name="partitioned-stage")
-def partitioned(
-    config: dict[str, Any], stage: str, n: int, extra: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    if stage not in PARTITIONED:
-        raise ValueError(f"stage {stage!r} cannot be partitioned; these can: {', '.join(PARTITIONED)}")
-    futures = [stage_part.submit(config, stage, k, n, extra or {}) for k in range(n)]
+def partitioned(config: dict[str, Any], stage: str, n: int) -> StageRun:
+    if chain.PIPELINE.stage_class(stage).scale != "partitions":
+        can = [s.name for s in chain.PIPELINE if s.scale == "partitions"]
+        raise ValueError(f"stage {stage!r} cannot be partitioned; these can: {', '.join(can)}")
+    futures = [stage_part.submit(config, stage, k, n) for k in range(n)]
     return merge([f.result() for f in futures])
 
 
-def run(config: dict[str, Any], settings: Settings, stage: str, **extra: Any) -> dict[str, Any]:
-    """The stage on the Dask cluster of the settings, one task per partition."""
+@flow(name="partitioned-embed")
+def partitioned_embed(config: dict[str, Any], release: str, llm: str | None, n: int) -> EmbedRun:
+    runs = [f.result() for f in [embed_part.submit(config, release, llm, k, n) for k in range(n)]]
+    return EmbedRun(sum(r.embedded for r in runs), runs[0].model_id)
+
+
+def run(config: dict[str, Any], settings: Settings, stage: str) -> StageRun:
+    """A declared stage on the Dask cluster of the settings: its parts sent out (`scale = parts`),
+    or one task per partition (`scale = partitions`)."""
+    how = chain.PIPELINE.stage_class(stage).scale
+    if how == "parts":
+        sub_images = partitioned_images.with_options(task_runner=task_runner(settings))  # type: ignore[arg-type]
+        return sub_images(config, partitions(settings))  # type: ignore[no-any-return]
     sub = partitioned.with_options(task_runner=task_runner(settings))  # type: ignore[arg-type]
-    return sub(config, stage, partitions(settings), extra)
+    return sub(config, stage, partitions(settings))  # type: ignore[no-any-return]
+
+
+def embed(config: dict[str, Any], settings: Settings, release: str | Path, llm: str | None) -> EmbedRun:
+    """A release's embeddings on the Dask cluster of the settings, one task per partition."""
+    sub = partitioned_embed.with_options(task_runner=task_runner(settings))  # type: ignore[arg-type]
+    return sub(config, str(release), llm, partitions(settings))  # type: ignore[no-any-return]

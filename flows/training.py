@@ -23,6 +23,7 @@ from prefect.events import emit_event
 
 from surd import pipeline
 from surd.app import training
+from surd.pipeline import EmbedRun
 from surd.settings import Settings, load_settings
 
 
@@ -35,21 +36,20 @@ def _settings(config: dict[str, Any] | None, **adapter: Any) -> Settings:
 
 
 @flow(name="embed")
-def embed_flow(release: str, llm: str | None = None, config: dict[str, Any] | None = None) -> dict[str, Any]:
+def embed_flow(release: str, llm: str | None = None, config: dict[str, Any] | None = None) -> EmbedRun:
     """Per-layer mean-pooled LLM states of every simple prompt of the release (incremental)."""
     settings = _settings(config)
     if settings.scale.enabled:  # partitions on Dask workers, one per GPU on a GPU machine
         from flows import scale  # Dask: only when scaled out
 
-        run = scale.run(config or {}, settings, "embeddings", release=Path(release), llm=llm)
-        out = {"embedded": run["processed"], "model_id": run["model_id"]}
+        out = scale.embed(config or {}, settings, release, llm)
     else:
         out = pipeline.embed(settings, release, llm)
-    get_run_logger().info("embedded %d prompts with %s", out["embedded"], out["model_id"])
+    get_run_logger().info("embedded %d prompts with %s", out.embedded, out.model_id)
     emit_event(
         event="surd.embeddings.completed",
-        resource={"prefect.resource.id": f"surd.embeddings.{Path(release).name}.{out['model_id']}"},
-        payload={"release": release, "llm_model_id": out["model_id"], "embedded": out["embedded"]},
+        resource={"prefect.resource.id": f"surd.embeddings.{Path(release).name}.{out.model_id}"},
+        payload={"release": release, "llm_model_id": out.model_id, "embedded": out.embedded},
     )
     return out
 

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from storage.schemas import CRAWL_PAGES, SCHEMA_VERSION, STAGE_TABLES
+from storage.schemas import COMPRESSION, CRAWL_PAGES, SCHEMA_VERSION, STAGE_TABLES
 from storage.tables import PartTable, atomic_write_bytes
 
 
@@ -64,13 +65,22 @@ class DataDir:
         return self
 
     def table(self, name: str, schema: pa.Schema | None = None, key: str = "sample_id") -> PartTable:
+        """A stage table by name: its registered schema (storage.schemas.register), else the
+        schema its parts were written with; a table neither registered nor on disk is an error."""
         if schema is None:
             if name == "crawl_pages":
                 schema, key = CRAWL_PAGES, "page_id"
-            else:
+            elif name in STAGE_TABLES:
                 schema = STAGE_TABLES[name]
-        # the images table holds JPEG bytes, which do not compress: spend no CPU trying
-        return PartTable(self.root / "tables", name, schema, key, "none" if name == "images" else "zstd")
+            else:
+                parts = sorted((self.tables_dir / name).glob("part-*.parquet"))
+                if not parts:
+                    raise KeyError(
+                        f"no table {name!r}: the known ones are {', '.join(sorted(STAGE_TABLES))} "
+                        "(a stage's table is known once the pipeline's declaration, surd.chain, is imported)"
+                    )
+                schema = pq.read_schema(parts[0]).remove_metadata()
+        return PartTable(self.tables_dir, name, schema, key, COMPRESSION.get(name, "zstd"))
 
     @property
     def tables_dir(self) -> Path:

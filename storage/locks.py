@@ -11,10 +11,13 @@ run side by side, but never beside a whole-table writer or a second copy of the 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -26,6 +29,55 @@ POLL_S = 0.2
 
 class Busy(RuntimeError):
     """Another run is writing the same thing and did not finish within the wait."""
+
+
+class LocksUnsupported(RuntimeError):
+    """The data root's filesystem does not keep a second process out of a held lock."""
+
+
+# a child process tries the lock its parent holds: it must be refused (exit 0)
+PROBE = (
+    "import fcntl, os, sys\n"
+    "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+    "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+    "except BlockingIOError:\n    sys.exit(0)\n"
+    "sys.exit(3)\n"
+)
+_SUPPORTED: set[str] = set()  # lock folders found to work, once per process
+
+
+def check_supported(folder: Path, probe: list[str] | None = None) -> None:
+    """Refuse to write where a held `flock` does not keep another process out (a network mount
+    without lock support would let two writers in and corrupt a table): hold a lock on a probe
+    file and ask a child process to take it. Checked once per folder per process (about 20 ms)."""
+    key = str(Path(folder).resolve())
+    if key in _SUPPORTED and probe is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".probe.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP):
+                raise LocksUnsupported(_unsupported(folder, f"flock fails: {exc.strerror}")) from None
+            raise
+        cmd = probe or [sys.executable, "-S", "-c", PROBE]
+        rc = subprocess.run([*cmd, str(path)], check=False, timeout=30).returncode
+        if rc != 0:
+            raise LocksUnsupported(_unsupported(folder, "a second process took a lock this one holds"))
+    finally:
+        os.close(fd)
+    _SUPPORTED.add(key)
+
+
+def _unsupported(folder: Path, why: str) -> str:
+    return (
+        f"file locks under {folder} do not keep writers apart ({why}); refusing to write there. Put the "
+        "data root on a local disk or a shared filesystem with working locks (NFS v4, CephFS, Lustre "
+        "with flock)"
+    )
 
 
 def _holder(path: Path) -> str:
@@ -75,6 +127,7 @@ def writing(
     """Hold the write lock of `name` under the data root `root` for the block (partition `part`
     of a partitioned run: shared with its sibling partitions). Waits up to `wait_s`, then `Busy`."""
     locks = Path(root) / "locks"
+    check_supported(locks)
     fds = [_acquire(locks / f"{name}.lock", part is not None, wait_s, on_wait)]
     try:
         path = locks / (f"{name}.lock" if part is None else f"{name}.part-{part[0]}-of-{part[1]}.lock")

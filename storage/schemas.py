@@ -24,7 +24,7 @@ def is_ok(table: pa.Table) -> pa.ChunkedArray:
     return pc.fill_null(pc.equal(table.column("status"), OK), False)
 
 
-_STATUS = [
+STATUS_FIELDS = [  # the first columns of every stage table
     pa.field("sample_id", pa.string(), nullable=False),
     pa.field("status", pa.string(), nullable=False),
     pa.field("reason", pa.string()),
@@ -32,7 +32,7 @@ _STATUS = [
 
 RAW_ITEMS = pa.schema(
     [
-        *_STATUS,
+        *STATUS_FIELDS,
         pa.field("source", pa.string(), nullable=False),
         pa.field("source_item_id", pa.string(), nullable=False),
         pa.field("source_url", pa.string()),
@@ -66,54 +66,6 @@ CRAWL_PAGES = pa.schema(
     ]
 )
 
-IMAGES = pa.schema(
-    [
-        *_STATUS,
-        pa.field("image_url", pa.string()),
-        pa.field("http_status", pa.int32()),
-        pa.field("orig_width", pa.int32()),
-        pa.field("orig_height", pa.int32()),
-        pa.field("orig_format", pa.string()),
-        pa.field("sha256", pa.string()),
-        pa.field("phash", pa.string()),
-        pa.field("duplicate_of", pa.string()),
-        pa.field("image", pa.binary()),
-        pa.field("fetched_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
-
-CAPTIONS = pa.schema(
-    [
-        *_STATUS,
-        pa.field("simple_prompt", pa.string()),
-        pa.field("model_id", pa.string()),
-    ]
-)
-
-CLIP_SCORES = pa.schema(
-    [
-        *_STATUS,
-        pa.field("p_simple", pa.float32()),
-        pa.field("p_complex", pa.float32()),
-        pa.field("sim_simple", pa.float32()),
-        pa.field("sim_complex", pa.float32()),
-        pa.field("complex_truncated", pa.bool_()),
-        pa.field("model_id", pa.string()),
-        pa.field(
-            "nsfw_score", pa.float32()
-        ),  # CLIP zero-shot (surd.models.clip_score); null: scored before it
-        # CLIP's unit-length image embedding, float16 (surd.stages.near_duplicates); null: before it
-        pa.field("image_embedding", pa.list_(pa.float16())),
-    ]
-)
-
-NEAR_DUPLICATES = pa.schema(
-    [
-        *_STATUS,
-        pa.field("similarity", pa.float32()),  # cosine to the closest kept image (null: none near)
-        pa.field("near_duplicate_of", pa.string()),  # the kept sample it duplicates (dropped rows)
-    ]
-)
 
 GENERATION = [  # how the image was made, as its source states it (null: the source does not say)
     pa.field("seed", pa.int64()),
@@ -202,11 +154,20 @@ def embedding_schema(hidden_size: int) -> pa.Schema:
     )
 
 
-# review decisions are not a table here: they live in the review database (surd/review/schema.py)
-STAGE_TABLES: dict[str, pa.Schema] = {
-    "raw_items": RAW_ITEMS,
-    "images": IMAGES,
-    "captions": CAPTIONS,
-    "clip_scores": CLIP_SCORES,
-    "near_duplicates": NEAR_DUPLICATES,
-}
+# The stage tables' schemas by table name: the crawl's here, every other stage's beside the stage,
+# registered by the pipeline's declaration (surd.chain). Review decisions are not a table here:
+# they live in the review database (surd/review/schema.py).
+STAGE_TABLES: dict[str, pa.Schema] = {"raw_items": RAW_ITEMS}
+COMPRESSION: dict[str, str] = {}  # a table's Parquet compression when not zstd (JPEG bytes: none)
+
+
+def register(name: str, schema: pa.Schema, compression: str = "zstd") -> None:
+    """Make a stage table's schema known (to `DataDir.table`, the status and the storage tests)."""
+    if not schema.names[:3] == ["sample_id", "status", "reason"]:
+        raise ValueError(f"table {name!r}: a stage table's first columns are sample_id, status, reason")
+    known = STAGE_TABLES.get(name)
+    if known is not None and not known.equals(schema):
+        raise ValueError(f"table {name!r} is registered already with another schema")
+    STAGE_TABLES[name] = schema
+    if compression != "zstd":
+        COMPRESSION[name] = compression

@@ -1,6 +1,7 @@
 """Each stage as one call over the settings, under its write lock; the flows and the CLI both
-call these. The batch stages run through one call, `run`, by their registry name
-(surd.stages.REGISTRY); the others (crawl, review, release) have their own."""
+call these. The batch stages run through one call, `run`, by their name in the pipeline's
+declaration (surd.chain), or all in order through `run_all`; the others (crawl, review, release,
+embeddings) have their own. Every call returns a typed summary (a dataclass)."""
 
 from __future__ import annotations
 
@@ -10,25 +11,27 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from storage import locks
 from storage.embeddings import EmbeddingStore
 from storage.layout import DataDir
+from storage.outbox import Outbox
 from storage.releases import list_published, manifest, publish, releases
 from storage.tables import set_fault_hook
+from surd import chain
 from surd.http.client import PoliteClient
 from surd.review import queries, queue
 from surd.settings import Settings
-from surd.stages import stage_class
-from surd.stages.base import Partition, run_stage
-from surd.stages.crawl import CrawlFailed, crawl_source, politeness
+from surd.stages import takedown
+from surd.stages.base import Partition, StageRun, run_stage
+from surd.stages.crawl import CrawlFailed, CrawlStats, crawl_source, politeness
 from surd.stages.images import retryable
 from surd.stages.release import create_release, storage_options
-from surd.stages.review import apply_auto_policy, enqueue_kept
-from surd.status import chain, status
+from surd.stages.review import apply_auto_policy, enqueue_kept, withdraw
+from surd.status import status
 
 Progress = Callable[[int], None] | None
 log = logging.getLogger("surd")
@@ -60,24 +63,24 @@ def open_data(settings: Settings, create: bool = True) -> DataDir:
     return data
 
 
-def pending_total(
-    settings: Settings,
-    stage: str,
-    release_path: str | None = None,
-    llm: str | None = None,
-    reasons: list[str] | None = None,
-) -> int:
-    """How many items a run of `stage` has to do, known before it starts (for progress)."""
-    data = open_data(settings)
-    if stage == "embed":
-        from surd.models.profiles import llm_model_id  # torch: only to embed
-        from surd.stages.embed import embed_todo  # torch, transformers
+def pending_total(settings: Settings, stage: str) -> int:
+    """How many items a run of declared stage `stage` has to do, known before it starts (for
+    progress): its input's kept samples not yet in its table (no review database needed)."""
+    return chain.PIPELINE.counts(open_data(settings))[stage].pending
 
-        assert release_path is not None
-        return len(embed_todo(EmbeddingStore(data, llm_model_id(settings, llm)), Path(release_path)))
-    if stage == "images_retry":
-        return len(retryable(data, reasons))
-    return int(chain(data)[stage]["pending"])  # the table stages' counts: no review database
+
+def retry_total(settings: Settings, reasons: list[str] | None = None) -> int:
+    """How many failed images a retry fetches again."""
+    return len(retryable(open_data(settings), reasons))
+
+
+def embed_total(settings: Settings, release_path: str, llm: str | None = None) -> int:
+    """How many of a release's prompts are not embedded yet for this LLM."""
+    from surd.models.profiles import llm_model_id  # torch: only to embed
+    from surd.stages.embed import embed_todo  # torch, transformers
+
+    data = open_data(settings)
+    return len(embed_todo(EmbeddingStore(data, llm_model_id(settings, llm)), Path(release_path)))
 
 
 def crawl(
@@ -86,7 +89,7 @@ def crawl(
     progress: Progress = None,
     full: bool = False,
     sleep: Callable[[float], None] = time.sleep,
-) -> dict[str, Any]:
+) -> CrawlStats:
     """One pass over a source (resuming an unfinished one); the client honours its robots policy.
     A pass that stops on a failure raises `CrawlFailed` once what it fetched is written. `sleep`
     is the client's politeness wait (the CLI shows it)."""
@@ -95,79 +98,115 @@ def crawl(
         stats = crawl_source(source, settings, data, client, progress=progress, full=full)
     if stats.failed:
         raise CrawlFailed([stats])
-    return asdict(stats)
+    return stats
 
 
 def run(
     settings: Settings, name: str, progress: Progress = None, part: Partition = None, **options: Any
-) -> dict[str, Any]:
-    """Batch stage `name` (surd.stages.REGISTRY) over what it has to do, under its write lock;
-    `options` go to the stage's constructor. Returns its run summary (surd.stages.base.StageRun)."""
+) -> StageRun:
+    """Batch stage `name` (surd.chain.PIPELINE) over what it has to do, under its write lock;
+    `options` go to the stage's constructor. The takedowns in force are read only when there is
+    work, and the stage drops the items they cover."""
     data = open_data(settings)
-    stage = stage_class(name)(settings, data, **options)
+    stage = chain.PIPELINE.build(name, settings, data, **options)
     with writing(settings, stage.lock, part):
-        return vars(run_stage(stage, progress, part))
+        return run_stage(stage, progress, part, taken_down=lambda: takedown.covered(settings, data))
+
+
+def run_all(settings: Settings, log: Callable[[StageRun], None] | None = None) -> list[StageRun]:
+    """Every declared batch stage in order, in this process (a site's crawl comes before)."""
+    runs = []
+    for stage in chain.PIPELINE:
+        runs.append(run(settings, stage.name))
+        if log is not None:
+            log(runs[-1])
+    return runs
 
 
 def images(
     settings: Settings, progress: Progress = None, submit: Any = None, workers: int | None = None
-) -> dict[str, Any]:
+) -> StageRun:
     """The images stage; `submit`/`workers`: fetch and decode parts on a cluster (flows/scale.py)."""
     return run(settings, "images", progress, submit=submit, workers=workers)
 
 
-def images_retry(
-    settings: Settings, reasons: list[str] | None = None, progress: Progress = None
-) -> dict[str, Any]:
+def images_retry(settings: Settings, reasons: list[str] | None = None, progress: Progress = None) -> StageRun:
     """Fetch again only the images that failed (by default for a transient reason)."""
     return run(settings, "images", progress, rows=retryable(open_data(settings), reasons))
 
 
-def captions(settings: Settings, progress: Progress = None, part: Partition = None) -> dict[str, Any]:
-    return run(settings, "captions", progress, part)
+@dataclass
+class ReviewRun:
+    """What one review step did: samples queued, withdrawn and decided by policy; the queue."""
+
+    enqueued: int
+    withdrawn: int
+    auto_decided: int
+    policy: str
+    waiting: dict[str, int] = field(default_factory=dict)  # pending in a stage before review
+    queue: dict[str, Any] = field(default_factory=dict)
 
 
-def clip_filter(settings: Settings, progress: Progress = None, part: Partition = None) -> dict[str, Any]:
-    return run(settings, "clip_scores", progress, part)
-
-
-def near_duplicates(settings: Settings, progress: Progress = None) -> dict[str, Any]:
-    return run(settings, "near_duplicates", progress)
-
-
-def review(settings: Settings) -> dict[str, Any]:
-    """Group near duplicates among the CLIP-kept samples (the stage, first: the queue takes only
-    what it kept), enqueue the rest and apply the auto-review policy; the queue's progress."""
-    near = near_duplicates(settings)
+def review(settings: Settings) -> ReviewRun:
+    """Queue what went on through every declared stage, withdraw queued items a stage dropped
+    since (a stage added to the pipeline), apply the auto-review policy; the queue's progress.
+    It runs no stage: `waiting` says how many items each stage still has to do."""
     data = open_data(settings)
-    out: dict[str, Any] = {
-        "near_duplicates": {"processed": near["processed"], "kept": near["kept"], "dropped": near["dropped"]},
-        "enqueued": enqueue_kept(settings, data),
-        "auto_decided": apply_auto_policy(settings),
-        "policy": settings.review.auto_policy,
-    }
+    counts = chain.PIPELINE.counts(data)
+    went_on = chain.PIPELINE.went_on(data)
+    enqueued = enqueue_kept(settings, data, went_on)
+    withdrawn = withdraw(settings, data, went_on)
+    out = ReviewRun(
+        enqueued=enqueued,
+        withdrawn=withdrawn,
+        auto_decided=apply_auto_policy(settings),
+        policy=settings.review.auto_policy,
+        waiting={k: c.pending for k, c in counts.items() if c.pending},
+    )
     engine = queue.connect(settings.review_database_url)
     try:
-        out["queue"] = {**queries.progress(engine), "agreement": queries.agreement(engine)}
+        out.queue = {**queries.progress(engine), "agreement": queries.agreement(engine)}
     finally:
         engine.dispose()
     return out
 
 
+@dataclass
+class ReleaseInfo:
+    """The latest release after a release step: whether this step made it, and where it is."""
+
+    path: str | None = None
+    created: bool = False
+    release: str | None = None
+    rows: int = 0
+    counts: dict[str, Any] = field(default_factory=dict)
+    published: str | None = None
+    announced: list[str] = field(default_factory=list)  # releases announced (surd.release.published)
+    waiting: list[str] = field(default_factory=list)  # releases whose announcement waits (the outbox)
+
+
+@dataclass
+class EmbedRun:
+    """How many of a release's prompts one embedding run embedded, and with which LLM."""
+
+    embedded: int
+    model_id: str
+
+
 def release(settings: Settings) -> str | None:
     """Create a release if the accepted set changed; returns the latest release's path."""
-    return release_info(settings)["path"]
+    return release_info(settings).path
 
 
 def _release_counts(settings: Settings, data: DataDir) -> dict[str, int]:
     """What each stage kept, for a new release's manifest (counted only when one is written)."""
     st = status(settings, data)["stages"]
-    counts = {k: st[k]["out"] for k in ("raw_items", "images", "captions", "clip_scores", "near_duplicates")}
-    near = st["near_duplicates"]["dropped"].get("near_duplicate_of", 0)
+    counts = {k: st[k]["out"] for k in chain.PIPELINE.tables}
+    near = st.get("near_duplicates", {}).get("dropped", {}).get("near_duplicate_of", 0)
     return counts | {"near_duplicates_dropped": near, "accepted": st["review"]["out"]}
 
 
-def release_info(settings: Settings) -> dict[str, Any]:
+def release_info(settings: Settings) -> ReleaseInfo:
     """Create a release if the accepted set changed (and publish it where settings say); returns
     the latest release: path, whether it is new, its rows and counts, and where it was published."""
     data = open_data(settings)
@@ -175,22 +214,16 @@ def release_info(settings: Settings) -> dict[str, Any]:
         created = create_release(settings, data, lambda: _release_counts(settings, data))
     existing = releases(data)
     if not existing:
-        return {"path": None, "created": False}
+        return ReleaseInfo()
     latest = existing[-1]
     man = manifest(latest)
-    info: dict[str, Any] = {
-        "path": str(latest),
-        "created": created is not None,
-        "release": man["release"],
-        "rows": man["rows"],
-        "counts": man["counts"],
-        "published": None,
-    }
+    info = ReleaseInfo(str(latest), created is not None, man["release"], man["rows"], man["counts"])
+    info.waiting = [e.release for e in Outbox(data.root).pending()]
     if settings.release.location:
         opts = storage_options(settings)
         if created is not None or latest.name not in list_published(settings.release.location, **opts):
             publish(latest, settings.release.location, **opts)
-        info["published"] = f"{settings.release.location.rstrip('/')}/{latest.name}"
+        info.published = f"{settings.release.location.rstrip('/')}/{latest.name}"
     return info
 
 
@@ -200,7 +233,7 @@ def embed(
     llm: str | None = None,
     progress: Progress = None,
     part: Partition = None,
-) -> dict[str, Any]:
+) -> EmbedRun:
     """Embed the release's simple prompts not yet embedded for this LLM (one process per device
     with `embed.workers` > 1); returns how many and the LLM's model id."""
     from surd.stages.embed import EmbedStage, run_embed  # torch and transformers: only to embed
@@ -209,4 +242,4 @@ def embed(
     stage = EmbedStage(settings, data, Path(release_path), llm)
     with writing(settings, stage.lock, part):
         n, model_id = run_embed(settings, data, Path(release_path), llm, progress, part)
-    return {"embedded": n, "model_id": model_id}
+    return EmbedRun(n, model_id)

@@ -6,7 +6,6 @@ tables in TOML (``[images] size = 256``). Unknown keys fail at start with the li
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import tomllib
@@ -17,23 +16,29 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from adapter.config import TrainConfig
+from surd.config_keys import (
+    ENV_PREFIX,
+    SettingsError,
+    check_env_keys,
+    describe,
+    did_you_mean,
+    format_error,
+    unknown_keys,
+    valid_keys,
+)
 from surd.sources import SOURCES, Source
 from surd.sources.civitai import CivitaiSettings
 from surd.sources.lexica import LexicaSettings
 from surd.sources.sdonline import SdOnlineSettings
 
-ENV_PREFIX = "SURD_"
 # variables of the command line, not settings: read where the command documents them
 COMMAND_VARIABLES = {
     "SURD_CONFIG": "the TOML settings file (else ./surd.toml)",
     "SURD_DEBUG": "1: show the traceback of an error (as --debug)",
     "SURD_PROGRESS_EVERY": "seconds between progress lines when there is no terminal (default 10)",
     "SURD_NEW_STEWARD_PASSWORD": "the password of `surd review add-steward` (else it asks)",
+    "SURD_POOL": "set by `surd deploy worker`: the work pool whose flow runs this process runs",
 }
-
-
-class SettingsError(ValueError):
-    """Bad configuration: the message names the key and the valid options."""
 
 
 class _Section(BaseModel):
@@ -155,8 +160,15 @@ class ReleaseSettings(_Section):
     secret_key: SecretStr | None = None
 
 
+REAL_LLM = "llama-13b"  # the `real` profile's: the paper's reference figures are with LLaMA 13B
+
+
 class EmbedSettings(_Section):
-    llm: str = "tiny"
+    llm: str = Field(
+        "tiny",
+        description="tiny | smollm2-135m | llama-7b | llama-13b | llama-33b | a hub id; "
+        "default: llama-13b under profile real, tiny under tiny",
+    )
     batch_tokens: int = Field(65536, ge=16, description="tokens per forward batch")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     compile_blocks: bool = Field(True, description="on a GPU: torch.compile each decoder block")
@@ -168,7 +180,9 @@ class AdapterSettings(TrainConfig):
     """The training settings (adapter.config.TrainConfig, their one definition) and what the
     pipeline adds around training: the base model and the evaluation."""
 
-    base_model: str = "tiny"
+    base_model: str = Field(
+        "tiny", description="tiny | real (SD 1.5) | a hub id; default: real under profile real"
+    )
     eval_images_per_prompt: int = Field(10, ge=1)
     eval_steps: int = Field(30, ge=1)
     log_every: int = Field(50, ge=1, description="training steps between loss lines in the flow's log")
@@ -196,6 +210,7 @@ class DeploySettings(_Section):
     rebuild_cron: str = Field("0 3 * * 1", description="the rebuild deployment's schedule (cron)")
     release_cron: str = Field("0 * * * *", description="the release deployment's schedule (cron)")
     timezone: str = "UTC"
+    workdir: str = Field("/app", description="where pool workers run the flows from (prefect.yaml's pull)")
 
 
 class Settings(BaseSettings):
@@ -248,6 +263,20 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, _TomlSource(settings_cls, _TOML_DATA)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_defaults(cls, data: Any) -> Any:
+        """Models the profile implies where none is set: `real` embeds with the paper's reference
+        LLM (LLaMA 13B: its Tables 1 and 7) on SD 1.5; `tiny`, seeded random models."""
+        if not isinstance(data, dict):
+            return data
+        real = data.get("profile", "real") == "real"
+        for section, key, value in (("embed", "llm", REAL_LLM), ("adapter", "base_model", "real")):
+            given = data.get(section)
+            if given is None or (isinstance(given, dict) and key not in given):
+                data = {**data, section: {**(given or {}), key: value if real else "tiny"}}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.caption.min_length > self.caption.max_length:
@@ -263,75 +292,6 @@ class Settings(BaseSettings):
         if self.review.database_url is not None:
             return self.review.database_url.get_secret_value()
         return f"sqlite:///{self.data_root / 'review' / 'queue.db'}"
-
-
-def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
-    keys: list[str] = []
-    for name, field in model.model_fields.items():
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            keys.extend(_valid_keys(ann, f"{prefix}{name}."))
-        else:
-            keys.append(f"{prefix}{name}")
-    return keys
-
-
-def env_name(key: str) -> str:
-    """`images.size` → `SURD_IMAGES__SIZE`."""
-    return ENV_PREFIX + key.upper().replace(".", "__")
-
-
-def did_you_mean(wrong: str, valid: list[str]) -> str:
-    """`; did you mean X?` with the nearest valid names, or a pointer to the full list."""
-    near = difflib.get_close_matches(wrong, valid, n=3, cutoff=0.6)
-    if near:
-        return "; did you mean " + " or ".join(near) + "?"
-    return "; `surd config show --all` lists every setting"
-
-
-def _check_env_keys(environ: dict[str, str]) -> None:
-    valid = set(_valid_keys(Settings))
-    sections = {k.split(".")[0] for k in valid if "." in k}
-    for var in environ:
-        if not var.startswith(ENV_PREFIX) or var in COMMAND_VARIABLES:
-            continue
-        key = var[len(ENV_PREFIX) :].lower().replace("__", ".")
-        if key not in valid and key not in sections:
-            names = [env_name(k) for k in sorted(valid)] + sorted(COMMAND_VARIABLES)
-            raise SettingsError(f"unknown setting {var}" + did_you_mean(var, names))
-
-
-def describe_settings() -> list[dict[str, Any]]:
-    """Every setting: its key, environment variable, type, default and description."""
-    out = []
-
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        for name, field in model.model_fields.items():
-            ann = field.annotation
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
-                walk(ann, f"{prefix}{name}.")
-                continue
-            default = field.get_default(call_default_factory=True)
-            out.append(
-                {
-                    "key": prefix + name,
-                    "env": env_name(prefix + name),
-                    "type": getattr(ann, "__name__", None) or str(ann).replace("typing.", ""),
-                    "default": default.get_secret_value() if isinstance(default, SecretStr) else default,
-                    "description": field.description or "",
-                }
-            )
-
-    walk(Settings, "")
-    return out
-
-
-def _format_error(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "settings"
-        lines.append(f"{loc}: {e['msg']}")
-    return "invalid settings: " + "; ".join(lines)
 
 
 class _TomlSource(PydanticBaseSettingsSource):
@@ -351,12 +311,17 @@ class _TomlSource(PydanticBaseSettingsSource):
 _TOML_DATA: dict[str, Any] = {}
 
 
+def describe_settings() -> list[dict[str, Any]]:
+    """Every setting: its key, environment variable, type, default and description."""
+    return describe(Settings)
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build the settings from (lowest first) defaults, a TOML file, `SURD_*` variables, overrides.
 
     The TOML file is `config_file`, else `$SURD_CONFIG`, else `./surd.toml` if present.
     """
-    _check_env_keys(dict(os.environ))
+    check_env_keys(dict(os.environ), Settings, COMMAND_VARIABLES)
     env_path = os.environ.get("SURD_CONFIG")
     path = config_file or (Path(env_path) if env_path else None)
     if path is None and Path("surd.toml").exists():
@@ -370,30 +335,17 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
                 data = tomllib.load(fh)
             except tomllib.TOMLDecodeError as exc:
                 raise SettingsError(f"config file {path} is not valid TOML: {exc}") from exc
-        unknown = _unknown_keys(data, Settings)
+        unknown = unknown_keys(data, Settings)
         if unknown:
             raise SettingsError(
                 f"unknown setting(s) {', '.join(unknown)} in {path}"
-                + did_you_mean(unknown[0], sorted(_valid_keys(Settings)))
+                + did_you_mean(unknown[0], sorted(valid_keys(Settings)))
             )
     global _TOML_DATA
     _TOML_DATA = data
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        raise SettingsError(_format_error(exc)) from None
+        raise SettingsError(format_error(exc)) from None
     finally:
         _TOML_DATA = {}
-
-
-def _unknown_keys(data: dict[str, Any], model: type[BaseModel], prefix: str = "") -> list[str]:
-    out = []
-    for key, value in data.items():
-        field = model.model_fields.get(key)
-        if field is None:
-            out.append(prefix + key)
-            continue
-        ann = field.annotation
-        if isinstance(value, dict) and isinstance(ann, type) and issubclass(ann, BaseModel):
-            out.extend(_unknown_keys(value, ann, f"{prefix}{key}."))
-    return out

@@ -1,51 +1,26 @@
-"""Per-stage counts from the tables themselves: in = went on + dropped (by reason) + pending."""
+"""Per-stage counts from the tables themselves: in = went on + dropped (by reason) + pending.
+
+The stages and their order are the pipeline's declaration's (surd.chain); each stage counts only
+its rows for the samples its input passes now (storage.funnel), the others apart as `outside`
+(a stage added before it, or a later drop upstream), so the counts add up at any time."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from storage.embeddings import EmbeddingStore
 from storage.layout import DataDir
 from storage.releases import manifest, releases
 from storage.schemas import OK
+from surd import chain as declared
 from surd.review import queries, queue
+from surd.review.kinds import Decision, State
 from surd.settings import Settings
 from surd.sources import SOURCES
-
-CHAIN = [
-    ("raw_items", None),
-    ("images", "raw_items"),
-    ("captions", "images"),
-    ("clip_scores", "captions"),
-    ("near_duplicates", "clip_scores"),
-]
-
-
-def _summary(data: DataDir, name: str) -> tuple[int, int, dict[str, int]]:
-    """Rows, rows kept, and rows dropped by reason (the part before any ':'), counted by one
-    DuckDB aggregate over every part's status and reason columns (streamed, multi-threaded: a
-    file-by-file read cost a millisecond a part, seconds at 100k items)."""
-    parts = [str(p) for p in data.table(name).parts()]
-    if not parts:
-        return 0, 0, {}
-    con = duckdb.connect()
-    try:
-        groups = con.execute(
-            "select coalesce(status = ?, false), split_part(coalesce(reason, 'None'), ':', 1), count(*) "
-            "from read_parquet(?) group by all",
-            [OK, parts],
-        ).fetchall()
-    finally:
-        con.close()
-    total = sum(n for _, _, n in groups)
-    ok = sum(n for kept, _, n in groups if kept)
-    dropped: dict[str, int] = {}
-    for kept, key, n in groups:
-        if not kept:
-            dropped[key] = dropped.get(key, 0) + n
-    return total, ok, dict(sorted(dropped.items()))
 
 
 def _failed_pages(data: DataDir) -> int:
@@ -61,37 +36,46 @@ def _failed_pages(data: DataDir) -> int:
 
 
 def chain(data: DataDir) -> dict[str, dict[str, Any]]:
-    """The counts of the table stages (raw items to near duplicates); no review database needed."""
-    stages: dict[str, dict[str, Any]] = {}
-    kept: dict[str, int] = {}
-    for name, upstream in CHAIN:
-        total, ok, dropped = _summary(data, name)
-        came_in = total if upstream is None else kept[upstream]
-        stages[name] = {
-            "in": came_in,
-            "out": ok,
-            "dropped": dropped,
-            "pending": came_in - ok - sum(dropped.values()),
-        }
-        kept[name] = ok
-    return stages
+    """The counts of the declared table stages (raw items to the last); no review database needed."""
+    return {name: c.as_dict() for name, c in declared.PIPELINE.counts(data).items()}
+
+
+def review_stage(states: pa.Table, went_on: pa.Array) -> dict[str, Any]:
+    """The review's counts against what went on through the pipeline: queued, accepted, rejected
+    (by `rejected_by_<actor kind>:<reason>`); queued items outside it (withdrawn, or waiting for a
+    stage added since) apart, as `outside`."""
+    inside = pc.is_in(states.column("sample_id"), value_set=went_on)
+    mine = states.filter(inside)
+    final = pc.fill_null(pc.equal(mine.column("state"), State.FINAL.value), False)
+    decided = mine.filter(final)
+    accepted = int(pc.sum(pc.equal(decided.column("final_decision"), Decision.ACCEPT.value)).as_py() or 0)
+    rejected: dict[str, int] = {}
+    rej = decided.filter(pc.equal(decided.column("final_decision"), Decision.REJECT.value))
+    for kind, reason in zip(
+        rej.column("final_actor_kind").to_pylist(), rej.column("final_reason").to_pylist(), strict=True
+    ):
+        key = f"rejected_by_{kind}:{reason}"
+        rejected[key] = rejected.get(key, 0) + 1
+    came_in = len(went_on)
+    return {
+        "in": came_in,
+        "out": accepted,
+        "dropped": dict(sorted(rejected.items())),
+        "pending": came_in - accepted - sum(rejected.values()),
+        "queued": len(mine),
+        "outside": len(states) - len(mine),
+    }
 
 
 def status(settings: Settings, data: DataDir) -> dict[str, Any]:
     stages: dict[str, Any] = chain(data)
     engine = queue.connect(settings.review_database_url)
     try:
-        queued, accepted, rejected = queries.review_counts(engine)
+        states = queries.states(engine)
     finally:
         engine.dispose()
-    went_on = stages["near_duplicates"]["out"]
-    stages["review"] = {
-        "in": went_on,
-        "out": accepted,
-        "dropped": rejected,
-        "pending": went_on - accepted - sum(rejected.values()),
-        "queued": queued,
-    }
+    stages["review"] = review_stage(states, declared.PIPELINE.went_on(data))
+    accepted = stages["review"]["out"]
 
     rels = releases(data)
     latest = manifest(rels[-1]) if rels else None

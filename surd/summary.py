@@ -6,7 +6,13 @@ person and never show a Python repr.
 
 from __future__ import annotations
 
+from dataclasses import asdict, is_dataclass
 from typing import Any
+
+
+def plain(r: Any) -> Any:
+    """A summary as plain values: a dataclass (the pipeline's typed summaries) as its dict."""
+    return asdict(r) if is_dataclass(r) and not isinstance(r, type) else r
 
 
 def counts(by_key: dict[str, int]) -> str:
@@ -14,7 +20,8 @@ def counts(by_key: dict[str, int]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(by_key.items())) or "none"
 
 
-def describe_crawl(r: dict[str, Any]) -> str:
+def describe_crawl(r: Any) -> str:
+    r = plain(r)
     failed = f", {r['pages_failed']} failed" if r.get("pages_failed") else ""
     return (
         f"crawl {r['source']}: {r['pages_ok']} page(s){failed}, {r['items_written']} item(s) "
@@ -39,12 +46,12 @@ def describe_review(r: dict[str, Any]) -> str:
         if "items" in q
         else ""
     )
-    near = r.get("near_duplicates") or {}
-    dropped = sum(near.get("dropped", {}).values())
-    near_text = f"{dropped} near duplicate(s) dropped, " if near else ""
+    withdrawn = f", {r['withdrawn']} withdrawn (a stage dropped them since)" if r.get("withdrawn") else ""
+    waiting = r.get("waiting") or {}
+    wait = f"; waiting in a stage: {counts(waiting)}" if waiting else ""
     return (
-        f"review: {near_text}{r['enqueued']} enqueued, {r['auto_decided']} decided by policy "
-        f"{r['policy']}{queue}"
+        f"review: {r['enqueued']} enqueued{withdrawn}, {r['auto_decided']} decided by policy "
+        f"{r['policy']}{queue}{wait}"
     )
 
 
@@ -53,7 +60,14 @@ def describe_release(r: dict[str, Any]) -> str:
         return "release: no accepted samples yet"
     verb = "created" if r["created"] else "unchanged; latest is"
     where = f", published to {r['published']}" if r.get("published") else ""
-    return f"release {verb} {r['release']}: {r['rows']} rows at {r['path']}{where}"
+    said = f"; announced {', '.join(r['announced'])}" if r.get("announced") else ""
+    waits = [v for v in r.get("waiting") or [] if v not in (r.get("announced") or [])]
+    wait = (
+        f"; the announcement of {', '.join(waits)} waits in the outbox (the next `release` flow sends it)"
+        if waits
+        else ""
+    )
+    return f"release {verb} {r['release']}: {r['rows']} rows at {r['path']}{where}{said}{wait}"
 
 
 def describe_embed(r: dict[str, Any]) -> str:
@@ -68,6 +82,7 @@ def describe_train(r: dict[str, Any]) -> str:
 
 def describe(stage: str, r: Any) -> str:
     """The summary of any stage's result by its name."""
+    r = plain(r)
     if stage.startswith("crawl"):
         return describe_crawl(r)
     fn = {

@@ -38,14 +38,12 @@ def _clean_surd_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def through_review(settings) -> None:
-    """Take a data root through crawl → images → captions → CLIP → review with the real stages."""
+    """Take a data root through the crawls, every declared stage and review, with the real stages."""
     from surd import pipeline
 
     for source in settings.sources.enabled:
         pipeline.crawl(settings, source)
-    pipeline.images(settings)
-    pipeline.captions(settings)
-    pipeline.clip_filter(settings)
+    pipeline.run_all(settings)
     pipeline.review(settings)
 
 

@@ -1,4 +1,5 @@
-"""A real Prefect server process on loopback (SQLite), for the deployed-path tests."""
+"""A real Prefect server process (on loopback unless told; SQLite unless given PostgreSQL), for the
+deployed-path tests."""
 
 from __future__ import annotations
 
@@ -12,15 +13,19 @@ from tests.serve import wait_until_up
 
 
 class PrefectServer:
-    def __init__(self, home: Path, port: int) -> None:
+    def __init__(
+        self, home: Path, port: int, host: str = "127.0.0.1", database_url: str | None = None
+    ) -> None:
         self.home = home
         self.port = port
-        self.url = f"http://127.0.0.1:{port}/api"
+        self.host = host
+        self.url = f"http://{host}:{port}/api"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SURD_"))},
             "PREFECT_HOME": str(home),
             "PREFECT_API_URL": self.url,
-            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+            "PREFECT_API_DATABASE_CONNECTION_URL": database_url
+            or f"sqlite+aiosqlite:///{home / 'prefect.db'}",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_UI_ENABLED": "false",
             "PREFECT_LOGGING_LEVEL": "INFO",
@@ -32,7 +37,7 @@ class PrefectServer:
         log = (self.home / "server.log").open("w")
         prefect = Path(sys.executable).parent / "prefect"
         self.proc = subprocess.Popen(
-            [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+            [str(prefect), "server", "start", "--host", self.host, "--port", str(self.port)],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

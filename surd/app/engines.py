@@ -8,6 +8,7 @@ group adds command groups (`deploy`). An engine or group that is not installed i
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
@@ -30,6 +31,17 @@ def engine(name: str) -> Rebuild:
         f"engine {name!r} is not installed (reinstall the package: pip install -e .); "
         "or run in-process with --engine local"
     )
+
+
+def announce(settings: Any) -> list[str] | None:
+    """Announce the releases waiting in the data root's outbox, through the `surd.announce` entry
+    point (flows/events.py), when a Prefect API is configured (PREFECT_API_URL); None when none
+    is (the next scheduled `release` flow announces them)."""
+    if not os.environ.get("PREFECT_API_URL"):
+        return None
+    for ep in entry_points(group="surd.announce"):
+        return ep.load()(settings)  # type: ignore[no-any-return]
+    return None
 
 
 def add_commands(app: typer.Typer) -> None:

@@ -16,7 +16,8 @@ from surd.summary import describe, describe_crawl
 def rebuild(
     settings: Settings, train_adapter: bool = True, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """The whole path in-process, without an orchestrator (the flow runs the same calls)."""
+    """The whole path in-process, without an orchestrator (the flow runs the same calls): the
+    crawls, every declared batch stage in order (surd.chain), review, release, then training."""
     out: dict[str, Any] = {}
     failed: list[Any] = []
     for source in settings.sources.enabled:
@@ -26,20 +27,15 @@ def rebuild(
         except CrawlFailed as exc:  # the other sources and the stages go on over what is there
             failed.extend(exc.failed)
             log(str(exc))
-    for name, fn in (
-        ("images", pipeline.images),
-        ("captions", pipeline.captions),
-        ("clip_scores", pipeline.clip_filter),
-    ):
-        out[name] = fn(settings)
-        log(describe(name, out[name]))
+    for run in pipeline.run_all(settings, log=lambda r: log(describe(r.stage, r))):
+        out[run.stage] = run
     out["review"] = pipeline.review(settings)
     log(describe("review", out["review"]))
     rel = pipeline.release(settings)
     out["release"] = rel
     if rel and train_adapter:
         out["embed"] = pipeline.embed(settings, rel)
-        out["train"] = training.train(settings, rel, out["embed"]["model_id"])
+        out["train"] = training.train(settings, rel, out["embed"].model_id)
         out["evaluate"] = training.evaluate_run(settings, out["train"]["run_dir"])
     if failed:  # after the rest ran: a rebuild with a site down is not a success
         raise CrawlFailed(failed)

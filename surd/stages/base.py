@@ -1,12 +1,17 @@
 """The one stage interface and its runner.
 
-A stage says only what it decides: what it reads (`source`, `columns`, or its own `todo`), how it
-loads its model once (`start`), how its input is cut into batches (`batches`), and a batch's rows
-(`decide`), each row with `status` and `reason`. `run_stage` owns the rest for every stage: the
-pending ids (in the input, not yet in the output), the partition, part writing with provenance
-(on a write-behind thread, through the one bounded in-order map, so the model never waits on the
-disk), progress, and the counts (in = kept + dropped by reason). A new filter stage is a subclass
-with `name`, `source`, `columns`, `start` and `decide`.
+A stage says only what it decides: which columns of which tables it reads (`reads`, joined by
+sample id), its output table (`name`, `schema`), how it loads its model once (`start`), how its
+items are cut into batches (`batches`), and a batch's rows (`decide`), each row with `status` and
+`reason`. A row-wise filter says even less: `Filter.keep(row) -> (ok, reason)`.
+
+Which stage comes before which is not the stage's to say: the pipeline's one declaration
+(surd.chain) puts it in order and hands it its `upstream` (the tables before it). `run_stage`
+owns the rest for every stage: the pending ids (what went on through every upstream table and
+is not yet in the output, storage.funnel), the partition, the join of what it reads, part writing
+with provenance (on a write-behind thread, through the one bounded in-order map, so the model
+never waits on the disk), progress, and the counts (in = kept + dropped by reason). Takedowns
+are the caller's: it passes what they cover, and the runner writes drop rows for those items.
 """
 
 from __future__ import annotations
@@ -14,28 +19,32 @@ from __future__ import annotations
 import hashlib
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import pyarrow as pa
 
+from storage.funnel import went_on
 from storage.layout import DataDir
 from storage.provenance import code_identity
-from storage.schemas import OK
+from storage.schemas import DROPPED, OK, STATUS_FIELDS
 from storage.tables import PartTable
 from surd.parallel import batched, in_order, plan_threads, use_threads
 from surd.settings import Settings
-from surd.stages import takedown
 
 B = TypeVar("B")  # what one batch is, for one stage
 T = TypeVar("T")
 Rows = list[dict[str, Any]]
 Progress = Callable[[int], None] | None
 Partition = tuple[int, int] | None  # (k, n): this worker's share of the items; None: all
+TakenDown = Callable[[], Mapping[str, int]] | None  # {sample id: takedown id}, asked when there is work
+Pool = Literal["cpu", "gpu"]
+Scale = Literal["one", "partitions", "parts"]
 
+TAKEDOWN = "takedown"  # the reason of a taken-down item's row: takedown:<id>
 WRITES_IN_FLIGHT = 2  # parts decided and not yet written: the model runs one part ahead of the disk
 
 
@@ -48,6 +57,8 @@ class StageRun:
     kept: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     model_id: str | None = None
+    partitions: int = 1
+    workers: list[str] = field(default_factory=list)  # where it ran, when on a cluster (name address)
 
     def add(self, rows: Sequence[dict[str, Any]]) -> None:
         for row in rows:
@@ -58,23 +69,21 @@ class StageRun:
                 reason = str(row["reason"]).split(":")[0]
                 self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
-def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One summary from several runs' (partitions of one stage): numbers add up, per-reason
-    counts add up per reason, everything else is the first run's that has it."""
-    out: dict[str, Any] = dict(results[0])
-    for r in results[1:]:
-        for key, value in r.items():
-            if isinstance(value, int) and not isinstance(value, bool):
-                out[key] += value
-            elif isinstance(value, dict):
-                merged = dict(out[key])
-                for reason, n in value.items():
-                    merged[reason] = merged.get(reason, 0) + n
-                out[key] = merged
-            elif out.get(key) is None:
-                out[key] = value
-    out["partitions"] = len(results)
+
+def merge(runs: Sequence[StageRun]) -> StageRun:
+    """One summary from the runs of one stage's partitions: the numbers and the per-reason counts
+    add up; the model is the first run's that has one."""
+    out = StageRun(runs[0].stage, partitions=len(runs))
+    for r in runs:
+        out.processed += r.processed
+        out.kept += r.kept
+        for reason, n in r.dropped.items():
+            out.dropped[reason] = out.dropped.get(reason, 0) + n
+        out.model_id = out.model_id or r.model_id
+        out.workers += r.workers
     return out
 
 
@@ -98,36 +107,52 @@ def not_done(
     return (i for i in items if key(i) not in done and in_partition(sample_id(i), part))
 
 
-def pending(
-    upstream: PartTable, downstream: PartTable, columns: Sequence[str], part: Partition = None
-) -> Iterator[dict[str, Any]]:
-    """Upstream rows that went on (status ok) and that the downstream table has not seen yet
-    (only partition `part` of them, when given), in storage order.
-
-    The ids come first, from the key and status columns alone; the other columns (an image's
-    bytes) are read only for those ids, so a run with nothing to do reads no image."""
-    went_on = (r["sample_id"] for r in upstream.iter_rows(["sample_id", "status"]) if r["status"] == OK)
-    todo = list(not_done(went_on, downstream.ids(), _same, _same, part))
-    if todo:
-        yield from upstream.iter_lookup(todo, list(dict.fromkeys(["status", *columns])))
-
-
-def _same(x: str) -> str:
-    return x
+def joined(data: DataDir, ids: pa.Array, reads: Mapping[str, Sequence[str]]) -> Iterator[dict[str, Any]]:
+    """The rows of `ids`, each with the columns `reads` names of each table, joined by sample id.
+    The first table is streamed in its storage order (only the parts holding one of the ids are
+    read: an image's bytes a batch at a time); the others are looked up once, by id. A sample
+    missing from a table it must be read from is an error, never a silent skip."""
+    if not len(ids):
+        return
+    wanted = ids.to_pylist()
+    tables = list(reads.items())
+    if not tables:
+        yield from ({"sample_id": sid} for sid in wanted)
+        return
+    (first, first_cols), rest = tables[0], tables[1:]
+    others = [(name, data.table(name).lookup(wanted, cols)) for name, cols in rest]
+    seen = 0
+    for row in data.table(first).iter_lookup(wanted, first_cols):
+        sid = row["sample_id"]
+        for name, found in others:
+            if sid not in found:
+                raise LookupError(f"sample {sid} went on but has no row in table {name}")
+            row.update(found[sid])
+        seen += 1
+        yield row
+    if seen != len(wanted):
+        raise LookupError(f"{len(wanted) - seen} samples that went on have no row in table {first}")
 
 
 class Stage(ABC, Generic[B]):
-    """A batch stage: input rows → batches → rows with `status` and `reason` → parts."""
+    """A batch stage: what went on through its upstream tables → batches → rows with `status` and
+    `reason` → parts of its own table."""
 
     name: ClassVar[str]  # its output table: its counts in `surd status`, its write lock
+    reads: ClassVar[Mapping[str, Sequence[str]]] = {}  # {table: columns} of each pending item
+    schema: ClassVar[pa.Schema] = pa.schema(STATUS_FIELDS)  # its output's (status columns first)
+    pool: ClassVar[Pool] = "cpu"  # the work pool it runs on in production (gpu: a model stage)
+    scale: ClassVar[Scale] = "one"  # on a cluster: partitions by sample id, or parts sent out
+    retries: ClassVar[int] = 1  # a failed run is retried this often by the orchestrator
+    label: ClassVar[str] = ""  # its column in the dataset card's funnel ("captioned")
+    command: ClassVar[str] = ""  # `surd <command>` runs it (default: its table's name with dashes)
+    compression: ClassVar[str] = "zstd"  # its parts' Parquet compression
     reports_progress: ClassVar[bool] = False  # True: the stage tells `self.progress` itself
-    source: ClassVar[str] = ""  # the table it reads (its rows with status ok)
-    columns: ClassVar[tuple[str, ...]] = ()  # what it reads of each pending row
-    schema: ClassVar[pa.Schema | None] = None  # its output's schema, when not a table of storage.schemas
     drops_takedowns: ClassVar[bool] = True  # False: its input is a release, which has none
 
-    def __init__(self, settings: Settings, data: DataDir) -> None:
+    def __init__(self, settings: Settings, data: DataDir, upstream: Sequence[str] | None = None) -> None:
         self.settings, self.data = settings, data
+        self._upstream = None if upstream is None else tuple(upstream)
         self.model_id: str | None = None  # set by `start` when the stage runs a model
         self.progress: Progress = None
 
@@ -137,18 +162,29 @@ class Stage(ABC, Generic[B]):
         return self.name
 
     def output(self) -> PartTable:
-        return self.data.table(self.name, self.schema)
+        return PartTable(self.data.tables_dir, self.name, self.schema, "sample_id", self.compression)
+
+    @property
+    def upstream(self) -> tuple[str, ...]:
+        """The tables before it, the crawl's first and its input last (the declaration's to say)."""
+        if self._upstream is None:
+            raise ValueError(
+                f"stage {self.name!r} was not told what comes before it: build it through the "
+                "pipeline's declaration (surd.chain.PIPELINE.build) or give it `upstream`"
+            )
+        return self._upstream
+
+    def pending_ids(self, part: Partition = None) -> pa.Array:
+        """What went on through every upstream table and is not yet in the output (only partition
+        `part` of it, when given), in the storage order of its input (the last upstream table)."""
+        ids = went_on(self.data.tables_dir, self.upstream, not_in=self.name)
+        if part is None:
+            return ids
+        return pa.array([i for i in ids.to_pylist() if in_partition(i, part)], pa.string())
 
     def todo(self, part: Partition = None) -> Iterator[Any]:
-        """The items to do, in a stable order: by default the source's rows not yet in the output."""
-        return pending(self.data.table(self.source), self.output(), self.columns, part)
-
-    def taken_down(self) -> dict[str, int]:
-        """{sample id: takedown id} of the items this run drops with the reason `takedown`
-        instead of working on them (surd.stages.takedown); read once per run with work to do."""
-        if not self.drops_takedowns:
-            return {}
-        return takedown.covered(self.settings, self.data)
+        """The items to do: the pending ids with what `reads` names, joined by sample id."""
+        return joined(self.data, self.pending_ids(part), self.reads)
 
     def start(self, stack: ExitStack) -> None:
         """Load the model (once per run, and only when there is work); enter pools into `stack`."""
@@ -191,10 +227,40 @@ class Stage(ABC, Generic[B]):
         self._out = self.output()
 
 
-def run_stage(stage: Stage[Any], progress: Progress = None, part: Partition = None) -> StageRun:
+class Filter(Stage[Rows]):
+    """A row-wise stage: `keep` says of one row (the columns `reads` names) whether it goes on and,
+    if not, why. Its table holds the status columns, and those `extra` adds when `schema` has more."""
+
+    @abstractmethod
+    def keep(self, row: dict[str, Any]) -> tuple[bool, str | None]:
+        """(True, None) to keep the row; (False, reason) to drop it with that reason."""
+
+    def extra(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Columns of its own beside the status (those its `schema` adds); none by default."""
+        return {}
+
+    def decide(self, batch: Rows) -> Rows:
+        out = []
+        for row in batch:
+            ok, reason = self.keep(row)
+            out.append(
+                {
+                    "sample_id": row["sample_id"],
+                    "status": OK if ok else DROPPED,
+                    "reason": None if ok else reason,
+                    **self.extra(row),
+                }
+            )
+        return out
+
+
+def run_stage(
+    stage: Stage[Any], progress: Progress = None, part: Partition = None, taken_down: TakenDown = None
+) -> StageRun:
     """Run `stage` over what it has to do (only partition `part` of it, when given): the model
     loads only when there is work; each part is written as soon as it is full, so a killed run
-    loses at most the rows not yet written and the next run picks them up."""
+    loses at most the rows not yet written and the next run picks them up. `taken_down` (asked
+    only when there is work) names the items to drop as `takedown:<id>` instead of working on them."""
     run = StageRun(stage.name, model_id=stage.model_id)
     todo = stage.todo(part)
     first = next(todo, None)
@@ -203,7 +269,7 @@ def run_stage(stage: Stage[Any], progress: Progress = None, part: Partition = No
     stage.prepare()
     if stage.reports_progress:
         stage.progress, progress = progress, None
-    gone = stage.taken_down()
+    gone = taken_down() if taken_down is not None and stage.drops_takedowns else {}
     held: Rows = []  # drop rows of taken-down items, written with the next part
 
     def allowed(items: Iterator[Any]) -> Iterator[Any]:
@@ -212,7 +278,9 @@ def run_stage(stage: Stage[Any], progress: Progress = None, part: Partition = No
             if tid is None:
                 yield item
             else:
-                held.append(takedown.drop_row(item["sample_id"], tid))
+                held.append(
+                    {"sample_id": item["sample_id"], "status": DROPPED, "reason": f"{TAKEDOWN}:{tid}"}
+                )
 
     def with_held(rows: Rows) -> Rows:
         out = [*rows, *held]

@@ -16,18 +16,29 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
-from storage.schemas import DROPPED, OK
+import pyarrow as pa
+
+from storage.schemas import DROPPED, OK, STATUS_FIELDS
 from surd.parallel import batched
 from surd.stages.base import Stage
 
 if TYPE_CHECKING:
     from surd.models.caption_lavis import LavisCaptioner
 
+CAPTIONS = pa.schema(
+    [
+        *STATUS_FIELDS,
+        pa.field("simple_prompt", pa.string()),
+        pa.field("model_id", pa.string()),
+    ]
+)
+
 
 class CaptionStage(Stage[tuple[list[str], Any]]):
-    """BLIP's simple prompt for every kept image (images → captions)."""
+    """BLIP's simple prompt (a caption) for every image that went on."""
 
-    name, source, columns = "captions", "images", ("image",)
+    name, reads, schema = "captions", {"images": ("image",)}, CAPTIONS
+    pool, scale, label, command = "gpu", "partitions", "captioned", "caption"
 
     def start(self, stack: ExitStack) -> None:
         # the model side (torch, transformers): imported only when there is work

@@ -15,6 +15,7 @@ import pyarrow as pa
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from storage.schemas import RELEASE, hf_dtype
+from surd import chain
 from surd.sources import LICENCE_NOTES
 from surd.sources.safety import LEVELS, NSFW_SCORER, SAFETY_TEXTS, level_name
 from surd.summary import counts as counts_text
@@ -269,15 +270,15 @@ def _commit(code: dict[str, Any] | None) -> str:
 
 
 def _counts_text(counts: dict[str, Any]) -> list[str]:
-    """The funnel in the paper's terms, and what the near-duplicate stage dropped."""
-    stages = ("raw_items", "images", "captions", "clip_scores", "near_duplicates", "accepted")
+    """The funnel in the paper's terms (the declared stages in order), and what the near-duplicate
+    stage dropped."""
+    labels = chain.PIPELINE.labels() | {"accepted": "accepted"}
     return [
         "## Counts in the paper's terms",
         "",
-        "| collected (raw items with a prompt) | images kept | captioned | CLIP-kept | not a near duplicate "
-        "| accepted |",
-        "|---|---|---|---|---|---|",
-        "| " + " | ".join(str(counts.get(k, "?")) for k in stages) + " |",
+        "| " + " | ".join(labels.values()) + " |",
+        "|" + "---|" * len(labels),
+        "| " + " | ".join(str(counts.get(k, "?")) for k in labels) + " |",
         "",
         f"Near duplicates: {counts.get('near_duplicates_dropped', '?')} CLIP-kept images were dropped as "
         "the same picture as an earlier one (CLIP image-embedding cosine at or above the threshold; "

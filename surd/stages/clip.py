@@ -11,14 +11,33 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from storage.schemas import DROPPED, OK
+import pyarrow as pa
+
+from storage.schemas import DROPPED, OK, STATUS_FIELDS
 from surd.sources.safety import NSFW_SCORER
-from surd.stages.base import Partition, Stage
+from surd.stages.base import Stage
 
 if TYPE_CHECKING:
     from surd.models.preprocess import Decoded
+
+CLIP_SCORES = pa.schema(
+    [
+        *STATUS_FIELDS,
+        pa.field("p_simple", pa.float32()),
+        pa.field("p_complex", pa.float32()),
+        pa.field("sim_simple", pa.float32()),
+        pa.field("sim_complex", pa.float32()),
+        pa.field("complex_truncated", pa.bool_()),
+        pa.field("model_id", pa.string()),
+        pa.field(
+            "nsfw_score", pa.float32()
+        ),  # CLIP zero-shot (surd.models.clip_score); null: scored before it
+        # CLIP's unit-length image embedding, float16 (surd.stages.near_duplicates); null: before it
+        pa.field("image_embedding", pa.list_(pa.float16())),
+    ]
+)
 
 
 def keep(p_simple: float, p_complex: float) -> bool:
@@ -26,19 +45,11 @@ def keep(p_simple: float, p_complex: float) -> bool:
 
 
 class ClipStage(Stage["tuple[list[str], Decoded]"]):
-    """CLIP's choice between each image's simple and complex prompt (captions → clip_scores)."""
+    """Keeps a sample when CLIP prefers its simple prompt to its complex one."""
 
-    name, source, columns = "clip_scores", "captions", ("simple_prompt",)
-
-    def todo(self, part: Partition = None) -> Iterator[dict[str, Any]]:
-        simple = {r["sample_id"]: r["simple_prompt"] for r in super().todo(part)}
-        if not simple:
-            return
-        complex_ = self.data.table("raw_items").lookup(set(simple), ["complex_prompt"])
-        # one pass over the stored images, reading only the parts that hold pending ones
-        for r in self.data.table("images").iter_lookup(simple, ["image"]):
-            sid = r["sample_id"]
-            yield {**r, "prompts": (simple[sid], complex_[sid]["complex_prompt"])}
+    name, schema = "clip_scores", CLIP_SCORES
+    reads: ClassVar = {"images": ("image",), "captions": ("simple_prompt",), "raw_items": ("complex_prompt",)}
+    pool, scale, label, command = "gpu", "partitions", "CLIP-kept", "clip-filter"
 
     def start(self, stack: ExitStack) -> None:
         # the model side (torch, open_clip): imported only when there is work
@@ -55,7 +66,7 @@ class ClipStage(Stage["tuple[list[str], Decoded]"]):
         return super().provenance() | {"nsfw_scorer": NSFW_SCORER}
 
     def batches(self, items: Iterator[dict[str, Any]]) -> Iterator[tuple[list[str], Decoded]]:
-        work = ((r["sample_id"], r["image"], r["prompts"]) for r in items)
+        work = ((r["sample_id"], r["image"], (r["simple_prompt"], r["complex_prompt"])) for r in items)
         return self.pre.batches(work, self.settings.clip.batch_size)
 
     def decide(self, batch: tuple[list[str], Decoded]) -> list[dict[str, Any]]:

@@ -20,10 +20,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.layout import DataDir
-from storage.schemas import DROPPED, OK, is_ok
+from storage.schemas import DROPPED, OK, STATUS_FIELDS, is_ok
 from surd.http.client import AsyncPoliteClient
 from surd.http.errors import FetchError
 from surd.parallel import Done, batched, die_with_parent, in_order
@@ -34,6 +35,22 @@ from surd.stages.normalise import ImageRejected, Normalised, normalise
 
 OPT_OUT = ("noai", "noimageai")
 TRANSIENT = ("timeout", "connection_error", "blocked", "http_429", "http_5")
+
+IMAGES = pa.schema(
+    [
+        *STATUS_FIELDS,
+        pa.field("image_url", pa.string()),
+        pa.field("http_status", pa.int32()),
+        pa.field("orig_width", pa.int32()),
+        pa.field("orig_height", pa.int32()),
+        pa.field("orig_format", pa.string()),
+        pa.field("sha256", pa.string()),
+        pa.field("phash", pa.string()),
+        pa.field("duplicate_of", pa.string()),
+        pa.field("image", pa.binary()),
+        pa.field("fetched_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
 
 Fetched = tuple[bytes | None, str | None, int | None]  # body, failure reason, HTTP status
 Result = tuple[Normalised | None, str | None, int | None]
@@ -170,25 +187,28 @@ def process_part(rows: list[dict[str, Any]], politeness: CrawlSettings, cfg: Ima
 
 
 class ImagesStage(Stage[tuple[list[dict[str, Any]], list[Result]]]):
-    """Each raw item's image fetched, validated, normalised and deduplicated (raw_items → images).
+    """Each raw item's image fetched, validated, normalised to a square and deduplicated.
 
     Parts are fetched and decoded by `workers` processes: a local process pool, or, with `submit`
     (a part and its politeness share → a future with `.result()`), a cluster's workers (Dask).
     Either way this process decides duplicates in input order, so the table is the same. With
     `rows` (a retry), those rows are fetched again and replace their old versions."""
 
-    name, source, columns = "images", "raw_items", ("image_url",)
+    name, reads, schema = "images", {"raw_items": ("image_url",)}, IMAGES
+    label, compression = "images kept", "none"  # JPEG bytes: no CPU spent trying to compress them
+    scale, retries = "parts", 2  # on a cluster its parts are fetched and decoded by the workers
     reports_progress = True  # items as the workers finish them, not only parts as written
 
     def __init__(
         self,
         settings: Settings,
         data: DataDir,
+        upstream: tuple[str, ...] | None = None,
         rows: list[dict[str, Any]] | None = None,
         submit: Callable[[list[dict[str, Any]], CrawlSettings], Any] | None = None,
         workers: int | None = None,
     ) -> None:
-        super().__init__(settings, data)
+        super().__init__(settings, data, upstream)
         self.rows, self.submit = rows, submit
         self.workers = workers or settings.images.workers or os.cpu_count() or 1
 

@@ -1,4 +1,4 @@
-"""Semantic near duplicates (clip_scores → near_duplicates): the same picture cropped, re-encoded,
+"""Semantic near duplicates: the same picture cropped, re-encoded,
 resized or re-posted on another site, which the byte and hash checks of the images stage miss.
 
 Every CLIP-kept sample's image embedding (stored by the CLIP stage, float16, unit length) is
@@ -24,13 +24,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from storage.layout import DataDir
-from storage.schemas import DROPPED, OK, is_ok
+from storage.schemas import DROPPED, OK, STATUS_FIELDS, is_ok
 from surd.parallel import batched
 from surd.stages.base import Partition, Stage
 
 if TYPE_CHECKING:
     from surd.stages.near_index import NearGrouper
 
+NEAR_DUPLICATES = pa.schema(
+    [
+        *STATUS_FIELDS,
+        pa.field("similarity", pa.float32()),  # cosine to the closest kept image (null: none near)
+        pa.field("near_duplicate_of", pa.string()),  # the kept sample it duplicates (dropped rows)
+    ]
+)
 REASON = "near_duplicate_of"
 DEFAULT_AT = {"tiny": 0.999, "real": 0.95}
 
@@ -54,18 +61,19 @@ def vectors(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]
 class NearDuplicateStage(Stage[list[dict[str, Any]]]):
     """Drops later images whose CLIP embedding is within the threshold of a kept one."""
 
-    name, source = "near_duplicates", "clip_scores"
+    name, reads, schema = "near_duplicates", {"clip_scores": ("image_embedding",)}, NEAR_DUPLICATES
+    pool, label = "gpu", "not a near duplicate"
 
     def todo(self, part: Partition = None) -> Iterator[dict[str, Any]]:
-        """The CLIP-kept samples not yet decided, in storage order, each with its embedding (a
-        view into its part's array: no Python floats). Counted before the first is handed out, so
-        `start` can size the index."""
-        done = pa.array(list(self.output().ids()), pa.string())
-        scores = self.data.table(self.source)
+        """The samples that went on and are not yet decided, in storage order, each with its
+        embedding (a view into its part's array: no Python floats). Counted before the first is
+        handed out, so `start` can size the index."""
+        todo = self.pending_ids(part)
+        scores = self.data.table("clip_scores")
         pending: list[tuple[list[str], np.ndarray, np.ndarray]] = []
-        for p in scores.parts():  # the key and status first: a part with nothing new reads no vector
-            t = scores.read_part(p, ["sample_id", "status"])
-            new = pc.and_(is_ok(t), pc.invert(pc.is_in(t.column("sample_id"), value_set=done)))
+        for p in scores.parts() if len(todo) else []:  # keys first: a part with nothing new reads no vector
+            t = scores.read_part(p, ["sample_id"])
+            new = pc.is_in(t.column("sample_id"), value_set=todo)
             if pc.any(new).as_py():
                 t = t.append_column("image_embedding", scores.read_part(p, ["image_embedding"]).column(0))
                 t = t.filter(new)
@@ -82,7 +90,7 @@ class NearDuplicateStage(Stage[list[dict[str, Any]]]):
         ids = kept(self.data)
         if not len(ids):
             return [], np.zeros((0, 0), dtype=np.float16)
-        tables = self.data.table(self.source).select(ids, ["image_embedding"])
+        tables = self.data.table("clip_scores").select(ids, ["image_embedding"])
         found = {k: v for t in tables for k, v in _pairs(t) if v is not None}
         have = [i for i in ids.to_pylist() if i in found]
         return have, np.stack([found[i] for i in have]) if have else np.zeros((0, 0), dtype=np.float16)

@@ -23,11 +23,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from storage.layout import DataDir
+from storage.outbox import Entry, Outbox
 from storage.provenance import code_identity
 from storage.releases import ShardFile, manifest, releases, verify_files
 from storage.schemas import RELEASE, SCHEMA_VERSION
 from storage.tables import fault_point
-from surd import __version__
+from surd import __version__, chain
 from surd.review import outcome, queue
 from surd.settings import ReleaseSettings, Settings
 from surd.sources import LICENCE_NOTES, REGISTRY, generation
@@ -201,15 +202,8 @@ def create_release(
     same bytes, same hash); the other rows go to new shards, in the images' storage order, so
     samples added since the parent fill new shards and leave the parent's reusable. With
     `release.max_per_prompt_group`, the samples past the cap are held back (surd.stages.groups)."""
-    accepted = _accepted(settings, data)
     gone = takedown.covered(settings, data)  # {sample id: takedown id}
-    taken = pc.is_in(accepted.column("sample_id"), pa.array(sorted(gone), pa.string()))
-    withdrawn = accepted.filter(taken).column("sample_id").to_pylist()  # accepted, then taken down
-    accepted = accepted.filter(pc.invert(taken)) if withdrawn else accepted
-    # accepted before the near-duplicate stage ran on them (a data root from an older version)
-    dup = pc.is_in(accepted.column("sample_id"), near_duplicates.dropped(data))
-    duplicates = accepted.filter(dup).column("sample_id").to_pylist()
-    accepted = accepted.filter(pc.invert(dup)) if duplicates else accepted
+    accepted, withdrawn, stopped = _releasable(settings, data, gone)
     cap = settings.release.max_per_prompt_group
     existing = releases(data)
     parent_dir = existing[-1] if existing else None
@@ -253,9 +247,9 @@ def create_release(
         "max_per_prompt_group": cap,
         "held_back": ({HELD_BACK: sorted(held.column("sample_id").to_pylist())} if cap else {})
         | ({takedown.REASON: withdrawn} if withdrawn else {})
-        | ({near_duplicates.REASON: duplicates} if duplicates else {}),
+        | _by_reason(stopped),
         "removed_reasons": _removed_reasons(parent, fingerprint, gone, held)
-        | {sid: near_duplicates.REASON for sid in duplicates if parent and sid in parent["fingerprint"]},
+        | {sid: why for sid, why in stopped.items() if parent and sid in parent["fingerprint"]},
         "prompt_groups": group_sizes(rows),
         "counts": (counts() if callable(counts) else counts) or {},
         "model_ids": _model_ids(data) | {"prompt_profanity": [prompt_label.scorer()]},
@@ -265,8 +259,46 @@ def create_release(
     fault_point("release_manifest", 1)  # a kill here leaves a temp folder with a manifest in it
     write_card(tmp, man, rows)
     fault_point("release_card", 1)
+    # announced once (storage.outbox): recorded before the rename, so no release goes unannounced
+    Outbox(data.root).record(Entry(version, man["inputs"], datetime.now(UTC).isoformat()))
     os.replace(tmp, data.releases_dir / version)
     return data.releases_dir / version
+
+
+def _releasable(
+    settings: Settings, data: DataDir, gone: dict[str, int]
+) -> tuple[pa.Table, list[str], dict[str, str]]:
+    """The accepted samples a release may hold; those taken down since they were accepted; and
+    {id: why} of those that no longer went through every declared stage (one dropped them since: a
+    stage added to the pipeline, or a data root from an older version; or one has yet to decide)."""
+    accepted = _accepted(settings, data)
+    taken = pc.is_in(accepted.column("sample_id"), pa.array(sorted(gone), pa.string()))
+    withdrawn = accepted.filter(taken).column("sample_id").to_pylist()
+    accepted = accepted.filter(pc.invert(taken)) if withdrawn else accepted
+    stopped = _stopped(data, accepted.column("sample_id"))
+    if stopped:
+        out = pc.is_in(accepted.column("sample_id"), pa.array(sorted(stopped), pa.string()))
+        accepted = accepted.filter(pc.invert(out))
+    return accepted, withdrawn, stopped
+
+
+def _stopped(data: DataDir, ids: pa.ChunkedArray) -> dict[str, str]:
+    """{sample id: why} of the accepted samples that did not go on through every declared stage:
+    the reason of the first stage that dropped it (the part before ':'), or `pending` while a
+    stage has yet to decide it."""
+    outside = pc.invert(pc.is_in(ids, value_set=chain.PIPELINE.went_on(data)))
+    ids = ids.filter(outside).combine_chunks() if pc.any(outside).as_py() else pa.array([], pa.string())
+    if not len(ids):
+        return {}
+    drops = chain.PIPELINE.first_drop(data, ids)
+    return {sid: drops[sid][1].split(":")[0] if sid in drops else "pending" for sid in ids.to_pylist()}
+
+
+def _by_reason(stopped: dict[str, str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for sid, why in sorted(stopped.items()):
+        out.setdefault(why, []).append(sid)
+    return out
 
 
 def _manifest(

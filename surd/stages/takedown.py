@@ -25,8 +25,9 @@ from surd.review.outcome import TAKEDOWN_ACTOR
 from surd.review.schema import items
 from surd.settings import Settings
 from surd.sources import REGISTRY, generation
+from surd.stages.base import TAKEDOWN
 
-REASON = "takedown"
+REASON = TAKEDOWN
 RAW = ("sample_id", "source", "source_item_id", "source_url", "image_url")
 BATCH = 4096
 

@@ -35,25 +35,29 @@ def _toml(d: dict, prefix: str = "") -> str:
     return head + "\n".join(flat) + "\n\n" + "".join(nested)
 
 
-def test_prefect_yaml_matches_the_served_deployments() -> None:
-    from flows.deployments import FLOWS, PLAN
+def test_prefect_yaml_is_what_the_declaration_renders() -> None:
+    """One source for schedules and pools: the committed file is `surd deploy render`'s output
+    with the default settings, and each of its deployments names its flow's function."""
+    from flows.deployments import plans, render_yaml
+    from surd.settings import load_settings
 
+    assert (ROOT / "prefect.yaml").read_text() == render_yaml(load_settings()), (
+        "prefect.yaml differs from the declaration: run `surd deploy render --out prefect.yaml`"
+    )
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     deps = {d["name"]: d for d in spec["deployments"]}
-    assert set(deps) == set(PLAN)
-    for name, (pool, event, params) in PLAN.items():
-        d = deps[name]
-        assert d["work_pool"]["name"] == pool
+    for full, plan in plans().items():
+        d = deps[full.split("/")[1]]
+        assert d["work_pool"]["name"] == plan.pool
         module, fn = d["entrypoint"].split(":")
         assert (
-            getattr(__import__(module.replace("/", ".").removesuffix(".py"), fromlist=[fn]), fn)
-            is FLOWS[name]
+            getattr(__import__(module.replace("/", ".").removesuffix(".py"), fromlist=[fn]), fn) is plan.flow
         )
-        if event:
-            [t] = d["triggers"]
-            assert t["expect"] == [event] and t["parameters"] == params
-        else:
-            assert d["schedules"][0]["cron"]
+        assert ("schedules" in d) == bool(plan.cron) and ("triggers" in d) == bool(plan.event)
+    # the GPU stages have a deployment on the gpu pool; the rebuild itself runs on cpu
+    assert deps["gpu"]["work_pool"]["name"] == "gpu" and deps["rebuild"]["work_pool"]["name"] == "cpu"
+    custom = render_yaml(load_settings(deploy={"rebuild_cron": "5 4 * * 2", "workdir": "/srv/surd"}))
+    assert "cron: 5 4 * * 2" in custom and "directory: /srv/surd" in custom
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +129,7 @@ def test_deployed_path_release_event_runs_embed_train_evaluate(server, tmp_path:
                         n: client.read_deployment_by_name(f"{n}/{n}")
                         for n in ("rebuild", "release", "embed", "train", "evaluate")
                     }
+                    dep["stages"] = client.read_deployment_by_name("stages/gpu")
                     break
                 except Exception as exc:  # not registered yet: keep polling, with the reason kept
                     last = exc

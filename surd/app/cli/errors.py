@@ -58,6 +58,8 @@ def classify(exc: BaseException) -> tuple[Exit, str] | None:
         return Exit.USAGE, str(exc)
     if _is(exc, "storage.locks", "Busy"):
         return Exit.BUSY, str(exc)
+    if _is(exc, "storage.locks", "LocksUnsupported"):
+        return Exit.DATA, str(exc)
     if _is(exc, "storage.layout", "DataRootError"):
         return Exit.DATA, str(exc)
     if _is(exc, "surd.stages.crawl", "CrawlFailed"):

@@ -12,14 +12,17 @@ from typing import Any
 import typer
 from sqlalchemy.engine import make_url
 
-from surd.app.cli.common import err, fail, open_data, out, settings
+from surd.app.cli.common import CONFIG, JSON, err, fail, open_data, out, settings
 from surd.app.cli.data import print_status
+from surd.app.cli.errors import Exit
 from surd.app.cli.stages import Engine
 from surd.app.demo import demo_config, demo_login
+from surd.app.doctor import ROLES, diagnose, errors
 from surd.app.engines import engine as orchestrated
 from surd.settings import Settings
 from surd.sources.replay import ReplaySite
 from surd.status import status as compute
+from surd.summary import plain
 
 
 def replay_serve(port: int = typer.Option(8900, min=0, max=65535)) -> None:
@@ -76,7 +79,7 @@ def _print_outputs(s: Settings, result: dict[str, Any]) -> None:
         f"release:     {result.get('release')}  (dataset card: README.md inside)",
     ]
     if result.get("embed"):
-        lines.append(f"embeddings:  {root / 'embeddings'}  ({result['embed']['model_id']})")
+        lines.append(f"embeddings:  {root / 'embeddings'}  ({plain(result['embed'])['model_id']})")
     if result.get("train"):
         lines.append(f"adapter run: {result['train']['run_dir']}")
         lines.append(f"evaluation:  {result['evaluate']['report']}")
@@ -96,7 +99,43 @@ def _print_outputs(s: Settings, result: dict[str, Any]) -> None:
         out.print(line, highlight=False, markup=False)
 
 
+def load_env_file(path: Path) -> None:
+    """KEY=VALUE lines (a Compose `.env`) into this process's environment; blanks and comments
+    skipped, empty values left unset."""
+    for line in path.read_text().splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key and not key.startswith("#") and value.strip():
+            os.environ[key.strip()] = value.strip().strip("'\"")
+
+
+def doctor(
+    role: str = typer.Option("all", help=f"the process checked for: {', '.join(ROLES)}"),
+    env_file: Path | None = typer.Option(None, "--env-file", help="read KEY=VALUE lines first (a .env)"),
+    as_json: bool = JSON,
+    config: Path | None = CONFIG,
+) -> None:
+    """Check a configuration as production runs it: one line per finding (ok, warning, error);
+    exit 1 on any error. Workers, `review serve` and `deploy setup` refuse to start on one."""
+    if role not in ROLES:
+        raise fail(f"--role {role!r}: one of {', '.join(ROLES)}")
+    if env_file is not None:
+        if not env_file.exists():
+            raise fail(f"--env-file {env_file} does not exist")
+        load_env_file(env_file)
+    findings = diagnose(settings(config), role)
+    if as_json:
+        print(json.dumps([vars(f) for f in findings], indent=1))
+    else:
+        for f in findings:
+            out.print(f.line(), highlight=False, markup=False)
+    bad = errors(findings)
+    if bad:
+        err.print(f"{len(bad)} error(s): fix them before production runs this", highlight=False)
+        raise typer.Exit(Exit.PROBLEMS)
+
+
 def register(app: typer.Typer) -> None:
+    app.command()(doctor)
     replay_app = typer.Typer(help="The offline replay site.", no_args_is_help=True)
     replay_app.command("serve")(replay_serve)
     app.add_typer(replay_app, name="replay")

@@ -10,6 +10,7 @@ import typer
 from storage.embeddings import EmbeddingStore
 from storage.releases import publish as copy
 from surd import pipeline
+from surd.app import engines
 from surd.app.cli import takedown
 from surd.app.cli.common import CONFIG, JSON, err, fail, open_data, out, result, settings
 from surd.app.cli.errors import Exit
@@ -29,7 +30,12 @@ class ExportFormat(StrEnum):
 def create(as_json: bool = JSON, config: Path | None = CONFIG) -> None:
     """Release the accepted samples (nothing new if the accepted set did not change)."""
 
-    r = pipeline.release_info(settings(config))
+    s = settings(config)
+    r = pipeline.release_info(s)
+    announced = engines.announce(s)  # with a Prefect API: now; else the next `release` flow
+    if announced is not None:
+        r.announced = announced
+        r.waiting = [v for v in r.waiting if v not in announced]
     result(r, as_json, describe("release", r))
 
 

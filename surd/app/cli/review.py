@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from surd import pipeline
-from surd.app.cli.common import CONFIG, JSON, fail, out, result, settings
+from surd.app.cli.common import CONFIG, JSON, fail, out, refuse_on_errors, result, settings
 from surd.review import auth, queries, queue
 from surd.review import export as writers
 from surd.summary import describe
@@ -44,6 +44,7 @@ def serve(
     import uvicorn
 
     s = settings(config)
+    refuse_on_errors(s, "review")
     queue.connect(s.review_database_url).dispose()  # migrate once, before any worker starts
     if config is not None:
         os.environ["SURD_CONFIG"] = str(config)

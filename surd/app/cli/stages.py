@@ -1,5 +1,6 @@
-"""The data path's commands: crawl, images, caption, clip-filter, embed, train, evaluate, generate,
-rebuild. Each shows progress on stderr and prints its result on stdout (a summary, or --json)."""
+"""The data path's commands: crawl, one per declared batch stage (surd.chain: images, caption,
+clip-filter, near-duplicates, …), embed, train, evaluate, generate, rebuild. Each shows progress on
+stderr and prints its result on stdout (a summary, or --json)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from typing import Any
 
 import typer
 
-from surd import pipeline
+from surd import chain, pipeline
 from surd.app.cli.common import CONFIG, JSON, err, out, result, settings
 from surd.app.cli.paths import release_path, run_path
 from surd.app.cli.progress import progress
 from surd.app.engines import engine as orchestrated
 from surd.settings import Settings
 from surd.sources import SOURCES
+from surd.stages.base import Stage
 from surd.summary import describe
 
 Source = StrEnum("Source", {s: s for s in SOURCES})  # type: ignore[misc]
@@ -27,13 +29,25 @@ class Engine(StrEnum):
     local = "local"
 
 
-def _stage(label: str, stage: str, fn: Any, s: Settings, *args: Any, total: int | None = None) -> Any:
-    """Run a batch stage with its total known before it starts (its pending items)."""
-
-    if total is None:
-        total = pipeline.pending_total(s, stage)
+def _stage(label: str, fn: Any, s: Settings, *args: Any, total: int) -> Any:
+    """Run a stage with its total known before it starts (its pending items)."""
     with progress(label, total) as meter:
         return fn(s, *args, progress=meter.advance)
+
+
+def stage_command(stage: type[Stage[Any]]) -> Any:
+    """The command of a declared batch stage: its pending items with progress, then its summary."""
+    name, label = stage.name, chain.PIPELINE.command(stage)
+
+    def command(as_json: bool = JSON, config: Path | None = CONFIG) -> None:
+        s = settings(config)
+        total = pipeline.pending_total(s, name)
+        r = _stage(label, lambda s, progress: pipeline.run(s, name, progress), s, total=total)
+        result(r, as_json, describe(name, r))
+
+    command.__doc__ = f"{(stage.__doc__ or name).strip().splitlines()[0]} Writes the {name} table."
+    command.__name__ = name
+    return command
 
 
 def crawl(
@@ -65,15 +79,6 @@ def crawl(
     result(r, as_json, describe("crawl", r))
 
 
-def images(ctx: typer.Context, as_json: bool = JSON, config: Path | None = CONFIG) -> None:
-    """Fetch, validate, normalise and deduplicate the images of new raw items."""
-    if ctx.invoked_subcommand is not None:
-        return
-
-    r = _stage("images", "images", pipeline.images, settings(config))
-    result(r, as_json, describe("images", r))
-
-
 def images_retry(
     reason: list[str] = typer.Option(
         None,
@@ -87,31 +92,12 @@ def images_retry(
     """Fetch again only the items that failed."""
 
     s = settings(config)
-    total = pipeline.pending_total(s, "images_retry", reasons=reason or None)
-    r = _stage("retry", "images_retry", pipeline.images_retry, s, reason or None, total=total)
+    total = pipeline.retry_total(s, reason or None)
+    r = _stage("retry", pipeline.images_retry, s, reason or None, total=total)
     result(r, as_json, describe("images", r))
 
 
-def caption(as_json: bool = JSON, config: Path | None = CONFIG) -> None:
-    """Caption new images with BLIP."""
-
-    r = _stage("captions", "captions", pipeline.captions, settings(config))
-    result(r, as_json, describe("captions", r))
-
-
-def clip_filter(as_json: bool = JSON, config: Path | None = CONFIG) -> None:
-    """Score new captions with CLIP and keep those where CLIP prefers the simple prompt."""
-
-    r = _stage("clip", "clip_scores", pipeline.clip_filter, settings(config))
-    result(r, as_json, describe("clip_scores", r))
-
-
-def near_duplicates(as_json: bool = JSON, config: Path | None = CONFIG) -> None:
-    """Drop CLIP-kept images that are near duplicates of an earlier one (CLIP embedding cosine);
-    `surd review` runs it first too."""
-
-    r = _stage("near duplicates", "near_duplicates", pipeline.near_duplicates, settings(config))
-    result(r, as_json, describe("near_duplicates", r))
+SUBCOMMANDS = {"images": [("retry", images_retry)]}  # a stage's commands beside its own run
 
 
 def embed(
@@ -124,8 +110,8 @@ def embed(
 
     s = settings(config)
     path = str(release_path(s, release))
-    total = pipeline.pending_total(s, "embed", release_path=path, llm=llm)
-    r = _stage("embed", "embed", pipeline.embed, s, path, llm, total=total)
+    total = pipeline.embed_total(s, path, llm)
+    r = _stage("embed", pipeline.embed, s, path, llm, total=total)
     result(r, as_json, describe("embed", r))
 
 
@@ -212,15 +198,29 @@ def rebuild(
 
 def register(app: typer.Typer) -> None:
     app.command()(crawl)
-    images_app = typer.Typer(help="The images stage.")
-    images_app.callback(invoke_without_command=True)(images)
-    images_app.command("retry")(images_retry)
-    app.add_typer(images_app, name="images")
-    app.command()(caption)
-    app.command("clip-filter")(clip_filter)
-    app.command("near-duplicates")(near_duplicates)
+    for stage in chain.PIPELINE:  # one command per declared stage, in the pipeline's order
+        command, name = stage_command(stage), chain.PIPELINE.command(stage)
+        if stage.name in SUBCOMMANDS:
+            group = typer.Typer(help=command.__doc__)
+            group.callback(invoke_without_command=True)(_with_ctx(command))
+            for sub, fn in SUBCOMMANDS[stage.name]:
+                group.command(sub)(fn)
+            app.add_typer(group, name=name)
+        else:
+            app.command(name)(command)
     app.command()(embed)
     app.command()(train)
     app.command()(evaluate)
     app.command()(generate)
     app.command()(rebuild)
+
+
+def _with_ctx(command: Any) -> Any:
+    """A stage's command as a group's callback: it runs only when no subcommand is asked for."""
+
+    def callback(ctx: typer.Context, as_json: bool = JSON, config: Path | None = CONFIG) -> None:
+        if ctx.invoked_subcommand is None:
+            command(as_json=as_json, config=config)
+
+    callback.__doc__ = command.__doc__
+    return callback

@@ -29,4 +29,4 @@ def test_the_deploy_commands_are_plugged_in() -> None:
     assert [g.name for g in app.registered_groups] == ["deploy"]
     deploy = app.registered_groups[0].typer_instance
     assert deploy is not None
-    assert sorted(c.name or "" for c in deploy.registered_commands) == ["serve", "setup"]
+    assert sorted(c.name or "" for c in deploy.registered_commands) == ["render", "serve", "setup", "worker"]

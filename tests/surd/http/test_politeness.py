@@ -70,7 +70,7 @@ def test_civitai_robots_shape_stops_the_crawl_before_any_api_request(
     assert api_requests(site) == []
     # the explicit override crawls, and says so in the pass's record
     out = pipeline.crawl(civitai_at_root(tmp_path / "b", site, obey=False), "civitai")
-    assert out["stop_reason"] == "end" and out["items_written"] > 0 and api_requests(site)
+    assert out.stop_reason == "end" and out.items_written > 0 and api_requests(site)
     state = json.loads((tmp_path / "b" / "state" / "crawl-civitai.json").read_text())
     assert state["robots"] == "overridden"
 
@@ -79,7 +79,7 @@ def test_crawl_delay_is_a_floor_on_the_pace(tmp_path: Path, site: ReplaySite) ->
     site.robots = "User-agent: *\nCrawl-delay: 0.4\n"
     out = pipeline.crawl(civitai_at_root(tmp_path, site), "civitai")  # 50 requests/s asked for
     times = api_requests(site)
-    assert out["pages_ok"] == len(times) >= 3
+    assert out.pages_ok == len(times) >= 3
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= 0.35, gaps
 

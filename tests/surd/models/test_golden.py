@@ -18,12 +18,11 @@ import pytest
 from storage.embeddings import prompt_sha1
 from storage.layout import DataDir
 from storage.schemas import OK
+from surd import chain
 from surd.models.profiles import llm_model_id
 from surd.settings import load_settings
 from surd.sources.replay import synth_image
 from surd.stages.base import run_stage
-from surd.stages.captions import CaptionStage
-from surd.stages.clip import ClipStage
 from surd.stages.embed import EmbedStage
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_models.json"
@@ -52,8 +51,8 @@ def compute(root: Path) -> dict[str, Any]:
     data.table("images").write(
         [{"sample_id": s, "status": OK, "image": synth_image(f"golden-{s}", 160)[0]} for s in ids]
     )
-    run_stage(CaptionStage(settings, data))
-    run_stage(ClipStage(settings, data))
+    run_stage(chain.PIPELINE.build("captions", settings, data))
+    run_stage(chain.PIPELINE.build("clip_scores", settings, data))
     captions = {r["sample_id"]: r["simple_prompt"] for r in data.table("captions").iter_rows()}
     clip = {
         r["sample_id"]: [round(r["p_simple"], 5), round(r["sim_simple"], 5), round(r["sim_complex"], 5)]

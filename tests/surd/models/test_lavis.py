@@ -14,6 +14,7 @@ import pytest
 
 from storage.layout import DataDir
 from storage.schemas import OK
+from surd import chain
 from surd.settings import load_settings
 from surd.sources.replay import synth_image
 
@@ -52,7 +53,6 @@ def test_lavis_venv_is_its_own_and_its_captioner_fills_the_table(lavis_python: P
     assert versions[0].startswith("4.26") and versions[1].startswith("1.")  # LAVIS' pins, in its venv only
 
     from surd.stages.base import run_stage
-    from surd.stages.captions import CaptionStage
 
     data = DataDir(tmp_path / "data").open()
     rows = []
@@ -73,7 +73,7 @@ def test_lavis_venv_is_its_own_and_its_captioner_fills_the_table(lavis_python: P
             "min_length": 5,
         },
     )
-    run = run_stage(CaptionStage(settings, data))
+    run = run_stage(chain.PIPELINE.build("captions", settings, data))
     assert run.processed == 3
     got = data.table("captions").read().to_pylist()
     assert {r["sample_id"] for r in got} == {"s0", "s1", "s2"}

@@ -18,7 +18,7 @@ from storage.layout import DataDir
 from surd import pipeline
 from surd.settings import Settings, load_settings
 from surd.sources.replay import ReplaySite
-from surd.stages.crawl import CrawlFailed
+from surd.stages.crawl import CrawlFailed, CrawlStats
 from tests.conftest import FIXTURES
 
 CIVITAI = "/civitai/api/v1/images"
@@ -31,12 +31,12 @@ def site():
     s.stop()
 
 
-def failed_pass(cfg: Settings, source: str) -> dict:
+def failed_pass(cfg: Settings, source: str) -> CrawlStats:
     """A pass's stats, whether it ended well or stopped on a failure (which raises CrawlFailed)."""
     try:
         return pipeline.crawl(cfg, source)
     except CrawlFailed as exc:
-        return asdict(exc.failed[0])
+        return exc.failed[0]
 
 
 def settings(root: Path, site: ReplaySite, **crawl: object) -> Settings:
@@ -85,7 +85,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> list[tuple]:
     root = tmp_path_factory.mktemp("ref")
     out = pipeline.crawl(settings(root, s), "civitai")
     s.stop()
-    assert out["stop_reason"] == "end" and out["pages_ok"] == 4
+    assert out.stop_reason == "end" and out.pages_ok == 4
     return raw_rows(root)
 
 
@@ -95,7 +95,7 @@ def test_429_retry_after_is_honoured_and_the_rate_never_exceeded(
     too_many = (429, {"Retry-After": "1"}, b'{"error":"slow down"}', 0.0)
     site.script(CIVITAI, too_many, too_many)  # 429 for a while
     out = pipeline.crawl(settings(tmp_path, site, requests_per_second=5.0), "civitai")
-    assert out["stop_reason"] == "end" and raw_rows(tmp_path) == reference
+    assert out.stop_reason == "end" and raw_rows(tmp_path) == reference
     times = civitai_requests(site)
     assert times[1] - times[0] >= 1.0 and times[2] - times[1] >= 1.0  # waited for Retry-After each time
     assert min(b - a for a, b in itertools.pairwise(times)) >= 0.19  # ≤ 5 requests/s
@@ -131,7 +131,7 @@ def test_failed_page_is_recorded_then_resumed(
     [failed] = [p for p in pages(tmp_path) if p["status"] == "failed"]
     assert failed["reason"].startswith(reason) and failed["position"] == "start"
     second = pipeline.crawl(cfg, "civitai")  # resumes at the failed page
-    assert second["stop_reason"] == "end" and raw_rows(tmp_path) == reference
+    assert second.stop_reason == "end" and raw_rows(tmp_path) == reference
 
 
 def test_documented_error_bodies(tmp_path: Path, site: ReplaySite) -> None:
@@ -152,9 +152,9 @@ def test_documented_error_bodies(tmp_path: Path, site: ReplaySite) -> None:
         )
         out = failed_pass(settings(root, site, max_retries=1), "civitai")
         if case["status"] == 200:  # an empty page without a cursor is the end
-            assert out["stop_reason"] == "end" and out["items_written"] == 0
+            assert out.stop_reason == "end" and out.items_written == 0
         else:
-            assert out["stop_reason"] == f"http_{case['status']}", case["case"]
+            assert out.stop_reason == f"http_{case['status']}", case["case"]
         site._scripted.clear()
 
 
@@ -163,14 +163,14 @@ def test_repeating_cursor_stops_with_a_reason(tmp_path: Path, site: ReplaySite) 
     page["metadata"]["nextCursor"] = "start"  # the server sends us back where we began
     site.script(CIVITAI, (200, {}, json.dumps(page).encode(), 0.0))
     out = pipeline.crawl(settings(tmp_path, site), "civitai")
-    assert out["stop_reason"] == "repeated_cursor" and out["pages_ok"] == 1
+    assert out.stop_reason == "repeated_cursor" and out.pages_ok == 1
     assert [p["reason"] for p in pages(tmp_path)] == ["repeated_cursor"]
 
 
 def test_empty_page_with_a_cursor_is_not_the_end(tmp_path: Path, site: ReplaySite, reference) -> None:
     site.script(CIVITAI, (200, {}, b'{"items": [], "metadata": {"nextCursor": "0|1"}}', 0.0))
     out = pipeline.crawl(settings(tmp_path, site), "civitai")
-    assert out["stop_reason"] == "end" and raw_rows(tmp_path) == reference
+    assert out.stop_reason == "end" and raw_rows(tmp_path) == reference
 
 
 def test_robots_forbids_unless_overridden_and_the_override_is_recorded(
@@ -178,7 +178,7 @@ def test_robots_forbids_unless_overridden_and_the_override_is_recorded(
 ) -> None:
     site.robots = "User-agent: *\nDisallow: /civitai/api/\n"
     out = failed_pass(settings(tmp_path / "a", site), "civitai")
-    assert out["stop_reason"] == "robots_disallowed" and not civitai_requests(site)
+    assert out.stop_reason == "robots_disallowed" and not civitai_requests(site)
     cfg = settings(tmp_path / "b", site)
     cfg = load_settings(
         **{
@@ -189,7 +189,7 @@ def test_robots_forbids_unless_overridden_and_the_override_is_recorded(
             },
         }
     )
-    assert pipeline.crawl(cfg, "civitai")["stop_reason"] == "end"
+    assert pipeline.crawl(cfg, "civitai").stop_reason == "end"
     assert raw_rows(tmp_path / "b") == reference
     assert DataDir(tmp_path / "b").state("crawl-civitai")["robots"] == "overridden"
     assert {p["robots"] for p in DataDir(tmp_path / "b").table("raw_items").provenance()} == {"overridden"}
@@ -197,27 +197,25 @@ def test_robots_forbids_unless_overridden_and_the_override_is_recorded(
 
 def test_incremental_pass_stops_at_known_items_full_pass_does_not(tmp_path: Path, site: ReplaySite) -> None:
     cfg = settings(tmp_path, site)
-    assert pipeline.crawl(cfg, "civitai")["pages_ok"] == 4
+    assert pipeline.crawl(cfg, "civitai").pages_ok == 4
     again = pipeline.crawl(cfg, "civitai")
-    assert (
-        again["stop_reason"] == "reached_known_items" and again["pages_ok"] == 1 and again["new_items"] == 0
-    )
+    assert again.stop_reason == "reached_known_items" and again.pages_ok == 1 and again.new_items == 0
     full = pipeline.crawl(cfg, "civitai", full=True)
-    assert full["stop_reason"] == "end" and full["pages_ok"] == 4
+    assert full.stop_reason == "end" and full.pages_ok == 4
     ids = [r[0] for r in raw_rows(tmp_path)]
     assert len(ids) == len(set(ids))
 
 
 def test_lexica_search_and_infinite_feed(tmp_path: Path, site: ReplaySite) -> None:
     cfg = settings(tmp_path / "s", site)
-    assert pipeline.crawl(cfg, "lexica")["items_written"] == 2  # the same image for both queries
+    assert pipeline.crawl(cfg, "lexica").items_written == 2  # the same image for both queries
     assert len(raw_rows(tmp_path / "s")) == 1
     feed = json.loads(cfg.model_dump_json())
     feed["sources"]["lexica"]["mode"] = "infinite"
     feed["sources"]["civitai"].pop("api_key", None)
     cfg2 = load_settings(**{**feed, "data_root": str(tmp_path / "i")})
     out = pipeline.crawl(cfg2, "lexica")
-    assert out["stop_reason"] == "end"
+    assert out.stop_reason == "end"
     [row] = DataDir(tmp_path / "i").table("raw_items").read().to_pylist()
     assert row["complex_prompt"] == "cute chubby blue fruits icons for mobile game ui"
     assert row["image_url"] == f"{site.base_url}/img/lexica/full_jpg/0482ee68-0368-4eca-8846-5930db866b33"
@@ -225,7 +223,7 @@ def test_lexica_search_and_infinite_feed(tmp_path: Path, site: ReplaySite) -> No
 
 def test_sdonline_missing_detail_pages_have_reasons(tmp_path: Path, site: ReplaySite) -> None:
     out = pipeline.crawl(settings(tmp_path, site), "sdonline")
-    assert out["stop_reason"] == "end" and out["items_written"] == 1
+    assert out.stop_reason == "end" and out.items_written == 1
     failed = [p for p in pages(tmp_path) if p["status"] == "failed"]
     assert sorted(p["reason"] for p in failed) == ["http_404", "http_404"]
     assert all("/image/" in p["url"] for p in failed)
@@ -251,7 +249,7 @@ def test_sigkill_mid_crawl_resumes_to_the_same_table(tmp_path: Path, site: Repla
 
 def test_api_key_is_sent_as_bearer_and_never_stored(tmp_path: Path, site: ReplaySite, monkeypatch) -> None:
     monkeypatch.setenv("SURD_SOURCES__CIVITAI__API_KEY", "sk-live-12345")
-    assert pipeline.crawl(settings(tmp_path, site), "civitai")["stop_reason"] == "end"
+    assert pipeline.crawl(settings(tmp_path, site), "civitai").stop_reason == "end"
     assert "Bearer sk-live-12345" in site.auth_seen
     for f in tmp_path.rglob("*"):
         if f.is_file():

@@ -12,15 +12,16 @@ import pytest
 from PIL import Image
 
 from storage.layout import DataDir
+from surd import chain
 from surd.ids import sample_id
 from surd.settings import Settings, load_settings
 from surd.sources.replay import ReplaySite, synth_image
 from surd.stages.base import StageRun, run_stage
-from surd.stages.images import ImagesStage, retryable
+from surd.stages.images import retryable
 
 
 def run_images(settings: Any, data: Any, **options: Any) -> StageRun:
-    return run_stage(ImagesStage(settings, data, **options))
+    return run_stage(chain.PIPELINE.build("images", settings, data, **options))
 
 
 def retry_failed(settings: Any, data: Any, reasons: list[str] | None = None) -> StageRun:

@@ -116,14 +116,15 @@ def test_a_cropped_reencoded_resized_copy_on_another_site_is_grouped(tmp_path: P
         ]
     )
     data.table("captions").write([{"sample_id": sid, "status": OK, "simple_prompt": "a cat"} for sid in ids])
-    pipeline.clip_filter(s)
+    pipeline.run(s, "clip_scores")
     scores = {r["sample_id"]: r for r in data.table("clip_scores").iter_rows()}
     assert all(len(scores[sid]["image_embedding"]) == 32 for sid in ids)  # the tiny CLIP's width
     kept_by_clip = [sid for sid in ids if scores[sid]["status"] == OK]
     assert kept_by_clip == ids, "the tiny CLIP keeps all three (it prefers the short prompt)"
 
-    r = pipeline.review(s)  # the near-duplicate stage runs first, then the queue takes the rest
-    assert r["near_duplicates"] == {"processed": 3, "kept": 2, "dropped": {"near_duplicate_of": 1}}
+    r = pipeline.run(s, "near_duplicates")
+    assert (r.processed, r.kept, r.dropped) == (3, 2, {"near_duplicate_of": 1})
+    assert pipeline.review(s).enqueued == 2  # the queue takes what the stage kept
     rows = {x["sample_id"]: x for x in data.table("near_duplicates").iter_rows()}
     assert rows[ids[0]]["status"] == OK and rows[ids[2]]["status"] == OK
     assert (
@@ -140,9 +141,9 @@ def test_a_cropped_reencoded_resized_copy_on_another_site_is_grouped(tmp_path: P
         engine.dispose()
     st = status(s, data)["stages"]
     near = st["near_duplicates"]
-    assert near == {"in": 3, "out": 2, "dropped": {"near_duplicate_of": 1}, "pending": 0}
+    assert near == {"in": 3, "out": 2, "dropped": {"near_duplicate_of": 1}, "pending": 0, "outside": 0}
     assert st["review"]["in"] == 2
-    assert pipeline.near_duplicates(s)["processed"] == 0  # nothing new: nothing done
+    assert pipeline.run(s, "near_duplicates").processed == 0  # nothing new: nothing done
 
     rel = Path(pipeline.release(s))
     man = manifest(rel)

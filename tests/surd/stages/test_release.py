@@ -265,7 +265,7 @@ def test_prompt2vec_export_reads_one_layer(data, tmp_path: Path) -> None:
 
     settings, d = data
     path = create_release(settings, d)
-    _, model_id = pipeline.embed(settings, str(path)).values()
+    model_id = pipeline.embed(settings, str(path)).model_id
     from storage.embeddings import EmbeddingStore
 
     emb = EmbeddingStore(d, model_id).dir
@@ -281,7 +281,7 @@ def test_reading_one_layer_needs_no_other_layer_file(data) -> None:
 
     settings, d = data
     path = create_release(settings, d)
-    _, model_id = pipeline.embed(settings, str(path)).values()
+    model_id = pipeline.embed(settings, str(path)).model_id
     emb = EmbeddingStore(d, model_id).dir
     before, _ = read_layer(emb, 3)
     for f in emb.glob("part-*/layer-*.parquet"):
@@ -347,14 +347,15 @@ def test_embedding_workers_split_the_work_and_agree(data, tmp_path: Path) -> Non
         }
     )
     one = load_settings(**{**json.loads(settings.model_dump_json()), "embed": {"llm": "tiny"}})
-    n1, model_id = pipeline.embed(one, str(path)).values()
-    n2, _ = pipeline.embed(two, str(other / "releases" / path.name)).values()
+    r1 = pipeline.embed(one, str(path))
+    n1, model_id = r1.embedded, r1.model_id
+    n2 = pipeline.embed(two, str(other / "releases" / path.name)).embedded
     assert n1 == n2 == manifest(path)["rows"]
     a, _ = read_layer(EmbeddingStore(d, model_id).dir, -1)
     b, _ = read_layer(EmbeddingStore(DataDir(other), model_id).dir, -1)
     assert a.keys() == b.keys() and all(np.allclose(a[k], b[k], atol=1e-3) for k in a)
     assert meta(EmbeddingStore(DataDir(other), model_id).dir)["revision"] == "seeded-random(seed=0)"
-    assert pipeline.embed(two, str(other / "releases" / path.name))["embedded"] == 0  # nothing left
+    assert pipeline.embed(two, str(other / "releases" / path.name)).embedded == 0  # nothing left
 
 
 def test_rebuild_publishes_each_release_once(data, tmp_path: Path) -> None:
@@ -362,11 +363,11 @@ def test_rebuild_publishes_each_release_once(data, tmp_path: Path) -> None:
     target = tmp_path / "published"
     s = load_settings(**{**json.loads(settings.model_dump_json()), "release": {"location": str(target)}})
     first = pipeline.release_info(s)
-    assert first["created"] and first["published"].endswith("/v0001")
-    shard = target / "v0001" / manifest(Path(first["path"]))["shards"][0]["file"]
+    assert first.created and first.published.endswith("/v0001")
+    shard = target / "v0001" / manifest(Path(first.path))["shards"][0]["file"]
     stamp = shard.stat().st_mtime_ns
     again = pipeline.release_info(s)
-    assert not again["created"] and shard.stat().st_mtime_ns == stamp  # not uploaded twice
+    assert not again.created and shard.stat().st_mtime_ns == stamp  # not uploaded twice
     assert list_published(str(target)) == ["v0001"]
 
 

@@ -105,8 +105,8 @@ def test_a_creator_taken_down_after_a_release(tmp_path: Path, site: ReplaySite) 
     cfg: dict[str, Any] = demo_config(tmp_path / "data", site)
     s = load_settings(**{**cfg, "crawl": {**cfg["crawl"], "limit": 25}})
     pipeline.crawl(s, "civitai")
-    for stage in (pipeline.images, pipeline.captions, pipeline.clip_filter, pipeline.review):
-        stage(s)
+    pipeline.run_all(s)
+    pipeline.review(s)
     v1 = Path(pipeline.release(s))
     rows = pq.read_table(v1 / manifest(v1)["shards"][0]["file"], columns=["sample_id", "creator"]).to_pylist()
     theirs = [r["sample_id"] for r in rows if r["creator"] == "Cooler_Rider"]
@@ -123,9 +123,9 @@ def test_a_creator_taken_down_after_a_release(tmp_path: Path, site: ReplaySite) 
     # the next crawl meets a new item of theirs: its id only is kept, its image never fetched
     full = load_settings(**cfg)
     before = len(site.requests)
-    assert pipeline.crawl(full, "civitai", full=True)["taken_down"] == 1  # the new one
-    for stage in (pipeline.images, pipeline.captions, pipeline.clip_filter, pipeline.review):
-        stage(full)
+    assert pipeline.crawl(full, "civitai", full=True).taken_down == 1  # the new one
+    pipeline.run_all(full)
+    pipeline.review(full)
     data = DataDir(root)
     new = [r for r in data.table("raw_items").iter_rows() if str(r["reason"]).startswith("takedown:")]
     assert len(new) == 1 and new[0]["image_url"] is None and new[0]["complex_prompt"] is None

@@ -1,0 +1,130 @@
+"""Past one machine: a real `dask scheduler` and two `dask worker` processes (the CLI, as an operator
+starts them on other hosts), each in its own network namespace, and a Prefect server the workers
+report to. The captions and CLIP stages run through them over one data root (the namespaces share
+the filesystem, as hosts share an NFS mount) and give the tables a single process gives."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from storage.layout import DataDir
+from tests.conftest import free_port
+from tests.netns import Hosts
+from tests.prefect_server import PrefectServer
+
+pytestmark = pytest.mark.slow  # subprocesses, servers or a browser: not in `make test-fast`
+
+SPREAD = ("captions", "clip_scores")  # the stages the issue names; both `scale = "partitions"`
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Any:
+    h = Hosts.make(["scheduler", "worker-1", "worker-2"])
+    if not h.isolated:
+        print(f"multi-host test on loopback, without namespaces ({h.why})", file=sys.stderr)
+    yield h
+    h.close()
+
+
+def _rows(root: Path, table: str) -> list[dict[str, Any]]:
+    t = DataDir(root).table(table).read()
+    return sorted(t.to_pylist(), key=lambda r: r["sample_id"])
+
+
+def _wait_for_workers(address: str, n: int, procs: list[Any], logs: list[Path]) -> None:
+    from distributed import Client
+
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with Client(address, timeout=10) as client:
+                client.wait_for_workers(n, timeout=60)
+                return
+        except (OSError, TimeoutError) as exc:
+            dead = [p for p in procs if p.poll() is not None]
+            assert not dead and time.monotonic() < deadline, (exc, [log.read_text()[-1500:] for log in logs])
+            time.sleep(1)
+
+
+def test_captions_and_clip_on_dask_workers_on_other_hosts_equal_one_process(
+    hosts: Hosts, tmp_path: Path, replay: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.scale import run as run_on_cluster
+    from surd import chain, pipeline
+    from surd.app.demo import demo_config
+    from surd.settings import load_settings
+
+    server = PrefectServer(tmp_path / "prefect", free_port(), host=hosts.this).start()
+    sched = f"tcp://{hosts.addresses['scheduler']}:{free_port()}"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SURD_")},
+        "PREFECT_API_URL": server.url,  # the workers report their task runs here, across the bridge
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    dask = str(Path(sys.executable).parent / "dask")
+    port = sched.rsplit(":", 1)[1]
+    logs = [tmp_path / f"{h}.log" for h in hosts.names]
+    procs = [
+        hosts.popen(
+            "scheduler",
+            [dask, "scheduler", "--host", hosts.addresses["scheduler"], "--port", port, "--no-dashboard"],
+            logs[0],
+            env,
+        )
+    ]
+    for name, log in zip(hosts.names[1:], logs[1:], strict=True):
+        argv = [dask, "worker", sched, "--name", name, "--nworkers", "1", "--nthreads", "1"]
+        argv += ["--host", hosts.addresses[name], "--no-dashboard", "--memory-limit", "4GB"]
+        procs.append(hosts.popen(name, argv, log, env))
+    try:
+        _wait_for_workers(sched, 2, procs, logs)
+        with temporary_settings({PREFECT_API_URL: server.url}):
+            monkeypatch.setenv("PREFECT_API_URL", server.url)
+            roots: dict[str, tuple[Any, dict[str, Any]]] = {}
+            for name, scale in (("single", {}), ("cluster", {"dask_address": sched, "partitions": 4})):
+                cfg = demo_config(tmp_path / name, replay) | {"scale": scale}
+                s = load_settings(**cfg)
+                for source in s.sources.enabled:
+                    pipeline.crawl(s, source)
+                pipeline.run(s, "images")  # fetched here: the replay site is on this host's loopback
+                runs = {n: run_on_cluster(cfg, s, n) if scale else pipeline.run(s, n) for n in SPREAD}
+                roots[name] = (s, runs)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=60)
+        server.stop()
+    (one, single), (many, spread) = roots["single"], roots["cluster"]
+    for n in SPREAD:
+        assert chain.PIPELINE.stage_class(n).scale == "partitions"
+        a, b = single[n], spread[n]
+        assert (a.processed, a.kept, a.dropped) == (b.processed, b.kept, b.dropped) and a.processed > 0, n
+        assert b.partitions == 4
+        ran_on = {w.split()[0] for w in b.workers}
+        assert ran_on == {"worker-1", "worker-2"}, b.workers  # both hosts took partitions
+        if hosts.isolated:
+            assert {w.split()[1].split("//")[1].rsplit(":", 1)[0] for w in b.workers} == {
+                hosts.addresses["worker-1"],
+                hosts.addresses["worker-2"],
+            }
+        ta, tb = _rows(one.data_root, n), _rows(many.data_root, n)
+        assert [(r["sample_id"], r["status"], r["reason"]) for r in ta] == [
+            (r["sample_id"], r["status"], r["reason"]) for r in tb
+        ], n
+        for x, y in zip(ta, tb, strict=True):
+            for k, v in x.items():
+                if isinstance(v, float) or (isinstance(v, list) and v and isinstance(v[0], float)):
+                    np.testing.assert_allclose(v, y[k], atol=1e-3, err_msg=f"{n} {k}")
+                elif k != "model_id":
+                    assert v == y[k], (n, x["sample_id"], k)
