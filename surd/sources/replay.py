@@ -82,12 +82,24 @@ class ReplaySite:
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._civitai = self._load_civitai()
+        self._withheld: list[dict[str, Any]] = []
 
     def script(self, path: str, *responses: Canned) -> None:
         """Answer the next requests to `path` with these, in order, before the recorded ones
         (tests use it for 429s, 503s, block pages, truncated bodies, slow answers)."""
         with self._lock:
             self._scripted.setdefault(path, []).extend(responses)
+
+    def withhold_newest(self, n: int) -> None:
+        """Serve Civitai's feed without its `n` newest items until `publish_withheld`: a site where
+        new posts appear at the top of the listing (an incremental crawl then finds them)."""
+        with self._lock:
+            self._withheld, self._civitai = self._civitai[:n], self._civitai[n:]
+
+    def publish_withheld(self) -> None:
+        with self._lock:
+            self._civitai = [*self._withheld, *self._civitai]
+            self._withheld = []
 
     def _next_scripted(self, path: str) -> Canned | None:
         with self._lock:
