@@ -16,11 +16,13 @@ LONG_RUNNING = {"postgres", "prefect-server", "minio", "review", "worker-cpu", "
 ONE_SHOT = {"minio-bucket", "deploy"}
 
 
-def _compose(*args: str, env_file: str | None = ".env.example") -> subprocess.CompletedProcess:
+def _compose(
+    *args: str, env_file: str | None = ".env.example", files: tuple[str, ...] = ("docker-compose.yml",)
+) -> subprocess.CompletedProcess:
     exe = shutil.which("docker-compose")
     if exe is None:
         pytest.fail("docker-compose is missing: apt-get install -y docker-compose (.ci/run does this)")
-    cmd = [exe, "-f", "docker-compose.yml"]
+    cmd = [exe, *(a for f in files for a in ("-f", f))]
     if env_file:
         cmd += ["--env-file", env_file]
     return subprocess.run([*cmd, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -43,7 +45,34 @@ def test_compose_file_validates_and_keeps_the_production_rules() -> None:
     assert services["worker-gpu"]["environment"]["SURD_DEVICE"] == "cuda"
     review_db = services["review"]["environment"]["SURD_REVIEW__DATABASE_URL"]
     assert review_db.startswith("postgresql+psycopg://surd:change-me-postgres@postgres:5432/review")
-    assert services["worker-cpu"]["command"][-3:] == ["cpu", "--type", "process"]
+    for pool in ("cpu", "gpu"):  # a worker checks its machine (`surd doctor`) before it works
+        assert services[f"worker-{pool}"]["command"] == ["surd", "deploy", "worker", "--pool", pool]
+
+
+def test_more_than_one_machine_the_main_host_and_a_gpu_host_join_over_nfs() -> None:
+    r = _compose("config", files=("docker-compose.yml", "docker-compose.cluster.yml"))
+    assert r.returncode == 0, r.stderr
+    main = yaml.safe_load(r.stdout)
+    nfs = main["volumes"]["surd-data"]["driver_opts"]
+    assert nfs["type"] == "nfs" and "nfsvers=4" in nfs["o"]  # the locks the writers rely on
+    for name in ("prefect-server", "postgres", "dask-scheduler"):
+        hosts = {
+            p.get("host_ip") if isinstance(p, dict) else str(p).split(":")[0]
+            for p in main["services"][name]["ports"]
+        }
+        assert "0.0.0.0" not in hosts and "" not in hosts, (name, hosts)  # the private address only
+    assert (
+        main["services"]["worker-gpu"]["environment"]["SURD_SCALE__DASK_ADDRESS"]
+        == "tcp://dask-scheduler:8786"
+    )
+    r = _compose("config", files=("docker-compose.gpu-host.yml",))
+    assert r.returncode == 0, r.stderr
+    gpu = yaml.safe_load(r.stdout)["services"]
+    assert set(gpu) == {"worker-gpu", "dask-worker"}
+    env = gpu["worker-gpu"]["environment"]
+    assert env["PREFECT_API_URL"] == "http://10.0.0.10:4200/api" and env["SURD_PROFILE"] == "real"
+    assert gpu["worker-gpu"]["command"] == ["surd", "deploy", "worker", "--pool", "gpu"]
+    assert yaml.safe_load(r.stdout)["volumes"]["surd-data"]["driver_opts"]["type"] == "nfs"
 
 
 def test_secrets_come_only_from_the_env_file(tmp_path: Path) -> None:
@@ -74,3 +103,10 @@ def test_compose_and_prefect_yaml_use_the_same_work_pools() -> None:
     }
     deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
     assert pools == {d["work_pool"]["name"] for d in deployments} == {"cpu", "gpu"}
+    # a worker runs its pool's checks and the flows from the image's working directory
+    assert (
+        yaml.safe_load((ROOT / "prefect.yaml").read_text())["pull"][0][
+            "prefect.deployments.steps.set_working_directory"
+        ]["directory"]
+        == "/app"
+    )

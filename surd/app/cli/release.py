@@ -102,7 +102,20 @@ def export(
     path = release_path(s, version)
     emb = None
     if fmt is ExportFormat.surd_adapter:
-        emb = EmbeddingStore(open_data(s, create=False), llm_model_id(s, llm)).dir
+        data = open_data(s, create=False)
+        emb = EmbeddingStore(data, llm_model_id(s, llm)).dir
+        if not (emb / "meta.json").exists():
+            sets = (
+                sorted(p.name for p in data.embeddings_dir.glob("[!.]*"))
+                if data.embeddings_dir.exists()
+                else []
+            )
+            raise fail(
+                f"no embeddings of {llm_model_id(s, llm)} under {data.embeddings_dir} (embedded: "
+                f"{', '.join(sets) or 'none yet'}); run `surd embed --release {version} --llm …` first, or "
+                "pass --llm with one of those",
+                Exit.DATA,
+            )
     try:
         safety = SafetyFilter(parse_level(max_nsfw) if max_nsfw is not None else None, keep_unlabelled)
     except ValueError as exc:
