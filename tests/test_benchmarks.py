@@ -1,4 +1,4 @@
-"""The benchmark scripts run on CPU with tiny sizes (their GPU figures are in the README)."""
+"""The benchmark scripts run on CPU with tiny sizes (their figures are in docs/benchmarks.md)."""
 
 import sys
 from pathlib import Path

@@ -10,7 +10,7 @@ A near copy is found by one signal and confirmed by a second, independent one:
    each band keeps buckets as chains in two arrays (`head`, `prev`), so adding is O(1) per hash
    and a query probes a fixed number of buckets whatever the number of hashes.
 2. **Confirmation**: the 256-bit DCT hash (low frequencies of the luminance, 32×32) within
-   `confirm_distance`. Thresholds: README, "Duplicates", measured by `benchmarks/bench_dedup.py`.
+   `confirm_distance`. Thresholds: docs/benchmarks.md, "Duplicates", measured by `benchmarks/bench_dedup.py`.
 
 A copy cropped around its centre is a centred enlargement of the original once both are
 normalised, too far for the whole-image hashes. Each image also carries both hashes of its centre

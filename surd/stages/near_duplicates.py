@@ -9,7 +9,7 @@ Each row stores the cosine to the closest earlier kept image whatever the verdic
 threshold can be studied with `surd sql` without recomputing. A sample scored before embeddings
 were stored has none: it is kept, with no similarity, and compared with nothing.
 
-The default threshold depends on the profile, each measured (README, "Near duplicates"):
+The default threshold depends on the profile, each measured (docs/benchmarks.md, "Near duplicates"):
 `tiny`'s random CLIP puts distinct demo images as close as 0.9983, so only 0.999 is safe there.
 """
 

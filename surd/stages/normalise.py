@@ -141,7 +141,7 @@ def dct256(img: Image.Image) -> str:
     return _dct_bits(img.convert("L"))
 
 
-ZOOMS = (1.04, 1.08, 1.12, 1.16)  # centre crops of 2–7% a side; README, "Duplicates"
+ZOOMS = (1.04, 1.08, 1.12, 1.16)  # centre crops of 2–7% a side; docs/benchmarks.md, "Duplicates"
 
 
 def zoom_views(img: Image.Image) -> str:

@@ -17,6 +17,8 @@ from adapter.quality import load_metrics, paired_ttest
 from adapter.suites import SUITES
 from surd.models import tiny
 
+pytestmark = pytest.mark.slow  # real evaluation runs: not in `make test-fast`
+
 
 def test_three_suites_of_fifteen_marked_by_origin() -> None:
     assert set(SUITES) == {"action", "color", "counting"}

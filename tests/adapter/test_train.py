@@ -19,6 +19,8 @@ from storage.schemas import RELEASE
 from surd.models import tiny
 from surd.sources.replay import synth_image
 
+pytestmark = pytest.mark.slow  # real training runs: not in `make test-fast`
+
 
 def test_g_is_zero_at_init_so_c_prime_is_scaled_v() -> None:
     a = SURAdapter(AdapterConfig(dim=8, llm_dim=16, eta=0.1))

@@ -63,18 +63,32 @@ def list_(as_json: bool = JSON, config: Path | None = CONFIG) -> None:
 
 
 def verify(
-    version: str = typer.Argument("latest", metavar="VERSION", help="vNNNN or latest"),
+    version: str | None = typer.Argument(
+        None, metavar="[VERSION]", help="vNNNN or latest; default: every release"
+    ),
+    latest: bool = typer.Option(False, "--latest", help="only the latest release"),
     config: Path | None = CONFIG,
 ) -> None:
-    """Recompute every shard's sha256 and row count; a damaged shard is named (exit 1)."""
+    """Recompute every shard's sha256 and row count, of every release (or the one named); a
+    damaged shard is named (exit 1)."""
 
-    path = release_path(settings(config), version)
-    problems = check(path)
-    for p in problems:
-        err.print(p, highlight=False, markup=False)
-    if problems:
+    s = settings(config)
+    if version is None and not latest:
+        paths = releases(open_data(s, create=False))
+        if not paths:
+            raise fail("no release yet", Exit.DATA)
+    else:
+        paths = [release_path(s, "latest" if latest else version or "latest")]
+    bad = 0
+    for path in paths:
+        problems = check(path)
+        for p in problems:
+            err.print(f"{path.name}: {p}", highlight=False, markup=False)
+        bad += bool(problems)
+        if not problems:
+            out.print(f"{path.name}: ok", highlight=False)
+    if bad:
         raise typer.Exit(Exit.PROBLEMS)
-    out.print(f"{path.name}: ok", highlight=False)
 
 
 def export(

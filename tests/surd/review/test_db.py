@@ -12,6 +12,8 @@ import pytest
 from surd.review import queries, queue
 from surd.review.db import current_revision, head_revision
 
+pytestmark = pytest.mark.slow  # processes opening one database at once, PostgreSQL: not in `make test-fast`
+
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def url(request, tmp_path: Path) -> str:

@@ -14,7 +14,7 @@ from surd.review.db import current_revision, head_revision
 from surd.review.schema import decisions
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def url(request, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'q.db'}"

@@ -89,7 +89,7 @@ def _variant(blob: bytes) -> bytes:
 def test_a_cropped_reencoded_resized_copy_on_another_site_is_grouped(tmp_path: Path) -> None:
     """The tiny profile's CLIP has random weights: on these pictures it puts the copy at 0.9925
     and the other picture at 0.971, so the test sets the threshold between (the tiny default,
-    0.999, is for the demo's pictures; README)."""
+    0.999, is for the demo's pictures; docs/benchmarks.md)."""
     s = load_settings(
         data_root=str(tmp_path / "data"), profile="tiny", device="cpu", clip={"near_duplicate_at": 0.985}
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pyarrow.parquet as pq
+import pytest
 
 from storage import funnel
 from surd import chain, pipeline
@@ -82,6 +83,7 @@ print(json.dumps({"processed": runs, "heavy": heavy}))
 """
 
 
+@pytest.mark.slow  # a subprocess, to see what it imports
 def test_a_model_stage_with_nothing_to_do_imports_no_model_library(demo_settings) -> None:
     import json
     import subprocess

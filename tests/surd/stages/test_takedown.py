@@ -53,6 +53,7 @@ def test_a_matcher_names_items_by_id_creator_and_url() -> None:
     assert not Matcher.of([]) and not Matcher.of([{"id": 1, "kind": "sample", "value": "a"}]).needs_raw
 
 
+@pytest.mark.slow  # the CLI in subprocesses
 def test_a_takedown_with_a_bad_target_is_one_line(tmp_path: Path) -> None:
     root = tmp_path / "data"
     DataDir(root).open()
@@ -99,6 +100,7 @@ def site() -> ReplaySite:
     site.stop()
 
 
+@pytest.mark.slow  # the CLI in subprocesses
 def test_a_creator_taken_down_after_a_release(tmp_path: Path, site: ReplaySite) -> None:
     from surd.app.demo import demo_config
 
