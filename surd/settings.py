@@ -120,7 +120,10 @@ class ClipSettings(_Section):
         description="decode processes beside the model; default: all cores but one beside a GPU, 0 on CPU",
     )
     near_duplicate_at: float | None = Field(
-        None, gt=0, le=1, description="image cosine that makes a near duplicate; None: the profile's (docs/benchmarks.md)"
+        None,
+        gt=0,
+        le=1,
+        description="image cosine that makes a near duplicate; None: the profile's (docs: benchmarks)",
     )
 
 

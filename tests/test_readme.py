@@ -51,7 +51,9 @@ def test_the_readme_lists_only_commands_it_can_account_for() -> None:
     surd = [" ".join(argv) for _, argv, _ in commands() if argv[0].endswith("surd")]
     assert len(surd) >= 12
     for skipped in NOT_HERE:  # none of them stale
-        assert any(c.startswith(skipped) for c in [s.replace(".venv/bin/surd", "surd") for s in surd]), skipped
+        assert any(c.startswith(skipped) for c in [s.replace(".venv/bin/surd", "surd") for s in surd]), (
+            skipped
+        )
 
 
 @pytest.fixture(scope="module")
