@@ -109,7 +109,8 @@ def login(
         return _login_page(request, "The form expired; log in again.", 403)
     engine = request.app.state.engine
     address = request.client.host if request.client else "?"
-    wait = limiter.wait_seconds(engine, address, name)
+    per_minute = request.app.state.settings.review.login_attempts_per_minute
+    wait = limiter.reserve(engine, address, name, per_minute)  # counted before the slow hash
     if wait > 0:
         return _login_page(
             request,
@@ -119,8 +120,7 @@ def login(
         )
     role = auth.check(engine, name, password)
     key = auth.session_key(engine, name) if role is not None else None
-    if role is None or key is None:
-        limiter.failed(engine, address, name, request.app.state.settings.review.login_attempts_per_minute)
+    if role is None or key is None:  # the reservation stands as the failure
         return _login_page(request, "Wrong name or password.", 401)
     limiter.succeeded(engine, address, name)
     request.session.clear()

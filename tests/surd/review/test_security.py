@@ -148,6 +148,60 @@ def test_an_attack_on_a_name_slows_the_attacker_not_the_steward(server) -> None:
         assert login(alice, "alice", "alice password").status_code == 303
 
 
+def _at_once(url: str, address: str, names: list[str]) -> list[int]:
+    """Wrong passwords for `names`, posted at the same moment from one address (each client has
+    its login form first, so the posts race each other and nothing else)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    clients = [client(url, address=address) for _ in names]
+    tokens = [re.search(r'name="csrf" value="([^"]+)"', c.get("/login").text).group(1) for c in clients]
+    go = threading.Barrier(len(names))
+
+    def post(i: int) -> int:
+        go.wait()
+        data = {"name": names[i], "password": "wrong", "csrf": tokens[i]}
+        return clients[i].post("/login", data=data).status_code
+
+    try:
+        with ThreadPoolExecutor(len(names)) as pool:
+            return list(pool.map(post, range(len(names))))
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_forty_wrong_passwords_at_once_count_as_forty(tmp_path: Path) -> None:
+    """The limit is reserved before the password hash: 40 at once from one address give the 10
+    a minute allows and 429 for the rest; on one name, the 3 free tries."""
+    settings = load_settings(data_root=tmp_path)
+    queue.connect(settings.review_database_url).dispose()
+    port = free_port()
+    proc = _serve(tmp_path, port, workers=2)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        codes = _at_once(url, "127.0.0.40", [f"user{i}" for i in range(40)])
+        assert sorted(codes) == [401] * settings.review.login_attempts_per_minute + [429] * 30, codes
+        codes = _at_once(url, "127.0.0.41", ["alice"] * 40)
+        assert sorted(codes) == [401] * 3 + [429] * 37, codes
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_full_table_never_evicts_a_locked_out_address(tmp_path: Path, monkeypatch) -> None:
+    engine = queue.connect(load_settings(data_root=tmp_path).review_database_url)
+    monkeypatch.setattr(limiter, "MAX_ROWS", 100)
+    for i in range(10):  # this address is locked out for the minute
+        assert limiter.reserve(engine, "10.9.9.9", f"x{i}", per_minute=10) == 0.0
+    assert limiter.wait_seconds(engine, "10.9.9.9", "y") > 0
+    for i in range(500):  # a flood of new addresses fills the table
+        limiter.reserve(engine, f"10.2.{i // 250}.{i % 250}", f"n{i}", per_minute=10)
+    assert limiter.size(engine) <= 100
+    assert limiter.wait_seconds(engine, "10.9.9.9", "y") > 0  # still locked out: never evicted
+    assert limiter.reserve(engine, "10.9.9.9", "z", per_minute=10) > 0
+
+
 def test_the_limiter_stays_bounded_under_many_names(tmp_path: Path, monkeypatch) -> None:
     engine = queue.connect(load_settings(data_root=tmp_path).review_database_url)
     monkeypatch.setattr(limiter, "MAX_ROWS", 1000)
