@@ -13,7 +13,7 @@ from surd.app.cli.common import CONFIG, JSON, err, fail, open_data, result, sett
 from surd.review import queue
 from surd.review import takedowns as log
 from surd.stages import takedown as rules
-from surd.stages.prune import prunable
+from surd.stages.prune import finish, prunable
 from surd.stages.prune import prune as delete
 from surd.stages.release import manifest, releases, storage_options
 
@@ -95,6 +95,9 @@ def prune(
     s = settings(config)
     data = open_data(s, create=False)
     opts = storage_options(s)
+    finished = finish(s, data, **opts)  # a killed prune's recorded intent, carried out first
+    if finished:
+        err.print(f"finished an interrupted prune of {', '.join(finished)}", highlight=False)
     try:
         doomed = prunable(s, data, superseded_by, **opts)
     except ValueError as exc:
