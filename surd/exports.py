@@ -5,7 +5,11 @@
   loader and SUR-adapter's `SUR_adapter_train.py` read as they are.
 - `surd-adapter`: the imagefolder plus `prompt2vec/<layer>.pt`, a `{simple prompt: tensor}` dict of
   one LLM layer, the format the paper's trainer loads with `torch.load`.
-Both are written into a temp folder and renamed into place.
+Both are written whole into a temp folder beside `--out` and swapped into place only when every
+part succeeded, so a failed export never touches an earlier one. An export carries a marker file
+(`.surd-export.json`: the release, its format, when); an existing `--out` without one is not ours
+and is refused unless forced. Each export is logged in the data root (`state/exports.jsonl`), so
+a takedown can list the exports made from releases that held the content.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -46,9 +51,15 @@ class SafetyFilter:
         return ["safety_level"]
 
 
-def export_imagefolder(release: Path, out: Path, safety: SafetyFilter = SafetyFilter()) -> tuple[int, int]:
-    """(rows written, rows the safety filter left out)."""
-    tmp = out.parent / f".tmp-{uuid.uuid4().hex[:8]}-{out.name}"
+MARKER = ".surd-export.json"
+
+
+class ExportRefused(ValueError):
+    """`--out` exists and is not an export of this project (no marker): never deleted unasked."""
+
+
+def export_imagefolder(release: Path, tmp: Path, safety: SafetyFilter = SafetyFilter()) -> tuple[int, int]:
+    """Into `tmp`: (rows written, rows the safety filter left out)."""
     train = tmp / "train"
     train.mkdir(parents=True)
     n = left_out = 0
@@ -69,7 +80,6 @@ def export_imagefolder(release: Path, out: Path, safety: SafetyFilter = SafetyFi
                     + "\n"
                 )
                 n += 1
-    _swap(tmp, out)
     return n, left_out
 
 
@@ -92,9 +102,7 @@ def export_prompt2vec(
             )
         table[row["simple_prompt"]] = torch.from_numpy(vectors[row["sample_id"]])
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{out_file.name}")
-    torch.save(table, tmp)
-    os.replace(tmp, out_file)
+    torch.save(table, out_file)
     return len(table)
 
 
@@ -105,18 +113,56 @@ def export_release(
     embeddings: Path | None = None,
     layer: int = -1,
     safety: SafetyFilter = SafetyFilter(),
+    force: bool = False,
 ) -> dict:
     if fmt not in ("imagefolder", "surd-adapter"):
         raise ValueError(f"unknown export format {fmt!r}; valid: imagefolder, surd-adapter")
-    n, left_out = export_imagefolder(release, out, safety)
-    result: dict = {"imagefolder": str(out), "rows": n, "left_out_by_nsfw": left_out}
-    if fmt == "surd-adapter":
-        if embeddings is None:
-            raise ValueError("the surd-adapter export needs embeddings: run `surd embed` first")
-        pt = out / "prompt2vec" / f"{layer}.pt"
-        result["prompt2vec"] = str(pt)
-        result["prompts"] = export_prompt2vec(release, embeddings, layer, pt, safety)
+    if fmt == "surd-adapter" and embeddings is None:
+        raise ValueError("the surd-adapter export needs embeddings: run `surd embed` first")
+    if out.exists() and not force and not (out / MARKER).exists():
+        what = "a folder" if out.is_dir() else "a file"
+        raise ExportRefused(
+            f"{out} is {what} that is not a SURD export (no {MARKER}): choose another --out, or --force "
+            "to replace it"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".tmp-{uuid.uuid4().hex[:8]}-{out.name}"
+    try:
+        n, left_out = export_imagefolder(release, tmp, safety)
+        result: dict = {"imagefolder": str(out), "rows": n, "left_out_by_nsfw": left_out}
+        if fmt == "surd-adapter":
+            assert embeddings is not None
+            result["prompt2vec"] = str(out / "prompt2vec" / f"{layer}.pt")
+            result["prompts"] = export_prompt2vec(
+                release, embeddings, layer, tmp / "prompt2vec" / f"{layer}.pt", safety
+            )
+        marker = {"release": release.name, "format": fmt, "rows": n, "at": datetime.now(UTC).isoformat()}
+        (tmp / MARKER).write_text(json.dumps(marker))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed export leaves nothing, and `out` as it was
+        raise
+    _swap(tmp, out)
+    _log(release, {**marker, "path": str(out.resolve())})
     return result
+
+
+def _log(release: Path, entry: dict) -> None:
+    """One line per export in the data root's `state/exports.jsonl` (appended, flushed)."""
+    log = release.parent.parent / "state" / "exports.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as fh:
+        fh.write(json.dumps(entry) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def made_from(root: Path, release_names: set[str]) -> list[dict]:
+    """The logged exports of these releases that are still where they were written."""
+    log = root / "state" / "exports.jsonl"
+    if not log.exists():
+        return []
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["release"] in release_names and (Path(r["path"]) / MARKER).exists()]
 
 
 def _swap(tmp: Path, out: Path) -> None:
@@ -124,7 +170,9 @@ def _swap(tmp: Path, out: Path) -> None:
         old = out.parent / f".old-{uuid.uuid4().hex[:8]}-{out.name}"
         os.replace(out, old)
         os.replace(tmp, out)
-        shutil.rmtree(old)
+        if old.is_dir():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
     else:
-        out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, out)

@@ -15,7 +15,7 @@ from surd.app.cli import takedown
 from surd.app.cli.common import CONFIG, JSON, err, fail, open_data, out, result, settings
 from surd.app.cli.errors import Exit
 from surd.app.cli.paths import release_path
-from surd.exports import SafetyFilter, export_release
+from surd.exports import ExportRefused, SafetyFilter, export_release
 from surd.sources.safety import parse_level
 from surd.stages.release import manifest, releases, storage_options
 from surd.stages.release import verify as check
@@ -94,7 +94,10 @@ def verify(
 def export(
     version: str = typer.Argument("latest", metavar="VERSION", help="vNNNN or latest"),
     fmt: ExportFormat = typer.Option(ExportFormat.imagefolder, "--format", help="the layout to write"),
-    to: Path = typer.Option(..., "--out", help="folder to write (replaced atomically)"),
+    to: Path = typer.Option(
+        ..., "--out", help="folder to write (an earlier export there is swapped out whole)"
+    ),
+    force: bool = typer.Option(False, "--force", help="replace an --out that is not an earlier export"),
     layer: int = typer.Option(-1, help="LLM layer for surd-adapter's prompt2vec (1..L, -1 = last)"),
     llm: str | None = typer.Option(None, help="which embeddings (model id or preset); default: settings"),
     max_nsfw: str | None = typer.Option(
@@ -135,7 +138,9 @@ def export(
     except ValueError as exc:
         raise fail(str(exc)) from None
     try:
-        r = export_release(path, to, fmt.value, emb, layer, safety)
+        r = export_release(path, to, fmt.value, emb, layer, safety, force)
+    except ExportRefused as exc:
+        raise fail(str(exc)) from None
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc), Exit.DATA) from None
     left = f"; {r['left_out_by_nsfw']} left out by --max-nsfw" if max_nsfw is not None else ""

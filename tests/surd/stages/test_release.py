@@ -274,6 +274,33 @@ def test_prompt2vec_export_reads_one_layer(data, tmp_path: Path) -> None:
     assert len(table) == result["prompts"] and all(v.shape == (576,) for v in table.values())  # SmolLM2
     with pytest.raises(ValueError, match="out of range"):
         export_release(path, tmp_path / "y", "surd-adapter", emb, layer=99)
+    assert not (tmp_path / "y").exists() and not list(tmp_path.glob(".tmp-*"))  # nothing half-made
+    # a failed export over a good one leaves the good one whole
+    before = sorted(p.relative_to(tmp_path / "x") for p in (tmp_path / "x").rglob("*"))
+    with pytest.raises(ValueError, match="out of range"):
+        export_release(path, tmp_path / "x", "surd-adapter", emb, layer=99)
+    assert sorted(p.relative_to(tmp_path / "x") for p in (tmp_path / "x").rglob("*")) == before
+    assert torch.load(result["prompt2vec"]).keys() == table.keys()
+
+
+def test_an_export_never_replaces_what_is_not_an_export(data, tmp_path: Path) -> None:
+    from surd.exports import ExportRefused, export_release, made_from
+
+    settings, d = data
+    path = create_release(settings, d)
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("months of work")
+    with pytest.raises(ExportRefused, match="not a SURD export"):
+        export_release(path, mine, "imagefolder")
+    assert (mine / "thesis.tex").read_text() == "months of work"
+    export_release(path, tmp_path / "out", "imagefolder")
+    again = export_release(path, tmp_path / "out", "imagefolder")  # an earlier export: replaced
+    assert again["rows"] == manifest(path)["rows"]
+    assert export_release(path, mine, "imagefolder", force=True)["rows"] == again["rows"]  # asked for
+    assert not (mine / "thesis.tex").exists()
+    logged = made_from(Path(d.root), {path.name})
+    assert [Path(r["path"]).name for r in logged] == ["out", "out", "notes"]
 
 
 def test_reading_one_layer_needs_no_other_layer_file(data) -> None:
