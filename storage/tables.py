@@ -244,6 +244,42 @@ class PartTable:
             raise KeyError(f"{len(new)} rows to replace are not in table {self.name}")
         return replaced
 
+    def scrub(self, reasons: dict[str, str]) -> int:
+        """Rewrite the rows of these keys as drops with the given reason, every nullable column
+        emptied (what a takedown leaves: the ids and why). Only the parts holding such a row not
+        yet scrubbed are rewritten, each whole and renamed over itself (a reader sees the old part
+        or the new one; a killed run leaves the rest to the next). Returns the rows rewritten."""
+        keep = {f.name for f in self.schema if not f.nullable} | {self.key, "status", "reason"}
+        done = 0
+        for part in self.parts():
+            hits = reasons.keys() & self.part_ids(part)
+            if not hits:
+                continue
+            marks = pq.read_table(part, columns=[self.key, "status", "reason"]).to_pylist()
+            if all(
+                r["status"] == "dropped" and r["reason"] == reasons[r[self.key]]
+                for r in marks
+                if r[self.key] in hits
+            ):
+                continue  # scrubbed already, or dropped as taken down when met (no content kept)
+            old = pq.read_table(part)
+            rows = old.to_pylist()
+            changed = 0
+            for i, row in enumerate(rows):
+                why = reasons.get(row[self.key])
+                if why is None:
+                    continue
+                new = {c: (row[c] if c in keep else None) for c in row} | {"status": "dropped", "reason": why}
+                if new != row:
+                    rows[i], changed = new, changed + 1
+            if changed:
+                table = pa.Table.from_pylist(rows, old.schema.remove_metadata()).replace_schema_metadata(
+                    old.schema.metadata
+                )
+                write_parquet_atomic(table, part, compression=self.compression)
+                done += changed
+        return done
+
     def provenance(self) -> list[dict[str, Any]]:
         out = []
         for part in self.parts():

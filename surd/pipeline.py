@@ -144,7 +144,24 @@ class ReviewRun:
     auto_decided: int
     policy: str
     waiting: dict[str, int] = field(default_factory=dict)  # pending in a stage before review
+    scrubbed: dict[str, int] = field(default_factory=dict)  # rows of taken-down items emptied, by table
     queue: dict[str, Any] = field(default_factory=dict)
+
+
+def scrub_takedowns(settings: Settings) -> dict[str, int]:
+    """Remove taken-down items' stored content from every table (and the review queue's copy),
+    each table under its write lock; {table: rows rewritten}. Nothing to do: nothing rewritten."""
+    data = open_data(settings)
+    gone = takedown.covered(settings, data)
+    out: dict[str, int] = {}
+    if not gone:
+        return out
+    for name in chain.PIPELINE.tables:
+        with writing(settings, name):
+            out |= takedown.scrub(data, gone, [name])
+    if n := takedown.scrub_queue(settings, gone):
+        out["review_queue"] = n
+    return out
 
 
 def review(settings: Settings) -> ReviewRun:
@@ -159,6 +176,7 @@ def review(settings: Settings) -> ReviewRun:
     out = ReviewRun(
         enqueued=enqueued,
         withdrawn=withdrawn,
+        scrubbed=scrub_takedowns(settings),  # finishes a takedown's removal a kill interrupted
         auto_decided=apply_auto_policy(settings),
         policy=settings.review.auto_policy,
         waiting={k: c.pending for k, c in counts.items() if c.pending},

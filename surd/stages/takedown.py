@@ -6,6 +6,7 @@ out (the manifest lists it as removed, with the reason)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,6 +126,42 @@ def reason(tid: int) -> str:
 def drop_row(sid: str, tid: int) -> dict[str, Any]:
     """A stage's output row for a taken-down item: its id, dropped, and the takedown."""
     return {"sample_id": sid, "status": DROPPED, "reason": reason(tid)}
+
+
+def scrub(data: DataDir, gone: Mapping[str, int], tables: Iterable[str]) -> dict[str, int]:
+    """The stored content of taken-down items removed from `tables`: each row rewritten as a drop
+    with `takedown:<id>` and its content (image bytes, prompts, URLs, caption, CLIP embedding)
+    emptied, in place (storage.tables.PartTable.scrub); {table: rows rewritten}. The caller holds
+    each table's write lock."""
+    reasons = {sid: reason(tid) for sid, tid in gone.items()}
+    return {name: n for name in tables if (n := data.table(name).scrub(reasons))}
+
+
+def scrub_queue(settings: Settings, gone: Mapping[str, int]) -> int:
+    """The review queue's copy of taken-down items' prompts and links emptied (their decisions
+    and the takedown's rejection stay); returns how many items."""
+    if not gone:
+        return 0
+    engine = queue.connect(settings.review_database_url)
+    try:
+        ids, todo = sorted(gone), []
+        with reader(engine) as conn:
+            for k in range(0, len(ids), 500):
+                q = sa.select(items.c.sample_id, items.c.payload).where(
+                    items.c.sample_id.in_(ids[k : k + 500])
+                )
+                todo += [
+                    {"sid": sid, "emptied": json.dumps({"sample_id": sid})}
+                    for sid, payload in conn.execute(q)
+                    if json.loads(payload) != {"sample_id": sid}
+                ]
+        if todo:
+            with engine.begin() as conn:
+                update = items.update().where(items.c.sample_id == sa.bindparam("sid"))
+                conn.execute(update.values(payload=sa.bindparam("emptied")), todo)
+        return len(todo)
+    finally:
+        engine.dispose()
 
 
 def enforce(settings: Settings, data: DataDir, matcher: Matcher | None = None) -> int:

@@ -9,7 +9,9 @@ from typing import Any
 
 import typer
 
+from surd import pipeline
 from surd.app.cli.common import CONFIG, JSON, err, fail, open_data, result, settings
+from surd.exports import made_from
 from surd.review import queue
 from surd.review import takedowns as log
 from surd.stages import takedown as rules
@@ -53,15 +55,31 @@ def add(
     matcher = rules.load(s)
     rejected = rules.enforce(s, data, matcher)
     gone = rules.resolve(matcher, data)
+    scrubbed = pipeline.scrub_takedowns(s)  # the stored bytes and prompts go now, not only later rows
+    mine = {sid for sid, tid in gone.items() if tid == entry["id"]}
+    holding = {p.name for p in releases(data) if mine & manifest(p)["fingerprint"].keys()}
+    exports = [e["path"] for e in made_from(data.root, holding)]
     latest = releases(data)[-1:]
     fingerprint = manifest(latest[0])["fingerprint"] if latest else {}
     released = sum(1 for sid in fingerprint if gone.get(sid) == entry["id"])
-    r: dict[str, Any] = {**entry, "queued_items_rejected": rejected, "rows_in_latest_release": released}
+    r: dict[str, Any] = {
+        **entry,
+        "queued_items_rejected": rejected,
+        "rows_in_latest_release": released,
+        "rows_emptied": scrubbed,
+        "exports_holding_it": exports,
+    }
     where = f" ({released} rows of {latest[0].name} go at the next `surd release create`)" if released else ""
     summary = (
         f"takedown {entry['id']} recorded: {kind} {value} ({entry['reason']}); "
-        f"{rejected} queued items rejected{where}"
+        f"{rejected} queued items rejected{where}; stored content emptied: "
+        f"{', '.join(f'{k}={v}' for k, v in scrubbed.items()) or 'none stored'}"
     )
+    if exports:
+        summary += "; exports made before that hold it (delete them): " + ", ".join(exports)
+    if holding:
+        held = ", ".join(sorted(holding))
+        summary += f"; releases holding it: {held} (`surd release prune` once a newer one is made)"
     result(r, as_json, summary)
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -23,6 +24,7 @@ from surd.sources.replay import ReplaySite
 from surd.stages.release import verify
 from surd.stages.takedown import Matcher, normal_url, resolve
 from surd.status import status
+from tests.conftest import through_review
 
 SURD = str(Path(sys.executable).parent / "surd")
 
@@ -167,3 +169,47 @@ def test_a_creator_taken_down_after_a_release(tmp_path: Path, site: ReplaySite) 
     finally:
         engine.dispose()
     assert pipeline.release(full) == str(v2)  # nothing changed: no new release, none reused
+
+
+def test_a_takedown_removes_the_stored_bytes_and_lists_the_exports(
+    demo_settings, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The image bytes, prompts and CLIP embedding of a taken-down item leave every table file at
+    once (its rows stay, as drops naming the takedown); an export made before is named."""
+    from surd.app.cli import main
+    from surd.exports import export_release
+
+    s = demo_settings
+    through_review(s)
+    v1 = Path(pipeline.release(s))
+    victim = sorted(manifest(v1)["fingerprint"])[0]
+    data = DataDir(s.data_root)
+    image = data.table("images").lookup([victim], ["image"])[victim]["image"]
+    assert image and len(image) > 1000
+    export_release(v1, tmp_path / "exported", "imagefolder")
+    monkeypatch.setenv("SURD_DATA_ROOT", str(s.data_root))
+    monkeypatch.setenv("SURD_PROFILE", "tiny")
+    with pytest.raises(SystemExit) as done:
+        main(["takedown", "add", "--sample", victim, "--reason", "the creator asked", "--json"])
+    assert done.value.code in (0, None)
+    import json
+
+    said = json.loads(capsys.readouterr().out)
+    assert said["exports_holding_it"] == [str((tmp_path / "exported").resolve())]
+    assert said["rows_emptied"]["images"] == 1 and said["rows_emptied"]["review_queue"] == 1
+    tables = [p for p in (Path(s.data_root) / "tables").rglob("*") if p.is_file()]
+    assert tables and not any(image in p.read_bytes() for p in tables)  # not one table file holds it
+    for name in ("raw_items", "images", "captions", "clip_scores"):
+        [row] = data.table(name).select(pa.array([victim]), data.table(name).schema.names)
+        row = row.to_pylist()[0]
+        assert (row["status"], row["reason"]) == ("dropped", f"takedown:{said['id']}"), name
+        kept = {"sample_id", "status", "reason", "source", "source_item_id"}
+        assert all(v is None for k, v in row.items() if k not in kept), (name, row)
+    st = status(s, data)["stages"]
+    assert all(
+        st[n]["in"] == st[n]["out"] + sum(st[n]["dropped"].values()) + st[n]["pending"]
+        for n in ("images", "captions")
+    )
+    assert pipeline.scrub_takedowns(s) == {}  # done once; a rerun rewrites nothing
+    v2 = Path(pipeline.release(s))
+    assert victim not in manifest(v2)["fingerprint"]
