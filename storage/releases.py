@@ -32,6 +32,43 @@ def releases(data: DataDir) -> list[Path]:
     )
 
 
+def unreleased(data: DataDir) -> list[Path]:
+    """Release-named folders without a manifest (`vNNNN/` copied by hand, or half restored): never
+    a release, and in the way of the next one."""
+    if not data.releases_dir.exists():
+        return []
+    return sorted(
+        p
+        for p in data.releases_dir.iterdir()
+        if p.is_dir()
+        and p.name.startswith("v")
+        and p.name[1:].isdigit()
+        and not (p / "manifest.json").exists()
+    )
+
+
+def quarantine(data: DataDir) -> list[str]:
+    """Move every `unreleased` folder aside to `.quarantined-vNNNN-<time>`; the names moved."""
+    from datetime import UTC, datetime
+
+    moved = []
+    for p in unreleased(data):
+        target = p.with_name(f".quarantined-{p.name}-{datetime.now(UTC):%Y%m%dT%H%M%S}")
+        p.rename(target)
+        moved.append(f"{p.name} → {target.name}")
+    return moved
+
+
+def highest_number(data: DataDir) -> int:
+    """The highest release number used here (releases, and folders quarantined): never reused. A
+    writer's temp folder does not count (a killed writer's number is made again)."""
+    if not data.releases_dir.exists():
+        return 0
+    names = [p.name.removeprefix(".quarantined-")[:5] for p in data.releases_dir.iterdir()]
+    nums = [int(n[1:]) for n in names if n.startswith("v") and n[1:].isdigit()]
+    return max(nums, default=0)
+
+
 def manifest(path: Path) -> dict[str, Any]:
     return json.loads((path / "manifest.json").read_text())
 

@@ -19,7 +19,7 @@ from storage import locks
 from storage.embeddings import EmbeddingStore
 from storage.layout import DataDir
 from storage.outbox import Outbox
-from storage.releases import list_published, manifest, publish, releases
+from storage.releases import list_published, manifest, publish, quarantine, releases
 from storage.tables import set_fault_hook
 from surd import chain
 from surd.http.client import PoliteClient
@@ -201,6 +201,7 @@ class ReleaseInfo:
     published: str | None = None
     announced: list[str] = field(default_factory=list)  # releases announced (surd.release.published)
     waiting: list[str] = field(default_factory=list)  # releases whose announcement waits (the outbox)
+    quarantined: list[str] = field(default_factory=list)  # folders without a manifest, moved aside
 
 
 @dataclass
@@ -229,13 +230,17 @@ def release_info(settings: Settings) -> ReleaseInfo:
     the latest release: path, whether it is new, its rows and counts, and where it was published."""
     data = open_data(settings)
     with writing(settings, "release"):  # versions stay distinct; no live writer's temp is removed
+        moved = quarantine(data)  # a `vNNNN/` without a manifest is not a release, and in the way
+        for m in moved:
+            log.warning("release folder %s had no manifest.json: moved aside; look inside, then delete it", m)
         created = create_release(settings, data, lambda: _release_counts(settings, data))
     existing = releases(data)
     if not existing:
-        return ReleaseInfo()
+        return ReleaseInfo(quarantined=moved)
     latest = existing[-1]
     man = manifest(latest)
     info = ReleaseInfo(str(latest), created is not None, man["release"], man["rows"], man["counts"])
+    info.quarantined = moved
     info.waiting = [e.release for e in Outbox(data.root).pending()]
     if settings.release.location:
         opts = storage_options(settings)

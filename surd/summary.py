@@ -57,7 +57,8 @@ def describe_review(r: dict[str, Any]) -> str:
 
 def describe_release(r: dict[str, Any]) -> str:
     if not r.get("path"):
-        return "release: no accepted samples yet"
+        moved = r.get("quarantined") or []
+        return "release: no accepted samples yet" + (f" (moved aside: {', '.join(moved)})" if moved else "")
     verb = "created" if r["created"] else "unchanged; latest is"
     where = f", published to {r['published']}" if r.get("published") else ""
     said = f"; announced {', '.join(r['announced'])}" if r.get("announced") else ""
@@ -67,7 +68,13 @@ def describe_release(r: dict[str, Any]) -> str:
         if waits
         else ""
     )
-    return f"release {verb} {r['release']}: {r['rows']} rows at {r['path']}{where}{said}{wait}"
+    moved = r.get("quarantined") or []
+    aside = (
+        f"; moved aside (no manifest.json: not a release; look inside, then delete): {', '.join(moved)}"
+        if moved
+        else ""
+    )
+    return f"release {verb} {r['release']}: {r['rows']} rows at {r['path']}{where}{said}{wait}{aside}"
 
 
 def describe_embed(r: dict[str, Any]) -> str:

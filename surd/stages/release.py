@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from storage.layout import DataDir
 from storage.outbox import Entry, Outbox
 from storage.provenance import code_identity
-from storage.releases import ShardFile, manifest, releases, verify_files
+from storage.releases import ShardFile, highest_number, manifest, releases, verify_files
 from storage.schemas import RELEASE, SCHEMA_VERSION
 from storage.tables import fault_point
 from surd import __version__, chain
@@ -219,7 +219,7 @@ def create_release(
     fingerprint = (
         everything if cap is None else {sid: everything[sid] for sid in rows.column("sample_id").to_pylist()}
     )
-    version = f"v{int(existing[-1].name[1:]) + 1 if existing else 1:04d}"  # pruned ones stay unused
+    version = f"v{highest_number(data) + 1:04d}"  # pruned and quarantined numbers stay unused
     data.releases_dir.mkdir(parents=True, exist_ok=True)
     for stale in data.releases_dir.glob(".tmp-*"):
         shutil.rmtree(stale)  # the caller holds the release lock: a temp folder's writer is dead

@@ -430,3 +430,70 @@ def test_nothing_accepted_makes_no_release(tmp_path: Path) -> None:
     settings = load_settings(data_root=str(tmp_path / "data"))
     d = DataDir(tmp_path / "data").open()
     assert create_release(settings, d) is None and releases(d) == []  # an empty queue, no tables
+
+
+def test_a_release_folder_without_a_manifest_is_moved_aside_never_in_the_way(
+    data, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `vNNNN/` without manifest.json (a hand copy, a half restore) is not a release: the next
+    release moves it aside, says so, and takes the next number; before, every later release
+    failed as an internal error."""
+    from surd.app.cli import main
+
+    settings, d = data
+    v1 = pipeline.release_info(settings)
+    stray = d.releases_dir / "v0002"
+    shutil.copytree(Path(v1.path), stray)
+    (stray / "manifest.json").unlink()
+    engine = queue.connect(settings.review_database_url)
+    try:
+        [item] = queue.claim(engine, "alice", 1, 600, queue.Filters(margin_max=0.7))
+        queue.decide(engine, item["sample_id"], "alice", "accept")
+        queue.decide(engine, item["sample_id"], "bob", "accept")  # an audit item needs two
+    finally:
+        engine.dispose()
+    monkeypatch.setenv("SURD_DATA_ROOT", str(d.root))
+    monkeypatch.setenv("SURD_PROFILE", "tiny")
+    with pytest.raises(SystemExit) as done:
+        main(["release", "create"])
+    got = capsys.readouterr()
+    assert done.value.code in (0, None), got.err
+    assert (
+        "release created v0003" in got.out
+        and "moved aside" in got.out
+        and "v0002 → .quarantined-v0002-" in got.out
+    )
+    assert [p.name for p in releases(d)] == ["v0001", "v0003"] and not list(d.releases_dir.glob(".tmp-*"))
+    assert list(d.releases_dir.glob(".quarantined-v0002-*"))
+
+
+def test_verify_checks_every_release_by_default(
+    data, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    from surd.app.cli import main
+
+    settings, d = data
+    v1 = create_release(settings, d)
+    shard = v1 / manifest(v1)["shards"][0]["file"]
+    engine = queue.connect(settings.review_database_url)
+    try:
+        [item] = queue.claim(engine, "alice", 1, 600, queue.Filters(margin_max=0.7))
+        queue.decide(engine, item["sample_id"], "alice", "accept")
+        queue.decide(engine, item["sample_id"], "bob", "accept")
+    finally:
+        engine.dispose()
+    assert create_release(settings, d).name == "v0002"
+    damaged = bytearray(shard.read_bytes())  # v0001's copy damaged; v0002 (the latest, which may
+    damaged[100:164] = b"\0" * 64  # share the shard by hard link) keeps its own sound bytes
+    tmp = shard.with_name("damaged.tmp")
+    tmp.write_bytes(bytes(damaged))
+    tmp.replace(shard)
+    monkeypatch.setenv("SURD_DATA_ROOT", str(d.root))
+    said = {}
+    for argv, code in ((["release", "verify"], 1), (["release", "verify", "--latest"], 0)):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        said[len(argv)] = capsys.readouterr()
+        assert (done.value.code or 0) == code, (argv, said)
+    assert "v0001: " in said[2].err and "v0002: ok" in said[2].out  # all checked, the bad one named
+    assert said[3].out.strip() == "v0002: ok"
