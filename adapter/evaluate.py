@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,19 @@ def adapter_on_left(prompt: str, seed: int) -> bool:
     return hashlib.sha256(f"{prompt}/{seed}".encode()).digest()[0] % 2 == 0
 
 
+def _save_blind(folder: Path, stem: str, base: Image.Image, ours: Image.Image, stamp: float) -> None:
+    """A pair's two images, written in an order that varies from pair to pair (a hash of the pair,
+    not the side) and given the same file time, so neither order nor time tells a judge which is
+    the adapter's."""
+    sides = [("baseline", base), ("adapter", ours)]
+    if hashlib.sha256(f"{stem}/write-order".encode()).digest()[0] % 2:
+        sides.reverse()
+    for side, image in sides:
+        image.save(folder / f"{stem}-{side}.png")
+    for side, _ in sides:
+        os.utime(folder / f"{stem}-{side}.png", (stamp, stamp))
+
+
 def evaluate(
     parts: dict[str, Any],
     adapter: SURAdapter,
@@ -73,6 +87,7 @@ def evaluate(
         shutil.rmtree(stale)  # left by a killed evaluation
     (out_dir / "images").mkdir(parents=True)
     pipe = sd_pipeline(parts)
+    started = time.time()  # every judged image carries this time: file times tell no side
     choice: dict[str, float] = {}
     per_metric: dict[str, dict[str, list[float]]] = {}
     if scorers.similarity is not None:
@@ -90,8 +105,7 @@ def evaluate(
                 ours = generate(pipe, parts, prompt.text, seed=seed, steps=steps, adapter=adapter)
                 choices.append(scorers.choose(ours, base, prompt.text))
                 stem = f"{suite}-{pi:02d}-s{seed}"
-                base.save(out_dir / "images" / f"{stem}-baseline.png")
-                ours.save(out_dir / "images" / f"{stem}-adapter.png")
+                _save_blind(out_dir / "images", stem, base, ours, started)
                 fault_point("evaluation", len(pairs) + 1)
                 pairs.append(_pair(stem, suite, prompt, seed, choices[-1]))
                 if scorers.similarity is not None:

@@ -63,6 +63,39 @@ def write_parquet_atomic(
     os.replace(tmp, path)
 
 
+class DamagedPart(RuntimeError):
+    """A table part that cannot be read (truncated, overwritten): named, with what to do."""
+
+
+def _damaged(part: Any, exc: Exception) -> DamagedPart:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+    return DamagedPart(
+        f"damaged table part {part}: {first}. Move it out of the table's folder and rerun: the stage "
+        "that wrote it makes its rows again (raw_items: `surd crawl SOURCE --full`)"
+    )
+
+
+def _read_table(part: Any, **kw: Any) -> pa.Table:
+    try:
+        return pq.read_table(part, **kw)
+    except (pa.ArrowInvalid, pa.ArrowIOError) as exc:
+        raise _damaged(part, exc) from None
+
+
+def _parquet_file(part: Any) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(part)
+    except (pa.ArrowInvalid, pa.ArrowIOError) as exc:
+        raise _damaged(part, exc) from None
+
+
+def _read_schema(part: Any) -> pa.Schema:
+    try:
+        return pq.read_schema(part)
+    except (pa.ArrowInvalid, pa.ArrowIOError) as exc:
+        raise _damaged(part, exc) from None
+
+
 _PART_IDS: dict[tuple[str, int, int], frozenset[str]] = {}
 _PART_IDS_MAX = 20_000  # parts whose keys stay cached in this process
 BULK = 4096  # a lookup of more keys than this reads each part's keys without caching them
@@ -95,7 +128,7 @@ class PartTable:
         tag = (str(part), st.st_mtime_ns, st.st_size)
         ids = _PART_IDS.get(tag)
         if ids is None:
-            ids = frozenset(pq.read_table(part, columns=[self.key]).column(0).to_pylist())
+            ids = frozenset(_read_table(part, columns=[self.key]).column(0).to_pylist())
             if len(_PART_IDS) >= _PART_IDS_MAX:
                 _PART_IDS.pop(next(iter(_PART_IDS)))
             _PART_IDS[tag] = ids
@@ -130,13 +163,13 @@ class PartTable:
             if not want:
                 return
             if bulk:
-                hits = want.intersection(pq.read_table(part, columns=[self.key]).column(0).to_pylist())
+                hits = want.intersection(_read_table(part, columns=[self.key]).column(0).to_pylist())
             else:
                 hits = want.intersection(self.part_ids(part))
             if not hits:
                 continue
             keys = pa.array(sorted(hits), self.schema.field(self.key).type)
-            for batch in pq.ParquetFile(part).iter_batches(batch_size=256, columns=cols):
+            for batch in _parquet_file(part).iter_batches(batch_size=256, columns=cols):
                 yield from batch.filter(pc.is_in(batch.column(0), value_set=keys)).to_pylist()
             want -= hits
 
@@ -160,7 +193,7 @@ class PartTable:
     def read_part(self, part: Path, columns: Sequence[str]) -> pa.Table:
         """One part's columns; a column the part was written without (a nullable column added to
         the schema since) comes back as nulls of its type."""
-        file = pq.ParquetFile(part)
+        file = _parquet_file(part)
         have = set(file.schema_arrow.names)
         table = file.read(columns=[c for c in columns if c in have], use_threads=False)
         for c in columns:
@@ -178,16 +211,16 @@ class PartTable:
         parts = self.parts()
         if not parts:
             return self.schema.empty_table().select(list(columns) if columns else self.schema.names)
-        tables = [pq.read_table(p, columns=list(columns) if columns else None) for p in parts]
+        tables = [_read_table(p, columns=list(columns) if columns else None) for p in parts]
         return pa.concat_tables(tables)
 
     def iter_rows(self, columns: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
         """Stream rows part by part (memory bounded by one part)."""
         for part in self.parts():
-            yield from pq.read_table(part, columns=list(columns) if columns else None).to_pylist()
+            yield from _read_table(part, columns=list(columns) if columns else None).to_pylist()
 
     def count(self) -> int:
-        return sum(pq.ParquetFile(p).metadata.num_rows for p in self.parts())
+        return sum(_parquet_file(p).metadata.num_rows for p in self.parts())
 
     def write(
         self, rows: Iterable[dict[str, Any]] | pa.Table, provenance: dict[str, Any] | None = None
@@ -227,7 +260,7 @@ class PartTable:
         for part in self.parts():
             if not new:
                 break
-            old = pq.read_table(part)
+            old = _read_table(part)
             keys = old.column(self.key).to_pylist()
             hits = sum(1 for k in keys if k in new)
             if not hits:
@@ -255,14 +288,14 @@ class PartTable:
             hits = reasons.keys() & self.part_ids(part)
             if not hits:
                 continue
-            marks = pq.read_table(part, columns=[self.key, "status", "reason"]).to_pylist()
+            marks = _read_table(part, columns=[self.key, "status", "reason"]).to_pylist()
             if all(
                 r["status"] == "dropped" and r["reason"] == reasons[r[self.key]]
                 for r in marks
                 if r[self.key] in hits
             ):
                 continue  # scrubbed already, or dropped as taken down when met (no content kept)
-            old = pq.read_table(part)
+            old = _read_table(part)
             rows = old.to_pylist()
             changed = 0
             for i, row in enumerate(rows):
@@ -283,6 +316,6 @@ class PartTable:
     def provenance(self) -> list[dict[str, Any]]:
         out = []
         for part in self.parts():
-            meta = pq.read_schema(part).metadata or {}
+            meta = _read_schema(part).metadata or {}
             out.append(json.loads(meta.get(b"surd.provenance", b"{}")))
         return out

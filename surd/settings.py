@@ -147,6 +147,7 @@ class ReviewSettings(_Section):
     session_max_age_s: int = Field(12 * 3600, ge=60)
     secure_cookies: bool = Field(True, description="Secure session cookie; off only for plain-HTTP loopback")
     login_attempts_per_minute: int = Field(10, ge=1, description="failed logins a minute from one address")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="a request body past this is refused (413)")
     trusted_proxies: list[str] = Field(
         [], description="proxy addresses whose X-Forwarded-For names the client (default: trust none)"
     )

@@ -17,8 +17,10 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy import exc as sa_exc
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.middleware.sessions import SessionMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from surd.review import api, judge, queue, web
 from surd.settings import Settings, load_settings
@@ -30,6 +32,61 @@ CSP = (
 )
 
 
+BUSY_RETRY_S = 30
+
+
+class TooLarge(Exception):
+    """A request body past `review.max_body_bytes`."""
+
+
+class BodyLimit:
+    """Refuse a request body past `limit` bytes with 413: at once when its Content-Length says so,
+    else as soon as the bytes received pass it (a body is never read whole to find out)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise TooLarge
+            return message
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except TooLarge:
+            if not started:
+                await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        text = f"request body over {self.limit} bytes"
+        await PlainTextResponse(text, status_code=413)(scope, receive, send)
+
+
+def _busy(exc: Exception) -> bool:
+    return isinstance(exc, sa_exc.OperationalError) and any(
+        w in str(exc) for w in ("database is locked", "database is busy", "lock timeout")
+    )
+
+
 class SecurityHeaders(BaseHTTPMiddleware):
     """The headers of every response, errors included; nothing is cached unless a route says so
     (images: private), so API answers and exports never sit in a shared cache."""
@@ -37,9 +94,13 @@ class SecurityHeaders(BaseHTTPMiddleware):
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         try:
             response = await call_next(request)
-        except Exception:
-            log.exception("%s %s failed", request.method, request.url.path)
-            response = PlainTextResponse("internal error", status_code=500)
+        except Exception as exc:
+            if _busy(exc):  # another process holds the review database's write lock
+                log.warning("%s %s: the review database is busy", request.method, request.url.path)
+                response = busy_response(request)
+            else:
+                log.exception("%s %s failed", request.method, request.url.path)
+                response = PlainTextResponse("internal error", status_code=500)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Frame-Options"] = "DENY"
@@ -49,6 +110,15 @@ class SecurityHeaders(BaseHTTPMiddleware):
         ):
             response.headers["Cache-Control"] = "no-store"
         return response
+
+
+def busy_response(request: Request) -> Response:
+    """503 with Retry-After: JSON for the API, a page a person can read for the web."""
+    headers = {"Retry-After": str(BUSY_RETRY_S)}
+    message = f"The review database is busy; try again in {BUSY_RETRY_S} seconds."
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"detail": message}, status_code=503, headers=headers)
+    return PlainTextResponse(message, status_code=503, headers=headers)
 
 
 async def _invalid(request: Request, exc: Exception) -> JSONResponse:
@@ -85,6 +155,7 @@ def create_app(settings: Settings) -> FastAPI:
     else:
         secret = secrets.token_hex(32)
         log.warning("review.session_secret is not set: sessions end when this server restarts")
+    app.add_middleware(BodyLimit, limit=settings.review.max_body_bytes)  # inside the headers
     app.add_middleware(SecurityHeaders)
     app.add_middleware(
         SessionMiddleware,

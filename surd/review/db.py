@@ -115,6 +115,39 @@ def _to_wal(cur: Any) -> None:
             time.sleep(0.05)
 
 
+class NoDatabase(LookupError):
+    """A reader found no review database (nothing was ever queued): it never creates one."""
+
+
+def busy_timeout(url: sa.URL) -> float:
+    """How long an SQLite connection waits for another's lock: the URL's `timeout` (sqlite3's own
+    parameter, e.g. `sqlite:///queue.db?timeout=5`), else BUSY_TIMEOUT_S."""
+    return float(url.query.get("timeout", BUSY_TIMEOUT_S))  # type: ignore[arg-type]
+
+
+def open_reader(url: str) -> sa.Engine:
+    """An engine that only reads: never creates, migrates or writes the database (a read-only data
+    root works; an SQLite file on a read-only filesystem is opened as immutable). NoDatabase when
+    an SQLite file does not exist yet."""
+    parsed = sa.make_url(url)
+    db_file = _sqlite_file(parsed)
+    if db_file is None:
+        return sa.create_engine(url, pool_pre_ping=True)
+    if not db_file.exists():
+        raise NoDatabase(f"no review database at {db_file} yet: nothing has been queued")
+    writable = os.access(db_file.parent, os.W_OK) and not _read_only_fs(db_file.parent)
+    mode = "mode=ro" if writable else "mode=ro&immutable=1"
+    uri = f"file:{db_file}?{mode}"
+    return sa.create_engine(
+        "sqlite://",
+        creator=lambda: sqlite3.connect(uri, uri=True, timeout=busy_timeout(parsed), check_same_thread=False),
+    )
+
+
+def _read_only_fs(path: Path) -> bool:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+
+
 def connect(url: str, *, upgrade: bool = True) -> sa.Engine:
     """An engine on the queue database, migrated to the newest schema."""
     parsed = sa.make_url(url)
@@ -122,8 +155,11 @@ def connect(url: str, *, upgrade: bool = True) -> sa.Engine:
     if db_file is not None:
         db_file.parent.mkdir(parents=True, exist_ok=True)
     sqlite = parsed.get_backend_name() == "sqlite"
+    timeout = busy_timeout(parsed)
+    if sqlite and "timeout" in parsed.query:
+        url = parsed.difference_update_query(["timeout"]).render_as_string(hide_password=False)
     # sqlite3's own busy handler, in force before the pragmas below run
-    args = {"timeout": BUSY_TIMEOUT_S} if sqlite else {}
+    args = {"timeout": timeout} if sqlite else {}
     engine = sa.create_engine(url, pool_pre_ping=True, connect_args=args)
     if sqlite:
 
@@ -131,7 +167,7 @@ def connect(url: str, *, upgrade: bool = True) -> sa.Engine:
         def _pragmas(dbapi_conn: Any, _: Any) -> None:
             dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
             cur = dbapi_conn.cursor()
-            cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+            cur.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
             _to_wal(cur)
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=FULL")

@@ -3,6 +3,7 @@ when (append-only), and the releases deleted because they held taken-down rows."
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,11 +16,19 @@ from surd.review.text import clean_prompt
 from surd.sources import SOURCES
 
 KINDS = ("sample", "item", "creator", "url")
+MAX_TARGET = 2048  # a URL's practical limit; a creator or item id is far shorter
 
 
 def _target(kind: str, value: str) -> tuple[str | None, str]:
     """(source, value) of a takedown target; ValueError (the message a user sees) if malformed."""
     value = (value or "").strip()
+    if len(value) > MAX_TARGET:
+        raise ValueError(f"a takedown target is at most {MAX_TARGET} characters; got {len(value)}")
+    if any(unicodedata.category(c) in ("Cc", "Cf") for c in value):
+        raise ValueError(
+            "a takedown target may not hold control or formatting characters (NUL, right-to-left "
+            "override, …): give it as the site shows it"
+        )
     if kind not in KINDS:
         raise ValueError(f"unknown takedown kind {kind!r}; valid: {', '.join(KINDS)}")
     if kind in ("item", "creator"):

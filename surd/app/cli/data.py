@@ -75,8 +75,11 @@ def sql(
     to: Path | None = typer.Option(None, "--out", help="write the rows to this file (parquet needs it)"),
     config: Path | None = CONFIG,
 ) -> None:
-    """Run SQL over the DuckDB catalog (views: raw_items, images, captions, clip_scores, ...)."""
+    """Run read-only SQL over the DuckDB catalog (a view per table and release: raw_items, images,
+    captions, …); statements that write or reach outside (COPY, ATTACH, INSTALL, LOAD, CREATE,
+    PRAGMA, …) are refused."""
 
+    read_only(query)
     con = connect(open_data(settings(config), create=False))
     if fmt is SqlFormat.parquet or (to is not None and fmt is not SqlFormat.table):
         if to is None:
@@ -104,6 +107,23 @@ def sql(
             w.writerows(batch)
     else:
         _json_rows(cur, sys.stdout, fmt is SqlFormat.jsonl)
+
+
+READS = ("SELECT", "EXPLAIN")
+
+
+def read_only(query: str) -> None:
+    """Refuse, with one line, a query with any statement that is not a read."""
+    import duckdb
+
+    try:
+        kinds = [s.type.name for s in duckdb.extract_statements(query)]
+    except duckdb.Error as exc:
+        raise fail(f"bad SQL: {str(exc).splitlines()[0]}") from None
+    wrong = [k for k in kinds if k not in READS]
+    if not kinds or wrong:
+        what = ", ".join(sorted(set(wrong))) or "nothing to run"
+        raise fail(f"surd sql runs reads only (SELECT, EXPLAIN); refused: {what}")
 
 
 def _columns(cur: Any) -> list[str]:

@@ -60,6 +60,15 @@ def classify(exc: BaseException) -> tuple[Exit, str] | None:
         return Exit.BUSY, str(exc)
     if _is(exc, "storage.locks", "LocksUnsupported"):
         return Exit.DATA, str(exc)
+    if _is(exc, "storage.tables", "DamagedPart") or _is(exc, "surd.review.db", "NoDatabase"):
+        return Exit.DATA, str(exc)
+    if _is(exc, "sqlalchemy.exc", "OperationalError") and any(
+        w in str(exc) for w in ("database is locked", "database is busy", "lock timeout")
+    ):
+        return Exit.BUSY, (
+            "the review database is busy: another process has held its write lock longer than the wait "
+            "(SQLite: `?timeout=` on its URL, default 60 s); retry when it is done"
+        )
     if _is(exc, "storage.layout", "DataRootError"):
         return Exit.DATA, str(exc)
     if _is(exc, "surd.stages.crawl", "CrawlFailed"):

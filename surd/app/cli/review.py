@@ -10,9 +10,10 @@ from pathlib import Path
 import typer
 
 from surd import pipeline
-from surd.app.cli.common import CONFIG, JSON, fail, out, refuse_on_errors, result, settings
+from surd.app.cli.common import CONFIG, JSON, fail, open_data, out, refuse_on_errors, result, settings
 from surd.review import auth, queries, queue
 from surd.review import export as writers
+from surd.review.db import open_reader
 from surd.summary import describe
 
 
@@ -99,7 +100,9 @@ def export(
 
     if to.suffix not in (".parquet", ".jsonl"):
         raise fail(f"{to}: the file name must end in .parquet or .jsonl")
-    engine = queue.connect(settings(config).review_database_url)
+    s = settings(config)
+    open_data(s, create=False)  # a reader: a missing data root is an error, never made
+    engine = open_reader(s.review_database_url)
     rows = queries.export_rows(engine, what.value)
     n = writers.write_parquet(rows, to) if to.suffix == ".parquet" else writers.write_jsonl(rows, to)
     out.print(f"{n} rows → {to}", highlight=False)

@@ -14,6 +14,7 @@ from surd.app.cli.common import CONFIG, JSON, err, fail, open_data, result, sett
 from surd.exports import made_from
 from surd.review import queue
 from surd.review import takedowns as log
+from surd.review.db import NoDatabase, open_reader
 from surd.stages import takedown as rules
 from surd.stages.prune import finish, prunable
 from surd.stages.prune import prune as delete
@@ -86,7 +87,12 @@ def add(
 def list_(as_json: bool = JSON, config: Path | None = CONFIG) -> None:
     """Every takedown: what, why, at whose request, entered by whom, when."""
     s = settings(config)
-    engine = queue.connect(s.review_database_url)
+    open_data(s, create=False)  # a reader: a missing data root is an error, never made
+    try:
+        engine = open_reader(s.review_database_url)
+    except NoDatabase:
+        result([], as_json, "no takedowns")
+        return
     try:
         rows = log.entries(engine)
     finally:
