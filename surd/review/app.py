@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -35,8 +36,11 @@ CSP = (
 BUSY_RETRY_S = 30
 
 
-class TooLarge(Exception):
-    """A request body past `review.max_body_bytes`."""
+class TooLarge(StarletteHTTPException):
+    """A request body past `review.max_body_bytes` (an HTTP error, so the body parser passes it on)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body over {limit} bytes")
 
 
 class BodyLimit:
@@ -62,7 +66,7 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise TooLarge
+                raise TooLarge(self.limit)
             return message
 
         async def watched(message: Message) -> None:

@@ -103,8 +103,11 @@ def export(
     s = settings(config)
     open_data(s, create=False)  # a reader: a missing data root is an error, never made
     engine = open_reader(s.review_database_url)
-    rows = queries.export_rows(engine, what.value)
-    n = writers.write_parquet(rows, to) if to.suffix == ".parquet" else writers.write_jsonl(rows, to)
+    try:
+        rows = queries.export_rows(engine, what.value)
+        n = writers.write_parquet(rows, to) if to.suffix == ".parquet" else writers.write_jsonl(rows, to)
+    finally:
+        engine.dispose()
     out.print(f"{n} rows → {to}", highlight=False)
 
 
