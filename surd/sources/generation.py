@@ -61,6 +61,13 @@ def _time(value: Any) -> datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
+def _label(value: Any) -> str | None:
+    """The source's NSFW label verbatim; null where it gives none (Civitai's 2023 level "None" is
+    its word for no NSFW label: `safety_level` says 0, safe)."""
+    text = _str(value)
+    return None if text in (None, "None") else text
+
+
 READS = ("width", "height", "model", "seed", "nsfw_level", "meta_json")  # the raw columns used here
 
 
@@ -76,7 +83,7 @@ def common(row: dict[str, Any]) -> dict[str, Any]:
         "model_name": _str(row.get("model")),
         "model_hash": None,
         "creator": None,
-        "source_nsfw": _str(row.get("nsfw_level")),
+        "source_nsfw": _label(row.get("nsfw_level")),
         "source_created_at": None,
     }
 

@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from storage.schemas import RELEASE, hf_dtype
 from surd import chain
 from surd.sources import LICENCE_NOTES
 from surd.sources.safety import LEVELS, NSFW_SCORER, SAFETY_TEXTS, level_name
+from surd.stages.card_text import BIAS, COLUMNS, LIMITATIONS, PAPER_BIBTEX, PERSONAL
 from surd.summary import counts as counts_text
 
 STOPWORDS = frozenset(
@@ -164,51 +166,6 @@ def _known(rows: pa.Table) -> str:
     return ", ".join(f"{c} {100 * (n - rows.column(c).null_count) // n}%" for c in cols)
 
 
-COLUMNS = {
-    "sample_id": "the sample's id (16 hex digits of sha1(source:item id))",
-    "image": "the 512×512 JPEG (Hugging Face Image: loads as a PIL image)",
-    "simple_prompt": "the simple prompt: BLIP's caption, or the steward's edit of it",
-    "caption": "BLIP's caption as made",
-    "complex_prompt": "the prompt the image was generated from, as the source gives it",
-    "negative_prompt": "the negative prompt, where the source gives one",
-    "prompt_group": "samples made from one complex prompt share it (sha1 of the normalised prompt, 16 hex)",
-    "source": "the site: civitai, lexica or sdonline",
-    "source_item_id": "the item's id on its site",
-    "source_url": "the item's page or API address",
-    "p_simple": "CLIP's probability for the simple prompt (against the complex one)",
-    "p_complex": "CLIP's probability for the complex prompt",
-    "decision_id": "the review decision behind the sample (the audit log's id)",
-    "decided_by_kind": "who accepted it: human (a steward) or auto (a named policy)",
-    "sha256": "sha256 of the normalised image's pixels",
-    "licence_note": "the source's terms for its images",
-    "seed": "the generation seed the source states",
-    "steps": "sampling steps",
-    "cfg_scale": "classifier-free guidance scale",
-    "sampler": "the sampler's name",
-    "gen_width": "the generated image's width as the source states it",
-    "gen_height": "the generated image's height as the source states it",
-    "model_name": "the model's name",
-    "model_hash": "the model's hash",
-    "creator": "the creator's name as the site shows it",
-    "source_nsfw": "the source's own NSFW label, verbatim",
-    "nsfw_score": "CLIP's zero-shot probability of the NSFW text over the safe one (not a trained detector)",
-    "safety_level": "the source's NSFW label on one scale: 0 safe, 1 suggestive, 2 mature, 3 explicit "
-    "(null: unlabelled)",
-    "source_created_at": "when the source says the image was made (UTC)",
-    "prompt_profanity": "probability that the complex prompt is profane or offensive language "
-    "(`model_ids.prompt_profanity` in `manifest.json`; a word-level classifier: a cue, not a verdict)",
-    "near_duplicates": "how many later images were dropped as the same picture as this one (CLIP image "
-    "cosine at or above the threshold; `near_duplicates` table)",
-}
-
-PAPER_BIBTEX = """@inproceedings{zhong2023suradapter,
-  title     = {SUR-adapter: Enhancing Text-to-Image Pre-trained Diffusion Models with Large Language Models},
-  author    = {Zhong, Shanshan and Huang, Zhongzhan and Wen, Wushao and Qin, Jinghui and Lin, Liang},
-  booktitle = {Proceedings of the 31st ACM International Conference on Multimedia},
-  year      = {2023}
-}"""
-
-
 def size_category(n: int) -> str:
     """Hugging Face's size category of n rows."""
     bounds = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
@@ -218,22 +175,41 @@ def size_category(n: int) -> str:
     return "1M<n<10M" if n < 10_000_000 else "n>10M"
 
 
-def card_data(man: dict[str, Any]) -> DatasetCardData:
-    """The card's metadata: what the Hub shows and `load_dataset` reads (the image feature)."""
+def shard_sizes(folder: Path, man: dict[str, Any]) -> tuple[int, int]:
+    """(bytes of the data as Arrow reads it, uncompressed; bytes of the shard files)."""
+    data = files = 0
+    for shard in man["shards"]:
+        path = folder / shard["file"]
+        meta = pq.ParquetFile(path).metadata
+        data += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        files += path.stat().st_size
+    return data, files
+
+
+def card_data(man: dict[str, Any], sizes: tuple[int, int] = (0, 0)) -> DatasetCardData:
+    """The card's metadata: what the Hub shows and `load_dataset` reads (the image feature, the
+    split's size), with the keys DiffusionDB's card has (who made the annotations and the text)."""
+    data, files = sizes
     return DatasetCardData(
         pretty_name=f"SURD release {man['release']}",
         license="other",
         license_name="per-source-terms",
         license_link="LICENSE.md",
-        task_categories=["text-to-image"],
+        annotations_creators=["machine-generated", "expert-generated"],  # BLIP, CLIP; stewards
+        language_creators=["found", "machine-generated"],  # the sites' prompts; BLIP's captions
+        multilinguality=["monolingual"],
+        task_categories=["text-to-image", "image-to-text"],
+        task_ids=["image-captioning"],
         language=["en"],
         size_categories=[size_category(man["rows"])],
         source_datasets=["original"],
-        tags=["stable-diffusion", "prompts", "sur-adapter"],
+        tags=["stable-diffusion", "prompts", "sur-adapter", "arxiv:2305.05189"],
         configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "shard-*.parquet"}]}],
         dataset_info={
             "features": [{"name": f.name, "dtype": hf_dtype(f)} for f in RELEASE],
-            "splits": [{"name": "train", "num_examples": man["rows"]}],
+            "splits": [{"name": "train", "num_bytes": data, "num_examples": man["rows"]}],
+            "download_size": files,
+            "dataset_size": data,
         },
     )
 
@@ -343,6 +319,9 @@ def write_card(folder: Path, man: dict[str, Any], rows: pa.Table) -> None:
         *[f"- {LICENCE_NOTES[s]}" for s in sorted(by_source) if s in LICENCE_NOTES],
         "",
         *_safety_text(rows),
+        *PERSONAL,
+        *BIAS,
+        *LIMITATIONS,
         *_takedown_text(man),
         "## Provenance",
         "",
@@ -356,5 +335,5 @@ def write_card(folder: Path, man: dict[str, Any], rows: pa.Table) -> None:
         "# Terms of the images in this release\n\nEach row's `licence_note` names its source's terms:\n\n"
         + "".join(f"- {LICENCE_NOTES[s]}\n" for s in sorted(by_source) if s in LICENCE_NOTES)
     )
-    card = DatasetCard(f"---\n{card_data(man).to_yaml()}\n---\n" + "\n".join(lines))
+    card = DatasetCard(f"---\n{card_data(man, shard_sizes(folder, man)).to_yaml()}\n---\n" + "\n".join(lines))
     card.save(folder / "README.md")

@@ -223,7 +223,36 @@ def test_exports_load_with_hugging_face_datasets(data, tmp_path: Path) -> None:
     # the card: Hugging Face's own reader, its metadata, and the types it declares are the loaded ones
     card = DatasetCard.load(path / "README.md")
     meta = card.data.to_dict()
-    assert meta["license"] == "other" and meta["task_categories"] == ["text-to-image"]
+    assert meta["license"] == "other" and meta["task_categories"] == ["text-to-image", "image-to-text"]
+    # the Hub's conventions (DiffusionDB's card has them): who made what, the paper, the split's size
+    assert meta["annotations_creators"] == ["machine-generated", "expert-generated"]
+    assert meta["language_creators"] == ["found", "machine-generated"] and meta["multilinguality"] == [
+        "monolingual"
+    ]
+    assert meta["task_ids"] == ["image-captioning"] and "arxiv:2305.05189" in meta["tags"]
+    [split] = meta["dataset_info"]["splits"]
+    assert (
+        split["num_examples"] == manifest(path)["rows"]
+        and split["num_bytes"] > sum((path / s["file"]).stat().st_size for s in manifest(path)["shards"]) // 2
+    )
+    for section in ("## Personal and sensitive information", "## Bias", "## Limitations"):
+        assert section in card.text, section
+    from huggingface_hub import DatasetCardData
+
+    assert DatasetCardData(**meta).to_dict()["task_ids"] == ["image-captioning"]  # the Hub's own type
+    import logging
+
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda rec: seen.append(rec.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("datasets").addHandler(handler)
+    try:
+        folder = load_dataset(str(path), split="train", cache_dir=str(tmp_path / "hf"))
+    finally:
+        logging.getLogger("datasets").removeHandler(handler)
+    assert len(folder) == manifest(path)["rows"]
+    assert not [m for m in seen if "Ignoring" in m or "malformed" in m], seen  # no warning about the card
+    assert "None" not in set(folder["source_nsfw"])  # a source's missing label is null, not "None"
     declared = {f["name"]: f["dtype"] for f in meta["dataset_info"]["features"]}
     assert declared["image"] == "image" and set(declared) == set(plain.features)
     for name, feature in plain.features.items():
@@ -240,7 +269,8 @@ def test_exports_load_with_hugging_face_datasets(data, tmp_path: Path) -> None:
 
     labels = plain.select_columns(["sample_id", "safety_level", "source_nsfw"])
     levels = {r["sample_id"]: r["safety_level"] for r in labels}
-    assert all(r["safety_level"] == source_level(r["source_nsfw"]) for r in labels)
+    raw = d.table("raw_items").lookup(list(levels), ["nsfw_level"])  # the label as the crawl stored it
+    assert all(r["safety_level"] == source_level(raw[r["sample_id"]]["nsfw_level"]) for r in labels)
     assert set(levels.values()) - {None}, "the demo's sources label some rows"
     assert "## NSFW note" in card.text and "Rows by level: safe " in card.text
     zero_shot = plain.select_columns(["nsfw_score"])["nsfw_score"]
