@@ -54,7 +54,7 @@ def check_supported(folder: Path, probe: list[str] | None = None) -> None:
     if key in _SUPPORTED and probe is None:
         return
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / ".probe.lock"
+    path = folder / f".probe-{os.getpid()}-{time.monotonic_ns()}.lock"  # this process's own
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -69,6 +69,7 @@ def check_supported(folder: Path, probe: list[str] | None = None) -> None:
             raise LocksUnsupported(_unsupported(folder, "a second process took a lock this one holds"))
     finally:
         os.close(fd)
+        path.unlink(missing_ok=True)
     _SUPPORTED.add(key)
 
 

@@ -40,11 +40,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that it either exists whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk: its half-written bytes go, the space with them
+        raise
 
 
 def write_parquet_atomic(
@@ -57,10 +61,14 @@ def write_parquet_atomic(
     """Written to a temp name, synced, renamed; `options` go to `pq.write_table` as they are."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    pq.write_table(table, tmp, compression=compression, row_group_size=row_group_size, **options)
-    with tmp.open("rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp, compression=compression, row_group_size=row_group_size, **options)
+        with tmp.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk: its half-written bytes go, the space with them
+        raise
 
 
 class DamagedPart(RuntimeError):
@@ -311,6 +319,7 @@ class PartTable:
                 )
                 write_parquet_atomic(table, part, compression=self.compression)
                 done += changed
+                fault_point("takedown_scrub", done)  # a kill test stops a takedown half done
         return done
 
     def provenance(self) -> list[dict[str, Any]]:

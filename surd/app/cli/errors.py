@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from enum import IntEnum
 
@@ -79,9 +80,21 @@ def classify(exc: BaseException) -> tuple[Exit, str] | None:
         return Exit.USAGE, f"bad SQL: {first_line(str(exc))}"
     if _is(exc, "duckdb", "Error"):
         return Exit.DATA, f"SQL failed: {first_line(str(exc))}"
+    if _no_space(exc):
+        return Exit.DATA, (
+            "no space left on the device of the data root (or a file system's quota): free space and "
+            "rerun; what was written whole is kept, nothing half-written is"
+        )
     if isinstance(exc, NotADirectoryError | FileNotFoundError | PermissionError | IsADirectoryError):
         return Exit.DATA, f"{exc.strerror or type(exc).__name__}: {exc.filename}"
     return None
+
+
+def _no_space(exc: BaseException) -> bool:
+    """A full disk, as the OS says it (ENOSPC, EDQUOT) or as Arrow and DuckDB pass it on."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc)
 
 
 def first_line(text: str) -> str:

@@ -37,7 +37,7 @@ def _stage(label: str, fn: Any, s: Settings, *args: Any, total: int) -> Any:
 
 def stage_command(stage: type[Stage[Any]]) -> Any:
     """The command of a declared batch stage: its pending items with progress, then its summary."""
-    name, label = stage.name, chain.PIPELINE.command(stage)
+    name, label = stage.name, stage.name.replace("_", " ")
 
     def command(as_json: bool = JSON, config: Path | None = CONFIG) -> None:
         s = settings(config)
