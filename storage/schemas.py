@@ -134,6 +134,7 @@ _RELEASE_FIELDS = pa.schema(
         *GENERATION,
         pa.field("safety_level", pa.int8()),  # the source's NSFW label on one scale (surd.sources.safety)
         pa.field("nsfw_score", pa.float32()),  # CLIP's zero-shot NSFW probability (clip_scores)
+        pa.field("nsfw_detector", pa.float32()),  # a trained detector's NSFW probability (nsfw_scores)
         pa.field("near_duplicates", pa.int32()),  # later images dropped as the same picture as this
         pa.field("prompt_profanity", pa.float32()),  # the complex prompt's (surd.stages.prompt_label)
     ]

@@ -12,7 +12,7 @@ it takes the ones it keeps. Adding a stage to an existing data root needs nothin
 items are its input's kept ones; later stages count only what went on; items already queued for
 review that it drops are withdrawn from the queue with its reason).
 
-    crawl → raw_items → images → captions → clip_scores → near_duplicates → review → release
+    crawl → raw_items → images → captions → clip_scores → nsfw_scores → near_duplicates → review → release
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from surd.stages.captions import CaptionStage
 from surd.stages.clip import ClipStage
 from surd.stages.images import ImagesStage
 from surd.stages.near_duplicates import NearDuplicateStage
+from surd.stages.nsfw import NsfwStage
 
 HEAD = "raw_items"  # the crawl's table: where every sample enters
 HEAD_LABEL = "collected (raw items with a prompt)"
@@ -77,6 +78,12 @@ class Pipeline:
         self.stage_class(name)
         return tuple(tables[: tables.index(name)])
 
+    def before(self, name: str) -> list[str]:
+        """The declared stages that run before stage `name`, in order."""
+        self.stage_class(name)  # KeyError naming the stages when there is no such stage
+        names = self.names()
+        return names[: names.index(name)]
+
     def build(self, name: str, settings: Settings, data: DataDir, **options: Any) -> Stage[Any]:
         """Stage `name`, told what comes before it; `options` go to its constructor."""
         return self.stage_class(name)(settings, data, self.upstream(name), **options)
@@ -122,6 +129,7 @@ PIPELINE = declare(
     ImagesStage,
     CaptionStage,
     ClipStage,
+    NsfwStage,
     NearDuplicateStage,
 )
 

@@ -141,6 +141,14 @@ class ReviewSettings(_Section):
     blur_score: float | None = Field(
         None, ge=0, le=1, description="also blur at this CLIP zero-shot NSFW score"
     )
+    blur_detector: float | None = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="blur at this trained detector's NSFW score (surd.stages.nsfw); None: never",
+    )
+    grid_size: int = Field(24, ge=4, le=60, description="thumbnails on a page of the grid view")
+    guidelines: Path | None = Field(None, description="the reviewing guidelines, a Markdown file (versioned)")
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=1, le=65535)
     session_secret: SecretStr | None = None

@@ -148,7 +148,9 @@ def refresh(conn: sa.Connection, sample_id: str, needed: int) -> bool:
 def rebuild_derived(conn: sa.Connection) -> None:
     """Recompute `standing` and every item's outcome from the decision log (used by migrations)."""
     conn.execute(standing.delete())
-    log = conn.execute(sa.select(decisions).order_by(decisions.c.id)).mappings().all()
+    cols = ("id", "sample_id", "actor", "actor_kind", "decision", "reason", "simple_prompt", "previous_id")
+    query = sa.select(*(decisions.c[c] for c in cols), decisions.c.created_at).order_by(decisions.c.id)
+    log = conn.execute(query).mappings().all()  # the columns every migration from 0002 on has
     current: dict[tuple[str, str], dict[str, Any]] = {}
     for d in log:
         key = (d["sample_id"], d["actor"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,42 +19,18 @@ import sqlalchemy as sa
 
 from surd.parallel import batched
 from surd.review.db import QueueSchemaError, connect
+from surd.review.filters import Filters
 from surd.review.kinds import ActorKind, Decision, State
 from surd.review.outcome import refresh
 from surd.review.schema import decisions, items, standing
 from surd.review.text import clean_prompt
 from surd.sources.safety import source_level
 
-__all__ = ["QueueSchemaError", "connect"]
+__all__ = ["Filters", "QueueSchemaError", "connect"]
 
 
 class QueueError(RuntimeError):
     """A request the queue refuses (the item is held by another steward, already decided, ...)."""
-
-
-@dataclass(frozen=True)
-class Filters:
-    """What a steward wants to see; None means any."""
-
-    source: str | None = None
-    margin_min: float | None = None
-    margin_max: float | None = None
-    nsfw_levels: tuple[str, ...] | None = None
-    safety_max: int | None = None  # at most this level (surd.sources.safety); unlabelled items too
-
-    def clauses(self) -> list[Any]:
-        out: list[Any] = []
-        if self.source:
-            out.append(items.c.source == self.source)
-        if self.margin_min is not None:
-            out.append(items.c.margin >= self.margin_min)
-        if self.margin_max is not None:
-            out.append(items.c.margin <= self.margin_max)
-        if self.nsfw_levels:
-            out.append(items.c.nsfw_level.in_(self.nsfw_levels))
-        if self.safety_max is not None:
-            out.append(sa.or_(items.c.safety_level.is_(None), items.c.safety_level <= self.safety_max))
-        return out
 
 
 def is_audit(sample_id: str, share: float) -> bool:
@@ -82,6 +57,7 @@ def enqueue(engine: sa.Engine, rows: list[dict[str, Any]], audit_share: float = 
                 "margin": margin,
                 "nsfw_level": None if r.get("nsfw_level") is None else str(r["nsfw_level"]),
                 "safety_level": r["safety_level"],
+                "nsfw_score": r.get("nsfw_detector"),  # the trained detector's (surd.stages.nsfw)
                 "needed": 2 if is_audit(r["sample_id"], audit_share) else 1,
                 "state": State.OPEN,
             }
@@ -114,12 +90,17 @@ def claim(
         sa.select(mine.c.sample_id).where(mine.c.sample_id == items.c.sample_id, mine.c.actor == steward)
     )
     held_first = sa.case((items.c.lease_owner == steward, 0), else_=1)
+    f = filters or Filters()
     query = (
         sa.select(items.c.sample_id)
-        .where(items.c.state == State.OPEN, free, not_decided_by_me, *(filters or Filters()).clauses())
-        .order_by(held_first, items.c.enqueued_at, items.c.sample_id)
+        .where(items.c.state == State.OPEN, free, not_decided_by_me, *f.clauses())
+        .order_by(held_first, *f.order(), items.c.enqueued_at, items.c.sample_id)
         .limit(n)
     )
+    if f.single_only:  # the grid: what this steward holds beyond its filters waits for the single view
+        query = query.where(
+            sa.or_(items.c.lease_owner != steward, items.c.lease_owner.is_(None), items.c.needed == 1)
+        )
     if engine.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True, of=items)
     with engine.begin() as conn:
@@ -138,6 +119,18 @@ def claim(
         ).all()
     order = {sid: i for i, sid in enumerate(ids)}
     return [json.loads(p) for _, p, _ in sorted(got, key=lambda r: order[r[0]])]
+
+
+def skip(engine: sa.Engine, steward: str, sample_id: str) -> bool:
+    """A steward passes on an item: their lease on it ends at once, so another steward may claim
+    it (their own claims leave it out while they skip it). True when they held it."""
+    with engine.begin() as conn:
+        done = conn.execute(
+            items.update()
+            .where(items.c.sample_id == sample_id, items.c.lease_owner == steward)
+            .values(lease_owner=None, lease_expires=None)
+        ).rowcount
+    return bool(done)
 
 
 def release_leases(engine: sa.Engine, steward: str | None = None, sample_id: str | None = None) -> int:
@@ -160,15 +153,26 @@ def decide(
     actor_kind: str = ActorKind.HUMAN,
     reason: str | None = None,
     simple_prompt: str | None = None,
+    view: str | None = None,
+    guideline_version: str | None = None,
 ) -> int:
     """Record a decision (or a change of this actor's earlier one); returns the log row's id.
+    `view` (single, grid, api) and `guideline_version` are recorded with it.
 
     Refused when another steward holds a live lease on the item, or when stewards decided the item
     and this actor had no part in it. A steward may override a policy's (auto) decision.
     """
     with engine.begin() as conn:
         return _decide(
-            conn, engine.dialect.name, sample_id, actor, decision, actor_kind, reason, simple_prompt
+            conn,
+            engine.dialect.name,
+            sample_id,
+            actor,
+            decision,
+            actor_kind,
+            reason,
+            simple_prompt,
+            {"view": view, "guideline_version": guideline_version},
         )
 
 
@@ -194,6 +198,7 @@ def decide_many(
                     d.get("actor_kind", ActorKind.HUMAN),
                     d.get("reason"),
                     d.get("simple_prompt"),
+                    {"view": d.get("view"), "guideline_version": d.get("guideline_version")},
                 )
                 n += 1
                 if each:
@@ -210,8 +215,9 @@ def _decide(
     actor_kind: str,
     reason: str | None,
     simple_prompt: str | None,
+    context: dict[str, Any] | None = None,
 ) -> int:
-    if decision not in tuple(Decision):
+    if decision not in (Decision.ACCEPT, Decision.REJECT):
         raise ValueError("decision must be accept or reject")
     if decision == Decision.REJECT and not reason:
         raise ValueError("a rejection needs a reason")
@@ -231,6 +237,7 @@ def _decide(
             previous_reason=prev["reason"] if prev else None,
             previous_prompt=prev["simple_prompt"] if prev else None,
             created_at=now,
+            **(context or {}),
         )
     )
     did = int(result.inserted_primary_key[0])  # type: ignore[index]

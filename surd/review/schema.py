@@ -24,6 +24,7 @@ items = sa.Table(
     sa.Column("margin", sa.Float),  # p_simple - p_complex
     sa.Column("nsfw_level", sa.String(16)),
     sa.Column("safety_level", sa.Integer),  # nsfw_level on one scale (surd.sources.safety); None: unlabelled
+    sa.Column("nsfw_score", sa.Float),  # the trained detector's (surd.stages.nsfw); None: not scored
     sa.Column("needed", sa.Integer, nullable=False, server_default="1"),  # 2 for an audit item
     sa.Column("state", sa.String(8), nullable=False, server_default="open"),  # open | final
     sa.Column("final_decision", sa.String(16)),
@@ -51,6 +52,8 @@ decisions = sa.Table(
     sa.Column("previous_reason", sa.String(64)),
     sa.Column("previous_prompt", sa.Text),
     sa.Column("created_at", UTC_TS, nullable=False),
+    sa.Column("view", sa.String(16)),  # single | grid | api | admin (None: a policy, or before 0008)
+    sa.Column("guideline_version", sa.String(64)),  # the guidelines in force when it was made
 )
 standing = sa.Table(
     "standing",
@@ -130,5 +133,25 @@ release_prunes = sa.Table(  # append-only: release versions deleted because they
     sa.Column("location", sa.Text, nullable=False),  # the folder or published URL deleted
     sa.Column("taken_down_rows", sa.Integer, nullable=False),
     sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("created_at", UTC_TS, nullable=False),
+)
+comments = sa.Table(  # append-only: a steward's note on an item; a flag asks an admin to look
+    "comments",
+    meta,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("sample_id", sa.String(32), sa.ForeignKey("items.sample_id"), nullable=False, index=True),
+    sa.Column("author", sa.String(128), nullable=False),
+    sa.Column("flag", sa.Boolean, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("created_at", UTC_TS, nullable=False),
+)
+admin_actions = sa.Table(  # append-only: the admins' bulk actions, with the selection they applied to
+    "admin_actions",
+    meta,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),  # reopen | reassign | release
+    sa.Column("selection", sa.Text, nullable=False),  # the filters, as JSON
+    sa.Column("items", sa.Integer, nullable=False),
     sa.Column("created_at", UTC_TS, nullable=False),
 )

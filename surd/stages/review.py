@@ -51,12 +51,20 @@ def enqueue_kept(settings: Settings, data: DataDir, went_on: pa.Array | None = N
         for chunk in batched(_new_kept(data, went_on, queued), LOOKUP_CHUNK):  # one pass over the tables each
             ids = [r["sample_id"] for r in chunk]
             caps = data.table("captions").lookup(ids, ["simple_prompt"])
+            detector = data.table("nsfw_scores").lookup(ids, ["nsfw_detector"])
             raw = data.table("raw_items").lookup(
                 ids, ["complex_prompt", "negative_prompt", "source", "source_url", "nsfw_level"]
             )
             for batch in batched(iter(chunk), settings.part_size):
                 rows = [
-                    r if r["sample_id"] in gone else {**r, **caps[r["sample_id"]], **raw[r["sample_id"]]}
+                    r
+                    if r["sample_id"] in gone
+                    else {
+                        **r,
+                        **caps[r["sample_id"]],
+                        **raw[r["sample_id"]],
+                        **detector.get(r["sample_id"], {}),
+                    }
                     for r in batch
                 ]  # a taken-down item is queued by its id and scores only, and rejected below
                 added += queue.enqueue(engine, rows, settings.review.audit_share)
