@@ -9,8 +9,9 @@ from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from surd.review import auth, queries, queue
+from surd.review import auth, comments, guidelines, queries, queue
 from surd.review.export import jsonl_chunks
+from surd.review.filters import SORTS
 from surd.review.text import MAX_PROMPT, clean_prompt
 
 router = APIRouter(prefix="/api", tags=["review"])
@@ -46,6 +47,9 @@ class ClaimRequest(BaseModel):
     safety_max: int | None = Field(
         None, ge=0, le=3, description="at most this NSFW level (0 safe … 3 explicit)"
     )
+    text: str | None = Field(None, max_length=200, description="text in either prompt (any case)")
+    sort: str = Field("queue", description=f"the queue's order or one of: {', '.join(list(SORTS)[1:])}")
+    single_only: bool = Field(False, description="leave out audit items (they need independent decisions)")
 
 
 class ClaimResponse(BaseModel):
@@ -81,7 +85,12 @@ def claim(body: ClaimRequest, request: Request, who: Caller = Depends(caller)) -
         body.margin_max,
         tuple(body.nsfw_levels) if body.nsfw_levels else None,
         body.safety_max,
+        text=body.text or None,
+        sort=body.sort,
+        single_only=body.single_only,
     )
+    if body.sort not in SORTS:
+        raise HTTPException(422, f"sort by one of {', '.join(SORTS)}")
     got = queue.claim(request.app.state.engine, who.name, body.n, s.review.lease_seconds, filters)
     return ClaimResponse(items=got, lease_seconds=s.review.lease_seconds)
 
@@ -104,11 +113,51 @@ def decide(body: DecideRequest, request: Request, who: Caller = Depends(caller))
             body.decision,
             reason=body.reason if body.decision == "reject" else None,
             simple_prompt=edited,
+            view="api",
+            guideline_version=_version(s),
         )
     except queue.QueueError as exc:
         raise HTTPException(409, str(exc)) from None
     got = queries.item(engine, body.sample_id)
     return DecideResponse(decision_id=did, state=got["state"] if got else "unknown")
+
+
+def _version(s: Any) -> str | None:
+    g = guidelines.load(s.review.guidelines)
+    return g.version if g else None
+
+
+@router.get("/guidelines")
+def guidelines_(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
+    """The reviewing guidelines in force (Markdown) and their version, which decisions record."""
+    g = guidelines.load(request.app.state.settings.review.guidelines)
+    return {"version": g.version, "markdown": g.markdown} if g else {"version": None, "markdown": None}
+
+
+class SkipRequest(BaseModel):
+    sample_id: str
+
+
+@router.post("/skip")
+def skip(body: SkipRequest, request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
+    """Pass on an item: this caller's lease on it ends at once, for another steward to take."""
+    return {"released": queue.skip(request.app.state.engine, who.name, body.sample_id)}
+
+
+class CommentRequest(BaseModel):
+    sample_id: str
+    text: str = Field("", max_length=comments.MAX_TEXT)
+    flag: bool = False
+
+
+@router.post("/comment")
+def comment(body: CommentRequest, request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
+    """A note on an item for the admins (`flag`: asks them to look)."""
+    try:
+        cid = comments.add(request.app.state.engine, body.sample_id, who.name, body.text, body.flag)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return {"id": cid}
 
 
 @router.post("/undo", response_model=UndoResponse)

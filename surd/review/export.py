@@ -28,6 +28,7 @@ OUTCOMES = pa.schema(
         ("decided_at", pa.string()),
         ("source", pa.string()),
         ("margin", pa.float64()),
+        ("comments", pa.string()),  # stewards' comments and flags on the item, one a line
     ]
 )
 AUDIT = pa.schema(
@@ -44,6 +45,8 @@ AUDIT = pa.schema(
         ("previous_reason", pa.string()),
         ("previous_prompt", pa.string()),
         ("created_at", pa.string()),
+        ("view", pa.string()),  # single | grid | api | admin
+        ("guideline_version", pa.string()),
     ]
 )
 

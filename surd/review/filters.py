@@ -15,7 +15,7 @@ SORTS = {  # what a steward may sort the queue by: its order, or a column either
     "margin": (sa.nulls_last(items.c.margin.asc()),),
     "-margin": (sa.nulls_last(items.c.margin.desc()),),
     "safety": (sa.nulls_last(items.c.safety_level.asc()),),
-    "-nsfw": (sa.nulls_last(items.c.nsfw_score.desc()),),
+    "-nsfw": (sa.nulls_last(items.c.nsfw_detector.desc()),),
 }
 
 
@@ -47,7 +47,7 @@ class Filters:
             out.append(sa.or_(items.c.safety_level.is_(None), items.c.safety_level <= self.safety_max))
         if self.text:
             escaped = self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            out.append(sa.func.lower(items.c.payload).like(f"%{escaped.lower()}%", escape="\\"))
+            out.append(items.c.prompts.like(f"%{escaped.lower()}%", escape="\\"))
         if self.single_only:
             out.append(items.c.needed == 1)
         if self.exclude:

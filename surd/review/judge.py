@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, Form, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from surd.review.db import reader
 from surd.review.schema import accuracy_judgments, judgments
-from surd.review.web import Session
+from surd.review.session import Session, StewardSession
 
 router = APIRouter(include_in_schema=False)
 RUN_NAME = re.compile(r"^[A-Za-z0-9._()=,-]+$")
@@ -157,16 +157,14 @@ def summary(engine: sa.Engine, run: str, pairs: list[dict[str, Any]]) -> dict[st
 
 
 @router.get("/judge", response_class=HTMLResponse)
-def runs_page(request: Request) -> Response:
-    s = Session(request)
+def runs_page(s: StewardSession) -> Response:
     root = Path(s.settings.data_root)
     runs = [{"name": r, **{"pairs": len(_pairs(root, r))}} for r in _runs(root)]
     return s.render("judge_runs.html", runs=runs)
 
 
 @router.get("/judge/{run}", response_class=HTMLResponse)
-def next_pair(request: Request, run: str) -> Response:
-    s = Session(request)
+def next_pair(s: StewardSession, run: str) -> Response:
     pairs = _pairs(Path(s.settings.data_root), run)
     mine = _judged(s, run)
     todo = [p for p in pairs if p["pair_id"] not in mine]
@@ -192,10 +190,9 @@ def _judged(s: Session, run: str) -> set[str]:
 
 
 @router.get("/judge/{run}/results", response_class=HTMLResponse)
-def results_page(request: Request, run: str) -> Response:
+def results_page(s: StewardSession, run: str) -> Response:
     """The run's results, once this steward's own picks are all in (and so final): live counts
     seen while judging would tell which side each pick's adapter was on."""
-    s = Session(request)
     pairs = _pairs(Path(s.settings.data_root), run)
     if not {p["pair_id"] for p in pairs} <= _judged(s, run):
         raise HTTPException(403, "results are shown once you have judged every pair of this run")
@@ -204,8 +201,7 @@ def results_page(request: Request, run: str) -> Response:
 
 
 @router.get("/judge/{run}/image/{pair_id}/{side}")
-def image(request: Request, run: str, pair_id: str, side: str) -> Response:
-    s = Session(request)
+def image(s: StewardSession, run: str, pair_id: str, side: str) -> Response:
     if side not in ("left", "right"):
         raise HTTPException(404)
     root = Path(s.settings.data_root)
@@ -220,9 +216,8 @@ def image(request: Request, run: str, pair_id: str, side: str) -> Response:
 
 @router.post("/judge/{run}")
 def judge(
-    request: Request, run: str, csrf: str = Form(...), pair_id: str = Form(...), pick: str = Form(...)
+    s: StewardSession, run: str, csrf: str = Form(...), pair_id: str = Form(...), pick: str = Form(...)
 ) -> Response:
-    s = Session(request)
     s.check_csrf(csrf)
     pairs = _pairs(Path(s.settings.data_root), run)
     pair = next((p for p in pairs if p["pair_id"] == pair_id), None)
@@ -236,7 +231,7 @@ def judge(
 
 @router.post("/judge/{run}/answer")
 def answer(
-    request: Request,
+    s: StewardSession,
     run: str,
     csrf: str = Form(...),
     pair_id: str = Form(...),
@@ -244,7 +239,6 @@ def answer(
     right: str = Form("no"),
 ) -> Response:
     """The paper's question answered for both images of a pair (yes / no each)."""
-    s = Session(request)
     s.check_csrf(csrf)
     pairs = _pairs(Path(s.settings.data_root), run)
     pair = next((p for p in pairs if p["pair_id"] == pair_id), None)

@@ -154,7 +154,9 @@ def rebuild_derived(conn: sa.Connection) -> None:
     current: dict[tuple[str, str], dict[str, Any]] = {}
     for d in log:
         key = (d["sample_id"], d["actor"])
-        if d["decision"] == "undo":
+        if d["decision"] == "reopen":  # an admin set the item's decisions aside (surd.review.bulk)
+            current = {k: v for k, v in current.items() if k[0] != d["sample_id"]}
+        elif d["decision"] == "undo":
             if key in current and current[key]["decision_id"] == d["previous_id"]:
                 del current[key]
         else:

@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow as pa
 import sqlalchemy as sa
 
+from surd.review import comments
 from surd.review.db import reader
 from surd.review.kinds import ActorKind, Decision, State
 from surd.review.schema import decisions, items, standing
@@ -189,17 +190,40 @@ def open_leases(engine: sa.Engine) -> list[dict[str, Any]]:
 
 def agreement(engine: sa.Engine) -> dict[str, Any]:
     """Agreement of the first two human decisions on each audit item: share and Cohen's kappa."""
+    return _agree([(a, b) for a, b, _ in _audit_pairs(engine)])
+
+
+def agreement_by_version(engine: sa.Engine) -> dict[str, dict[str, Any]]:
+    """`agreement` per guideline version (both decisions made under it; "mixed" when they differ,
+    "none" before guidelines were recorded)."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for a, b, version in _audit_pairs(engine):
+        groups.setdefault(version, []).append((a, b))
+    return {v: _agree(pairs) for v, pairs in sorted(groups.items())}
+
+
+def _audit_pairs(engine: sa.Engine) -> list[tuple[str, str, str]]:
+    """(first, second decision, guideline version) of each audit item with two human decisions."""
     with reader(engine) as conn:
         rows = conn.execute(
-            sa.select(standing.c.sample_id, standing.c.decision, standing.c.actor)
+            sa.select(standing.c.sample_id, standing.c.decision, decisions.c.guideline_version)
             .join(items, items.c.sample_id == standing.c.sample_id)
+            .join(decisions, decisions.c.id == standing.c.decision_id)
             .where(items.c.needed >= 2, standing.c.actor_kind == ActorKind.HUMAN)
             .order_by(standing.c.sample_id, standing.c.decision_id)
         ).all()
-    pairs: dict[str, list[str]] = {}
-    for sid, decision, _ in rows:
-        pairs.setdefault(sid, []).append(decision)
-    both = [(v[0], v[1]) for v in pairs.values() if len(v) >= 2]
+    per: dict[str, list[tuple[str, str | None]]] = {}
+    for sid, decision, version in rows:
+        per.setdefault(sid, []).append((decision, version))
+    out = []
+    for v in per.values():
+        if len(v) >= 2:
+            (a, va), (b, vb) = v[0], v[1]
+            out.append((a, b, (va or "none") if va == vb else "mixed"))
+    return out
+
+
+def _agree(both: list[tuple[str, str]]) -> dict[str, Any]:
     if not both:
         return {"audit_items_compared": 0, "agreement": None, "cohen_kappa": None}
     agree = sum(a == b for a, b in both) / len(both)
@@ -222,6 +246,7 @@ EXPORT_COLUMNS = (
     "decided_at",
     "source",
     "margin",
+    "comments",
 )
 
 
@@ -254,6 +279,7 @@ def export_rows(engine: sa.Engine, what: str = "outcomes", chunk: int = 5000) ->
                 items.c.margin,
             ).order_by(items.c.sample_id)
         )
+        notes = comments.all_by_item(engine)
         for sid, state, dec, reason, prompt, payload, actor, kind, at, source, margin in result:
             caption = json.loads(payload).get("simple_prompt")
             yield {
@@ -268,4 +294,5 @@ def export_rows(engine: sa.Engine, what: str = "outcomes", chunk: int = 5000) ->
                 "decided_at": _aware(at).isoformat() if at else None,
                 "source": source,
                 "margin": margin,
+                "comments": notes.get(sid),
             }

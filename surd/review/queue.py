@@ -39,6 +39,11 @@ def is_audit(sample_id: str, share: float) -> bool:
     return h / 2**64 < share
 
 
+def searchable(payload: dict[str, Any]) -> str:
+    """What a text search reads of an item: its two prompts, lower-cased."""
+    return "\n".join(str(payload.get(k) or "") for k in ("simple_prompt", "complex_prompt")).lower()
+
+
 def enqueue(engine: sa.Engine, rows: list[dict[str, Any]], audit_share: float = 0.0) -> int:
     """Add items (sample_id + display payload); enqueuing an item twice does nothing."""
     if not rows:
@@ -57,7 +62,8 @@ def enqueue(engine: sa.Engine, rows: list[dict[str, Any]], audit_share: float = 
                 "margin": margin,
                 "nsfw_level": None if r.get("nsfw_level") is None else str(r["nsfw_level"]),
                 "safety_level": r["safety_level"],
-                "nsfw_score": r.get("nsfw_detector"),  # the trained detector's (surd.stages.nsfw)
+                "nsfw_detector": r.get("nsfw_detector"),  # the trained detector's (surd.stages.nsfw)
+                "prompts": searchable(r),
                 "needed": 2 if is_audit(r["sample_id"], audit_share) else 1,
                 "state": State.OPEN,
             }
@@ -204,6 +210,38 @@ def decide_many(
                 if each:
                     each(n)
     return n
+
+
+def decide_page(engine: sa.Engine, steward: str, page: list[dict[str, Any]]) -> int:
+    """A grid page's decisions (`decide_many`'s dicts) in one transaction, each its own log row:
+    every item must be one this steward holds and not an audit item (those are decided one at a
+    time); QueueError, and nothing recorded, otherwise."""
+    ids = [d["sample_id"] for d in page]
+    with engine.begin() as conn:
+        rows = conn.execute(
+            sa.select(items.c.sample_id, items.c.lease_owner, items.c.needed).where(
+                items.c.sample_id.in_(ids)
+            )
+        ).all()
+        held = {sid for sid, owner, needed in rows if owner == steward and needed == 1}
+        missing = [sid for sid in ids if sid not in held]
+        if missing:
+            raise QueueError(
+                f"{len(missing)} item(s) of the page are not yours to decide in bulk ({missing[0]}, …)"
+            )
+        for d in page:
+            _decide(
+                conn,
+                engine.dialect.name,
+                d["sample_id"],
+                steward,
+                d["decision"],
+                ActorKind.HUMAN,
+                d.get("reason"),
+                None,
+                {"view": d.get("view"), "guideline_version": d.get("guideline_version")},
+            )
+    return len(page)
 
 
 def _decide(

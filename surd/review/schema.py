@@ -24,7 +24,8 @@ items = sa.Table(
     sa.Column("margin", sa.Float),  # p_simple - p_complex
     sa.Column("nsfw_level", sa.String(16)),
     sa.Column("safety_level", sa.Integer),  # nsfw_level on one scale (surd.sources.safety); None: unlabelled
-    sa.Column("nsfw_score", sa.Float),  # the trained detector's (surd.stages.nsfw); None: not scored
+    sa.Column("nsfw_detector", sa.Float),  # the trained detector's score (surd.stages.nsfw); None: not scored
+    sa.Column("prompts", sa.Text),  # the simple and complex prompts, lower-cased: what text search reads
     sa.Column("needed", sa.Integer, nullable=False, server_default="1"),  # 2 for an audit item
     sa.Column("state", sa.String(8), nullable=False, server_default="open"),  # open | final
     sa.Column("final_decision", sa.String(16)),

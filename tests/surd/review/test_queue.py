@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from surd.review import auth, export, outcome, policies, queries, queue
 from surd.review.db import current_revision, head_revision
-from surd.review.schema import decisions
+from surd.review.schema import decisions, items
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
@@ -220,7 +220,14 @@ def _v1_database(url: str) -> None:
                 {
                     "sample_id": s,
                     "payload": json.dumps(
-                        {"sample_id": s, "p_simple": 0.8, "p_complex": 0.2, "source": "lexica"}
+                        {
+                            "sample_id": s,
+                            "p_simple": 0.8,
+                            "p_complex": 0.2,
+                            "source": "lexica",
+                            "simple_prompt": f"A Tabby Cat {s}",
+                            "complex_prompt": "Café, 8K",
+                        }
                     ),
                     "enqueued_at": now,
                 }
@@ -267,6 +274,9 @@ def test_a_v1_database_migrates_without_losing_a_decision(url: str) -> None:
     assert standing["b"]["actor"] == "bob" and standing["b"]["reason"] == "duplicate"
     assert standing["c"]["actor_kind"] == "auto"
     assert queries.item(e, "a")["source"] == "lexica"
+    with e.connect() as conn:  # text search reads what the migration filled in for queued items
+        found = conn.execute(sa.select(items.c.sample_id).where(items.c.prompts.like("%tabby cat b%café%")))
+        assert list(found.scalars()) == ["b"]
     e.dispose()
     assert current_revision(queue.connect(url)) == head_revision()  # idempotent
 

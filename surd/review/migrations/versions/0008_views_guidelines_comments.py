@@ -1,10 +1,13 @@
 """Stewards at volume: each decision records the view it was made in (single, grid, api) and the
 guideline version it was made under; comments and flags on items; the admins' bulk actions;
-items carry the trained detector's NSFW score to blur and filter by.
+items carry the trained detector's NSFW score to blur and sort by, and their two prompts
+lower-cased for text search (filled here for the items already queued).
 
 Revision ID: 0008
 Revises: 0007
 """
+
+import json
 
 import sqlalchemy as sa
 from alembic import op
@@ -19,7 +22,9 @@ def upgrade() -> None:
         b.add_column(sa.Column("view", sa.String(16)))
         b.add_column(sa.Column("guideline_version", sa.String(64)))
     with op.batch_alter_table("items") as b:
-        b.add_column(sa.Column("nsfw_score", sa.Float))
+        b.add_column(sa.Column("nsfw_detector", sa.Float))
+        b.add_column(sa.Column("prompts", sa.Text))
+    _fill_prompts()
     op.create_table(
         "comments",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -40,11 +45,28 @@ def upgrade() -> None:
     )
 
 
+def _fill_prompts() -> None:
+    conn = op.get_bind()
+    items = sa.table("items", sa.column("sample_id"), sa.column("payload"), sa.column("prompts"))
+    rows = conn.execute(sa.select(items.c.sample_id, items.c.payload)).all()
+    fill = items.update().where(items.c.sample_id == sa.bindparam("sid")).values(prompts=sa.bindparam("text"))
+    for k in range(0, len(rows), 1000):
+        conn.execute(
+            fill,
+            [{"sid": sid, "text": _searchable(json.loads(payload))} for sid, payload in rows[k : k + 1000]],
+        )
+
+
+def _searchable(payload: dict) -> str:  # as surd.review.queue.searchable (a migration keeps its own copy)
+    return "\n".join(str(payload.get(k) or "") for k in ("simple_prompt", "complex_prompt")).lower()
+
+
 def downgrade() -> None:
     op.drop_table("admin_actions")
     op.drop_table("comments")
     with op.batch_alter_table("items") as b:
-        b.drop_column("nsfw_score")
+        b.drop_column("prompts")
+        b.drop_column("nsfw_detector")
     with op.batch_alter_table("decisions") as b:
         b.drop_column("guideline_version")
         b.drop_column("view")
