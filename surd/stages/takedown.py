@@ -29,7 +29,7 @@ from surd.sources import REGISTRY, generation
 from surd.stages.base import TAKEDOWN
 
 REASON = TAKEDOWN
-RAW = ("sample_id", "source", "source_item_id", "source_url", "image_url")
+RAW = ("sample_id", "status", "reason", "source", "source_item_id", "source_url", "image_url")
 BATCH = 4096
 
 
@@ -48,12 +48,14 @@ class Matcher:
     samples: dict[str, int] = field(default_factory=dict)  # sample ids (from --sample and --item)
     creators: dict[tuple[str, str], int] = field(default_factory=dict)  # (source, name casefolded)
     urls: dict[str, int] = field(default_factory=dict)  # normal_url
+    ids: set[int] = field(default_factory=set)  # every takedown in force
 
     @classmethod
     def of(cls, entries: Iterable[Mapping[str, Any]]) -> Matcher:
         m = cls()
         for e in entries:
             kind, value, tid = e["kind"], e["value"], int(e["id"])
+            m.ids.add(tid)
             if kind == "sample":
                 m.samples.setdefault(value, tid)
             elif kind == "item":
@@ -77,6 +79,11 @@ class Matcher:
         tid = self.samples.get(row.get("sample_id") or "")
         if tid is not None:
             return tid
+        why = str(row.get("reason") or "")
+        if row.get("status") == DROPPED and why.startswith(f"{REASON}:"):  # dropped (or scrubbed) by one
+            tid = int(why.split(":", 1)[1]) if why.split(":", 1)[1].isdigit() else None
+            if tid in self.ids:  # its URLs and metadata are gone: the reason says which takedown
+                return tid
         for key in ("source_url", "image_url"):
             url = normal_url(row.get(key))
             if url and url in self.urls:

@@ -50,6 +50,7 @@ def copy(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return c
 
 
+@pytest.mark.slow  # a second process holding the write lock, and the CLI: 13 s
 def test_a_busy_review_database_is_503_on_the_web_and_exit_6_in_the_cli(
     copy: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -77,6 +77,14 @@ def test_too_few_vectors_to_train_is_a_clear_error(monkeypatch: pytest.MonkeyPat
         NearGrouper(8, 0.9, expected=1000, sample=np.ones((5, 8), np.float16))
 
 
+def between(after: str, before: str) -> list[str]:
+    """The declared stages strictly between two (from the declaration, never spelled here)."""
+    from surd import chain
+
+    names = chain.PIPELINE.before(before)
+    return names[names.index(after) + 1 :]
+
+
 def _variant(blob: bytes) -> bytes:
     """Cropped off-centre, shrunk and enlarged again, re-encoded at a lower quality."""
     im = Image.open(io.BytesIO(blob)).convert("RGB")
@@ -122,6 +130,8 @@ def test_a_cropped_reencoded_resized_copy_on_another_site_is_grouped(tmp_path: P
     kept_by_clip = [sid for sid in ids if scores[sid]["status"] == OK]
     assert kept_by_clip == ids, "the tiny CLIP keeps all three (it prefers the short prompt)"
 
+    for stage in between("clip_scores", "near_duplicates"):  # declared after CLIP (the detector)
+        pipeline.run(s, stage)
     r = pipeline.run(s, "near_duplicates")
     assert (r.processed, r.kept, r.dropped) == (3, 2, {"near_duplicate_of": 1})
     assert pipeline.review(s).enqueued == 2  # the queue takes what the stage kept
@@ -183,6 +193,8 @@ def test_a_release_drops_a_near_duplicate_accepted_before_the_stage_ran(tmp_path
             queue.decide(engine, i, "alice", "accept")
     finally:
         engine.dispose()
+    for stage in between("clip_scores", "near_duplicates"):  # what went on through them
+        data.table(stage).write([{"sample_id": i, "status": OK} for i in ids])
     data.table("near_duplicates").write(
         [
             {"sample_id": ids[0], "status": OK},

@@ -12,6 +12,7 @@ from surd import chain, pipeline
 from tests.conftest import through_review
 
 
+@pytest.mark.slow  # the demo's stages twice: 11 s
 def test_a_rerun_with_nothing_to_do_never_reads_image_bytes(demo_settings, monkeypatch) -> None:
     s = demo_settings
     through_review(s)
