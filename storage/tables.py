@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -107,6 +108,32 @@ def _read_schema(part: Any) -> pa.Schema:
 _PART_IDS: dict[tuple[str, int, int], frozenset[str]] = {}
 _PART_IDS_MAX = 20_000  # parts whose keys stay cached in this process
 BULK = 4096  # a lookup of more keys than this reads each part's keys without caching them
+
+
+def to_arrow(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Row dicts as a table of `schema`, built a column at a time: what `pa.Table.from_pylist`
+    makes (keys outside the schema ignored, missing ones null), without its per-row cost; a list
+    column whose values are all 1-D numpy arrays of one length (CLIP's embeddings) is one
+    stacked array."""
+    columns = []
+    for f in schema:
+        values = [r.get(f.name) for r in rows]
+        columns.append(_stacked(values, f.type) if pa.types.is_list(f.type) else pa.array(values, f.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _stacked(values: list[Any], type_: pa.DataType) -> pa.Array:
+    first = values[0] if values else None
+    if not (
+        isinstance(first, np.ndarray)
+        and first.ndim == 1
+        and all(isinstance(v, np.ndarray) and v.shape == first.shape for v in values)
+    ):
+        return pa.array(values, type_)
+    width = first.shape[0]
+    flat = np.stack(values).reshape(-1).astype(type_.value_type.to_pandas_dtype(), copy=False)
+    offsets = np.arange(0, width * len(values) + 1, width, dtype=np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type_.value_type))
 
 
 class PartTable:
@@ -234,7 +261,7 @@ class PartTable:
         self, rows: Iterable[dict[str, Any]] | pa.Table, provenance: dict[str, Any] | None = None
     ) -> Path | None:
         """Append rows as one new part; rows whose key exists already are skipped."""
-        table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(list(rows), self.schema)
+        table = rows if isinstance(rows, pa.Table) else to_arrow(list(rows), self.schema)
         table = table.select(self.schema.names).cast(self.schema)
         existing = self.known()
         keys = table.column(self.key).to_pylist()

@@ -110,10 +110,24 @@ class CaptionSettings(_Section):
     num_beams: int = Field(3, ge=1)
     max_length: int = Field(30, ge=1, description="tokens in total, prompt included (as LAVIS)")
     min_length: int = Field(10, ge=0, description="tokens in total, prompt included (as LAVIS)")
+    vision_attention: Literal["eager", "sdpa"] = Field(
+        "eager",
+        description="sdpa: the vision tower on torch's fused attention (faster on a GPU, not bit-exact: "
+        "benchmarks/gpu_check.py prints the captions that change)",
+    )
+    gpu_decode: bool = Field(
+        False,
+        description="on a GPU: decode the stored JPEGs there (torchvision/nvJPEG; pixels differ slightly)",
+    )
 
 
 class ClipSettings(_Section):
     batch_size: int = Field(1024, ge=1, description="images per model call (the benchmarked size)")
+    gpu_decode: bool = Field(
+        False,
+        description="on a GPU: decode the stored JPEGs there (torchvision/nvJPEG; pixels differ slightly, "
+        "benchmarks/gpu_check.py prints the keep decisions that flip)",
+    )
     workers: int | None = Field(
         None,
         ge=0,
@@ -186,6 +200,17 @@ class EmbedSettings(_Section):
     compile_blocks: bool = Field(True, description="on a GPU: torch.compile each decoder block")
     workers: int = Field(1, ge=1, description="embedding processes; on GPUs, one per GPU")
     split_across_gpus: bool = Field(False, description="spread one model over all GPUs (33B)")
+    shared_first: bool | None = Field(
+        None,
+        description="compute a first token shared by every prompt (a LLaMA BOS) once, not per prompt "
+        "(exact up to summation order); None: on a GPU only",
+    )
+    dedupe: bool = Field(True, description="embed each distinct prompt once (of each 8,192 at a time)")
+    part_bytes: int = Field(
+        512 * 2**20,
+        ge=2**20,
+        description="vectors in a written part (all layers); a part holds at least part_size prompts",
+    )
 
 
 class AdapterSettings(TrainConfig):

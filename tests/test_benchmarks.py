@@ -115,6 +115,34 @@ def test_review_benchmark_tiny(tmp_path: Path) -> None:
         ]
     )
     assert r["errors"] == 0 and r["final_items"] == 30 and r["decisions"] >= 30 and r["decide_p95_ms"] > 0
+    assert r["lost"] == 0 and r["log_rows"] >= r["acknowledged"] == r["decisions"]
+
+
+def test_review_browser_benchmark_tiny() -> None:
+    import bench_review
+
+    grid, single = bench_review.main(["--mode", "browser", "--items", "26"])
+    assert (grid["view"], grid["decisions"], grid["log_rows"], grid["views_logged"]) == (
+        "grid",
+        26,
+        26,
+        ["grid"],
+    )
+    assert grid["keystrokes_per_decision"] == round(2 / 26, 3)  # a page of 24, then one of 2
+    assert (single["decisions"], single["keystrokes_per_decision"], single["views_logged"]) == (
+        26,
+        1.0,
+        ["single"],
+    )
+    assert grid["server_ms_per_page_p95"] > 0 and single["server_cpu_ms_per_decision"] > 0
+
+
+def test_detector_benchmark_tiny() -> None:
+    import bench_review
+
+    rows = bench_review.main(["--mode", "detector", "--images", "2", "4", "--batch", "1", "2"])
+    assert [(r["images"], r["batch"]) for r in rows] == [(2, 1), (2, 2), (4, 1), (4, 2)]
+    assert all(r["images_per_s"] > 0 and "open_nsfw" in r["model"] for r in rows)
 
 
 def test_release_benchmark_tiny(tmp_path: Path) -> None:
@@ -159,3 +187,39 @@ def test_near_duplicates_benchmark(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     r = bench_near_dups.main(["--n", "3000", "--dim", "32", "--out", str(tmp_path / "b.jsonl")])
     assert r["index"] == "ivf-sq-fp16" and r["planted"] > 0 and r["wrongly_grouped"] == 0
     assert r["caught"] >= 0.9 * r["planted"] and r["peak_rss_mb"] > 0
+
+
+def test_the_prepared_gpu_check_runs_every_section_in_smoke_mode(tmp_path: Path) -> None:
+    """benchmarks/gpu_check.py on the CPU with tiny models: every section gives a result, every
+    exact change is identical (or within bf16), and each line is on disk as it comes."""
+    import json
+
+    import gpu_check
+
+    out = tmp_path / "gpu.jsonl"
+    gpu_check.main(["--smoke", "--out", str(out)])
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    by = {x["section"]: x for x in lines}
+    assert not [x for x in lines if "error" in x], [x for x in lines if "error" in x]
+    assert {"card_before", "disk", "blip_model_lavis", "blip_model_transformers", "blip_sdpa_vision"} <= set(
+        by
+    )
+    assert {"clip_tokenize", "clip_model", "clip_writer_columns", "blip_stage", "clip_stage"} <= set(by)
+    assert {"embed_model_llama-7b", "embed_stage_parts_by_bytes_dedupe", "embed_model_llama-13b"} <= set(by)
+    assert {"card_after", "done"} <= set(by)
+    for name in ("blip_model_lavis", "blip_model_transformers", "clip_tokenize", "clip_writer_columns"):
+        assert by[name]["identical"] is True and by[name]["a_median_s"] > 0 and by[name]["speedup"] > 0
+    assert by["embed_model_llama-7b"]["within_bf16"] is True
+    assert by["blip_stage"]["processed"] == 16 and by["clip_stage"]["processed"] == 32
+
+
+def test_the_gpu_check_skips_what_the_budget_cannot_hold(tmp_path: Path) -> None:
+    import json
+
+    import gpu_check
+
+    out = tmp_path / "gpu.jsonl"
+    gpu_check.main(["--smoke", "--budget-s", "1", "--only", "card", "disk", "embed", "--out", str(out)])
+    by = {x["section"]: x for x in map(json.loads, out.read_text().splitlines())}
+    assert list(by) == ["card_before", "disk", "embed", "card_after", "done"]
+    assert "skipped" in by["embed"] and "skipped" not in by["disk"]  # 1.2 s needed, under 1 s left

@@ -43,6 +43,10 @@ class BlipCaptioner:
         enc = processor.tokenizer([cfg.prompt.strip()], return_tensors="pt")
         self.prompt_ids, self.prompt_mask = enc["input_ids"], enc["attention_mask"]
         self.fast: BlipDecoder | None = None
+        if cfg.vision_attention == "sdpa":
+            from surd.models.blip_vision import use_sdpa  # an option, off by default: loaded when asked
+
+            use_sdpa(model)
         if cfg.search != "generate":
             why = supports(model)
             if why is not None:

@@ -90,6 +90,13 @@ class BlipDecoder:
         self.beams, self.max_length, self.min_length = num_beams, max_length, min_length
         gc = self.text.generation_config
         self.length_penalty = float(gc.length_penalty if gc.length_penalty is not None else 1.0)
+        # exact speed-ups, on by default; off only to measure them against the path before
+        # (benchmarks/gpu_check.py): the cross-attention keys and values laid out contiguously once
+        # (their transposed view made every step copy them, in every layer), and only the live
+        # prefix of the self-attention cache reordered between steps (not all max_length slots)
+        self.contiguous_cross = True
+        self.prefix_reorder = True
+        self._spare: list[list[Tensor]] = []
 
     @torch.inference_mode()
     def generate(self, pixel_values: Tensor, prompt: Tensor) -> Tensor:
@@ -103,7 +110,8 @@ class BlipDecoder:
         cross = []
         for layer in self.text.bert.encoder.layer:
             ca = layer.crossattention.self
-            cross.append((_split(ca.key(image), self.heads), _split(ca.value(image), self.heads)))
+            k, v = _split(ca.key(image), self.heads), _split(ca.value(image), self.heads)
+            cross.append((k.contiguous(), v.contiguous()) if self.contiguous_cross else (k, v))
         prompt_ids = ids.to(image.device).expand(b, -1)
         if self.beams == 1:
             return self._greedy(prompt_ids, cross)
@@ -178,6 +186,8 @@ class BlipDecoder:
         one = self._cache(b, cross[0][0])
         logits = self._step(ids, 0, one, cross)
         cache = [[t.repeat_interleave(self.beams, dim=0) for t in kv] for kv in one]
+        if self.prefix_reorder:  # the other half of the cache's double buffer
+            self._spare = [[torch.empty_like(t) for t in kv] for kv in cache]
         return cache, self._min_length(logits.log_softmax(-1), p)[:, None].expand(b, self.beams, -1)
 
     def _continuations(
@@ -204,7 +214,15 @@ class BlipDecoder:
         """Reorder the self-attention cache to the surviving beams and run the next step."""
         b, r = beam_src.shape
         rows = (beam_src + torch.arange(b, device=beam_src.device)[:, None] * r).reshape(-1)
-        cache = [[t.index_select(0, rows) for t in kv] for kv in cache]
+        if self.prefix_reorder:  # positions < cur_len - 1 are written (the step writes the next):
+            live = cur_len - 1  # gathered into the spare cache, which becomes the cache
+            spare = self._spare
+            for kv, into in zip(cache, spare, strict=True):
+                for t, o in zip(kv, into, strict=True):
+                    torch.index_select(t[:, :, :live], 0, rows, out=o[:, :, :live])
+            self._spare, cache = cache, spare
+        else:
+            cache = [[t.index_select(0, rows) for t in kv] for kv in cache]
         logits = self._step(running[:, :, cur_len - 1].reshape(-1, 1), cur_len - 1, cache, cross)
         return cache, self._min_length(logits.log_softmax(-1), cur_len).view(b, r, -1)
 

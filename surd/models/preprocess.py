@@ -41,6 +41,27 @@ def is_truncated(tokenizer: Any, text: str) -> bool:
     return len(tokenizer.encode(text)) + 2 > context
 
 
+def tokenize(tokenizer: Any, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens (n, context), whether each prompt was cut to fit). open_clip's BPE tokenizer
+    encodes each prompt once here, its tokens laid out as its own `__call__` lays them out (start,
+    the prompt, end; cut to the context with the end token last); any other tokenizer is called
+    and each prompt encoded again to tell whether it was cut."""
+    context = getattr(tokenizer, "context_length", None)
+    sot, eot = getattr(tokenizer, "sot_token_id", None), getattr(tokenizer, "eot_token_id", None)
+    own = type(tokenizer).__name__ == "SimpleTokenizer" and getattr(tokenizer, "reduction_fn", None) is None
+    if not (own and context and sot is not None and eot is not None):
+        return tokenizer(texts), torch.tensor([is_truncated(tokenizer, t) for t in texts], dtype=torch.bool)
+    out = np.zeros((len(texts), context), dtype=np.int64)
+    cut = np.zeros(len(texts), dtype=bool)
+    for i, text in enumerate(texts):
+        ids = [sot, *tokenizer.encode(text), eot]
+        if len(ids) > context:
+            cut[i] = True
+            ids = [*ids[: context - 1], eot]
+        out[i, : len(ids)] = ids
+    return torch.from_numpy(out), torch.from_numpy(cut)
+
+
 def to_tensor(data: bytes, spec: Spec) -> torch.Tensor:
     """Decoded and resized (3, size, size) uint8: a quarter of float32's bytes between processes;
     `normalize` finishes the job on the model's device."""
@@ -53,6 +74,35 @@ def to_tensor(data: bytes, spec: Spec) -> torch.Tensor:
         img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
     img = img.resize((spec.size, spec.size), Image.Resampling.BICUBIC)
     return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))
+
+
+def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(n, 3, h, w) uint8 on any device → (n, 3, size, size) uint8: centre-cropped square, then
+    bicubic with antialiasing (what Pillow's resize does, up to rounding), on that device."""
+    h, w = images.shape[-2:]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    square = images[..., top : top + s, left : left + s]
+    if s == size:
+        return square.contiguous()
+    x = torch.nn.functional.interpolate(
+        square.float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False
+    )
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def device_pixels(blobs: Sequence[bytes], spec: Spec, device: torch.device) -> torch.Tensor:
+    """Stored JPEGs decoded on `device` (torchvision's batched decode_jpeg: nvJPEG on a GPU) and
+    resized there: (n, 3, size, size) uint8. Not bit-identical to the Pillow path (`to_tensor`):
+    Pillow decodes at a reduced DCT scale first (draft mode)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+    images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    shapes = {tuple(i.shape) for i in images}
+    if len(shapes) == 1:
+        return resize_batch(torch.stack(images), spec.size)
+    return torch.cat([resize_batch(i[None], spec.size) for i in images])
 
 
 def normalize(pixels: torch.Tensor, spec: Spec, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -77,9 +127,14 @@ def decode_workers(setting: int | None, device: torch.device) -> int:
 class Decoded:
     """One chunk or batch out of the workers: pixels, and the prompts' CLIP tokens when asked."""
 
-    pixels: torch.Tensor  # (n, 3, size, size) uint8
+    pixels: torch.Tensor  # (n, 3, size, size) uint8; (0,) when the images are left undecoded
     tokens: torch.Tensor | None = None  # (n, k, context) int64: k prompts per item
     truncated: torch.Tensor | None = None  # (n, k) bool: the prompt did not fit the context
+    blobs: list[bytes] | None = None  # the stored images themselves, for a decode on the device
+
+    def on(self, spec: Spec, device: torch.device) -> torch.Tensor:
+        """The pixels: decoded by the workers, or now on `device` (`device_pixels`)."""
+        return self.pixels if self.blobs is None else device_pixels(self.blobs, spec, device)
 
     @staticmethod
     def cat(parts: Sequence[Decoded]) -> Decoded:
@@ -92,23 +147,24 @@ class Decoded:
             None
             if first.truncated is None
             else torch.cat([p.truncated for p in parts if p.truncated is not None]),
+            None if first.blobs is None else [b for p in parts for b in p.blobs or ()],
         )
 
 
 Item = tuple[T, bytes, tuple[str, ...]]  # (the caller's key, stored image, prompts to tokenize)
 
-_job: tuple[Spec, Any] | None = None  # set in each worker by _init
+_job: tuple[Spec, Any, bool] | None = None  # set in each worker by _init
 
 
-def _init(spec: Spec, tokenizer: Any) -> None:
+def _init(spec: Spec, tokenizer: Any, pixels: bool = True) -> None:
     global _job
     torch.set_num_threads(1)  # one core per worker; the pool is the parallelism
-    _job = (spec, tokenizer)
+    _job = (spec, tokenizer, pixels)
 
 
-def _init_thread(spec: Spec, tokenizer: Any) -> None:
+def _init_thread(spec: Spec, tokenizer: Any, pixels: bool = True) -> None:
     global _job
-    _job = (spec, tokenizer)
+    _job = (spec, tokenizer, pixels)
 
 
 def _decode(chunk: list[tuple[bytes, tuple[str, ...]]]) -> Decoded:
@@ -116,16 +172,23 @@ def _decode(chunk: list[tuple[bytes, tuple[str, ...]]]) -> Decoded:
     return decode(chunk, *_job)
 
 
-def decode(chunk: Sequence[tuple[bytes, tuple[str, ...]]], spec: Spec, tokenizer: Any = None) -> Decoded:
-    """Images (and, given a tokenizer, their prompts) of one chunk; what each worker runs."""
-    pixels = torch.stack([to_tensor(blob, spec) for blob, _ in chunk])
+def decode(
+    chunk: Sequence[tuple[bytes, tuple[str, ...]]], spec: Spec, tokenizer: Any = None, pixels: bool = True
+) -> Decoded:
+    """Images (and, given a tokenizer, their prompts) of one chunk; what each worker runs. With
+    `pixels` off the images stay as stored, for the model's device to decode (`Decoded.on`)."""
+    blobs = None if pixels else [blob for blob, _ in chunk]
+    px = (
+        torch.stack([to_tensor(blob, spec) for blob, _ in chunk])
+        if pixels
+        else torch.empty(0, dtype=torch.uint8)
+    )
     if tokenizer is None:
-        return Decoded(pixels)
+        return Decoded(px, blobs=blobs)
     k = len(chunk[0][1])
     texts = [t for _, prompts in chunk for t in prompts]
-    tokens = tokenizer(texts).view(len(chunk), k, -1)
-    truncated = torch.tensor([is_truncated(tokenizer, t) for t in texts]).view(len(chunk), k)
-    return Decoded(pixels, tokens, truncated)
+    tokens, truncated = tokenize(tokenizer, texts)  # each prompt encoded once
+    return Decoded(px, tokens.view(len(chunk), k, -1), truncated.view(len(chunk), k), blobs)
 
 
 class Preprocessor:
@@ -137,18 +200,20 @@ class Preprocessor:
     for its processes once, not once per part. Tensors come back through shared memory.
     """
 
-    def __init__(self, spec: Spec, workers: int, tokenizer: Any = None, chunk: int = 32) -> None:
+    def __init__(
+        self, spec: Spec, workers: int, tokenizer: Any = None, chunk: int = 32, pixels: bool = True
+    ) -> None:
         self.workers, self.chunk = workers, max(1, chunk)
         self._pool: Any = None
         if workers and mp.current_process().daemon:
             # a daemonic process (a Dask worker, say) may not start processes: threads instead
             # (Pillow releases the GIL while it decodes and resizes)
-            self._pool = ThreadPool(workers, initializer=_init_thread, initargs=(spec, tokenizer))
+            self._pool = ThreadPool(workers, initializer=_init_thread, initargs=(spec, tokenizer, pixels))
         elif workers:
             ctx = mp.get_context("fork")  # workers inherit the tokenizer; they never touch a GPU
-            self._pool = ctx.Pool(workers, initializer=_init, initargs=(spec, tokenizer))
+            self._pool = ctx.Pool(workers, initializer=_init, initargs=(spec, tokenizer, pixels))
         else:
-            self._inline = (spec, tokenizer)
+            self._inline = (spec, tokenizer, pixels)
 
     def __enter__(self) -> Preprocessor:
         return self
@@ -206,4 +271,5 @@ def _slice(d: Decoded, a: int, b: int) -> Decoded:
         d.pixels[a:b],
         None if d.tokens is None else d.tokens[a:b],
         None if d.truncated is None else d.truncated[a:b],
+        None if d.blobs is None else d.blobs[a:b],
     )

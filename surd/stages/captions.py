@@ -51,10 +51,12 @@ class CaptionStage(Stage[tuple[list[str], Any]]):
             self.model_id = self.lavis.model_id
             return
         self.lavis = None
-        self.captioner, self.model_id, device = blip_caption.load(self.settings)
-        workers = blip_caption.decode_workers(cfg.workers, device)
+        self.captioner, self.model_id, self.device = blip_caption.load(self.settings)
+        workers = blip_caption.decode_workers(cfg.workers, self.device)
         self.threads(workers)
-        self.pre = stack.enter_context(blip_caption.Preprocessor(self.captioner.spec, workers))
+        pixels = not (cfg.gpu_decode and self.device.type == "cuda")  # else the GPU decodes them
+        pre = blip_caption.Preprocessor(self.captioner.spec, workers, pixels=pixels)
+        self.pre = stack.enter_context(pre)
 
     def batches(self, items: Iterator[dict[str, Any]]) -> Iterator[tuple[list[str], Any]]:
         if self.lavis is not None:
@@ -70,7 +72,7 @@ class CaptionStage(Stage[tuple[list[str], Any]]):
         if self.lavis is not None:
             texts = [self.strip(t, self.settings.caption.prompt) for t in self.lavis.caption(inputs)]
         else:
-            texts = self.captioner.caption(inputs.pixels)
+            texts = self.captioner.caption(inputs.on(self.captioner.spec, self.device))
         return [
             {
                 "sample_id": sid,

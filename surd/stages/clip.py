@@ -55,10 +55,11 @@ class ClipStage(Stage["tuple[list[str], Decoded]"]):
         # the model side (torch, open_clip): imported only when there is work
         from surd.models import clip_score
 
-        self.scorer, self.model_id, device, tokenizer = clip_score.load(self.settings)
-        workers = clip_score.decode_workers(self.settings.clip.workers, device)
+        self.scorer, self.model_id, self.device, tokenizer = clip_score.load(self.settings)
+        workers = clip_score.decode_workers(self.settings.clip.workers, self.device)
         self.threads(workers)
-        pre = clip_score.Preprocessor(self.scorer.spec, workers, tokenizer=tokenizer)
+        pixels = not (self.settings.clip.gpu_decode and self.device.type == "cuda")  # else the GPU does
+        pre = clip_score.Preprocessor(self.scorer.spec, workers, tokenizer=tokenizer, pixels=pixels)
         self.pre = stack.enter_context(pre)
 
     def provenance(self) -> dict[str, Any]:
@@ -72,7 +73,7 @@ class ClipStage(Stage["tuple[list[str], Decoded]"]):
     def decide(self, batch: tuple[list[str], Decoded]) -> list[dict[str, Any]]:
         ids, dec = batch
         assert dec.tokens is not None and dec.truncated is not None
-        scores = self.scorer.score_tokens(dec.pixels, dec.tokens)
+        scores = self.scorer.score_tokens(dec.on(self.scorer.spec, self.device), dec.tokens)
         rows = []
         for sid, sc, trunc in zip(ids, scores, dec.truncated[:, 1].tolist(), strict=True):
             kept = keep(sc["p_simple"], sc["p_complex"])

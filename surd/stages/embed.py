@@ -87,8 +87,10 @@ class EmbedStage(Stage[PooledBatch]):
         model = loaded.model if loaded.split else loaded.model.to(device=device, dtype=dtype)
         self.store.revision = loaded.revision
         self.tokenizer = loaded.processor
-        compile_blocks = self.settings.embed.compile_blocks and device.type == "cuda"
-        self.pooler = LayerPooler(model, compile_blocks=compile_blocks)
+        cfg = self.settings.embed
+        compile_blocks = cfg.compile_blocks and device.type == "cuda"
+        shared = cfg.shared_first if cfg.shared_first is not None else device.type == "cuda"
+        self.pooler = LayerPooler(model, compile_blocks=compile_blocks, shared_first=shared)
         stack.callback(self.pooler.close)
 
     def batches(self, items: Iterator[Todo]) -> Iterator[PooledBatch]:
@@ -97,7 +99,10 @@ class EmbedStage(Stage[PooledBatch]):
         a chunk at a time, so memory holds one chunk's tokens whatever the release's size."""
         for chunk in batched(items, TOKENIZE_CHUNK):
             self.items: list[Todo] = chunk  # what `decide` reads a batch's indices from
-            ids = self.tokenizer([t[1] for t in chunk])["input_ids"]
+            self.groups = (
+                _same_prompt(chunk) if self.settings.embed.dedupe else [[i] for i in range(len(chunk))]
+            )
+            ids = self.tokenizer([chunk[g[0]][1] for g in self.groups])["input_ids"]
             yield from self.pooler.run(ids, self.settings.embed.batch_tokens)
 
     def decide(self, batch: PooledBatch) -> Rows:
@@ -109,13 +114,20 @@ class EmbedStage(Stage[PooledBatch]):
                 "reason": None,
                 "vectors": (batch, j),  # (B, L, H) host tensor and the row: read on the writer thread
             }
-            for j, i in enumerate(batch.indices)
+            for j, u in enumerate(batch.indices)
+            for i in self.groups[u]  # every item with this prompt
         ]
 
+    def part_rows(self) -> int:
+        """Prompts in a written part: `embed.part_bytes` of vectors (every layer's, float16), and
+        never fewer than `part_size` (few large files, not many small ones: each is fsynced)."""
+        row = len(self.pooler.layers) * self.pooler.base.config.hidden_size * 2
+        return max(self.settings.part_size, self.settings.embed.part_bytes // row)
+
     def parts(self, rows: Iterable[Rows]) -> Iterator[Rows]:
-        """Batches gathered until a part's worth, then cut into parts of `part_size` (the unit of
-        resume stays small whatever the batch size)."""
-        size, group = self.settings.part_size, []
+        """Batches gathered until a part's worth, then cut into parts of `part_rows` (the unit of
+        resume stays bounded whatever the batch size)."""
+        size, group = self.part_rows(), []
         for batch in rows:
             group.extend(batch)
             if len(group) >= size:
@@ -127,6 +139,14 @@ class EmbedStage(Stage[PooledBatch]):
     def write(self, rows: Rows) -> None:
         vectors = np.stack([batch.numpy()[j] for batch, j in (r["vectors"] for r in rows)])
         self.store.write_part([r["sample_id"] for r in rows], [r["prompt_sha1"] for r in rows], vectors)
+
+
+def _same_prompt(chunk: list[Todo]) -> list[list[int]]:
+    """The chunk's indices grouped by prompt, each group in first-seen order."""
+    groups: dict[str, list[int]] = {}
+    for i, (_, prompt, _) in enumerate(chunk):
+        groups.setdefault(prompt, []).append(i)
+    return list(groups.values())
 
 
 def run_embed(
