@@ -236,18 +236,18 @@ def _browser_view(view: str, items: int, args: argparse.Namespace, tmp: Path) ->
     requests = 0
     timing: list[tuple[bool, float]] = []  # (a page?, its Server-Timing in ms) of every response
 
-    fetched: set[tuple[str, str]] = set()
+    fetched: set[str] = set()  # X-Request-Id of every response the server sent
 
     def seen(response: Any) -> None:
-        header = response.headers.get("server-timing", "")
-        if "dur=" in header and (response.url, header) not in fetched:  # else the browser's cache
-            fetched.add((response.url, header))
+        header, rid = response.headers.get("server-timing", ""), response.headers.get("x-request-id", "")
+        if "dur=" in header and rid not in fetched:  # a repeated id is the browser's cache
+            fetched.add(rid)
             page = response.request.resource_type == "document"
             timing.append((page, float(header.split("dur=")[1].split(",")[0])))
 
     def counted(response: Any) -> None:  # a response from the server, not from the cache
         nonlocal requests
-        requests += (response.url, response.headers.get("server-timing", "")) not in fetched
+        requests += response.headers.get("x-request-id", "") not in fetched
 
     steps: list[tuple[int, float, float]] = []  # (decisions, pages' server ms, client ms) of each key
     keys = 0

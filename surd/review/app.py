@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -96,7 +97,7 @@ def _busy(exc: Exception) -> bool:
 class SecurityHeaders(BaseHTTPMiddleware):
     """The headers of every response, errors included; nothing is cached unless a route says so
     (images: private), so API answers and exports never sit in a shared cache; `Server-Timing`
-    says how long the server took."""
+    says how long the server took, `X-Request-Id` which response this is."""
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         started = time.perf_counter()
@@ -119,8 +120,10 @@ class SecurityHeaders(BaseHTTPMiddleware):
             "text/html"
         ):
             response.headers["Cache-Control"] = "no-store"
-        # the time this server spent (browsers' dev tools show it; the review benchmark reads it)
+        # the time this server spent (browsers' dev tools show it; the review benchmark reads it),
+        # and an id for the response (to match a report or a log line; a cached copy repeats it)
         response.headers["Server-Timing"] = f"app;dur={1000 * (time.perf_counter() - started):.1f}"
+        response.headers["X-Request-Id"] = uuid.uuid4().hex[:16]
         return response
 
 

@@ -21,7 +21,7 @@ NSFW_SCORES = pa.schema(
         pa.field("model_id", pa.string()),
     ]
 )
-BATCH = 16  # images a session call: about 25 ms an image on 2 cores
+BATCH = 16  # images a session call: about 10 ms an image on 2 cores (docs/benchmarks.md)
 
 
 class NsfwStage(Stage[list[dict[str, Any]]]):

@@ -302,3 +302,14 @@ def test_the_session_cookie_stays_under_a_browsers_limit(app) -> None:
     cookie = r.headers["set-cookie"].split(";")[0]
     assert len(cookie) < 3500, len(cookie)  # room to spare
     assert c.get("/").status_code == 200  # and the session still works
+
+
+def test_every_response_says_its_server_time_and_its_id(app) -> None:
+    c = TestClient(app, base_url="https://testserver")
+    a, b = c.get("/login"), c.get("/static/review.css")
+    assert re.fullmatch(r"app;dur=\d+\.\d", a.headers["server-timing"])
+    assert (
+        re.fullmatch(r"[0-9a-f]{16}", a.headers["x-request-id"])
+        and a.headers["x-request-id"] != b.headers["x-request-id"]
+    )
+    assert a.headers["cache-control"] == "no-store" and b.headers["cache-control"] == "public, max-age=600"
