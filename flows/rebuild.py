@@ -3,10 +3,10 @@ queue and a release, then (when asked) embeddings, training and evaluation.
 
 Each declared stage names the work pool it needs. A rebuild run by its deployment (on the `cpu`
 pool) runs the stages of its own pool as tasks and hands each run of consecutive stages of another
-pool (captions, CLIP and near duplicates: `gpu`) to the `stages/<pool>` deployment with
-`run_deployment`, waiting for it: the order of the chain and the one rebuild run (with its
-sub-runs) stay visible in one place, a failure there fails the rebuild, and a GPU worker loads its
-models once for the three stages. A rebuild called directly (the demo, `surd rebuild` without a
+pool (captions, CLIP, the NSFW score and near duplicates: `gpu`) to the `stages/<pool>`
+deployment with `run_deployment`, waiting for it: the order of the chain and the one rebuild run
+(with its sub-runs) stay visible in one place, a failure there fails the rebuild, and a GPU
+worker takes the four stages in one run. A rebuild called directly (the demo, `surd rebuild` without a
 server's deployments) runs every stage in its own process."""
 
 from __future__ import annotations

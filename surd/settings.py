@@ -208,7 +208,7 @@ class EmbedSettings(_Section):
     dedupe: bool = Field(True, description="embed each distinct prompt once (of each 8,192 at a time)")
     part_bytes: int = Field(
         512 * 2**20,
-        ge=2**20,
+        ge=2**16,
         description="vectors in a written part (all layers); a part holds at least part_size prompts",
     )
 

@@ -36,7 +36,9 @@ def demo_config(data_root: Path, site: ReplaySite) -> dict[str, Any]:
         },
         "caption": {"batch_size": 8},
         "review": {"auto_policy": "demo-margin-v1", "auto_min_margin": 0.5},
-        "embed": {"llm": "smollm2-135m"},  # a real LLaMA-architecture model, offline
+        # a real LLaMA-architecture model, offline; parts of part_size prompts (16 × 34.5 KB of
+        # SmolLM2's vectors is over 512 KiB), so a kill and a resume meet several of them
+        "embed": {"llm": "smollm2-135m", "part_bytes": 2**19},
         "adapter": {
             "base_model": "tiny",
             "steps": 20,

@@ -29,6 +29,9 @@ class NsfwStage(Stage[list[dict[str, Any]]]):
 
     name, schema, label, command = "nsfw_scores", NSFW_SCORES, "NSFW-scored", "nsfw-score"
     reads: ClassVar = {"images": ("image",)}
+    # with the stages around it (CLIP before, near duplicates after) on the GPU hosts, so a deployed
+    # rebuild hands them over in one run; onnxruntime uses their CPU cores
+    pool = "gpu"
 
     def start(self, stack: ExitStack) -> None:
         from surd.models.nsfw_detector import Detector  # onnxruntime: only with work

@@ -55,6 +55,12 @@ def test_lavis_venv_is_its_own_and_its_captioner_fills_the_table(lavis_python: P
     from surd.stages.base import run_stage
 
     data = DataDir(tmp_path / "data").open()
+    data.table("raw_items").write(  # what went on to the images stage
+        [
+            {"sample_id": f"s{i}", "status": OK, "source": "civitai", "source_item_id": str(i)}
+            for i in range(3)
+        ]
+    )
     rows = []
     for i in range(3):
         row = dict.fromkeys(data.table("images").schema.names)
