@@ -85,8 +85,10 @@ def build(root: Path, samples: int, image_kb: int, part_size: int) -> dict[str, 
         tables["clip_scores"].write(
             {"sample_id": s, "status": OK, "p_simple": 0.9, "p_complex": 0.1} for s in ids
         )
-        for name in chain.PIPELINE.upstream("near_duplicates"):  # any other declared before it
-            if name not in ("raw_items", "images", "captions", "clip_scores"):
+    for name in chain.PIPELINE.upstream("near_duplicates"):  # a declared stage not written above
+        if not tables[name].parts():
+            for start in range(0, samples, part_size):
+                ids = [f"{i:016x}" for i in range(start, min(samples, start + part_size))]
                 tables[name].write({"sample_id": s, "status": OK} for s in ids)
     pipeline.run(settings, "near_duplicates")  # no embeddings written here: it keeps every sample
     review = pipeline.review(settings)

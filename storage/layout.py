@@ -32,6 +32,12 @@ class SchemaVersionError(DataRootError):
     """The data directory was written by an incompatible version of the schema."""
 
 
+def _ours_early(name: str) -> bool:
+    """What another process of ours may have put in a new data root before its SCHEMA_VERSION
+    marker exists: the marker's own temp file, and the write locks (storage.locks)."""
+    return name.startswith(".tmp-") or name == "locks"
+
+
 class DataDir:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
@@ -54,13 +60,14 @@ class DataDir:
                     f"{SCHEMA_VERSION}; use another data root (SURD_DATA_ROOT) or migrate it"
                 )
         else:
-            if self.root.exists() and any(self.root.iterdir()):
+            if self.root.exists() and any(not _ours_early(p.name) for p in self.root.iterdir()):
                 raise SchemaVersionError(
                     f"{self.root} is not empty and has no SCHEMA_VERSION marker; refusing to mix "
                     "data. Point SURD_DATA_ROOT at an empty or SURD data directory"
                 )
             if not create:
                 return self  # an empty folder: nothing to read, and a reader writes nothing
+            # two processes opening a new root at once both write the same marker (atomically)
             atomic_write_bytes(marker, json.dumps({"schema_version": SCHEMA_VERSION}).encode())
         return self
 

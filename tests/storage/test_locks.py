@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import signal
@@ -100,7 +101,9 @@ def _together(commands: list[list[str]], env: dict[str, str]) -> list[subprocess
 
 def test_two_images_runs_at_once_write_each_item_once(tmp_path: Path, demo_settings) -> None:
     pipeline.crawl(demo_settings, "civitai")
-    env = _env(demo_settings.data_root, SURD_IMAGES__REQUESTS_PER_SECOND="30")
+    # slow enough (25 items at 5 a second) that the second run meets the first one's lock, however
+    # long either takes to start
+    env = _env(demo_settings.data_root, SURD_IMAGES__REQUESTS_PER_SECOND="5")
     runs = _together([[SURD, "images"], [SURD, "images"]], env)
     assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
     said = sorted(r.stdout.split(":")[1].split(",")[0].strip() for r in runs)
@@ -129,3 +132,32 @@ def test_two_releases_at_once_never_collide(tmp_path: Path, demo_settings) -> No
     )
     assert verify.returncode == 0 and "v0001: ok" in verify.stdout
     assert DataDir(s.data_root).open(create=False)
+
+
+def test_a_new_data_root_opened_by_two_processes_at_once(tmp_path: Path) -> None:
+    """What one process leaves in a new root while it opens it (the marker's temp file, its locks)
+    does not make the other refuse the root as foreign; anything else still does."""
+    from storage.layout import SchemaVersionError
+
+    root = tmp_path / "new"
+    (root / "locks").mkdir(parents=True)
+    (root / ".tmp-0123abcd-SCHEMA_VERSION").write_text("{")  # another process, mid-write
+    DataDir(root).open()
+    assert json.loads((root / "SCHEMA_VERSION").read_text())["schema_version"] >= 1
+    ctx = mp.get_context("fork")
+    for k in range(5):  # and for real: four processes open one new root at the same moment
+        fresh = tmp_path / f"fresh{k}"
+        with ctx.Pool(4) as pool:
+            assert pool.map(_open_root, [fresh] * 4) == ["ok"] * 4
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(SchemaVersionError, match="no SCHEMA_VERSION marker"):
+        DataDir(foreign).open()
+
+
+def _open_root(root: Path) -> str:
+    with writing(root, f"table-{os.getpid()}"):  # a writer: its lock is taken, then the root opened
+        pass
+    DataDir(root).open()
+    return "ok"
