@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -99,18 +100,61 @@ def _together(commands: list[list[str]], env: dict[str, str]) -> list[subprocess
     ]
 
 
+def _wait_for(check, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
 def test_two_images_runs_at_once_write_each_item_once(tmp_path: Path, demo_settings) -> None:
+    """The second run meets the first one's lock by construction, not by timing: the first is
+    paused (SIGSTOP) while it holds the lock, and resumed once the second says it waits."""
     pipeline.crawl(demo_settings, "civitai")
-    # slow enough (25 items at 5 a second) that the second run meets the first one's lock, however
-    # long either takes to start
+    # 25 items at 5 a second: the first run holds the lock for seconds, long enough to be seen
     env = _env(demo_settings.data_root, SURD_IMAGES__REQUESTS_PER_SECOND="5")
-    runs = _together([[SURD, "images"], [SURD, "images"]], env)
-    assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
-    said = sorted(r.stdout.split(":")[1].split(",")[0].strip() for r in runs)
-    assert said[0].endswith(" processed") and said[1] == "nothing pending", [
-        (r.stdout, r.stderr) for r in runs
-    ]
-    assert any("waiting for images: another run is writing it (pid " in r.stderr for r in runs)
+    holder = Path(demo_settings.data_root) / "locks" / "images.holder.json"
+    popen = dict(env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen([SURD, "images"], **popen)
+    second = None
+    try:
+
+        def first_holds() -> bool:
+            assert first.poll() is None, first.communicate()
+            try:
+                return json.loads(holder.read_text())["pid"] == first.pid
+            except (OSError, ValueError, KeyError):
+                return False
+
+        _wait_for(first_holds, 240, "the first run to take the images lock")
+        os.kill(first.pid, signal.SIGSTOP)
+        second = subprocess.Popen([SURD, "images"], **popen)
+        second_err: list[str] = []
+        reader = threading.Thread(target=lambda: second_err.extend(second.stderr), daemon=True)
+        reader.start()
+        _wait_for(
+            lambda: (
+                any("waiting for images: another run is writing it (pid " in ln for ln in second_err)
+                or second.poll() is not None
+            ),
+            240,
+            "the second run to wait for the lock",
+        )
+        os.kill(first.pid, signal.SIGCONT)
+        out2, _ = second.communicate(timeout=300)
+        reader.join(10)
+        out1, err1 = first.communicate(timeout=300)
+    finally:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                os.kill(p.pid, signal.SIGCONT)
+                p.kill()
+                p.wait()
+    err2 = "".join(second_err)
+    assert (first.returncode, second.returncode) == (0, 0), (err1, err2)
+    assert "waiting for images: another run is writing it (pid " in err2, err2
+    said = [r.split(":")[1].split(",")[0].strip() for r in (out1, out2)]
+    assert said[0].endswith(" processed") and said[1] == "nothing pending", (out1, out2, err1, err2)
     ids = (
         pq.read_table(demo_settings.data_root / "tables" / "images", columns=["sample_id"])
         .column(0)
