@@ -47,6 +47,19 @@ def through_review(settings) -> None:
     pipeline.review(settings)
 
 
+def released_root(folder: Path, replay: ReplaySite) -> Path:
+    """A demo data root under `folder`, taken through review and a first release."""
+    from surd import pipeline
+    from surd.app.demo import demo_config
+    from surd.settings import load_settings
+
+    root = folder / "data"
+    s = load_settings(**demo_config(root, replay))
+    through_review(s)
+    assert pipeline.release(s)
+    return root
+
+
 @pytest.fixture(scope="session")
 def replay() -> ReplaySite:
     site = ReplaySite().start()

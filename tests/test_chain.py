@@ -21,7 +21,7 @@ from surd import chain, pipeline
 from surd.review import queries, queue
 from surd.settings import load_settings
 from surd.status import status
-from tests.conftest import through_review
+from tests.conftest import released_root
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "architecture.md"
@@ -88,13 +88,7 @@ def test_the_walkthrough_example_is_one_module_one_line_and_its_test(
 @pytest.fixture(scope="module")
 def released(tmp_path_factory: pytest.TempPathFactory, replay: Any) -> Path:
     """A demo data root through review and a first release, made once for these tests."""
-    from surd.app.demo import demo_config
-
-    root = tmp_path_factory.mktemp("released") / "data"
-    s = load_settings(**demo_config(root, replay))
-    through_review(s)
-    assert pipeline.release(s)
-    return root
+    return released_root(tmp_path_factory.mktemp("released"), replay)
 
 
 def _settings(root: Path, replay: Any) -> Any:

@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from surd import pipeline
-from tests.conftest import through_review
+from tests.conftest import released_root
 
 pytestmark = pytest.mark.slow  # subprocesses, servers or a browser: not in `make test-fast`
 
@@ -58,14 +57,7 @@ def test_the_readme_lists_only_commands_it_can_account_for() -> None:
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory: pytest.TempPathFactory, replay: Any) -> Path:
-    from surd.app.demo import demo_config
-    from surd.settings import load_settings
-
-    root = tmp_path_factory.mktemp("readme") / "data"
-    s = load_settings(**demo_config(root, replay))
-    through_review(s)
-    assert pipeline.release(s)
-    return root
+    return released_root(tmp_path_factory.mktemp("readme"), replay)
 
 
 def test_every_surd_command_in_the_readme_runs(demo_root: Path, tmp_path: Path) -> None:

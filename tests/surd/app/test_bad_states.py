@@ -14,12 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from surd import pipeline
 from surd.app.cli import main
 from surd.review import auth, queue
 from surd.review.app import create_app
 from surd.settings import load_settings
-from tests.conftest import free_port, through_review
+from tests.conftest import free_port, released_root
 from tests.serve import ThreadedServer
 
 
@@ -32,13 +31,7 @@ def surd(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory, replay: Any) -> Path:
-    from surd.app.demo import demo_config
-
-    r = tmp_path_factory.mktemp("bad") / "data"
-    s = load_settings(**demo_config(r, replay))
-    through_review(s)
-    assert pipeline.release(s)
-    return r
+    return released_root(tmp_path_factory.mktemp("bad"), replay)
 
 
 @pytest.fixture
