@@ -145,27 +145,28 @@ def scrub(data: DataDir, gone: Mapping[str, int], tables: Iterable[str]) -> dict
 
 
 def scrub_queue(settings: Settings, gone: Mapping[str, int]) -> int:
-    """The review queue's copy of taken-down items' prompts and links emptied (their decisions
-    and the takedown's rejection stay); returns how many items."""
+    """The review queue's copy of taken-down items' prompts and links emptied (the payload, and
+    the prompts' search text with it; their decisions and the takedown's rejection stay); returns
+    how many items."""
     if not gone:
         return 0
     engine = queue.connect(settings.review_database_url)
     try:
-        ids, todo = sorted(gone), []
+        ids, todo, nothing = sorted(gone), [], queue.searchable({})
         with reader(engine) as conn:
             for k in range(0, len(ids), 500):
-                q = sa.select(items.c.sample_id, items.c.payload).where(
+                q = sa.select(items.c.sample_id, items.c.payload, items.c.prompts).where(
                     items.c.sample_id.in_(ids[k : k + 500])
                 )
                 todo += [
                     {"sid": sid, "emptied": json.dumps({"sample_id": sid})}
-                    for sid, payload in conn.execute(q)
-                    if json.loads(payload) != {"sample_id": sid}
+                    for sid, payload, prompts in conn.execute(q)
+                    if json.loads(payload) != {"sample_id": sid} or prompts != nothing
                 ]
         if todo:
             with engine.begin() as conn:
                 update = items.update().where(items.c.sample_id == sa.bindparam("sid"))
-                conn.execute(update.values(payload=sa.bindparam("emptied")), todo)
+                conn.execute(update.values(payload=sa.bindparam("emptied"), prompts=nothing), todo)
         return len(todo)
     finally:
         engine.dispose()

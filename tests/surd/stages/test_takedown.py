@@ -3,6 +3,7 @@ release; superseded releases that still hold taken-down rows are pruned only aft
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import sqlalchemy as sa
 
 from storage.layout import DataDir
 from storage.releases import manifest, releases
@@ -179,6 +181,18 @@ def test_a_creator_taken_down_after_a_release(tmp_path: Path, site: ReplaySite) 
     assert pipeline.release(full) == str(v2)  # nothing changed: no new release, none reused
 
 
+def _queued(s, sample_id: str) -> dict:
+    from surd.review.schema import items
+
+    engine = queue.connect(s.review_database_url)
+    try:
+        with engine.connect() as conn:
+            q = sa.select(items.c.payload, items.c.prompts).where(items.c.sample_id == sample_id)
+            return dict(conn.execute(q).mappings().one())
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.slow  # a whole demo path and an export: 11 s
 def test_a_takedown_removes_the_stored_bytes_and_lists_the_exports(
     demo_settings, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -195,14 +209,14 @@ def test_a_takedown_removes_the_stored_bytes_and_lists_the_exports(
     data = DataDir(s.data_root)
     image = data.table("images").lookup([victim], ["image"])[victim]["image"]
     assert image and len(image) > 1000
+    caption = data.table("captions").lookup([victim], ["simple_prompt"])[victim]["simple_prompt"]
+    assert caption and caption.lower() in _queued(s, victim)["prompts"]
     export_release(v1, tmp_path / "exported", "imagefolder")
     monkeypatch.setenv("SURD_DATA_ROOT", str(s.data_root))
     monkeypatch.setenv("SURD_PROFILE", "tiny")
     with pytest.raises(SystemExit) as done:
         main(["takedown", "add", "--sample", victim, "--reason", "the creator asked", "--json"])
     assert done.value.code in (0, None)
-    import json
-
     said = json.loads(capsys.readouterr().out)
     assert said["exports_holding_it"] == [str((tmp_path / "exported").resolve())]
     assert said["rows_emptied"]["images"] == 1 and said["rows_emptied"]["review_queue"] == 1
@@ -219,6 +233,9 @@ def test_a_takedown_removes_the_stored_bytes_and_lists_the_exports(
         st[n]["in"] == st[n]["out"] + sum(st[n]["dropped"].values()) + st[n]["pending"]
         for n in ("images", "captions")
     )
+    queued = _queued(s, victim)  # the review queue's copy: neither the prompts nor their search text
+    assert json.loads(queued["payload"]) == {"sample_id": victim}
+    assert caption.lower() not in (queued["prompts"] or ""), queued
     assert pipeline.scrub_takedowns(s) == {}  # done once; a rerun rewrites nothing
     v2 = Path(pipeline.release(s))
     assert victim not in manifest(v2)["fingerprint"]
