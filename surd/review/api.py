@@ -114,17 +114,12 @@ def decide(body: DecideRequest, request: Request, who: Caller = Depends(caller))
             reason=body.reason if body.decision == "reject" else None,
             simple_prompt=edited,
             view="api",
-            guideline_version=_version(s),
+            guideline_version=guidelines.version(s.review.guidelines),
         )
     except queue.QueueError as exc:
         raise HTTPException(409, str(exc)) from None
     got = queries.item(engine, body.sample_id)
     return DecideResponse(decision_id=did, state=got["state"] if got else "unknown")
-
-
-def _version(s: Any) -> str | None:
-    g = guidelines.load(s.review.guidelines)
-    return g.version if g else None
 
 
 @router.get("/guidelines")

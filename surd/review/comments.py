@@ -3,7 +3,6 @@ A flag asks an admin to look at the item (a doubt, a problem with the guidelines
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -12,6 +11,7 @@ import sqlalchemy as sa
 
 from surd.review.db import reader
 from surd.review.schema import comments, items
+from surd.review.text import hidden_characters
 
 MAX_TEXT = 2000
 
@@ -23,7 +23,7 @@ def add(engine: sa.Engine, sample_id: str, author: str, text: str, flag: bool = 
         raise ValueError("a comment needs some text")
     if len(text) > MAX_TEXT:
         raise ValueError(f"a comment has at most {MAX_TEXT} characters; this one has {len(text)}")
-    if any(unicodedata.category(c) in ("Cc", "Cf") and c not in "\n\t" for c in text):
+    if hidden_characters(text, allow="\n\t"):
         raise ValueError("a comment may not hold control or formatting characters")
     with engine.begin() as conn:
         if conn.execute(sa.select(items.c.sample_id).where(items.c.sample_id == sample_id)).first() is None:

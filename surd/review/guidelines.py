@@ -39,3 +39,9 @@ def load(path: Path | None) -> Guidelines | None:
         html = MarkdownIt("commonmark", {"html": False, "linkify": False}).render(body)
         _cache[key] = Guidelines(version, body, html)
     return _cache[key]
+
+
+def version(path: Path | None) -> str | None:
+    """The version of the guidelines in force, which each decision records (None: none set)."""
+    g = load(path)
+    return g.version if g else None

@@ -19,9 +19,10 @@ router = APIRouter(include_in_schema=False)
 TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
 
-def _stored(s: Session, sample_id: str) -> tuple[bytes, bool]:
-    """(the stored image, whether the review blurs it for this steward now); 404 for an item that
-    is not queued or has no image, 410 for one a takedown covers."""
+def _stored(s: Session, sample_id: str) -> tuple[bytes, bool, bool]:
+    """(the stored image, whether the item is flagged, whether the review blurs it for this
+    steward now); 404 for an item that is not queued or has no image, 410 for one a takedown
+    covers."""
     item = queries.item(s.engine, sample_id)
     if item is None:  # only what entered the review queue
         raise HTTPException(404, f"no item {sample_id} in the queue")
@@ -31,8 +32,8 @@ def _stored(s: Session, sample_id: str) -> tuple[bytes, bool]:
     rows = images.lookup({sample_id}, ["image"])
     if sample_id not in rows or rows[sample_id]["image"] is None:
         raise HTTPException(404, f"item {sample_id} has no stored image")
-    veil = flagged(item, s.settings.review) and sample_id not in s.remembered("revealed")
-    return rows[sample_id]["image"], veil
+    flag = flagged(item, s.settings.review)
+    return rows[sample_id]["image"], flag, flag and sample_id not in s.remembered("revealed")
 
 
 def _sent(body: bytes, media: str, private: bool) -> Response:
@@ -42,19 +43,17 @@ def _sent(body: bytes, media: str, private: bool) -> Response:
 
 @router.get("/image/{sample_id}")
 def image(sample_id: str, s: StewardSession) -> Response:
-    data, veil = _stored(s, sample_id)
+    data, flag, veil = _stored(s, sample_id)
     if veil:
         return _sent(veiled(data, 512), "image/jpeg", private=False)
-    flag = flagged(queries.item(s.engine, sample_id) or {}, s.settings.review)
     return _sent(data, TYPES[s.settings.images.encode_format], private=not flag)
 
 
 @router.get("/thumb/{sample_id}")
 def thumb(sample_id: str, s: StewardSession) -> Response:
-    data, veil = _stored(s, sample_id)
+    data, flag, veil = _stored(s, sample_id)
     if veil:
         return _sent(veiled(data, THUMB), "image/jpeg", private=False)
-    flag = flagged(queries.item(s.engine, sample_id) or {}, s.settings.review)
     return _sent(thumbnail(data), "image/jpeg", private=not flag)
 
 

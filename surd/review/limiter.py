@@ -60,12 +60,7 @@ def reserve(
     with engine.begin() as conn:
         _serialise(conn)
         now = now or datetime.now(UTC)  # read under the lock: no later writer's `now` is ahead of it
-        rows = {
-            r["key"]: r
-            for r in conn.execute(
-                sa.select(login_limits).where(login_limits.c.key.in_((addr, pair)))
-            ).mappings()
-        }
+        rows = _rows(conn, addr, pair)
         waits = [(_aware(r["not_before"]) - now).total_seconds() for r in rows.values()]
         if max(waits, default=0.0) > 0:
             return max(waits)
@@ -75,6 +70,11 @@ def reserve(
         for key in (addr, pair):
             _count(conn, key, rows.get(key), key == addr, per_minute, now)
     return 0.0
+
+
+def _rows(conn: sa.Connection, *keys: str) -> dict[str, sa.RowMapping]:
+    q = sa.select(login_limits).where(login_limits.c.key.in_(keys))
+    return {r["key"]: r for r in conn.execute(q).mappings()}
 
 
 def _count(
@@ -104,12 +104,7 @@ def failed(engine: sa.Engine, address: str, name: str, per_minute: int, now: dat
     with engine.begin() as conn:
         _serialise(conn)
         now = now or datetime.now(UTC)
-        rows = {
-            r["key"]: r
-            for r in conn.execute(
-                sa.select(login_limits).where(login_limits.c.key.in_((addr, pair)))
-            ).mappings()
-        }
+        rows = _rows(conn, addr, pair)
         if _room(conn, now, sum(k not in rows for k in (addr, pair))):
             for key in (addr, pair):
                 _count(conn, key, rows.get(key), key == addr, per_minute, now)

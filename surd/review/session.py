@@ -79,8 +79,7 @@ class Session:
 
     @property
     def guideline_version(self) -> str | None:
-        g = self.guidelines
-        return g.version if g else None
+        return guidelines.version(self.settings.review.guidelines)
 
     def render(self, template: str, status: int = 200, **extra: Any) -> HTMLResponse:
         ctx = {

@@ -3,7 +3,6 @@ when (append-only), and the releases deleted because they held taken-down rows."
 
 from __future__ import annotations
 
-import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -12,7 +11,7 @@ import sqlalchemy as sa
 
 from surd.review.db import reader
 from surd.review.schema import release_prunes, takedowns
-from surd.review.text import clean_prompt
+from surd.review.text import clean_prompt, hidden_characters
 from surd.sources import SOURCES
 
 KINDS = ("sample", "item", "creator", "url")
@@ -24,7 +23,7 @@ def _target(kind: str, value: str) -> tuple[str | None, str]:
     value = (value or "").strip()
     if len(value) > MAX_TARGET:
         raise ValueError(f"a takedown target is at most {MAX_TARGET} characters; got {len(value)}")
-    if any(unicodedata.category(c) in ("Cc", "Cf") for c in value):
+    if hidden_characters(value):
         raise ValueError(
             "a takedown target may not hold control or formatting characters (NUL, right-to-left "
             "override, …): give it as the site shows it"

@@ -12,6 +12,12 @@ _BIDI = dict.fromkeys(map(ord, "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068
 _SPACE = re.compile(r"[\t\n\r\v\f ]+")
 
 
+def hidden_characters(text: str, allow: str = "") -> bool:
+    """Whether `text` holds a control or formatting character (NUL, a right-to-left override, a
+    zero-width joiner, …) other than those in `allow`: text stored for people to read holds none."""
+    return any(unicodedata.category(c) in ("Cc", "Cf") and c not in allow for c in text)
+
+
 def clean_prompt(text: str | None) -> str | None:
     """Bidi controls removed, runs of whitespace made one space, ends stripped; None when empty.
     ValueError, with the message a steward sees, for NUL or other control characters and for a
