@@ -28,8 +28,8 @@ class What(StrEnum):
 
 
 def enqueue(as_json: bool = JSON, config: Path | None = CONFIG) -> None:
-    """Drop near duplicates among the CLIP-kept samples, enqueue the rest (and apply the auto-review
-    policy, if one is set)."""
+    """Enqueue what went on through every declared stage, withdraw queued items a stage dropped
+    since, empty taken-down content, and apply the auto-review policy (if one is set)."""
 
     r = pipeline.review(settings(config))
     result(r, as_json, describe("review", r))
