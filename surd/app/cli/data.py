@@ -10,12 +10,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import typer
 from rich.table import Table
 
-from storage.catalog import connect
+from storage.catalog import NotARead, connect, read_statements
 from surd.app.cli.common import CONFIG, err, fail, open_data, out, settings
-from surd.settings import describe_settings
+from surd.config import describe_settings
 from surd.status import status as compute
 from surd.summary import counts
 
@@ -76,20 +77,44 @@ def sql(
     config: Path | None = CONFIG,
 ) -> None:
     """Run read-only SQL over the DuckDB catalog (a view per table and release: raw_items, images,
-    captions, …); statements that write or reach outside (COPY, ATTACH, INSTALL, LOAD, CREATE,
-    PRAGMA, …) are refused."""
+    captions, …). DuckDB itself can write no file, load no extension and change no setting in this
+    session; only SELECT and EXPLAIN [ANALYZE] of a SELECT run. Files outside the catalog are out
+    of reach."""
 
-    read_only(query)
+    import duckdb
+
+    try:
+        statements = read_statements(query)
+    except NotARead as exc:
+        raise fail(f"surd sql runs reads only (SELECT, EXPLAIN of a SELECT); refused: {exc.kind}") from None
+    except duckdb.Error as exc:
+        raise fail(f"bad SQL: {str(exc).splitlines()[0]}") from None
     con = connect(open_data(settings(config), create=False))
+    try:
+        for st in statements[:-1]:
+            con.execute(st)
+        _answer(con, statements[-1], fmt, to)
+    except duckdb.PermissionException as exc:  # the session's own guard: no file, extension or setting
+        raise fail(f"surd sql runs reads only; refused by DuckDB: {str(exc).splitlines()[0]}") from None
+
+
+def _answer(con: Any, query: str, fmt: SqlFormat, to: Path | None) -> None:
+    """The last statement's rows, printed or written to `to` (by this process: DuckDB writes no file)."""
     if fmt is SqlFormat.parquet or (to is not None and fmt is not SqlFormat.table):
         if to is None:
             raise fail("--format parquet writes a file: give --out FILE")
-        if fmt in (SqlFormat.parquet, SqlFormat.csv):
-            rel = con.sql(query)
-            (rel.write_parquet if fmt is SqlFormat.parquet else rel.write_csv)(str(to))
+        if fmt is SqlFormat.parquet:
+            reader = con.sql(query).to_arrow_reader(65536)
+            with pq.ParquetWriter(str(to), reader.schema) as w:
+                for batch in reader:
+                    w.write_batch(batch)
         else:
-            with to.open("w") as fh:
-                _json_rows(con.execute(query), fh, fmt is SqlFormat.jsonl)
+            with to.open("w", newline="") as fh:
+                cur = con.execute(query)
+                if fmt is SqlFormat.csv:
+                    _csv_rows(cur, fh)
+                else:
+                    _json_rows(cur, fh, fmt is SqlFormat.jsonl)
         err.print(f"{to}: written", highlight=False)
         return
     cur = con.execute(query)
@@ -101,29 +126,16 @@ def sql(
             table.add_row(*("NULL" if v is None else str(v) for v in row))
         out.print(table)
     elif fmt is SqlFormat.csv:
-        w = csv.writer(sys.stdout)
-        w.writerow(_columns(cur))
-        while batch := cur.fetchmany(1024):
-            w.writerows(batch)
+        _csv_rows(cur, sys.stdout)
     else:
         _json_rows(cur, sys.stdout, fmt is SqlFormat.jsonl)
 
 
-READS = ("SELECT", "EXPLAIN")
-
-
-def read_only(query: str) -> None:
-    """Refuse, with one line, a query with any statement that is not a read."""
-    import duckdb
-
-    try:
-        kinds = [s.type.name for s in duckdb.extract_statements(query)]
-    except duckdb.Error as exc:
-        raise fail(f"bad SQL: {str(exc).splitlines()[0]}") from None
-    wrong = [k for k in kinds if k not in READS]
-    if not kinds or wrong:
-        what = ", ".join(sorted(set(wrong))) or "nothing to run"
-        raise fail(f"surd sql runs reads only (SELECT, EXPLAIN); refused: {what}")
+def _csv_rows(cur: Any, fh: Any) -> None:
+    w = csv.writer(fh)
+    w.writerow(_columns(cur))
+    while batch := cur.fetchmany(1024):
+        w.writerows(batch)
 
 
 def _columns(cur: Any) -> list[str]:

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow.parquet as pq
 import pytest
 
 from surd.app.cli import main
+from surd.config import load_settings
 from surd.review import auth, queue
 from surd.review.app import create_app
-from surd.settings import load_settings
 from tests.conftest import free_port, released_root
 from tests.serve import ThreadedServer
 
@@ -116,18 +117,74 @@ def test_a_damaged_part_is_named_by_release_create(copy: Path, capsys: pytest.Ca
     assert code == 3 and str(part) in err and "internal error" not in err, err
 
 
-def test_surd_sql_runs_reads_only(copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    target = tmp_path / "leak.csv"
+SHARD = "{root}/releases/v0001/shard-00000.parquet"
+REFUSED = {  # every form of a write, a setting, an extension or a file outside the views
+    "copy": "copy (select * from raw_items) to '{leak}'",
+    "copy over a shard": "copy (select 1 as x) to '" + SHARD + "' (format parquet)",
+    "export": "export database '{tmp}/exported'",
+    "attach": "attach '{tmp}/x.db' as x",
+    "set": "set threads = 1",
+    "reset": "reset threads",
+    "load": "load json",
+    "install": "install httpfs",
+    "pragma": "pragma threads = 1",
+    "create": "create table t as select * from raw_items",
+    "create temp": "create temp table t as select 1",
+    "insert": "insert into raw_items select * from raw_items",
+    "drop view": "drop view raw_items",
+    "checkpoint": "checkpoint",
+    "two statements": "select 1; copy (select 1) to '{leak}'",
+    "explain copy": "explain copy (select 1) to '{leak}'",
+    "explain analyze copy": "explain analyze copy (select 1 as x) to '" + SHARD + "' (format parquet)",
+    "explain analyze set": "explain analyze set threads = 1",
+    "explain analyze create": "explain analyze create table t as select 1",
+    "explain analyze drop": "explain analyze drop view raw_items",
+    "explain analyze attach": "explain analyze attach '{tmp}/y.db' as y",
+    "explain (options) export": "explain (format json) export database '{tmp}/exported'",
+    "cte": "with a as (select 1 as x) copy (select * from a) to '{leak}'",
+    "cte over a write": "with a as (insert into raw_items select * from raw_items returning *) select * from a",
+    "subquery": "select * from (copy (select 1) to '{leak}')",
+    "read a file outside": "select * from read_csv('/etc/passwd')",
+    "read a file inside": "select * from read_parquet('" + SHARD + "')",
+    "glob": "select * from glob('/etc/*')",
+    "query()": "select * from query('copy (select 1) to ''{leak}''')",
+}
+
+
+@pytest.mark.parametrize("form", REFUSED)
+def test_surd_sql_refuses_every_write_alone_or_wrapped(
+    copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], form: str
+) -> None:
+    leak = tmp_path / "leak.csv"
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and "locks" not in p.parts}
+    q = REFUSED[form].format(root=copy, leak=leak, tmp=tmp_path)
+    code, _, err = surd(capsys, "sql", q)
+    assert code == 2 and len(err.strip().splitlines()) == 1, (q, err)
+    assert "reads only" in err or "bad SQL" in err, (q, err)
+    assert not leak.exists() and not list(tmp_path.glob("*.db")) and not (tmp_path / "exported").exists()
+    after = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and "locks" not in p.parts}
+    assert after == before, form
+    assert surd(capsys, "release", "verify")[0] == 0
+
+
+def test_surd_sql_reads_with_ctes_subqueries_and_explain(
+    copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     for q in (
-        f"copy (select * from raw_items) to '{target}'",
-        "attach 'x.db'",
-        "install httpfs",
-        "load httpfs",
+        "select count(*) from raw_items",
+        "with a as (select * from release_latest) select count(*) from a",
+        "select count(*) from (select sample_id from images where status = 'ok')",
+        "explain select * from raw_items",
+        "explain analyze select count(*) from captions",
+        "from release_v0001 select sample_id limit 1",
     ):
         code, _, err = surd(capsys, "sql", q)
-        assert code == 2 and "reads only" in err and len(err.strip().splitlines()) == 1, (q, err)
-    assert not target.exists()
-    assert surd(capsys, "sql", "select count(*) from raw_items")[0] == 0
+        assert code == 0, (q, err)
+    rows = tmp_path / "rows.parquet"
+    code, _, err = surd(
+        capsys, "sql", "select sample_id from raw_items", "--format", "parquet", "--out", str(rows)
+    )
+    assert code == 0 and pq.read_table(rows).num_rows > 0, err
 
 
 def test_request_bodies_are_capped(copy: Path) -> None:
