@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from surd.models.blip_caption import BlipCaptioner
     from surd.models.clip_score import ClipScorer
     from surd.models.preprocess import Preprocessor
-    from surd.settings import CaptionSettings
+    from surd.stages.captions_params import CaptionParams
 
     dev = device()
     blobs = image_set(args.images)
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for search in args.searches:
             for beams in args.beams:
                 for bs in args.caption_batch:
-                    cfg = CaptionSettings(num_beams=beams, max_length=total, min_length=total, search=search)
+                    cfg = CaptionParams(num_beams=beams, max_length=total, min_length=total, search=search)
                     cap = BlipCaptioner(model, proc, cfg)
                     r = {
                         "bench": "caption",

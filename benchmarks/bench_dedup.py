@@ -35,8 +35,8 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 import synthetic  # noqa: E402
 
-from surd.settings import ImageSettings  # noqa: E402
 from surd.stages.dedup import VIEWS, Deduper  # noqa: E402
+from surd.stages.images_params import ImageParams  # noqa: E402
 from surd.stages.normalise import ZOOMS, normalise  # noqa: E402
 
 
@@ -48,12 +48,12 @@ def _hexes(rng: np.random.Generator, n: int, words: int) -> list[str]:
     return [bytes(r).hex() for r in rng.integers(0, 256, (n, 8 * words), dtype=np.uint8)]
 
 
-def _deduper(cfg: ImageSettings, confirm: int, zoom_confirm: int) -> Deduper:
+def _deduper(cfg: ImageParams, confirm: int, zoom_confirm: int) -> Deduper:
     zoom = cfg.zoom_max_distance
     return Deduper(cfg.phash_max_distance, confirm, zoom_distance=zoom, zoom_confirm=zoom_confirm)
 
 
-def speed(n: int, part: int, cfg: ImageSettings) -> dict[str, Any]:
+def speed(n: int, part: int, cfg: ImageParams) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     dedup = _deduper(cfg, cfg.confirm_max_distance, cfg.zoom_confirm_max_distance)
     dropped = 0
@@ -78,11 +78,11 @@ def speed(n: int, part: int, cfg: ImageSettings) -> dict[str, Any]:
 
 
 def _keys(args: tuple[tuple[int, str | None, int | None], int]) -> tuple[str, str]:
-    img = normalise(synthetic.body(*args), ImageSettings())
+    img = normalise(synthetic.body(*args), ImageParams())
     return img.sha256, img.phash
 
 
-def labelled(n: int, part: int, cfg: ImageSettings, workers: int) -> list[dict[str, Any]]:
+def labelled(n: int, part: int, cfg: ImageParams, workers: int) -> list[dict[str, Any]]:
     items = synthetic.items(n)
     start = time.perf_counter()
     with ProcessPoolExecutor(workers) as pool:
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     a = p.parse_args(argv)
     if not a.hashes and not a.labelled:
         p.error("give --hashes N or --labelled N")
-    cfg = ImageSettings()
+    cfg = ImageParams()
     results = [speed(a.hashes, a.part, cfg)] if a.hashes else labelled(a.labelled, a.part, cfg, a.workers)
     for r in results:
         print(json.dumps(r), flush=True)

@@ -56,7 +56,7 @@ def build(root: Path, samples: int, image_kb: int, part_size: int) -> dict[str, 
     from storage.layout import DataDir
     from storage.schemas import OK
     from surd import chain, pipeline
-    from surd.settings import load_settings
+    from surd.config import load_settings
 
     settings = load_settings(
         data_root=str(root), part_size=part_size, review={"auto_policy": "demo-margin-v1"}
@@ -106,7 +106,7 @@ def _rss_mb() -> float:
 def release_once(root: Path) -> dict[str, Any]:
     """In this (fresh) process: create the release; time, peak and baseline memory."""
     from storage.layout import DataDir
-    from surd.settings import load_settings
+    from surd.config import load_settings
     from surd.stages.release import create_release, manifest
 
     settings = load_settings(data_root=str(root))

@@ -254,7 +254,7 @@ def stage_run(run: Run, name: str, make: Callable[[], Any], n: int, **extra: Any
 
 
 def settings_for(root: Path, smoke: bool, **sections: Any) -> Any:
-    from surd.settings import load_settings
+    from surd.config import load_settings
 
     workers = 0 if smoke else max(1, (os.cpu_count() or 2) - 1)
     given: dict[str, Any] = {

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from surd.models.blip_caption import BlipCaptioner
     from surd.models.clip_score import ClipScorer
     from surd.models.preprocess import Preprocessor
-    from surd.settings import CaptionSettings
+    from surd.stages.captions_params import CaptionParams
 
     dev = device()
     blobs = image_set(args.images)
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     model, proc = blip(args.size, dev)
     prompt_len = len(proc.tokenizer("a picture of").input_ids) - 1
-    cfg = CaptionSettings(num_beams=3, max_length=prompt_len + 20, min_length=prompt_len + 20, search="lavis")
+    cfg = CaptionParams(num_beams=3, max_length=prompt_len + 20, min_length=prompt_len + 20, search="lavis")
     cap = BlipCaptioner(model, proc, cfg)
     with Preprocessor(cap.spec, 0) as pre:
         _, d = next(iter(pre.batches(bare[:256], 256)))

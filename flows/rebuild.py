@@ -33,10 +33,11 @@ from prefect.runtime import deployment
 from flows import events, scale
 from flows.training import embed_flow, evaluate_flow, train_flow
 from surd import chain, pipeline
+from surd.config import load_settings
 from surd.pipeline import ReleaseInfo, ReviewRun
 from surd.progress import Meter, ProgressLog
 from surd.review.queries import progress_markdown
-from surd.settings import Settings, load_settings
+from surd.settings import Settings
 from surd.stages.base import StageRun
 from surd.stages.crawl import CrawlFailed, CrawlStats
 from surd.status import status

@@ -20,8 +20,9 @@ from prefect import flow, task
 from prefect_dask import DaskTaskRunner
 
 from surd import chain, pipeline
+from surd.config import load_settings
 from surd.pipeline import EmbedRun
-from surd.settings import Settings, load_settings
+from surd.settings import Settings
 from surd.stages.base import StageRun, merge
 from surd.stages.images import process_part
 
@@ -83,7 +84,7 @@ def partitioned_images(config: dict[str, Any], workers: int) -> StageRun:
     settings = load_settings(**config)
 
     def submit(rows: list[dict[str, Any]], share: Any) -> Any:
-        return images_part.submit(rows, share, settings.images, len(rows))
+        return images_part.submit(rows, share, settings.stage("images"), len(rows))
 
     return pipeline.images(settings, submit=submit, workers=workers)
 

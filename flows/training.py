@@ -23,8 +23,9 @@ from prefect.events import emit_event
 
 from surd import pipeline
 from surd.app import training
+from surd.config import load_settings
 from surd.pipeline import EmbedRun
-from surd.settings import Settings, load_settings
+from surd.settings import Settings
 
 
 def _settings(config: dict[str, Any] | None, **adapter: Any) -> Settings:

@@ -14,13 +14,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.schemas import COMPRESSION, CRAWL_PAGES, SCHEMA_VERSION, STAGE_TABLES
+from storage.schemas import CRAWL_PAGES, CRAWL_TABLES, SCHEMA_VERSION, TableSpec
 from storage.tables import PartTable, atomic_write_bytes
 
 
@@ -38,9 +39,26 @@ def _ours_early(name: str) -> bool:
     return name.startswith(".tmp-") or name == "locks"
 
 
+def _marker_version(marker: Path) -> Any:
+    """The schema version a data root's marker names; a damaged marker is a data-root error."""
+    try:
+        value = json.loads(marker.read_bytes().decode("utf-8"))
+        return value.get("schema_version") if isinstance(value, dict) else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise DataRootError(
+            f"{marker} is damaged (not the JSON this code writes); if this is a SURD data root, write "
+            f'{{"schema_version": {SCHEMA_VERSION}}} into it; else point SURD_DATA_ROOT elsewhere'
+        ) from None
+
+
 class DataDir:
-    def __init__(self, root: Path | str) -> None:
+    """A data root; `tables` are the schemas of the tables its writers make (the pipeline's
+    declaration hands them over: surd.chain.Pipeline.data_dir). A table not among them is read
+    with the schema its parts were written with."""
+
+    def __init__(self, root: Path | str, tables: Mapping[str, TableSpec] | None = None) -> None:
         self.root = Path(root)
+        self.tables: dict[str, TableSpec] = {**CRAWL_TABLES, **(tables or {})}
 
     def open(self, create: bool = True) -> DataDir:
         """Create the directory (unless `create` is False: readers never create one), or check
@@ -53,7 +71,7 @@ class DataDir:
                 f"data root {self.root} does not exist; check SURD_DATA_ROOT (or run a stage to create it)"
             )
         if marker.exists():
-            found = json.loads(marker.read_text()).get("schema_version")
+            found = _marker_version(marker)
             if found != SCHEMA_VERSION:
                 raise SchemaVersionError(
                     f"{self.root} holds data of schema version {found}, this code writes version "
@@ -72,22 +90,33 @@ class DataDir:
         return self
 
     def table(self, name: str, schema: pa.Schema | None = None, key: str = "sample_id") -> PartTable:
-        """A stage table by name: its registered schema (storage.schemas.register), else the
-        schema its parts were written with; a table neither registered nor on disk is an error."""
+        """A table by name: its declared schema, else the schema its parts were written with; a
+        table neither declared nor on disk is an error naming the known ones."""
+        compression = "zstd"
         if schema is None:
             if name == "crawl_pages":
                 schema, key = CRAWL_PAGES, "page_id"
-            elif name in STAGE_TABLES:
-                schema = STAGE_TABLES[name]
+            elif name in self.tables:
+                schema, compression = self.tables[name].schema, self.tables[name].compression
             else:
                 parts = sorted((self.tables_dir / name).glob("part-*.parquet"))
                 if not parts:
-                    raise KeyError(
-                        f"no table {name!r}: the known ones are {', '.join(sorted(STAGE_TABLES))} "
-                        "(a stage's table is known once the pipeline's declaration, surd.chain, is imported)"
-                    )
+                    known = sorted({*self.tables, *self.on_disk()})
+                    raise KeyError(f"no table {name!r}: the known ones are {', '.join(known)}")
                 schema = pq.read_schema(parts[0]).remove_metadata()
-        return PartTable(self.tables_dir, name, schema, key, COMPRESSION.get(name, "zstd"))
+        return PartTable(self.tables_dir, name, schema, key, compression)
+
+    def on_disk(self) -> list[str]:
+        """The tables with at least one part."""
+        if not self.tables_dir.exists():
+            return []
+        return sorted(
+            p.name for p in self.tables_dir.iterdir() if p.is_dir() and any(p.glob("part-*.parquet"))
+        )
+
+    def table_exists(self, name: str) -> bool:
+        """Whether table `name` has a part."""
+        return any((self.tables_dir / name).glob("part-*.parquet"))
 
     @property
     def tables_dir(self) -> Path:

@@ -18,7 +18,6 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from storage.layout import DataDir
-from storage.schemas import RELEASE
 
 
 def releases(data: DataDir) -> list[Path]:
@@ -92,10 +91,10 @@ class _HashingFile(io.FileIO):
 class ShardFile:
     """One shard written a row group at a time, hashed as it is written, fsynced on close."""
 
-    def __init__(self, path: Path, group_rows: int) -> None:
-        self.path, self.group_rows = path, group_rows
+    def __init__(self, path: Path, group_rows: int, schema: pa.Schema) -> None:
+        self.path, self.group_rows, self.schema = path, group_rows, schema
         self.fh = _HashingFile(path)
-        self.writer = pq.ParquetWriter(self.fh, RELEASE, compression="zstd")
+        self.writer = pq.ParquetWriter(self.fh, schema, compression="zstd")
         self.group: list[dict[str, Any]] = []
         self.rows = self.bytes = 0
 
@@ -108,7 +107,7 @@ class ShardFile:
 
     def _flush(self) -> None:
         if self.group:
-            self.writer.write_table(pa.Table.from_pylist(self.group, RELEASE))
+            self.writer.write_table(pa.Table.from_pylist(self.group, self.schema))
             self.group = []
 
     def close(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ never deleted: what left the path stays visible with its reason.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -113,35 +114,35 @@ def hf_features(schema: pa.Schema) -> dict[str, Any]:
     return out
 
 
-_RELEASE_FIELDS = pa.schema(
-    [
-        pa.field("sample_id", pa.string(), nullable=False),
-        pa.field("image", IMAGE),
-        pa.field("simple_prompt", pa.string()),
-        pa.field("caption", pa.string()),
-        pa.field("complex_prompt", pa.string()),
-        pa.field("negative_prompt", pa.string()),
-        pa.field("prompt_group", pa.string()),
-        pa.field("source", pa.string()),
-        pa.field("source_item_id", pa.string()),
-        pa.field("source_url", pa.string()),
-        pa.field("p_simple", pa.float32()),
-        pa.field("p_complex", pa.float32()),
-        pa.field("decision_id", pa.int64()),
-        pa.field("decided_by_kind", pa.string()),
-        pa.field("sha256", pa.string()),
-        pa.field("licence_note", pa.string()),
-        *GENERATION,
-        pa.field("safety_level", pa.int8()),  # the source's NSFW label on one scale (surd.sources.safety)
-        pa.field("nsfw_score", pa.float32()),  # CLIP's zero-shot NSFW probability (clip_scores)
-        pa.field("nsfw_detector", pa.float32()),  # a trained detector's NSFW probability (nsfw_scores)
-        pa.field("near_duplicates", pa.int32()),  # later images dropped as the same picture as this
-        pa.field("prompt_profanity", pa.float32()),  # the complex prompt's (surd.stages.prompt_label)
-    ]
-)
-RELEASE = _RELEASE_FIELDS.with_metadata(
-    {"huggingface": json.dumps({"info": {"features": hf_features(_RELEASE_FIELDS)}})}
-)
+RELEASE_BASE = [  # every release's own columns; each declared stage adds its own after these
+    pa.field("sample_id", pa.string(), nullable=False),
+    pa.field("image", IMAGE),
+    pa.field("simple_prompt", pa.string()),
+    pa.field("caption", pa.string()),
+    pa.field("complex_prompt", pa.string()),
+    pa.field("negative_prompt", pa.string()),
+    pa.field("prompt_group", pa.string()),
+    pa.field("source", pa.string()),
+    pa.field("source_item_id", pa.string()),
+    pa.field("source_url", pa.string()),
+    pa.field("decision_id", pa.int64()),
+    pa.field("decided_by_kind", pa.string()),
+    pa.field("sha256", pa.string()),
+    pa.field("licence_note", pa.string()),
+    *GENERATION,
+    pa.field("safety_level", pa.int8()),  # the source's NSFW label on one scale (surd.sources.safety)
+    pa.field("prompt_profanity", pa.float32()),  # the complex prompt's (surd.stages.prompt_label)
+]
+
+
+def release_schema(stage_fields: list[pa.Field]) -> pa.Schema:
+    """A release's schema: its own columns, then the declared stages' (in the declaration's order),
+    with `datasets`' description of them (how `load_dataset` knows `image` is an image)."""
+    fields = pa.schema([*RELEASE_BASE, *stage_fields])
+    if len(set(fields.names)) != len(fields.names):
+        dupes = sorted({n for n in fields.names if fields.names.count(n) > 1})
+        raise ValueError(f"release column(s) {', '.join(dupes)} declared twice")
+    return fields.with_metadata({"huggingface": json.dumps({"info": {"features": hf_features(fields)}})})
 
 
 def embedding_schema(hidden_size: int) -> pa.Schema:
@@ -155,20 +156,19 @@ def embedding_schema(hidden_size: int) -> pa.Schema:
     )
 
 
-# The stage tables' schemas by table name: the crawl's here, every other stage's beside the stage,
-# registered by the pipeline's declaration (surd.chain). Review decisions are not a table here:
-# they live in the review database (surd/review/schema.py).
-STAGE_TABLES: dict[str, pa.Schema] = {"raw_items": RAW_ITEMS}
-COMPRESSION: dict[str, str] = {}  # a table's Parquet compression when not zstd (JPEG bytes: none)
+@dataclass(frozen=True)
+class TableSpec:
+    """What a table is written with: its schema and Parquet compression (JPEG bytes: none)."""
+
+    schema: pa.Schema
+    compression: str = "zstd"
+
+    def __post_init__(self) -> None:
+        if self.schema.names[:3] != ["sample_id", "status", "reason"]:
+            raise ValueError("a stage table's first columns are sample_id, status, reason")
 
 
-def register(name: str, schema: pa.Schema, compression: str = "zstd") -> None:
-    """Make a stage table's schema known (to `DataDir.table`, the status and the storage tests)."""
-    if not schema.names[:3] == ["sample_id", "status", "reason"]:
-        raise ValueError(f"table {name!r}: a stage table's first columns are sample_id, status, reason")
-    known = STAGE_TABLES.get(name)
-    if known is not None and not known.equals(schema):
-        raise ValueError(f"table {name!r} is registered already with another schema")
-    STAGE_TABLES[name] = schema
-    if compression != "zstd":
-        COMPRESSION[name] = compression
+# The crawl's table; every other stage's schema is the stage's own, handed to a data root by the
+# pipeline's declaration (surd.chain). Review decisions are not a table here: they live in the
+# review database (surd/review/schema.py).
+CRAWL_TABLES = {"raw_items": TableSpec(RAW_ITEMS)}

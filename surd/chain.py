@@ -19,15 +19,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from storage import schemas
 from storage.funnel import Counts, Funnel
 from storage.layout import DataDir
-from surd.settings import Settings
+from storage.schemas import TableSpec
+from surd.settings import Mount, Settings
 from surd.stages.base import Stage
 from surd.stages.captions import CaptionStage
 from surd.stages.clip import ClipStage
+from surd.stages.columns import ReleaseColumn
 from surd.stages.images import ImagesStage
 from surd.stages.near_duplicates import NearDuplicateStage
 from surd.stages.nsfw import NsfwStage
@@ -47,8 +52,32 @@ class Pipeline:
         names = [self.head, *(s.name for s in self.stages)]
         if len(set(names)) != len(names):
             raise ValueError(f"a table appears twice in the pipeline: {names}")
+        sections = [s.settings_section() for s in self.stages]
+        if len(set(sections)) != len(sections):
+            raise ValueError(f"two stages share a settings section: {sections} (name one with Stage.named)")
         for s in self.stages:
-            schemas.register(s.name, s.schema, s.compression)
+            TableSpec(s.schema, s.compression)  # its first columns are the status columns
+        self.release_schema()  # no release column declared twice
+
+    def schemas(self) -> dict[str, TableSpec]:
+        """Each declared stage's table: its schema and compression."""
+        return {s.name: TableSpec(s.schema, s.compression) for s in self.stages}
+
+    def data_dir(self, root: Path | str) -> DataDir:
+        """A data root whose writers know every declared stage's table."""
+        return DataDir(root, self.schemas())
+
+    def mounts(self) -> dict[str, Mount]:
+        """Each stage's parameters, by settings section (surd.config.load_settings mounts them)."""
+        return {s.settings_section(): s.mount() for s in self.stages}
+
+    def release_columns(self) -> list[tuple[str, ReleaseColumn]]:
+        """(stage table, column) of every column the declared stages add to a release, in order."""
+        return [(s.name, c) for s in self.stages for c in s.release]
+
+    def release_schema(self) -> pa.Schema:
+        """A release's schema: its own columns, then the declared stages' (storage.schemas)."""
+        return schemas.release_schema([c.field for _, c in self.release_columns()])
 
     @property
     def tables(self) -> list[str]:

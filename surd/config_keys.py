@@ -40,11 +40,9 @@ def did_you_mean(wrong: str, valid: list[str]) -> str:
     return "; `surd config show --all` lists every setting"
 
 
-def check_env_keys(
-    environ: dict[str, str], model: type[BaseModel], command_variables: dict[str, str]
-) -> None:
-    """Fail on a `SURD_*` variable that names no setting (nor a command's own variable)."""
-    valid = set(valid_keys(model))
+def check_env_keys(environ: dict[str, str], keys: list[str], command_variables: dict[str, str]) -> None:
+    """Fail on a `SURD_*` variable that names no setting of `keys` (nor a command's own variable)."""
+    valid = set(keys)
     sections = {k.split(".")[0] for k in valid if "." in k}
     for var in environ:
         if not var.startswith(ENV_PREFIX) or var in command_variables:
@@ -52,10 +50,18 @@ def check_env_keys(
         key = var[len(ENV_PREFIX) :].lower().replace("__", ".")
         if key not in valid and key not in sections:
             names = [env_name(k) for k in sorted(valid)] + sorted(command_variables)
-            raise SettingsError(f"unknown setting {var}" + did_you_mean(var, names))
+            raise SettingsError(f"unknown setting {var}" + moved_note(key) + did_you_mean(var, names))
 
 
-def describe(model: type[BaseModel]) -> list[dict[str, Any]]:
+MOVED = {"clip.near_duplicate_at": "near_duplicates.at"}  # keys that moved, and where to
+
+
+def moved_note(key: str) -> str:
+    """` (moved to …)` for a key that moved, else nothing."""
+    return f" (moved to {MOVED[key]}, SURD_{MOVED[key].upper().replace('.', '__')})" if key in MOVED else ""
+
+
+def describe(model: type[BaseModel], prefix: str = "") -> list[dict[str, Any]]:
     """Every setting: its key, environment variable, type, default and description."""
     out = []
 
@@ -76,26 +82,29 @@ def describe(model: type[BaseModel]) -> list[dict[str, Any]]:
                 }
             )
 
-    walk(model, "")
+    walk(model, prefix)
     return out
 
 
-def format_error(err: ValidationError) -> str:
+def format_error(err: ValidationError, section: str = "") -> str:
+    """One line naming each bad key (under `section`) and what is wrong with its value."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "settings"
+        loc = ".".join([*([section] if section else []), *(str(p) for p in e["loc"])]) or "settings"
         lines.append(f"{loc}: {e['msg']}")
     return "invalid settings: " + "; ".join(lines)
 
 
-def unknown_keys(data: dict[str, Any], model: type[BaseModel], prefix: str = "") -> list[str]:
+def unknown_keys(data: dict[str, Any], keys: list[str], prefix: str = "") -> list[str]:
+    """The keys of nested `data` that are not settings (`keys`, dotted) nor sections of them."""
+    valid = set(keys)
     out = []
     for key, value in data.items():
-        field = model.model_fields.get(key)
-        if field is None:
-            out.append(prefix + key)
+        dotted = prefix + key
+        if dotted in valid:
             continue
-        ann = field.annotation
-        if isinstance(value, dict) and isinstance(ann, type) and issubclass(ann, BaseModel):
-            out.extend(unknown_keys(value, ann, f"{prefix}{key}."))
+        if isinstance(value, dict) and any(k.startswith(dotted + ".") for k in valid):
+            out.extend(unknown_keys(value, keys, dotted + "."))
+        else:
+            out.append(dotted)
     return out

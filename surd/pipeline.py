@@ -51,7 +51,7 @@ def open_data(settings: Settings, create: bool = True) -> DataDir:
         from surd.models.device import device_for  # torch: only when a GPU is asked for
 
         device_for("cuda")  # no visible GPU: fail at start, naming the valid options
-    data = DataDir(settings.data_root).open(create)
+    data = chain.PIPELINE.data_dir(settings.data_root).open(create)
     if settings.fault_kill_at:
         table, _, n = settings.fault_kill_at.partition(":")
 

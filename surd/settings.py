@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from adapter.config import TrainConfig
 from surd.config_keys import (
@@ -23,6 +25,7 @@ from surd.config_keys import (
     describe,
     did_you_mean,
     format_error,
+    moved_note,
     unknown_keys,
     valid_keys,
 )
@@ -66,79 +69,6 @@ class SourcesSettings(_Section):
     civitai: CivitaiSettings = CivitaiSettings()
     lexica: LexicaSettings = LexicaSettings()
     sdonline: SdOnlineSettings = SdOnlineSettings()
-
-
-class ImageSettings(_Section):
-    size: int = Field(512, ge=16)
-    resize_mode: Literal["center_crop", "pad"] = "center_crop"
-    resample: Literal["bicubic", "lanczos", "bilinear"] = "bicubic"  # antialiased when downscaling
-    min_side: int = Field(64, ge=1)
-    max_pixels: int = Field(90_000_000, gt=0, description="decompression-bomb limit")
-    max_bytes: int = Field(30_000_000, gt=0)
-    encode_format: Literal["jpeg", "png", "webp"] = "jpeg"
-    quality: int = Field(92, ge=1, le=100)
-    phash_max_distance: int = Field(
-        8, ge=0, le=63, description="near-copy candidates: 64-bit dHash within this Hamming distance"
-    )
-    confirm_max_distance: int = Field(
-        32, ge=0, le=256, description="a candidate is a near copy when its 256-bit DCT hash is within this"
-    )
-    zoom_max_distance: int = Field(5, ge=0, le=63, description="centre crops: zoomed dHash within this")
-    zoom_confirm_max_distance: int = Field(32, ge=0, le=256, description="…confirmed by its DCT within")
-    workers: int = Field(0, ge=0, description="decode/resize processes; 0 = all cores")
-    requests_per_second: float = Field(10.0, gt=0, description="per image host")
-    max_concurrency: int = Field(16, ge=1, description="per image host")
-
-
-class CaptionSettings(_Section):
-    backend: Literal["transformers", "lavis"] = Field(
-        "transformers", description="lavis: LAVIS itself, in its own venv (make lavis-env)"
-    )
-    lavis_python: str = Field(".venv-lavis/bin/python", description="the LAVIS venv's python")
-    search: Literal["lavis", "transformers", "generate"] = Field(
-        "lavis",
-        description="lavis: the beam search LAVIS ran (transformers 4.26 scoring, surd.models.blip_decode); "
-        "transformers: transformers 5's scoring, same decoder; generate: transformers' own generate (slow)",
-    )
-    batch_size: int = Field(256, ge=1, description="images per model call (the benchmarked size)")
-    workers: int | None = Field(
-        None,
-        ge=0,
-        description="decode processes beside the model; default: all cores but one beside a GPU, 0 on CPU",
-    )
-    prompt: str = "a picture of "
-    num_beams: int = Field(3, ge=1)
-    max_length: int = Field(30, ge=1, description="tokens in total, prompt included (as LAVIS)")
-    min_length: int = Field(10, ge=0, description="tokens in total, prompt included (as LAVIS)")
-    vision_attention: Literal["eager", "sdpa"] = Field(
-        "eager",
-        description="sdpa: the vision tower on torch's fused attention (faster on a GPU, not bit-exact: "
-        "benchmarks/gpu_check.py prints the captions that change)",
-    )
-    gpu_decode: bool = Field(
-        False,
-        description="on a GPU: decode the stored JPEGs there (torchvision/nvJPEG; pixels differ slightly)",
-    )
-
-
-class ClipSettings(_Section):
-    batch_size: int = Field(1024, ge=1, description="images per model call (the benchmarked size)")
-    gpu_decode: bool = Field(
-        False,
-        description="on a GPU: decode the stored JPEGs there (torchvision/nvJPEG; pixels differ slightly, "
-        "benchmarks/gpu_check.py prints the keep decisions that flip)",
-    )
-    workers: int | None = Field(
-        None,
-        ge=0,
-        description="decode processes beside the model; default: all cores but one beside a GPU, 0 on CPU",
-    )
-    near_duplicate_at: float | None = Field(
-        None,
-        gt=0,
-        le=1,
-        description="image cosine that makes a near duplicate; None: the profile's (docs: benchmarks)",
-    )
 
 
 class ReviewSettings(_Section):
@@ -250,8 +180,31 @@ class DeploySettings(_Section):
     workdir: str = Field("/app", description="where pool workers run the flows from (prefect.yaml's pull)")
 
 
+class StageParams(_Section):
+    """A batch stage's parameters (surd.stages.base.Stage.Params): typed, bounded, described,
+    mounted into the settings under the stage's section by the pipeline's declaration."""
+
+
+class NoParams(StageParams):
+    """A stage without parameters of its own."""
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One stage's parameters in the settings: its model, and the defaults its declaration gives
+    (a second instance of a stage with other thresholds: surd.stages.base.Stage.named)."""
+
+    params: type[StageParams]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def validate(self, given: Mapping[str, Any]) -> StageParams:
+        return self.params.model_validate({**self.defaults, **given})
+
+
 class Settings(BaseSettings):
-    """The effective settings of a run. Every output records `provenance()` of these."""
+    """The effective settings of a run. Every output records `provenance()` of these. The batch
+    stages' parameters are in `stages`, by section (`settings.stage("images")`), mounted by the
+    pipeline's declaration (surd.config.load_settings); `SURD_<SECTION>__<PARAM>` sets them."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -263,10 +216,11 @@ class Settings(BaseSettings):
     data_root: Path = Path("data")
     profile: Literal["tiny", "real"] = "real"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    part_size: int = Field(256, ge=1, description="items per written part")
+    part_size: int = Field(256, ge=1, le=10_000_000, description="items per written part")
     model_threads: int | None = Field(
         None,
         ge=1,
+        le=4096,
         description="torch (and OpenMP/MKL) threads of a model stage; default: this process's share of "
         "the cores (split between local Dask workers) less its decode workers",
     )
@@ -276,9 +230,6 @@ class Settings(BaseSettings):
     seed: int = 0
     crawl: CrawlSettings = CrawlSettings()
     sources: SourcesSettings = SourcesSettings()
-    images: ImageSettings = ImageSettings()
-    caption: CaptionSettings = CaptionSettings()
-    clip: ClipSettings = ClipSettings()
     review: ReviewSettings = ReviewSettings()
     release: ReleaseSettings = ReleaseSettings()
     embed: EmbedSettings = EmbedSettings()
@@ -288,6 +239,7 @@ class Settings(BaseSettings):
     fault_kill_at: str | None = Field(
         None, description="testing only: 'table:n' SIGKILLs the process after n parts"
     )
+    stages: dict[str, StageParams] = Field(default_factory=dict, exclude=True)
 
     @classmethod
     def settings_customise_sources(
@@ -298,7 +250,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, _TomlSource(settings_cls, _TOML_DATA)
+        return (init_settings,)  # `build_settings` layers defaults, TOML, environment and overrides
 
     @model_validator(mode="before")
     @classmethod
@@ -314,15 +266,23 @@ class Settings(BaseSettings):
                 data = {**data, section: {**(given or {}), key: value if real else "tiny"}}
         return data
 
-    @model_validator(mode="after")
-    def _check(self) -> Settings:
-        if self.caption.min_length > self.caption.max_length:
-            raise ValueError("caption.min_length must not exceed caption.max_length")
-        return self
+    def stage(self, section: str, mount: Mount | None = None) -> Any:
+        """The parameters of the stage mounted at `section`; a stage these settings were not
+        loaded with (one built outside the declaration, as a test does) gets its defaults."""
+        found = self.stages.get(section)
+        if found is not None:
+            return found
+        if mount is None:
+            raise KeyError(f"no stage section {section!r}; the sections are: {', '.join(self.stages)}")
+        return mount.validate({})
 
     def provenance(self) -> dict[str, Any]:
-        """Settings as plain JSON with every secret masked; stored with every output."""
-        return json.loads(self.model_dump_json())
+        """Settings as plain JSON with every secret masked, each stage's parameters under its
+        section; stored with every output."""
+        out: dict[str, Any] = json.loads(self.model_dump_json())
+        for section, params in self.stages.items():
+            out[section] = json.loads(params.model_dump_json())
+        return out
 
     @property
     def review_database_url(self) -> str:
@@ -331,58 +291,97 @@ class Settings(BaseSettings):
         return f"sqlite:///{self.data_root / 'review' / 'queue.db'}"
 
 
-class _TomlSource(PydanticBaseSettingsSource):
-    """Values from the TOML file: below the environment, above the defaults."""
-
-    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
-        super().__init__(settings_cls)
-        self._data = data
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return self._data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self._data)
+CORE = [k for k in valid_keys(Settings) if k != "stages"]
 
 
-_TOML_DATA: dict[str, Any] = {}
+def _keys(mounts: Mapping[str, Mount]) -> list[str]:
+    """Every valid setting's key, the stages' parameters under their sections."""
+    return CORE + [f"{sec}.{k}" for sec, m in mounts.items() for k in valid_keys(m.params)]
 
 
-def describe_settings() -> list[dict[str, Any]]:
+def describe_settings(mounts: Mapping[str, Mount]) -> list[dict[str, Any]]:
     """Every setting: its key, environment variable, type, default and description."""
-    return describe(Settings)
+    out = [d for d in describe(Settings) if d["key"] != "stages"]
+    for section, m in mounts.items():
+        for d in describe(m.params, f"{section}."):
+            name = d["key"].split(".", 1)[1]
+            out.append(d | ({"default": m.defaults[name]} if name in m.defaults else {}))
+    return out
 
 
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build the settings from (lowest first) defaults, a TOML file, `SURD_*` variables, overrides.
-
-    The TOML file is `config_file`, else `$SURD_CONFIG`, else `./surd.toml` if present.
-    """
-    check_env_keys(dict(os.environ), Settings, COMMAND_VARIABLES)
+def _read_toml(config_file: Path | None) -> tuple[Path | None, dict[str, Any]]:
+    """The TOML file (`config_file`, else `$SURD_CONFIG`, else `./surd.toml` if present) and its values."""
     env_path = os.environ.get("SURD_CONFIG")
     path = config_file or (Path(env_path) if env_path else None)
     if path is None and Path("surd.toml").exists():
         path = Path("surd.toml")
-    data: dict[str, Any] = {}
-    if path is not None:
-        if not path.exists():
-            raise SettingsError(f"config file {path} does not exist")
-        with path.open("rb") as fh:
-            try:
-                data = tomllib.load(fh)
-            except tomllib.TOMLDecodeError as exc:
-                raise SettingsError(f"config file {path} is not valid TOML: {exc}") from exc
-        unknown = unknown_keys(data, Settings)
-        if unknown:
-            raise SettingsError(
-                f"unknown setting(s) {', '.join(unknown)} in {path}"
-                + did_you_mean(unknown[0], sorted(valid_keys(Settings)))
-            )
-    global _TOML_DATA
-    _TOML_DATA = data
+    if path is None:
+        return None, {}
+    if not path.exists():
+        raise SettingsError(f"config file {path} does not exist")
+    if not path.is_file():
+        raise SettingsError(f"config file {path} is not a file (a folder?): give a TOML file")
     try:
-        return Settings(**overrides)
+        return path, tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SettingsError(f"config file {path} is not text (not UTF-8): give a TOML file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _stage_env(environ: Mapping[str, str], sections: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """`SURD_<SECTION>__<PARAM>` of each stage section, as {section: {param: value}} (a JSON list or
+    object is parsed; anything else stays a string for the parameter's model to validate)."""
+    out: dict[str, dict[str, Any]] = {}
+    for section in sections:
+        prefix = f"{ENV_PREFIX}{section.upper()}__"
+        for var, value in environ.items():
+            if var.startswith(prefix):
+                raw = value.strip()
+                parsed = json.loads(raw) if raw[:1] in "[{" else value
+                out.setdefault(section, {})[var[len(prefix) :].lower()] = parsed
+    return out
+
+
+def _merged(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """Layers of nested values, each over the ones before it."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for k, v in layer.items():
+            out[k] = _merged(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_settings(
+    config_file: Path | None = None, mounts: Mapping[str, Mount] | None = None, **overrides: Any
+) -> Settings:
+    """The settings from (lowest first) defaults, a TOML file, `SURD_*` variables, `overrides`;
+    each stage of `mounts` gets its parameters from its section. Unknown keys and bad values fail
+    here, naming the key and the nearest valid ones."""
+    mounts = mounts or {}
+    clash = set(mounts) & set(Settings.model_fields)
+    if clash:
+        raise SettingsError(f"stage section(s) {', '.join(sorted(clash))} clash with settings of their own")
+    keys = _keys(mounts)
+    check_env_keys(dict(os.environ), keys, COMMAND_VARIABLES)
+    path, toml = _read_toml(config_file)
+    unknown = unknown_keys(toml, keys)
+    if unknown:
+        named = ", ".join(k + moved_note(k) for k in unknown)
+        raise SettingsError(f"unknown setting(s) {named} in {path}" + did_you_mean(unknown[0], keys))
+    try:
+        env = EnvSettingsSource(Settings)()
+    except ValueError as exc:  # a variable that should hold JSON (a list) and does not
+        raise SettingsError(f"invalid settings in the environment: {str(exc).splitlines()[0]}") from None
+    values = _merged(toml, env, _stage_env(os.environ, mounts), overrides)
+    given = {sec: values.pop(sec) for sec in list(values) if sec in mounts}
+    stages = {}
+    for sec, m in mounts.items():
+        try:
+            stages[sec] = m.validate(given.get(sec) or {})
+        except ValidationError as exc:
+            raise SettingsError(format_error(exc, sec)) from None
+    try:
+        return Settings(**values, stages=stages)
     except ValidationError as exc:
         raise SettingsError(format_error(exc)) from None
-    finally:
-        _TOML_DATA = {}

@@ -34,7 +34,7 @@ def describe_run(r: dict[str, Any]) -> str:
     dropped = sum(r["dropped"].values())
     tail = f" ({counts(r['dropped'])})" if dropped else ""
     if not r["processed"]:
-        return f"{r['stage']}: nothing pending"
+        return f"{r['stage']}: nothing pending" + (f" ({r['idle']})" if r.get("idle") else "")
     return f"{r['stage']}: {r['processed']} processed, {r['kept']} kept, {dropped} dropped{tail}"
 
 

@@ -51,7 +51,7 @@ def released_root(folder: Path, replay: ReplaySite) -> Path:
     """A demo data root under `folder`, taken through review and a first release."""
     from surd import pipeline
     from surd.app.demo import demo_config
-    from surd.settings import load_settings
+    from surd.config import load_settings
 
     root = folder / "data"
     s = load_settings(**demo_config(root, replay))
@@ -70,7 +70,7 @@ def replay() -> ReplaySite:
 @pytest.fixture
 def demo_settings(tmp_path: Path, replay: ReplaySite):
     from surd.app.demo import demo_config
-    from surd.settings import load_settings
+    from surd.config import load_settings
 
     return load_settings(**demo_config(tmp_path / "data", replay))
 

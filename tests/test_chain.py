@@ -16,10 +16,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from storage.layout import DataDir
 from surd import chain, pipeline
+from surd.config import load_settings
 from surd.review import queries, queue
-from surd.settings import load_settings
 from surd.status import status
 from tests.conftest import released_root
 
@@ -110,7 +109,7 @@ def test_a_stage_inserted_into_an_existing_data_root_keeps_every_count_true(
     root = tmp_path / "data"
     shutil.copytree(released, root)
     s = _settings(root, replay)
-    data = DataDir(root)
+    data = chain.PIPELINE.data_dir(root)
     stage = example_stage(monkeypatch)
     longer = type("CaptionWords", (stage,), {"min_words": 7})  # drops a good share of the demo's
     monkeypatch.setattr(chain, "PIPELINE", chain.PIPELINE.with_stage(longer, after="captions"))

@@ -19,8 +19,8 @@ import pytest
 
 from storage.releases import manifest
 from surd import chain, pipeline
+from surd.config import load_settings
 from surd.review import queue
-from surd.settings import load_settings
 from tests.conftest import through_review
 from tests.stack import toml
 

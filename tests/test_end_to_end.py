@@ -12,7 +12,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from storage.layout import DataDir
 from surd import chain
 from tests.conftest import free_port
 
@@ -91,8 +90,8 @@ def test_demo_flow_under_prefect(prefect_api, tmp_path: Path, replay) -> None:
     )
     table = json.loads(counts.data) if isinstance(counts.data, str) else counts.data
     # the artifact says what `surd status` says now
+    from surd.config import load_settings
     from surd.pipeline import open_data
-    from surd.settings import load_settings
     from surd.status import status
 
     settings = load_settings(**demo_config(tmp_path / "data", replay))
@@ -112,7 +111,7 @@ def test_demo_flow_under_prefect(prefect_api, tmp_path: Path, replay) -> None:
     for made in (man, json.loads((ckpt / "config.json").read_text()), json.loads(emb.read_text()), report):
         assert made["code"]["commit"] == head and made["code"]["dirty"] in (True, False)
     assert f"at commit {head[:12]}" in card
-    assert DataDir(tmp_path / "data").table("captions").provenance()[0]["code"]["commit"] == head
+    assert chain.PIPELINE.data_dir(tmp_path / "data").table("captions").provenance()[0]["code"]["commit"] == head
     assert report["prompt_origins"] == {
         "action": {"paper": 3, "ours": 12},
         "color": {"paper": 6, "ours": 9},
@@ -121,9 +120,8 @@ def test_demo_flow_under_prefect(prefect_api, tmp_path: Path, replay) -> None:
 
 
 def _rows(root: Path, table: str) -> list[dict]:
-    from storage.layout import DataDir
 
-    t = DataDir(root).table(table).read()
+    t = chain.PIPELINE.data_dir(root).table(table).read()
     return sorted(
         t.drop([c for c in ("model_id",) if c in t.column_names]).to_pylist(), key=lambda r: r["sample_id"]
     )
@@ -139,7 +137,7 @@ def test_dask_local_cluster_gives_the_same_tables(prefect_api, tmp_path: Path, r
     from storage.embeddings import read_layer
     from surd import pipeline
     from surd.app.demo import demo_config
-    from surd.settings import load_settings
+    from surd.config import load_settings
 
     roots = {}
     for name, scale in (("single", {}), ("dask", {"local_workers": 2})):

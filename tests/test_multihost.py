@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from storage.layout import DataDir
+from surd import chain
 from tests.conftest import free_port
 from tests.netns import Hosts
 from tests.prefect_server import PrefectServer
@@ -34,7 +34,7 @@ def hosts() -> Any:
 
 
 def _rows(root: Path, table: str) -> list[dict[str, Any]]:
-    t = DataDir(root).table(table).read()
+    t = chain.PIPELINE.data_dir(root).table(table).read()
     return sorted(t.to_pylist(), key=lambda r: r["sample_id"])
 
 
@@ -61,7 +61,7 @@ def test_captions_and_clip_on_dask_workers_on_other_hosts_equal_one_process(
     from flows.scale import run as run_on_cluster
     from surd import chain, pipeline
     from surd.app.demo import demo_config
-    from surd.settings import load_settings
+    from surd.config import load_settings
 
     server = PrefectServer(tmp_path / "prefect", free_port(), host=hosts.this).start()
     sched = f"tcp://{hosts.addresses['scheduler']}:{free_port()}"

@@ -14,7 +14,8 @@ from surd.models.blip_decode import BlipDecoder, supports
 from surd.models.caption_lavis import LavisCaptioner
 from surd.models.device import device_for
 from surd.models.preprocess import Preprocessor, Spec, decode_workers, normalize
-from surd.settings import CaptionSettings, Settings
+from surd.settings import Settings
+from surd.stages.captions_params import CaptionParams
 
 __all__ = ["BlipCaptioner", "LavisCaptioner", "Preprocessor", "caption_images", "decode_workers", "load"]
 
@@ -36,7 +37,7 @@ class BlipCaptioner:
     token for token against the library it follows. `"generate"` calls transformers' `generate`.
     """
 
-    def __init__(self, model: Any, processor: Any, cfg: CaptionSettings) -> None:
+    def __init__(self, model: Any, processor: Any, cfg: CaptionParams) -> None:
         self.model, self.processor, self.cfg = model, processor, cfg
         ip = processor.image_processor
         self.spec = Spec(size=int(ip.size["height"]), mean=tuple(ip.image_mean), std=tuple(ip.image_std))
@@ -75,15 +76,16 @@ class BlipCaptioner:
         return [strip_prompt(t, self.cfg.prompt) for t in texts]
 
 
-def caption_images(model: Any, processor: Any, images: list[Image.Image], cfg: CaptionSettings) -> list[str]:
+def caption_images(model: Any, processor: Any, images: list[Image.Image], cfg: CaptionParams) -> list[str]:
     """Captions of PIL images through the model's own processor (the reference path)."""
     pixels = processor(images=images, return_tensors="pt")["pixel_values"]
     return BlipCaptioner(model, processor, cfg).caption(pixels)
 
 
-def load(settings: Settings) -> tuple[BlipCaptioner, str, torch.device]:
-    """The profile's BLIP on the settings' device (bf16 on a GPU), its id, and the device."""
+def load(settings: Settings, cfg: CaptionParams) -> tuple[BlipCaptioner, str, torch.device]:
+    """The profile's BLIP on the settings' device (bf16 on a GPU) captioning as `cfg` says, its id,
+    and the device."""
     device = device_for(settings.device)
     loaded = profiles.captioner(settings)
     model = loaded.model.to(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
-    return BlipCaptioner(model, loaded.processor, settings.caption), str(loaded.model_id), device
+    return BlipCaptioner(model, loaded.processor, cfg), str(loaded.model_id), device

@@ -13,6 +13,7 @@ from typing import Any
 
 from surd.models.vocab import WORDS
 from surd.settings import Settings, SettingsError
+from surd.stages.captions_params import CaptionParams
 
 WORKER = Path(__file__).with_name("lavis_worker.py")
 BERT_VOCAB_SIZE = 30522  # bert-base-uncased, which LAVIS' BLIP config expects
@@ -28,14 +29,13 @@ def offline_vocab(path: Path) -> Path:
 
 
 class LavisCaptioner:
-    def __init__(self, settings: Settings) -> None:
-        py = Path(settings.caption.lavis_python)
+    def __init__(self, settings: Settings, c: CaptionParams) -> None:
+        py = Path(c.lavis_python)
         if not py.exists():
             raise SettingsError(
                 f"caption.backend=lavis needs LAVIS' own environment at {py}: run `make lavis-env` "
                 "(or set SURD_CAPTION__LAVIS_PYTHON)"
             )
-        c = settings.caption
         device = "cuda" if settings.device in ("cuda", "auto") and _cuda() else "cpu"
         args = [str(py), str(WORKER), "--device", device, "--num-beams", str(c.num_beams)]
         args += ["--max-length", str(c.max_length), "--min-length", str(c.min_length)]

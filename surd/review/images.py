@@ -46,7 +46,7 @@ def image(sample_id: str, s: StewardSession) -> Response:
     data, flag, veil = _stored(s, sample_id)
     if veil:
         return _sent(veiled(data, 512), "image/jpeg", private=False)
-    return _sent(data, TYPES[s.settings.images.encode_format], private=not flag)
+    return _sent(data, TYPES[s.settings.stage("images").encode_format], private=not flag)
 
 
 @router.get("/thumb/{sample_id}")

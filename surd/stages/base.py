@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import pyarrow as pa
@@ -33,7 +33,8 @@ from storage.provenance import code_identity
 from storage.schemas import DROPPED, OK, STATUS_FIELDS
 from storage.tables import PartTable
 from surd.parallel import batched, in_order, plan_threads, use_threads
-from surd.settings import Settings
+from surd.settings import Mount, NoParams, Settings, StageParams
+from surd.stages.columns import ReleaseColumn
 
 B = TypeVar("B")  # what one batch is, for one stage
 T = TypeVar("T")
@@ -59,6 +60,7 @@ class StageRun:
     model_id: str | None = None
     partitions: int = 1
     workers: list[str] = field(default_factory=list)  # where it ran, when on a cluster (name address)
+    idle: str | None = None  # why there was nothing to do (which upstream table is empty or missing)
 
     def add(self, rows: Sequence[dict[str, Any]]) -> None:
         for row in rows:
@@ -149,12 +151,53 @@ class Stage(ABC, Generic[B]):
     compression: ClassVar[str] = "zstd"  # its parts' Parquet compression
     reports_progress: ClassVar[bool] = False  # True: the stage tells `self.progress` itself
     drops_takedowns: ClassVar[bool] = True  # False: its input is a release, which has none
+    Params: ClassVar[type[StageParams]] = NoParams  # its parameters: a model with defaults and bounds
+    section: ClassVar[str] = ""  # its settings section, SURD_<SECTION>__<PARAM> (default: its name)
+    defaults: ClassVar[Mapping[str, Any]] = {}  # parameter defaults its declaration gives (`named`)
+    release: ClassVar[Sequence[ReleaseColumn]] = ()  # what it adds to every release
 
     def __init__(self, settings: Settings, data: DataDir, upstream: Sequence[str] | None = None) -> None:
         self.settings, self.data = settings, data
         self._upstream = None if upstream is None else tuple(upstream)
         self.model_id: str | None = None  # set by `start` when the stage runs a model
         self.progress: Progress = None
+        self.params: Any = settings.stage(self.settings_section(), self.mount())  # a `Params`
+
+    @classmethod
+    def settings_section(cls) -> str:
+        return cls.section or cls.name
+
+    @classmethod
+    def mount(cls) -> Mount:
+        """How the declaration mounts its parameters into the settings."""
+        return Mount(cls.Params, dict(cls.defaults))
+
+    @classmethod
+    def named(cls, name: str, label: str = "", **defaults: Any) -> type[Stage[B]]:
+        """Another instance of this stage in one declaration: its own table, lock, command and
+        settings section `name` (`SURD_<NAME>__<PARAM>`), parameter defaults `defaults` (checked
+        now); its release columns are renamed `<name>_<column>` (or `name` for one named as the
+        stage is). `PIPELINE = declare(..., CaptionWords, CaptionWords.named("caption_words_7",
+        min_words=7))` runs both."""
+        cls.Params.model_validate({**cls.defaults, **defaults})  # a wrong key or value fails here
+        columns = [
+            replace(c, name=name if c.name == cls.name else f"{name}_{c.name}", column=c.column or c.name)
+            for c in cls.release
+        ]
+        return type(  # type: ignore[return-value]
+            cls.__name__,
+            (cls,),
+            {
+                "name": name,
+                "section": name,
+                "command": "",
+                "label": label or f"{cls.label or cls.name} ({name})",
+                "defaults": {**cls.defaults, **defaults},
+                "release": tuple(columns),
+                "__module__": cls.__module__,
+                "__qualname__": f"{cls.__qualname__}[{name}]",
+            },
+        )
 
     @property
     def lock(self) -> str:
@@ -186,6 +229,18 @@ class Stage(ABC, Generic[B]):
         """The items to do: the pending ids with what `reads` names, joined by sample id."""
         return joined(self.data, self.pending_ids(part), self.reads)
 
+    def idle(self) -> str:
+        """Why a run found nothing to do: the first upstream table that is missing or kept nothing,
+        else that everything its input passes is decided already."""
+        for table in self.upstream:
+            if not self.data.table_exists(table):
+                return f"table {table} is empty or missing: run the stage that writes it first"
+        if not len(went_on(self.data.tables_dir, self.upstream)):  # the usual no-op: skipped
+            for i, table in enumerate(self.upstream):
+                if not len(went_on(self.data.tables_dir, self.upstream[: i + 1])):
+                    return f"table {table} kept no sample: nothing reaches {self.name}"
+        return f"every sample that went on through {self.upstream[-1]} is in {self.name} already"
+
     def start(self, stack: ExitStack) -> None:
         """Load the model (once per run, and only when there is work); enter pools into `stack`."""
 
@@ -215,8 +270,18 @@ class Stage(ABC, Generic[B]):
         return out
 
     def parts(self, rows: Iterable[Rows]) -> Iterator[Rows]:
-        """Decided rows regrouped into the parts written (`part_size` rows; the last smaller)."""
-        return batched(itertools.chain.from_iterable(rows), self.settings.part_size)
+        """Decided batches gathered into the parts written: whole batches, at least `part_size`
+        rows a part (the last may be smaller). A part is durable whole or not at all, so a killed
+        run's written rows end on a batch boundary and its resume meets the very batches an
+        uninterrupted run makes: a model's scores do not depend on where a run stopped."""
+        group: Rows = []
+        for batch in rows:
+            group.extend(batch)
+            if len(group) >= self.settings.part_size:
+                yield group
+                group = []
+        if group:
+            yield group
 
     def write(self, rows: Rows) -> None:
         """Make one part durable (runs on the writer thread, one part at a time, in order)."""
@@ -265,6 +330,7 @@ def run_stage(
     todo = stage.todo(part)
     first = next(todo, None)
     if first is None:
+        run.idle = stage.idle()
         return run
     stage.prepare()
     if stage.reports_progress:

@@ -21,6 +21,7 @@ import pyarrow as pa
 from storage.schemas import DROPPED, OK, STATUS_FIELDS
 from surd.parallel import batched
 from surd.stages.base import Stage
+from surd.stages.captions_params import CaptionParams
 
 if TYPE_CHECKING:
     from surd.models.caption_lavis import LavisCaptioner
@@ -39,19 +40,21 @@ class CaptionStage(Stage[tuple[list[str], Any]]):
 
     name, reads, schema = "captions", {"images": ("image",)}, CAPTIONS
     pool, scale, label, command = "gpu", "partitions", "captioned", "caption"
+    Params, section = CaptionParams, "caption"  # SURD_CAPTION__*
+    params: CaptionParams
 
     def start(self, stack: ExitStack) -> None:
         # the model side (torch, transformers): imported only when there is work
         from surd.models import blip_caption
 
-        cfg = self.settings.caption
+        cfg = self.params
         self.strip = blip_caption.strip_prompt
         if cfg.backend == "lavis":  # LAVIS in its own venv, a part at a time
-            self.lavis: LavisCaptioner | None = blip_caption.LavisCaptioner(self.settings)
+            self.lavis: LavisCaptioner | None = blip_caption.LavisCaptioner(self.settings, cfg)
             self.model_id = self.lavis.model_id
             return
         self.lavis = None
-        self.captioner, self.model_id, self.device = blip_caption.load(self.settings)
+        self.captioner, self.model_id, self.device = blip_caption.load(self.settings, cfg)
         workers = blip_caption.decode_workers(cfg.workers, self.device)
         self.threads(workers)
         pixels = not (cfg.gpu_decode and self.device.type == "cuda")  # else the GPU decodes them
@@ -63,14 +66,12 @@ class CaptionStage(Stage[tuple[list[str], Any]]):
             for batch in batched(items, self.settings.part_size):
                 yield [r["sample_id"] for r in batch], [r["image"] for r in batch]
             return
-        yield from self.pre.batches(
-            ((r["sample_id"], r["image"], ()) for r in items), self.settings.caption.batch_size
-        )
+        yield from self.pre.batches(((r["sample_id"], r["image"], ()) for r in items), self.params.batch_size)
 
     def decide(self, batch: tuple[list[str], Any]) -> list[dict[str, Any]]:
         ids, inputs = batch
         if self.lavis is not None:
-            texts = [self.strip(t, self.settings.caption.prompt) for t in self.lavis.caption(inputs)]
+            texts = [self.strip(t, self.params.prompt) for t in self.lavis.caption(inputs)]
         else:
             texts = self.captioner.caption(inputs.on(self.captioner.spec, self.device))
         return [

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from storage.schemas import RELEASE, hf_dtype
+from storage.schemas import hf_dtype
 from surd import chain
 from surd.sources import LICENCE_NOTES
 from surd.sources.safety import LEVELS, NSFW_SCORER, SAFETY_TEXTS, level_name
@@ -160,6 +160,12 @@ def _takedown_text(man: dict[str, Any]) -> list[str]:
     ]
 
 
+def _column_rows() -> list[str]:
+    """The card's column table: the release's own columns, then each declared stage's."""
+    said = COLUMNS | {c.name: c.description for _, c in chain.PIPELINE.release_columns()}
+    return [f"| `{f.name}` | {hf_dtype(f)} | {said[f.name]} |" for f in chain.PIPELINE.release_schema()]
+
+
 def _stats(values: list[int]) -> str:
     return f"mean {statistics.mean(values):.1f}, median {statistics.median(values)}, max {max(values)}"
 
@@ -222,7 +228,7 @@ def card_data(man: dict[str, Any], sizes: tuple[int, int] = (0, 0)) -> DatasetCa
         tags=["stable-diffusion", "prompts", "sur-adapter", "arxiv:2305.05189"],
         configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "shard-*.parquet"}]}],
         dataset_info={
-            "features": [{"name": f.name, "dtype": hf_dtype(f)} for f in RELEASE],
+            "features": [{"name": f.name, "dtype": hf_dtype(f)} for f in chain.PIPELINE.release_schema()],
             "splits": [{"name": "train", "num_bytes": data, "num_examples": man["rows"]}],
             "download_size": files,
             "dataset_size": data,
@@ -326,7 +332,7 @@ def write_card(folder: Path, man: dict[str, Any], rows: pa.Table) -> None:
         "",
         "| column | type | what it holds |",
         "|---|---|---|",
-        *[f"| `{f.name}` | {hf_dtype(f)} | {COLUMNS[f.name]} |" for f in RELEASE],
+        *_column_rows(),
         "",
         f"Generation parameters known: {_known(rows)}.",
         "",

@@ -3,7 +3,7 @@ personal information, bias and limitations, and the paper's BibTeX (surd.stages.
 
 from __future__ import annotations
 
-COLUMNS = {
+COLUMNS = {  # the release's own columns; each stage describes its own (surd.stages.columns)
     "sample_id": "the sample's id (16 hex digits of sha1(source:item id))",
     "image": "the 512×512 JPEG (Hugging Face Image: loads as a PIL image)",
     "simple_prompt": "the simple prompt: BLIP's caption, or the steward's edit of it",
@@ -14,8 +14,6 @@ COLUMNS = {
     "source": "the site: civitai, lexica or sdonline",
     "source_item_id": "the item's id on its site",
     "source_url": "the item's page or API address",
-    "p_simple": "CLIP's probability for the simple prompt (against the complex one)",
-    "p_complex": "CLIP's probability for the complex prompt",
     "decision_id": "the review decision behind the sample (the audit log's id)",
     "decided_by_kind": "who accepted it: human (a steward) or auto (a named policy)",
     "sha256": "sha256 of the normalised image's pixels",
@@ -30,15 +28,11 @@ COLUMNS = {
     "model_hash": "the model's hash",
     "creator": "the creator's name as the site shows it",
     "source_nsfw": "the source's own NSFW label, verbatim (null where it gives none)",
-    "nsfw_score": "CLIP's zero-shot probability of the NSFW text over the safe one (not a trained detector)",
-    "nsfw_detector": "a trained detector's NSFW probability (Yahoo's open_nsfw; `model_ids.nsfw_scores`)",
     "safety_level": "the source's NSFW label on one scale: 0 safe, 1 suggestive, 2 mature, 3 explicit "
     "(null: unlabelled)",
     "source_created_at": "when the source says the image was made (UTC)",
     "prompt_profanity": "probability that the complex prompt is profane or offensive language "
     "(`model_ids.prompt_profanity` in `manifest.json`; a word-level classifier: a cue, not a verdict)",
-    "near_duplicates": "how many later images were dropped as the same picture as this one (CLIP image "
-    "cosine at or above the threshold; `near_duplicates` table)",
 }
 
 PAPER_BIBTEX = """@inproceedings{zhong2023suradapter,

@@ -14,10 +14,13 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
+from pydantic import Field
 
 from storage.schemas import DROPPED, OK, STATUS_FIELDS
+from surd.settings import StageParams
 from surd.sources.safety import NSFW_SCORER
 from surd.stages.base import Stage
+from surd.stages.columns import ReleaseColumn
 
 if TYPE_CHECKING:
     from surd.models.preprocess import Decoded
@@ -40,6 +43,23 @@ CLIP_SCORES = pa.schema(
 )
 
 
+class ClipParams(StageParams):
+    """How CLIP scores (`SURD_CLIP__*`)."""
+
+    batch_size: int = Field(1024, ge=1, le=65536, description="images per model call (the benchmarked size)")
+    gpu_decode: bool = Field(
+        False,
+        description="on a GPU: decode the stored JPEGs there (torchvision/nvJPEG; pixels differ slightly, "
+        "benchmarks/gpu_check.py prints the keep decisions that flip)",
+    )
+    workers: int | None = Field(
+        None,
+        ge=0,
+        le=1024,
+        description="decode processes beside the model; default: all cores but one beside a GPU, 0 on CPU",
+    )
+
+
 def keep(p_simple: float, p_complex: float) -> bool:
     return p_simple >= p_complex
 
@@ -50,15 +70,28 @@ class ClipStage(Stage["tuple[list[str], Decoded]"]):
     name, schema = "clip_scores", CLIP_SCORES
     reads: ClassVar = {"images": ("image",), "captions": ("simple_prompt",), "raw_items": ("complex_prompt",)}
     pool, scale, label, command = "gpu", "partitions", "CLIP-kept", "clip-filter"
+    Params, section = ClipParams, "clip"  # SURD_CLIP__*
+    params: ClipParams
+    release = (
+        ReleaseColumn(
+            "p_simple", pa.float32(), "CLIP's probability for the simple prompt (against the complex one)"
+        ),
+        ReleaseColumn("p_complex", pa.float32(), "CLIP's probability for the complex prompt"),
+        ReleaseColumn(
+            "nsfw_score",
+            pa.float32(),
+            "CLIP's zero-shot probability of the NSFW text over the safe one (not a trained detector)",
+        ),
+    )
 
     def start(self, stack: ExitStack) -> None:
         # the model side (torch, open_clip): imported only when there is work
         from surd.models import clip_score
 
         self.scorer, self.model_id, self.device, tokenizer = clip_score.load(self.settings)
-        workers = clip_score.decode_workers(self.settings.clip.workers, self.device)
+        workers = clip_score.decode_workers(self.params.workers, self.device)
         self.threads(workers)
-        pixels = not (self.settings.clip.gpu_decode and self.device.type == "cuda")  # else the GPU does
+        pixels = not (self.params.gpu_decode and self.device.type == "cuda")  # else the GPU does
         pre = clip_score.Preprocessor(self.scorer.spec, workers, tokenizer=tokenizer, pixels=pixels)
         self.pre = stack.enter_context(pre)
 
@@ -68,7 +101,7 @@ class ClipStage(Stage["tuple[list[str], Decoded]"]):
 
     def batches(self, items: Iterator[dict[str, Any]]) -> Iterator[tuple[list[str], Decoded]]:
         work = ((r["sample_id"], r["image"], (r["simple_prompt"], r["complex_prompt"])) for r in items)
-        return self.pre.batches(work, self.settings.clip.batch_size)
+        return self.pre.batches(work, self.params.batch_size)
 
     def decide(self, batch: tuple[list[str], Decoded]) -> list[dict[str, Any]]:
         ids, dec = batch

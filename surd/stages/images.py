@@ -28,9 +28,10 @@ from storage.schemas import DROPPED, OK, STATUS_FIELDS, is_ok
 from surd.http.client import AsyncPoliteClient
 from surd.http.errors import FetchError
 from surd.parallel import Done, batched, die_with_parent, in_order
-from surd.settings import CrawlSettings, ImageSettings, Settings
+from surd.settings import CrawlSettings, Settings
 from surd.stages.base import Partition, Stage
 from surd.stages.dedup import Deduper
+from surd.stages.images_params import ImageParams
 from surd.stages.normalise import ImageRejected, Normalised, normalise
 
 OPT_OUT = ("noai", "noimageai")
@@ -73,7 +74,7 @@ async def fetch(client: AsyncPoliteClient, url: str) -> Fetched:
     return resp.content, None, resp.status
 
 
-def decode(fetched: Fetched, cfg: ImageSettings) -> Result:
+def decode(fetched: Fetched, cfg: ImageParams) -> Result:
     """Runs in a worker process: bytes → Normalised, or the reason it was rejected."""
     body, reason, code = fetched
     if body is None:
@@ -104,7 +105,7 @@ def _row(raw: dict[str, Any], result: Result) -> dict[str, Any]:
     return {**row, "status": OK, "reason": None, "image": img.data}
 
 
-def stored_deduper(data: DataDir, settings: ImageSettings) -> Deduper:
+def stored_deduper(data: DataDir, settings: ImageParams) -> Deduper:
     """The kept images so far, read a part at a time from three columns (never the image bytes)."""
     dedup = Deduper(
         settings.phash_max_distance,
@@ -120,21 +121,31 @@ def stored_deduper(data: DataDir, settings: ImageSettings) -> Deduper:
 
 
 DECODE_THREADS = 2  # per worker process: Pillow releases the GIL while decoding and resizing
-_ROBOTS: dict[str, Any] = {}  # robots.txt rules, per worker process, across parts
-_ON_DECODED: Callable[[], None] | None = None  # per item done, for progress (set per process)
+_ROBOTS: dict[str, Any] = {}  # robots.txt rules, per worker process, across parts (a cache)
+
+
+class _PoolWorker:
+    """A pool worker process's own state, set once by the pool's initializer (never in the
+    stage's process): the shared counter of items done that the stage reads for progress."""
+
+    decoded: Any = None
+
+    @classmethod
+    def tick(cls) -> None:
+        with cls.decoded.get_lock():
+            cls.decoded.value += 1
 
 
 def _worker_init(parent: int, decoded: Any) -> None:
     """Pool initializer: die with the parent, and count each item done in `decoded` (a shared
     integer the stage's process reads while it waits for parts)."""
-    global _ON_DECODED
     die_with_parent(parent)
+    _PoolWorker.decoded = decoded
 
-    def tick() -> None:
-        with decoded.get_lock():
-            decoded.value += 1
 
-    _ON_DECODED = tick
+def _pooled_part(rows: list[dict[str, Any]], politeness: CrawlSettings, cfg: ImageParams) -> list[Result]:
+    """`process_part` in a pool worker, counting each item done for the stage's progress."""
+    return process_part(rows, politeness, cfg, _PoolWorker.tick)
 
 
 class _Shown:
@@ -165,9 +176,15 @@ class _Shown:
                 self.update()
 
 
-def process_part(rows: list[dict[str, Any]], politeness: CrawlSettings, cfg: ImageSettings) -> list[Result]:
+def process_part(
+    rows: list[dict[str, Any]],
+    politeness: CrawlSettings,
+    cfg: ImageParams,
+    on_done: Callable[[], None] | None = None,
+) -> list[Result]:
     """In a worker process: download a part (asyncio) and decode each image as it arrives
-    (threads), so the big original bodies never cross a process boundary."""
+    (threads), so the big original bodies never cross a process boundary; `on_done` is told of
+    each item done (progress)."""
 
     async def run() -> list[Result]:
         loop = asyncio.get_running_loop()
@@ -177,8 +194,8 @@ def process_part(rows: list[dict[str, Any]], politeness: CrawlSettings, cfg: Ima
                 async def one(row: dict[str, Any]) -> Result:
                     fetched = await fetch(client, row["image_url"])
                     result = await loop.run_in_executor(threads, decode, fetched, cfg)
-                    if _ON_DECODED is not None:
-                        _ON_DECODED()
+                    if on_done is not None:
+                        on_done()
                     return result
 
                 return list(await asyncio.gather(*(one(r) for r in rows)))
@@ -197,6 +214,7 @@ class ImagesStage(Stage[tuple[list[dict[str, Any]], list[Result]]]):
     name, reads, schema = "images", {"raw_items": ("image_url",)}, IMAGES
     label, compression = "images kept", "none"  # JPEG bytes: no CPU spent trying to compress them
     scale, retries = "parts", 2  # on a cluster its parts are fetched and decoded by the workers
+    Params = ImageParams
     reports_progress = True  # items as the workers finish them, not only parts as written
 
     def __init__(
@@ -210,7 +228,7 @@ class ImagesStage(Stage[tuple[list[dict[str, Any]], list[Result]]]):
     ) -> None:
         super().__init__(settings, data, upstream)
         self.rows, self.submit = rows, submit
-        self.workers = workers or settings.images.workers or os.cpu_count() or 1
+        self.workers = workers or self.params.workers or os.cpu_count() or 1
 
     def todo(self, part: Partition = None) -> Iterator[dict[str, Any]]:
         assert part is None, "the images stage decides duplicates in one process: no partitions"
@@ -218,25 +236,22 @@ class ImagesStage(Stage[tuple[list[dict[str, Any]], list[Result]]]):
 
     def start(self, stack: ExitStack) -> None:
         self.shown = _Shown(self.progress)  # items the workers have done, between parts
-        self.dedup = stored_deduper(self.data, self.settings.images)
+        self.dedup = stored_deduper(self.data, self.params)
         # the per-host limits hold across all workers: each gets its share
         self.share = self.settings.crawl.model_copy(
             update={
-                "requests_per_second": self.settings.images.requests_per_second / self.workers,
-                "max_concurrency": max(1, self.settings.images.max_concurrency // self.workers),
+                "requests_per_second": self.params.requests_per_second / self.workers,
+                "max_concurrency": max(1, self.params.max_concurrency // self.workers),
             }
         )
         if self.submit is None and self.workers == 1:
-            global _ON_DECODED
             shown = self.shown
 
             def tick() -> None:  # in this process: tell the callback at once
                 shown.decoded.value += 1
                 shown.update()
 
-            _ON_DECODED = tick
-            stack.callback(globals().__setitem__, "_ON_DECODED", None)
-            self.submit = lambda batch, share: Done(process_part(batch, share, self.settings.images))
+            self.submit = lambda batch, share: Done(process_part(batch, share, self.params, tick))
             self.window = 1
             return
         self.window = 2 * self.workers  # at most 2 parts per worker in flight
@@ -246,8 +261,8 @@ class ImagesStage(Stage[tuple[list[dict[str, Any]], list[Result]]]):
                     self.workers, initializer=_worker_init, initargs=(os.getpid(), self.shown.decoded)
                 )
             )
-            cfg = self.settings.images
-            self.submit = lambda batch, share: pool.submit(process_part, batch, share, cfg)
+            cfg = self.params
+            self.submit = lambda batch, share: pool.submit(_pooled_part, batch, share, cfg)
 
     def batches(self, items: Iterator[dict[str, Any]]) -> Iterator[tuple[list[dict[str, Any]], list[Result]]]:
         submit = self.submit

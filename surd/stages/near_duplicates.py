@@ -3,7 +3,7 @@ resized or re-posted on another site, which the byte and hash checks of the imag
 
 Every CLIP-kept sample's image embedding (stored by the CLIP stage, float16, unit length) is
 compared with every image kept before it, in storage order (surd.stages.near_index): at or above
-the threshold (`clip.near_duplicate_at`) it is dropped with the reason
+the threshold (`near_duplicates.at`) it is dropped with the reason
 `near_duplicate_of:<sample id>`, naming the kept image closest to it, and the first one stays.
 Each row stores the cosine to the closest earlier kept image whatever the verdict, so another
 threshold can be studied with `surd sql` without recomputing. A sample scored before embeddings
@@ -22,11 +22,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import Field
 
 from storage.layout import DataDir
 from storage.schemas import DROPPED, OK, STATUS_FIELDS, is_ok
 from surd.parallel import batched
+from surd.settings import StageParams
 from surd.stages.base import Partition, Stage
+from surd.stages.columns import ReleaseColumn
 
 if TYPE_CHECKING:
     from surd.stages.near_index import NearGrouper
@@ -42,9 +45,19 @@ REASON = "near_duplicate_of"
 DEFAULT_AT = {"tiny": 0.999, "real": 0.95}
 
 
-def threshold(settings: Any) -> float:
-    at = settings.clip.near_duplicate_at
-    return float(at if at is not None else DEFAULT_AT[settings.profile])
+class NearDuplicateParams(StageParams):
+    """When two images are the same picture (`SURD_NEAR_DUPLICATES__*`)."""
+
+    at: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="image cosine that makes a near duplicate; None: the profile's (docs: benchmarks)",
+    )
+
+
+def threshold(params: NearDuplicateParams, profile: str) -> float:
+    return float(params.at if params.at is not None else DEFAULT_AT[profile])
 
 
 def vectors(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -63,6 +76,17 @@ class NearDuplicateStage(Stage[list[dict[str, Any]]]):
 
     name, reads, schema = "near_duplicates", {"clip_scores": ("image_embedding",)}, NEAR_DUPLICATES
     pool, label = "gpu", "not a near duplicate"
+    Params = NearDuplicateParams
+    params: NearDuplicateParams
+    release = (
+        ReleaseColumn(
+            "near_duplicates",
+            pa.int32(),
+            "how many later images were dropped as the same picture as this one (CLIP image cosine at or "
+            "above the threshold; `near_duplicates` table)",
+            derive=lambda data, ids: copies(data, ids),
+        ),
+    )
 
     def todo(self, part: Partition = None) -> Iterator[dict[str, Any]]:
         """The samples that went on and are not yet decided, in storage order, each with its
@@ -110,7 +134,9 @@ class NearDuplicateStage(Stage[list[dict[str, Any]]]):
             arrays = [a for a in [kept, *new] if len(a)]
             total = sum(len(a) for a in arrays)
             sample = np.concatenate(arrays) if total > EXACT_MAX else None  # to train the cells
-            self.grouper = NearGrouper(dims.pop(), threshold(self.settings), total, sample)
+            self.grouper = NearGrouper(
+                dims.pop(), threshold(self.params, self.settings.profile), total, sample
+            )
             self.grouper.add_kept(kept_ids, kept)
         self.pending = []
 

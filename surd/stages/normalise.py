@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from surd.settings import ImageSettings
+from surd.stages.images_params import ImageParams
 
 
 class ImageRejected(Exception):
@@ -43,7 +43,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def decode(
-    data: bytes, cfg: ImageSettings, target: int | None = None
+    data: bytes, cfg: ImageParams, target: int | None = None
 ) -> tuple[Image.Image, str, tuple[int, int]]:
     """Decode by content (not by URL or header); raise ImageRejected with the reason.
 
@@ -164,7 +164,7 @@ def perceptual_key(img: Image.Image) -> str:
     return dhash64(img) + dct256(img) + zoom_views(img)
 
 
-def normalise(data: bytes, cfg: ImageSettings) -> Normalised:
+def normalise(data: bytes, cfg: ImageParams) -> Normalised:
     img, fmt, (w, h) = decode(data, cfg, target=cfg.size)
     if min(w, h) < cfg.min_side:
         raise ImageRejected("too_small")

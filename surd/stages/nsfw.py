@@ -9,10 +9,13 @@ from contextlib import ExitStack
 from typing import Any, ClassVar
 
 import pyarrow as pa
+from pydantic import Field
 
 from storage.schemas import OK, STATUS_FIELDS
 from surd.parallel import batched
+from surd.settings import StageParams
 from surd.stages.base import Stage
+from surd.stages.columns import ReleaseColumn
 
 NSFW_SCORES = pa.schema(
     [
@@ -21,7 +24,14 @@ NSFW_SCORES = pa.schema(
         pa.field("model_id", pa.string()),
     ]
 )
-BATCH = 16  # images a session call: about 10 ms an image on 2 cores (docs/benchmarks.md)
+
+
+class NsfwParams(StageParams):
+    """How the detector scores (`SURD_NSFW_SCORES__*`)."""
+
+    batch_size: int = Field(
+        16, ge=1, le=4096, description="images a session call (about 10 ms an image on 2 cores)"
+    )
 
 
 class NsfwStage(Stage[list[dict[str, Any]]]):
@@ -32,6 +42,15 @@ class NsfwStage(Stage[list[dict[str, Any]]]):
     # with the stages around it (CLIP before, near duplicates after) on the GPU hosts, so a deployed
     # rebuild hands them over in one run; onnxruntime uses their CPU cores
     pool = "gpu"
+    Params = NsfwParams
+    params: NsfwParams
+    release = (
+        ReleaseColumn(
+            "nsfw_detector",
+            pa.float32(),
+            "a trained detector's NSFW probability (Yahoo's open_nsfw; `model_ids.nsfw_scores`)",
+        ),
+    )
 
     def start(self, stack: ExitStack) -> None:
         from surd.models.nsfw_detector import Detector  # onnxruntime: only with work
@@ -41,7 +60,7 @@ class NsfwStage(Stage[list[dict[str, Any]]]):
         self.model_id = self.detector.model_id
 
     def batches(self, items: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-        return batched(items, BATCH)
+        return batched(items, self.params.batch_size)
 
     def decide(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         scores = self.detector.scores([r["image"] for r in batch])

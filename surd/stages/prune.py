@@ -27,8 +27,6 @@ from surd.review import takedowns as log
 from surd.settings import Settings
 from surd.stages import takedown
 
-_steps = 0  # deletion steps taken in this process: kill tests stop at the n-th (fault_point)
-
 
 @dataclass
 class Prunable:
@@ -66,10 +64,15 @@ def pending(data: DataDir) -> list[Intent]:
     return [Intent(**json.loads(p.read_text())) for p in sorted(folder.glob("v*.json"))]
 
 
-def _step() -> None:
-    global _steps
-    _steps += 1
-    fault_point("prune", _steps)
+class Steps:
+    """The deletion steps one prune has taken: a kill test stops it at the n-th (fault_point)."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+
+    def __call__(self) -> None:
+        self.taken += 1
+        fault_point("prune", self.taken)
 
 
 def prunable(settings: Settings, data: DataDir, superseded_by: str, **storage: Any) -> list[Prunable]:
@@ -111,18 +114,27 @@ def _published_manifest(location: str, name: str, **storage: Any) -> dict[str, A
 
 
 def prune(
-    settings: Settings, data: DataDir, superseded_by: str, doomed: list[Prunable], actor: str, **storage: Any
+    settings: Settings,
+    data: DataDir,
+    superseded_by: str,
+    doomed: list[Prunable],
+    actor: str,
+    step: Steps | None = None,
+    **storage: Any,
 ) -> None:
-    """Record the intent to delete the given releases (from `prunable`), then carry it out."""
+    """Record the intent to delete the given releases (from `prunable`), then carry it out;
+    `step` counts the steps of the whole command (a finished interrupted prune's first)."""
+    step = step or Steps()
     for p in doomed:
         _save(data, Intent(p.release, superseded_by, p.taken_down_rows, actor, list(p.locations)))
-    _step()
-    finish(settings, data, **storage)
+    step()
+    finish(settings, data, step, **storage)
 
 
-def finish(settings: Settings, data: DataDir, **storage: Any) -> list[str]:
+def finish(settings: Settings, data: DataDir, step: Steps | None = None, **storage: Any) -> list[str]:
     """Carry out every recorded intent to its end; returns the releases finished. Each location is
     deleted (again, if a kill came after), its deletion recorded once, then marked done."""
+    step = step or Steps()
     intents = pending(data)
     if not intents:
         return []
@@ -133,7 +145,7 @@ def finish(settings: Settings, data: DataDir, **storage: Any) -> list[str]:
             for where in intent.locations:
                 if where in intent.done:
                     continue
-                _delete(data, intent.release, where, **storage)
+                _delete(data, intent.release, where, step, **storage)
                 if (intent.release, where) not in recorded:
                     log.record_prune(
                         engine,
@@ -143,10 +155,10 @@ def finish(settings: Settings, data: DataDir, **storage: Any) -> list[str]:
                         intent.taken_down_rows,
                         intent.actor,
                     )
-                    _step()
+                    step()
                 intent.done.append(where)
                 _save(data, intent)
-                _step()
+                step()
             done = _intents_dir(data) / "done"
             done.mkdir(parents=True, exist_ok=True)
             (_intents_dir(data) / f"{intent.release}.json").replace(done / f"{intent.release}.json")
@@ -155,24 +167,24 @@ def finish(settings: Settings, data: DataDir, **storage: Any) -> list[str]:
     return [i.release for i in intents]
 
 
-def _delete(data: DataDir, release: str, where: str, **storage: Any) -> None:
+def _delete(data: DataDir, release: str, where: str, step: Steps, **storage: Any) -> None:
     """Delete one location of a release, whatever part of it a killed prune left."""
     if where.startswith(str(data.releases_dir)):
         local = data.releases_dir / release
         if local.exists():
             hidden = data.releases_dir / f".pruned-{release}-{uuid.uuid4().hex[:8]}"
             local.rename(hidden)  # out of sight at once: no reader lists a half-deleted release
-            _step()
+            step()
         for left in data.releases_dir.glob(f".pruned-{release}-*"):
             shutil.rmtree(left)
-        _step()
+        step()
         return
     import fsspec  # object stores: only when a published copy is deleted
 
     fs, path = fsspec.core.url_to_fs(where, **storage)
     if fs.exists(f"{path}/manifest.json"):
         fs.rm(f"{path}/manifest.json")  # unpublished first: no reader lists it any more
-        _step()
+        step()
     if fs.exists(path):
         fs.rm(path, recursive=True)
-    _step()
+    step()

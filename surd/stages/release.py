@@ -26,32 +26,35 @@ from storage.layout import DataDir
 from storage.outbox import Entry, Outbox
 from storage.provenance import code_identity
 from storage.releases import ShardFile, highest_number, manifest, releases, verify_files
-from storage.schemas import RELEASE, SCHEMA_VERSION
+from storage.schemas import RELEASE_BASE, SCHEMA_VERSION
 from storage.tables import fault_point
 from surd import __version__, chain
 from surd.review import outcome, queue
 from surd.settings import ReleaseSettings, Settings
 from surd.sources import LICENCE_NOTES, REGISTRY, generation
 from surd.sources.safety import source_level
-from surd.stages import near_duplicates, prompt_label, takedown
+from surd.stages import prompt_label, takedown
 from surd.stages.card import write_card
 from surd.stages.groups import HELD_BACK, cap_groups, group_sizes, prompt_group
 
 RAW_COLUMNS = ("complex_prompt", "negative_prompt", "source", "source_item_id", "source_url")
 
 
-ROWS = pa.schema([f for f in RELEASE if f.name not in ("image", "sha256")])  # the images stream in
 DECIDED = ("sample_id", "decision_id", "decided_by_kind", "simple_prompt", "caption")  # → _accepted
-NOT_RAW = (
-    *DECIDED[1:],
-    "p_simple",
-    "p_complex",
-    "nsfw_score",
-    "nsfw_detector",
-    "near_duplicates",
-    "prompt_profanity",
-)
-FROM_RAW = pa.schema([f for f in ROWS if f.name not in NOT_RAW])
+NOT_RAW = (*DECIDED[1:], "prompt_profanity")
+FROM_RAW = pa.schema([f for f in RELEASE_BASE if f.name not in ("image", "sha256", *NOT_RAW)])
+
+
+def schema() -> pa.Schema:
+    """A release's schema: its own columns and every declared stage's (surd.chain)."""
+    return chain.PIPELINE.release_schema()
+
+
+def row_schema() -> pa.Schema:
+    """A release's columns but the image and its hash (which stream in from the images table)."""
+    return pa.schema([f for f in schema() if f.name not in ("image", "sha256")])
+
+
 BATCH = 4096  # raw items made Python objects at once
 
 
@@ -113,7 +116,7 @@ def accepted_rows(settings: Settings, data: DataDir, accepted: pa.Table | None =
     metadata), so neither the raw metadata nor an object per row is held for every sample."""
     acc = accepted if accepted is not None else _accepted(settings, data)
     if not len(acc):
-        return ROWS.empty_table()
+        return row_schema().empty_table()
     ids = acc.column("sample_id")
     made = []
     for part in data.table("raw_items").select(ids, [*RAW_COLUMNS, *generation.READS]):
@@ -122,26 +125,13 @@ def accepted_rows(settings: Settings, data: DataDir, accepted: pa.Table | None =
             made.append(pa.Table.from_pylist([_from_raw(r) for r in raws], FROM_RAW))
     raw = _aligned(made, ids, "raw item")
     del made
-    scores = ("p_simple", "p_complex", "nsfw_score")
-    clip = _aligned(list(data.table("clip_scores").select(ids, scores)), ids, "CLIP score")
     column = {n: acc.column(n) for n in DECIDED} | {n: raw.column(n) for n in FROM_RAW.names}
-    column |= {n: clip.column(n) for n in scores}
-    column["nsfw_detector"] = _detector_scores(data, ids)
-    column["near_duplicates"] = near_duplicates.copies(data, ids)
     column["prompt_profanity"] = prompt_label.scores(raw.column("complex_prompt"))
-    return pa.table([column[n] for n in ROWS.names], schema=ROWS)
-
-
-def _detector_scores(data: DataDir, ids: pa.ChunkedArray) -> pa.Array:
-    """The trained detector's score of each of `ids` (null: scored before the stage existed)."""
-    found = [t for t in data.table("nsfw_scores").select(ids, ["nsfw_detector"])] if len(ids) else []
-    if not found:
-        return pa.nulls(len(ids), pa.float32())
-    scored = pa.concat_tables(found)
-    at = pc.index_in(
-        ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids, scored.column("sample_id")
-    )
-    return pc.take(scored.column("nsfw_detector"), at).combine_chunks().cast(pa.float32())
+    flat = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    for table, col in chain.PIPELINE.release_columns():  # what each declared stage adds
+        column[col.name] = col.values(data, table, flat)
+    rows = row_schema()
+    return pa.table([column[n] for n in rows.names], schema=rows)
 
 
 def write_shards(
@@ -152,6 +142,7 @@ def write_shards(
     The images are read in storage order, a part at a time, and written a row group at a time, so
     memory holds one part and one row group of images whatever the release's size."""
     at = {sid: k for k, sid in enumerate(rows.column("sample_id").to_pylist())}
+    full = schema()
     out: ShardFile | None = None
     index, found = first, 0
     for img in data.table("images").iter_lookup(at, ["image", "sha256"]):
@@ -162,7 +153,7 @@ def write_shards(
             yield out.close()
             index, out = index + 1, None
         if out is None:
-            out = ShardFile(folder / f"shard-{index:05d}.parquet", cfg.row_group_rows)
+            out = ShardFile(folder / f"shard-{index:05d}.parquet", cfg.row_group_rows, full)
         out.add(row, nbytes)
         found += 1
     if found != len(at):
@@ -180,9 +171,9 @@ def _row_key(row: dict[str, Any]) -> str:
 
 def _same_schema(folder: Path, man: dict[str, Any]) -> bool:
     """Whether a release was written with today's columns and types (else it is remade)."""
-    if man.get("columns") != RELEASE.names:
+    if man.get("columns") != schema().names:
         return False
-    return not man["shards"] or pq.read_schema(folder / man["shards"][0]["file"]).equals(RELEASE)
+    return not man["shards"] or pq.read_schema(folder / man["shards"][0]["file"]).equals(schema())
 
 
 def _reusable(
@@ -191,7 +182,7 @@ def _reusable(
     """Parent shards every row of which is released again unchanged: (file, its sample ids)."""
     out = []
     for shard in parent["shards"]:
-        if not pq.read_schema(parent_dir / shard["file"]).equals(RELEASE):
+        if not pq.read_schema(parent_dir / shard["file"]).equals(schema()):
             continue  # written with other columns (an older release): its rows are written anew
         ids = pq.read_table(parent_dir / shard["file"], columns=["sample_id"]).column(0).to_pylist()
         if all(current.get(i) == parent["fingerprint"].get(i) for i in ids):
@@ -332,7 +323,7 @@ def _manifest(
         "created_at": datetime.now(UTC).isoformat(),
         "schema_version": SCHEMA_VERSION,
         "code_version": __version__,
-        "columns": RELEASE.names,
+        "columns": schema().names,
         "code": code_identity(),
         "rows": len(fingerprint),
         "shards": shards,

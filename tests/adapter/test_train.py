@@ -14,8 +14,7 @@ from adapter.config import TrainConfig
 from adapter.model import AdapterConfig, SURAdapter, kl, loss_cp
 from adapter.train import train
 from storage.embeddings import EmbeddingStore, prompt_sha1
-from storage.layout import DataDir
-from storage.schemas import RELEASE
+from surd import chain
 from surd.models import tiny
 from surd.sources.replay import synth_image
 
@@ -47,7 +46,7 @@ def test_w0_is_seeded_fixed_and_saved() -> None:
 @pytest.fixture(scope="module")
 def tiny_release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("rel")
-    data = DataDir(root / "data").open()
+    data = chain.PIPELINE.data_dir(root / "data").open()
     rel = root / "v0001"
     rel.mkdir()
     prompts = ["a red cat", "a blue car on a street", "two dogs on the beach", "a castle at night"]
@@ -60,7 +59,7 @@ def tiny_release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         }
         for i, p in enumerate(prompts)
     ]
-    pq.write_table(pa.Table.from_pylist(rows, RELEASE), rel / "shard-00000.parquet")
+    pq.write_table(pa.Table.from_pylist(rows, chain.PIPELINE.release_schema()), rel / "shard-00000.parquet")
     (rel / "manifest.json").write_text('{"shards": [{"file": "shard-00000.parquet"}]}')  # what readers go by
     model, tok = tiny.llama(0)
     from surd.models.llm_pool import pooled_layers

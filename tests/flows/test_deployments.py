@@ -39,7 +39,7 @@ def test_prefect_yaml_is_what_the_declaration_renders() -> None:
     """One source for schedules and pools: the committed file is `surd deploy render`'s output
     with the default settings, and each of its deployments names its flow's function."""
     from flows.deployments import plans, render_yaml
-    from surd.settings import load_settings
+    from surd.config import load_settings
 
     assert (ROOT / "prefect.yaml").read_text() == render_yaml(load_settings()), (
         "prefect.yaml differs from the declaration: run `surd deploy render --out prefect.yaml`"
@@ -90,7 +90,7 @@ def _client(server):
 def test_deployed_path_release_event_runs_embed_train_evaluate(server, tmp_path: Path, replay) -> None:
     from surd.app.demo import demo_config
     from surd.app.rebuild import rebuild
-    from surd.settings import load_settings
+    from surd.config import load_settings
 
     cfg = demo_config(tmp_path / "data", replay)
     cfg["embed"] = {"llm": "tiny"}

@@ -15,9 +15,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from storage.layout import DataDir
 from storage.locks import Busy, writing
-from surd import pipeline
+from surd import chain, pipeline
 from tests.conftest import through_review
 
 pytestmark = pytest.mark.slow  # subprocesses, servers or a browser: not in `make test-fast`
@@ -175,7 +174,7 @@ def test_two_releases_at_once_never_collide(tmp_path: Path, demo_settings) -> No
         [SURD, "release", "verify"], env=_env(s.data_root), capture_output=True, text=True
     )
     assert verify.returncode == 0 and "v0001: ok" in verify.stdout
-    assert DataDir(s.data_root).open(create=False)
+    assert chain.PIPELINE.data_dir(s.data_root).open(create=False)
 
 
 def test_a_new_data_root_opened_by_two_processes_at_once(tmp_path: Path) -> None:
@@ -186,7 +185,7 @@ def test_a_new_data_root_opened_by_two_processes_at_once(tmp_path: Path) -> None
     root = tmp_path / "new"
     (root / "locks").mkdir(parents=True)
     (root / ".tmp-0123abcd-SCHEMA_VERSION").write_text("{")  # another process, mid-write
-    DataDir(root).open()
+    chain.PIPELINE.data_dir(root).open()
     assert json.loads((root / "SCHEMA_VERSION").read_text())["schema_version"] >= 1
     ctx = mp.get_context("fork")
     for k in range(5):  # and for real: four processes open one new root at the same moment
@@ -197,11 +196,11 @@ def test_a_new_data_root_opened_by_two_processes_at_once(tmp_path: Path) -> None
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(SchemaVersionError, match="no SCHEMA_VERSION marker"):
-        DataDir(foreign).open()
+        chain.PIPELINE.data_dir(foreign).open()
 
 
 def _open_root(root: Path) -> str:
     with writing(root, f"table-{os.getpid()}"):  # a writer: its lock is taken, then the root opened
         pass
-    DataDir(root).open()
+    chain.PIPELINE.data_dir(root).open()
     return "ok"

@@ -7,7 +7,8 @@ import pytest
 
 from storage import schemas
 from storage.catalog import connect
-from storage.layout import DataDir, SchemaVersionError
+from storage.layout import SchemaVersionError
+from surd import chain
 
 SAMPLE = {
     pa.string(): "x",
@@ -29,9 +30,9 @@ def _row(schema: pa.Schema, i: int) -> dict:
     return row
 
 
-@pytest.mark.parametrize("name", [*schemas.STAGE_TABLES, "crawl_pages"])
+@pytest.mark.parametrize("name", [*chain.PIPELINE.tables, "crawl_pages"])
 def test_write_then_read_back(tmp_path: Path, name: str) -> None:
-    data = DataDir(tmp_path).open()
+    data = chain.PIPELINE.data_dir(tmp_path).open()
     table = data.table(name)
     rows = [_row(table.schema, i) for i in range(3)]
     table.write(rows, provenance={"k": 1})
@@ -43,8 +44,9 @@ def test_write_then_read_back(tmp_path: Path, name: str) -> None:
 def test_release_and_embedding_schemas_round_trip(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
-    rows = [_row(schemas.RELEASE, 0)]
-    pq.write_table(pa.Table.from_pylist(rows, schemas.RELEASE), tmp_path / "r.parquet")
+    release = chain.PIPELINE.release_schema()
+    rows = [_row(release, 0)]
+    pq.write_table(pa.Table.from_pylist(rows, release), tmp_path / "r.parquet")
     assert pq.read_table(tmp_path / "r.parquet").to_pylist() == rows
     emb = schemas.embedding_schema(4)
     t = pa.Table.from_pylist([{"sample_id": "a", "prompt_sha1": "s", "vector": [1.0, 2.0, 0.5, -1.0]}], emb)
@@ -55,7 +57,7 @@ def test_release_and_embedding_schemas_round_trip(tmp_path: Path) -> None:
 
 
 def test_duplicate_keys_are_skipped_on_write(tmp_path: Path) -> None:
-    table = DataDir(tmp_path).open().table("captions")
+    table = chain.PIPELINE.data_dir(tmp_path).open().table("captions")
     row = {"sample_id": "a", "status": "ok", "reason": None, "simple_prompt": "p", "model_id": "m"}
     assert table.write([row, row]) is not None
     assert table.write([row]) is None
@@ -63,27 +65,27 @@ def test_duplicate_keys_are_skipped_on_write(tmp_path: Path) -> None:
 
 
 def test_temp_files_are_invisible(tmp_path: Path) -> None:
-    table = DataDir(tmp_path).open().table("captions")
+    table = chain.PIPELINE.data_dir(tmp_path).open().table("captions")
     table.dir.mkdir(parents=True)
     (table.dir / ".tmp-123-part-1.parquet").write_bytes(b"half a file")
     assert table.parts() == [] and table.count() == 0
 
 
 def test_incompatible_schema_version_refused(tmp_path: Path) -> None:
-    DataDir(tmp_path).open()
+    chain.PIPELINE.data_dir(tmp_path).open()
     (tmp_path / "SCHEMA_VERSION").write_text(json.dumps({"schema_version": 999}))
     with pytest.raises(SchemaVersionError, match="schema version 999"):
-        DataDir(tmp_path).open()
+        chain.PIPELINE.data_dir(tmp_path).open()
 
 
 def test_foreign_directory_refused(tmp_path: Path) -> None:
     (tmp_path / "something.txt").write_text("not ours")
     with pytest.raises(SchemaVersionError, match="no SCHEMA_VERSION"):
-        DataDir(tmp_path).open()
+        chain.PIPELINE.data_dir(tmp_path).open()
 
 
 def test_duckdb_catalog_has_a_view_per_table(tmp_path: Path) -> None:
-    data = DataDir(tmp_path).open()
+    data = chain.PIPELINE.data_dir(tmp_path).open()
     data.table("captions").write(
         [{"sample_id": "a", "status": "ok", "reason": None, "simple_prompt": "a cat", "model_id": "m"}]
     )
@@ -96,7 +98,7 @@ def test_lookup_reads_only_the_parts_that_hold_the_keys(tmp_path: Path, monkeypa
 
     from storage import tables
 
-    table = DataDir(tmp_path).open().table("captions")
+    table = chain.PIPELINE.data_dir(tmp_path).open().table("captions")
     paths = [table.write([_row(table.schema, 10 * p + i) for i in range(10)]) for p in range(5)]
     assert table.ids() == {f"id{i}" for i in range(50)}  # keys of every part read once, and kept
     reads: list[tuple[str, tuple[str, ...]]] = []
@@ -120,13 +122,13 @@ def test_lookup_reads_only_the_parts_that_hold_the_keys(tmp_path: Path, monkeypa
     ]
     # a fresh handle on the same table (as each web request makes) needs no key scan either
     reads.clear()
-    other = DataDir(tmp_path).table("captions")
+    other = chain.PIPELINE.data_dir(tmp_path).table("captions")
     assert [r["sample_id"] for r in other.iter_lookup({"id2"}, [])] == ["id2"]
     assert reads == [(str(paths[0]), ("sample_id",))]
 
 
 def test_select_gives_the_asked_rows_and_columns_as_arrow_in_storage_order(tmp_path: Path) -> None:
-    table = DataDir(tmp_path).open().table("captions")
+    table = chain.PIPELINE.data_dir(tmp_path).open().table("captions")
     assert list(table.select(pa.array(["id1"]), ["simple_prompt"])) == []  # no part yet
     for p in range(4):
         table.write(
@@ -143,7 +145,7 @@ def test_select_gives_the_asked_rows_and_columns_as_arrow_in_storage_order(tmp_p
 def test_a_part_written_before_a_column_was_added_reads_it_as_nulls(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
-    table = DataDir(tmp_path).open().table("clip_scores")
+    table = chain.PIPELINE.data_dir(tmp_path).open().table("clip_scores")
     path = table.write([_row(table.schema, i) for i in range(3)])
     old = pq.read_table(path).drop_columns(["sim_complex"])  # as an older version wrote it
     pq.write_table(old, path)
@@ -158,7 +160,7 @@ def test_a_part_written_before_a_column_was_added_reads_it_as_nulls(tmp_path: Pa
 def test_a_lookup_of_many_keys_caches_no_key_set(tmp_path: Path, monkeypatch) -> None:
     from storage import tables
 
-    table = DataDir(tmp_path).open().table("captions")
+    table = chain.PIPELINE.data_dir(tmp_path).open().table("captions")
     for p in range(4):
         table.write([_row(table.schema, 10 * p + i) for i in range(10)])
     want = {f"id{i}" for i in (3, 4, 15, 27, 28, 29, 39)} | {"nope"}

@@ -11,8 +11,9 @@ import typer
 from rich.console import Console
 
 from surd.app.cli.errors import CliError, Exit
+from surd.config import load_settings
 from surd.pipeline import open_data as open_
-from surd.settings import Settings, load_settings
+from surd.settings import Settings
 from surd.summary import plain
 
 out = Console(soft_wrap=True)  # results: stdout

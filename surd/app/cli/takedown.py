@@ -16,7 +16,7 @@ from surd.review import queue
 from surd.review import takedowns as log
 from surd.review.db import NoDatabase, open_reader
 from surd.stages import takedown as rules
-from surd.stages.prune import finish, prunable
+from surd.stages.prune import Steps, finish, prunable
 from surd.stages.prune import prune as delete
 from surd.stages.release import manifest, releases, storage_options
 
@@ -119,7 +119,8 @@ def prune(
     s = settings(config)
     data = open_data(s, create=False)
     opts = storage_options(s)
-    finished = finish(s, data, **opts)  # a killed prune's recorded intent, carried out first
+    step = Steps()  # the command's deletion steps, counted across both calls (kill tests)
+    finished = finish(s, data, step, **opts)  # a killed prune's recorded intent, carried out first
     if finished:
         err.print(f"finished an interrupted prune of {', '.join(finished)}", highlight=False)
     try:
@@ -136,7 +137,7 @@ def prune(
         )
     if not yes and not typer.confirm(f"delete {len(doomed)} releases for good?", err=True):
         raise typer.Abort()
-    delete(s, data, superseded_by, doomed, _actor(), **opts)
+    delete(s, data, superseded_by, doomed, _actor(), step, **opts)
     r = [vars(p) for p in doomed]
     result(r, as_json, f"pruned {', '.join(p.release for p in doomed)} (superseded by {superseded_by})")
 

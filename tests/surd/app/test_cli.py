@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from storage.layout import DataDir
-from surd import pipeline
-from surd.settings import load_settings
+from surd import chain, pipeline
+from surd.config import load_settings
 from surd.sources.replay import ReplaySite
 from tests.conftest import free_port
 
@@ -37,7 +36,7 @@ def surd(*args: str, env: dict[str, str] | None = None, timeout: float = 300) ->
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     """An empty SURD data root."""
-    DataDir(tmp_path / "data").open()
+    chain.PIPELINE.data_dir(tmp_path / "data").open()
     return tmp_path / "data"
 
 

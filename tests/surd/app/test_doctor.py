@@ -13,7 +13,7 @@ import pytest
 from storage import locks
 from surd.app.cli import main
 from surd.app.doctor import diagnose, errors
-from surd.settings import load_settings
+from surd.config import load_settings
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[3]

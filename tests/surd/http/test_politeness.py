@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from surd import pipeline
+from surd.config import load_settings
 from surd.http.rules import Robots, backoff_seconds
-from surd.settings import CrawlSettings, load_settings
+from surd.settings import CrawlSettings
 from surd.sources.replay import ReplaySite
 from surd.stages.crawl import CrawlFailed
 

@@ -16,11 +16,10 @@ from typing import Any
 import pytest
 
 from storage.embeddings import prompt_sha1
-from storage.layout import DataDir
 from storage.schemas import OK
 from surd import chain
+from surd.config import load_settings
 from surd.models.profiles import llm_model_id
-from surd.settings import load_settings
 from surd.sources.replay import synth_image
 from surd.stages.base import run_stage
 from surd.stages.embed import EmbedStage
@@ -40,7 +39,7 @@ def compute(root: Path) -> dict[str, Any]:
     settings = load_settings(
         data_root=str(root), profile="tiny", device="cpu", part_size=4, caption={"batch_size": 3}
     )
-    data = DataDir(settings.data_root).open()
+    data = chain.PIPELINE.data_dir(settings.data_root).open()
     ids = [f"g{i}" for i in range(len(PROMPTS))]
     data.table("raw_items").write(
         [

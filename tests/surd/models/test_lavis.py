@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from storage.layout import DataDir
 from storage.schemas import OK
 from surd import chain
-from surd.settings import load_settings
+from surd.config import load_settings
 from surd.sources.replay import synth_image
 
 pytestmark = pytest.mark.slow  # subprocesses, servers or a browser: not in `make test-fast`
@@ -54,7 +53,7 @@ def test_lavis_venv_is_its_own_and_its_captioner_fills_the_table(lavis_python: P
 
     from surd.stages.base import run_stage
 
-    data = DataDir(tmp_path / "data").open()
+    data = chain.PIPELINE.data_dir(tmp_path / "data").open()
     data.table("raw_items").write(  # what went on to the images stage
         [
             {"sample_id": f"s{i}", "status": OK, "source": "civitai", "source_item_id": str(i)}

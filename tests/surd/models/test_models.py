@@ -10,7 +10,7 @@ from surd.models.blip_caption import caption_images, strip_prompt
 from surd.models.clip_score import score
 from surd.models.llm_pool import pooled_layers
 from surd.models.preprocess import is_truncated
-from surd.settings import CaptionSettings
+from surd.stages.captions_params import CaptionParams
 from surd.stages.clip import keep
 
 
@@ -27,7 +27,7 @@ def test_strip_prompt() -> None:
 
 def test_captions_batched_equal_one_by_one(pics: list[Image.Image]) -> None:
     model, proc = tiny.blip(0)
-    cfg = CaptionSettings(num_beams=2, max_length=12, min_length=6)
+    cfg = CaptionParams(num_beams=2, max_length=12, min_length=6)
     batched = caption_images(model, proc, pics, cfg)
     single = [caption_images(model, proc, [p], cfg)[0] for p in pics]
     assert batched == single
@@ -142,7 +142,7 @@ def test_fast_preprocessing_matches_the_models_own(pics: list[Image.Image]) -> N
     buf = io.BytesIO()
     big.save(buf, format="PNG")
     model, proc = tiny.blip(0)
-    spec = BlipCaptioner(model, proc, CaptionSettings()).spec
+    spec = BlipCaptioner(model, proc, CaptionParams()).spec
     fast = normalize(to_tensor(buf.getvalue(), spec)[None], spec, torch.device("cpu"), torch.float32)
     ref = proc(images=[big], return_tensors="pt")["pixel_values"]
     assert fast.shape == ref.shape and (fast - ref).abs().mean() < 0.02
@@ -169,8 +169,8 @@ def test_bucketed_pooling_equals_masked_reference() -> None:
 
 
 def test_smollm2_profile_is_a_real_llama_offline() -> None:
+    from surd.config import load_settings
     from surd.models import profiles
-    from surd.settings import load_settings
 
     loaded = profiles.llm(load_settings(embed={"llm": "smollm2-135m"}))
     assert type(loaded.model).__name__ == "LlamaModel" and loaded.model_id == "smollm2-135m"

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from surd import chain
+from surd.config import load_settings
 from surd.review import auth, outcome, queries, queue
 from surd.review.app import create_app
-from surd.settings import load_settings
 
 XSS = "<script>alert('x')</script> a castle"
 
@@ -247,10 +248,9 @@ def test_images_are_served_with_their_real_type(tmp_path: Path) -> None:
 
     from PIL import Image
 
-    from storage.layout import DataDir
     from storage.schemas import OK
 
-    data = DataDir(tmp_path).open()
+    data = chain.PIPELINE.data_dir(tmp_path).open()
     settings = load_settings(data_root=tmp_path)
     _seed(settings)
     buf = io.BytesIO()

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from storage.layout import DataDir
 from storage.schemas import OK
+from surd import chain
+from surd.config import load_settings
 from surd.review import auth, outcome, queries, queue, shield, takedowns
 from surd.review.app import create_app
-from surd.settings import load_settings
 from tests.conftest import free_port
 from tests.serve import ThreadedServer
 
@@ -36,7 +36,7 @@ def seed_review(
     `labels`: the source's NSFW label of some items (else Civitai's browsing level 1, PG);
     `scores`: CLIP's zero-shot NSFW score, `detector`: the trained detector's; `audit`: the items
     that need two independent decisions."""
-    data = DataDir(root).open()
+    data = chain.PIPELINE.data_dir(root).open()
     settings = load_settings(data_root=root)
     engine = queue.connect(settings.review_database_url)
     auth.add_steward(engine, "alice", "correct horse")
@@ -70,7 +70,7 @@ def seed_review(
 
 
 def stored_image(root: Path, sample_id: str) -> bytes:
-    return DataDir(root).table("images").lookup({sample_id}, ["image"])[sample_id]["image"]
+    return chain.PIPELINE.data_dir(root).table("images").lookup({sample_id}, ["image"])[sample_id]["image"]
 
 
 def until(page, expression: str, seconds: float = 10.0) -> None:
@@ -366,7 +366,7 @@ def test_a_taken_down_image_is_never_served(tmp_path: Path, browser) -> None:
         page = signed_in(browser, server.url)
         assert page.request.get(f"{server.url}/image/s1").status == 200
         takedowns.add(engine, "sample", "s1", "the author asked", "admin:test")
-        enforce.enforce(settings, DataDir(tmp_path))
+        enforce.enforce(settings, chain.PIPELINE.data_dir(tmp_path))
         for route in ("image", "thumb"):
             assert page.request.get(f"{server.url}/{route}/s1").status in (404, 410)
         assert page.request.get(f"{server.url}/image/s2").status == 200

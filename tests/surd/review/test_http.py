@@ -17,10 +17,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from surd.config import load_settings
 from surd.review import auth, queries, queue
 from surd.review.app import create_app
 from surd.review.schema import decisions
-from surd.settings import load_settings
 from tests.conftest import free_port
 from tests.serve import ThreadedServer, wait_until_up
 

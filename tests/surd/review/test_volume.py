@@ -12,11 +12,11 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from surd.config import load_settings
 from surd.review import auth, bulk, comments, guidelines, outcome, queries, queue
 from surd.review.app import create_app
 from surd.review.filters import Filters
 from surd.review.schema import decisions
-from surd.settings import load_settings
 from tests.surd.review.test_app import login_post
 
 

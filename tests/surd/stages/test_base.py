@@ -15,8 +15,8 @@ import pytest
 from storage.layout import DataDir
 from storage.schemas import DROPPED, OK, STATUS_FIELDS
 from surd import chain
+from surd.config import load_settings
 from surd.parallel import in_order
-from surd.settings import load_settings
 from surd.stages.base import Filter, Stage, merge, run_stage
 
 
@@ -55,7 +55,7 @@ def words(settings: Any, data: DataDir, cls: type[Stage[Any]] = PromptWords) -> 
 
 def captions(tmp_path: Path, n: int = 37) -> tuple[Any, DataDir]:
     settings = load_settings(data_root=str(tmp_path / "data"), part_size=5)
-    data = DataDir(settings.data_root).open()
+    data = chain.PIPELINE.data_dir(settings.data_root).open()
     rows = [
         {"sample_id": f"s{i:03d}", "status": OK, "reason": None, "model_id": "x",
          "simple_prompt": " ".join(["word"] * (i % 5))}  # 0..4 words

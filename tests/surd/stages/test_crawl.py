@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from storage.layout import DataDir
-from surd import pipeline
-from surd.settings import Settings, load_settings
+from surd import chain, pipeline
+from surd.config import load_settings
+from surd.settings import Settings
 from surd.sources.replay import ReplaySite
 from surd.stages.crawl import CrawlFailed, CrawlStats
 from tests.conftest import FIXTURES
@@ -65,13 +65,13 @@ def settings(root: Path, site: ReplaySite, **crawl: object) -> Settings:
 
 def raw_rows(root: Path) -> list[tuple]:
     rows = (
-        DataDir(root).table("raw_items").read(["sample_id", "status", "reason", "complex_prompt"]).to_pylist()
+        chain.PIPELINE.data_dir(root).table("raw_items").read(["sample_id", "status", "reason", "complex_prompt"]).to_pylist()
     )
     return sorted(tuple(r.values()) for r in rows)
 
 
 def pages(root: Path) -> list[dict]:
-    return DataDir(root).table("crawl_pages").read().to_pylist()
+    return chain.PIPELINE.data_dir(root).table("crawl_pages").read().to_pylist()
 
 
 def civitai_requests(site: ReplaySite) -> list[float]:
@@ -191,8 +191,8 @@ def test_robots_forbids_unless_overridden_and_the_override_is_recorded(
     )
     assert pipeline.crawl(cfg, "civitai").stop_reason == "end"
     assert raw_rows(tmp_path / "b") == reference
-    assert DataDir(tmp_path / "b").state("crawl-civitai")["robots"] == "overridden"
-    assert {p["robots"] for p in DataDir(tmp_path / "b").table("raw_items").provenance()} == {"overridden"}
+    assert chain.PIPELINE.data_dir(tmp_path / "b").state("crawl-civitai")["robots"] == "overridden"
+    assert {p["robots"] for p in chain.PIPELINE.data_dir(tmp_path / "b").table("raw_items").provenance()} == {"overridden"}
 
 
 def test_incremental_pass_stops_at_known_items_full_pass_does_not(tmp_path: Path, site: ReplaySite) -> None:
@@ -216,7 +216,7 @@ def test_lexica_search_and_infinite_feed(tmp_path: Path, site: ReplaySite) -> No
     cfg2 = load_settings(**{**feed, "data_root": str(tmp_path / "i")})
     out = pipeline.crawl(cfg2, "lexica")
     assert out.stop_reason == "end"
-    [row] = DataDir(tmp_path / "i").table("raw_items").read().to_pylist()
+    [row] = chain.PIPELINE.data_dir(tmp_path / "i").table("raw_items").read().to_pylist()
     assert row["complex_prompt"] == "cute chubby blue fruits icons for mobile game ui"
     assert row["image_url"] == f"{site.base_url}/img/lexica/full_jpg/0482ee68-0368-4eca-8846-5930db866b33"
 

@@ -13,8 +13,9 @@ from PIL import Image
 
 from storage.layout import DataDir
 from surd import chain
+from surd.config import load_settings
 from surd.ids import sample_id
-from surd.settings import Settings, load_settings
+from surd.settings import Settings
 from surd.sources.replay import ReplaySite, synth_image
 from surd.stages.base import StageRun, run_stage
 from surd.stages.images import retryable
@@ -129,7 +130,7 @@ def setup(root: Path, site: ReplaySite, names: list[str]) -> tuple[Settings, Dat
             "requests_per_second": 200.0,
         },
     )
-    data = DataDir(root).open()
+    data = chain.PIPELINE.data_dir(root).open()
     now = datetime.now(UTC)
     data.table("raw_items").write(
         [
@@ -210,7 +211,7 @@ def test_remote_workers_give_the_same_table_duplicates_included(tmp_path: Path, 
                 run_images(
                     settings,
                     data,
-                    submit=lambda rows, share, s=settings: pool.submit(process_part, rows, share, s.images),
+                    submit=lambda rows, share, s=settings: pool.submit(process_part, rows, share, s.stage("images")),
                     workers=2,
                 )
         rows = data.table("images").read().to_pylist()

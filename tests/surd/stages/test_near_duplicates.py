@@ -14,13 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from storage.layout import DataDir
 from storage.releases import manifest
 from storage.schemas import OK
-from surd import pipeline
+from surd import chain, pipeline
+from surd.config import load_settings
 from surd.ids import sample_id
 from surd.review import queries, queue
-from surd.settings import load_settings
 from surd.stages import near_index
 from surd.stages.near_index import NearGrouper
 from surd.status import status
@@ -99,9 +98,9 @@ def test_a_cropped_reencoded_resized_copy_on_another_site_is_grouped(tmp_path: P
     and the other picture at 0.971, so the test sets the threshold between (the tiny default,
     0.999, is for the demo's pictures; docs/benchmarks.md)."""
     s = load_settings(
-        data_root=str(tmp_path / "data"), profile="tiny", device="cpu", clip={"near_duplicate_at": 0.985}
+        data_root=str(tmp_path / "data"), profile="tiny", device="cpu", near_duplicates={"at": 0.985}
     )
-    data = DataDir(s.data_root).open()
+    data = chain.PIPELINE.data_dir(s.data_root).open()
     original, other = jpeg_512(0), jpeg_512(100)
     items = [("civitai", "11", original), ("lexica", "ab", _variant(original)), ("lexica", "cd", other)]
     ids = [sample_id(src, item) for src, item, _ in items]
@@ -173,7 +172,7 @@ def test_a_cropped_reencoded_resized_copy_on_another_site_is_grouped(tmp_path: P
 def test_a_release_drops_a_near_duplicate_accepted_before_the_stage_ran(tmp_path: Path) -> None:
     """A data root from before this stage: its queue may hold (and have accepted) both copies."""
     s = load_settings(data_root=str(tmp_path / "data"), profile="tiny", device="cpu")
-    data = DataDir(s.data_root).open()
+    data = chain.PIPELINE.data_dir(s.data_root).open()
     ids = [sample_id("civitai", "1"), sample_id("lexica", "2")]
     data.table("raw_items").write(
         [

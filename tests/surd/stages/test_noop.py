@@ -75,7 +75,7 @@ def test_a_rerun_with_nothing_to_do_never_reads_image_bytes(demo_settings, monke
 NOOP = """
 import json, sys
 from surd import pipeline
-from surd.settings import load_settings
+from surd.config import load_settings
 
 s = load_settings(**json.loads(sys.argv[1]))
 runs = [pipeline.run(s, "captions").processed, pipeline.run(s, "clip_scores").processed]

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from surd.settings import ImageSettings
 from surd.stages.dedup import Deduper
+from surd.stages.images_params import ImageParams
 from surd.stages.normalise import ImageRejected, normalise
 
-CFG = ImageSettings(size=64, min_side=32, max_pixels=4_000_000)
+CFG = ImageParams(size=64, min_side=32, max_pixels=4_000_000)
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
@@ -54,7 +54,7 @@ def test_too_small_and_too_large() -> None:
     with pytest.raises(ImageRejected, match="too_small"):
         normalise(encode(noise(20, 100)), CFG)
     with pytest.raises(ImageRejected, match="too_large"):
-        normalise(b"x" * 100, ImageSettings(max_bytes=10))
+        normalise(b"x" * 100, ImageParams(max_bytes=10))
 
 
 @pytest.mark.parametrize(
@@ -106,7 +106,7 @@ def test_near_duplicates_found_exact_hashes_differ() -> None:
 def test_a_centre_crop_is_found_either_way_round_and_names_its_zoom(crop_first: bool) -> None:
     from surd.sources.replay import synth_image
 
-    cfg = ImageSettings()
+    cfg = ImageParams()
     picture = Image.open(io.BytesIO(synth_image("x1", 640)[0])).convert("RGB")
     w, h = picture.size
     whole = normalise(encode(picture, "JPEG", quality=90), cfg)

@@ -16,9 +16,9 @@ import pytest
 
 from storage.releases import list_published, manifest
 from surd import pipeline
+from surd.config import load_settings
 from surd.review import queue
 from surd.review import takedowns as log
-from surd.settings import load_settings
 from tests.conftest import through_review
 
 pytestmark = pytest.mark.slow  # the CLI in subprocesses, killed: not in `make test-fast`

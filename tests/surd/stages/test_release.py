@@ -15,9 +15,10 @@ from PIL import Image
 from storage.layout import DataDir
 from storage.releases import list_published, publish, stream, verify_files
 from storage.schemas import IMAGE
-from surd import pipeline
+from surd import chain, pipeline
+from surd.config import load_settings
 from surd.review import queue
-from surd.settings import Settings, load_settings
+from surd.settings import Settings
 from surd.stages.release import create_release, manifest, releases, verify
 from tests.conftest import through_review
 
@@ -39,7 +40,7 @@ def data(built, tmp_path: Path) -> tuple[Settings, DataDir]:
     root, cfg = built
     copy = tmp_path / "data"
     shutil.copytree(root, copy)
-    return load_settings(**{**cfg, "data_root": str(copy)}), DataDir(copy)
+    return load_settings(**{**cfg, "data_root": str(copy)}), chain.PIPELINE.data_dir(copy)
 
 
 def test_release_manifest_card_and_round_trip(data) -> None:
@@ -409,9 +410,9 @@ def test_embedding_workers_split_the_work_and_agree(data, tmp_path: Path) -> Non
     n2 = pipeline.embed(two, str(other / "releases" / path.name)).embedded
     assert n1 == n2 == manifest(path)["rows"]
     a, _ = read_layer(EmbeddingStore(d, model_id).dir, -1)
-    b, _ = read_layer(EmbeddingStore(DataDir(other), model_id).dir, -1)
+    b, _ = read_layer(EmbeddingStore(chain.PIPELINE.data_dir(other), model_id).dir, -1)
     assert a.keys() == b.keys() and all(np.allclose(a[k], b[k], atol=1e-3) for k in a)
-    assert meta(EmbeddingStore(DataDir(other), model_id).dir)["revision"] == "seeded-random(seed=0)"
+    assert meta(EmbeddingStore(chain.PIPELINE.data_dir(other), model_id).dir)["revision"] == "seeded-random(seed=0)"
     assert pipeline.embed(two, str(other / "releases" / path.name)).embedded == 0  # nothing left
 
 
@@ -455,10 +456,10 @@ def test_a_cap_per_prompt_group_holds_back_the_later_samples_and_the_counts_add_
 
 
 def test_nothing_accepted_makes_no_release(tmp_path: Path) -> None:
-    from surd.settings import load_settings
+    from surd.config import load_settings
 
     settings = load_settings(data_root=str(tmp_path / "data"))
-    d = DataDir(tmp_path / "data").open()
+    d = chain.PIPELINE.data_dir(tmp_path / "data").open()
     assert create_release(settings, d) is None and releases(d) == []  # an empty queue, no tables
 
 

@@ -15,13 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from storage.layout import DataDir
 from storage.releases import manifest, releases
 from surd import chain, pipeline
+from surd.config import load_settings
 from surd.ids import sample_id
 from surd.review import queue
 from surd.review import takedowns as log
-from surd.settings import load_settings
 from surd.sources.replay import ReplaySite
 from surd.stages.release import verify
 from surd.stages.takedown import Matcher, normal_url, resolve
@@ -60,7 +59,7 @@ def test_a_matcher_names_items_by_id_creator_and_url() -> None:
 @pytest.mark.slow  # the CLI in subprocesses
 def test_a_takedown_with_a_bad_target_is_one_line(tmp_path: Path) -> None:
     root = tmp_path / "data"
-    DataDir(root).open()
+    chain.PIPELINE.data_dir(root).open()
     for args, says in [
         (["--creator", "nosite:bob"], "--creator takes SOURCE:NAME"),
         (["--item", "civitai:"], "--item takes SOURCE:ITEM_ID"),
@@ -76,7 +75,7 @@ def test_a_takedown_with_a_bad_target_is_one_line(tmp_path: Path) -> None:
 def test_a_taken_down_sample_is_dropped_by_the_image_stage_unfetched(demo_settings, replay) -> None:
     s = demo_settings.model_copy(update={"crawl": demo_settings.crawl.model_copy(update={"limit": 25})})
     pipeline.crawl(s, "civitai")
-    data = DataDir(s.data_root)
+    data = chain.PIPELINE.data_dir(s.data_root)
     raw = [r for r in data.table("raw_items").iter_rows() if r["status"] == "ok"]
     victim = raw[3]
     engine = queue.connect(s.review_database_url)
@@ -132,7 +131,7 @@ def test_a_creator_taken_down_after_a_release(tmp_path: Path, site: ReplaySite) 
     assert pipeline.crawl(full, "civitai", full=True).taken_down == 1  # the new one
     pipeline.run_all(full)
     pipeline.review(full)
-    data = DataDir(root)
+    data = chain.PIPELINE.data_dir(root)
     gone = [r for r in data.table("raw_items").iter_rows() if str(r["reason"]).startswith("takedown:")]
     new = [r for r in gone if r["sample_id"] not in theirs]
     assert len(new) == 1 and {r["sample_id"] for r in gone} == {*theirs, new[0]["sample_id"]}
@@ -206,7 +205,7 @@ def test_a_takedown_removes_the_stored_bytes_and_lists_the_exports(
     through_review(s)
     v1 = Path(pipeline.release(s))
     victim = sorted(manifest(v1)["fingerprint"])[0]
-    data = DataDir(s.data_root)
+    data = chain.PIPELINE.data_dir(s.data_root)
     image = data.table("images").lookup([victim], ["image"])[victim]["image"]
     assert image and len(image) > 1000
     caption = data.table("captions").lookup([victim], ["simple_prompt"])[victim]["simple_prompt"]
