@@ -14,9 +14,9 @@ sys.path.insert(0, str(ROOT))
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
+from surd.app.web.app import create_app  # noqa: E402
 from surd.config import load_settings  # noqa: E402
 from surd.review import auth, queue  # noqa: E402
-from surd.review.app import create_app  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.serve import ThreadedServer  # noqa: E402
 

@@ -111,7 +111,9 @@ def test_demo_flow_under_prefect(prefect_api, tmp_path: Path, replay) -> None:
     for made in (man, json.loads((ckpt / "config.json").read_text()), json.loads(emb.read_text()), report):
         assert made["code"]["commit"] == head and made["code"]["dirty"] in (True, False)
     assert f"at commit {head[:12]}" in card
-    assert chain.PIPELINE.data_dir(tmp_path / "data").table("captions").provenance()[0]["code"]["commit"] == head
+    assert (
+        chain.PIPELINE.data_dir(tmp_path / "data").table("captions").provenance()[0]["code"]["commit"] == head
+    )
     assert report["prompt_origins"] == {
         "action": {"paper": 3, "ours": 12},
         "color": {"paper": 6, "ours": 9},

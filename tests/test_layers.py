@@ -147,6 +147,33 @@ def test_the_library_takes_only_the_training_settings_from_adapter() -> None:
     }
 
 
+WEB = ("fastapi", "starlette", "jinja2", "uvicorn", "itsdangerous", "multipart")
+
+
+def test_the_library_never_imports_a_web_framework() -> None:
+    """The review queue is a library (schema, queue, queries, outcome, judgements); the web app
+    over it (routes, templates, sessions) is the application layer's: surd/app/web/."""
+    library = ("surd", "storage", "adapter")
+    assert breaches(library, WEB, besides=APPLICATION) == []
+    assert breaches(("surd.app.web",), ("surd.app.cli", "surd.app.demo")) == []  # a server, not the CLI
+
+
+def test_no_module_of_the_library_keeps_state_in_a_global_statement() -> None:
+    """Module state that a call changes (`global x`) hides who set it; pass it, or keep it on an
+    object. The one exception is a pool worker's initializer, which runs in the worker process."""
+    found = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Global):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} global {', '.join(node.names)}")
+    allowed = {
+        "surd/models/preprocess.py": "a pool worker's job, set by its initializer in the worker process",
+        "storage/tables.py": "the kill tests' fault hook, set once per process from fault_kill_at",
+        "storage/torch_compat.py": "torchvision's shim, installed once per process",
+    }
+    assert [f for f in found if f.split(":")[0] not in allowed] == []
+
+
 def test_adapter_reads_only_through_storage() -> None:
     assert breaches(("adapter",), ("surd", "flows")) == []
 

@@ -22,7 +22,7 @@ from storage.embeddings import EmbeddingStore
 from storage.layout import DataDir
 from surd.models import profiles
 from surd.pipeline import open_data, writing
-from surd.review import judge, queue
+from surd.review import judgments, queue
 from surd.settings import Settings
 
 
@@ -131,10 +131,10 @@ def with_judgements(settings: Settings, run: Path) -> dict[str, Any] | None:
     """Rewrite a run's evaluation report with what stewards judged on its pairs (the /judge page):
     human accuracy per Table 1/7 prompt beside the paper's, and their blinded preferences. None
     when nobody has judged it yet (the report keeps the CLIP proxy, labelled)."""
-    pairs = judge.run_pairs(Path(settings.data_root), run.name)
+    pairs = judgments.run_pairs(Path(settings.data_root), run.name)
     engine = queue.connect(settings.review_database_url)
     try:
-        seen = judge.human(engine, run.name, pairs)
+        seen = judgments.human(engine, run.name, pairs)
     finally:
         engine.dispose()
     if not seen["accuracy"] and not seen["preference"]:

@@ -53,7 +53,7 @@ def serve(
         # every worker must sign sessions with the same key; it lives only in this process tree
         os.environ["SURD_REVIEW__SESSION_SECRET"] = secrets.token_hex(32)
     uvicorn.run(
-        "surd.review.app:from_env",
+        "surd.app.web.app:from_env",
         factory=True,
         host=host or s.review.host,
         port=port or s.review.port,

@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from surd.app.cli import main
+from surd.app.web.app import create_app
 from surd.config import load_settings
 from surd.review import auth, queue
-from surd.review.app import create_app
 from tests.conftest import free_port, released_root
 from tests.serve import ThreadedServer
 

@@ -11,9 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from surd import chain
+from surd.app.web.app import create_app
 from surd.config import load_settings
 from surd.review import auth, outcome, queries, queue
-from surd.review.app import create_app
 
 XSS = "<script>alert('x')</script> a castle"
 
@@ -355,7 +355,7 @@ def test_a_question_pair_takes_answers_only_and_an_ab_pair_picks_only(app, tmp_p
     assert c.post("/judge/r1/answer", data={"csrf": "bad", "pair_id": "q0", "left": "yes"}).status_code == 403
     ok = c.post("/judge/r1/answer", data={"csrf": csrf, "pair_id": "q0", "left": "yes", "right": "no"})
     assert ok.status_code == 200 and "prompt 1" in ok.text  # on to the next pair
-    from surd.review import judge
+    from surd.review import judgments as judge
 
     engine = queue.connect(app.state.settings.review_database_url)
     assert judge.accuracy(engine, "r1", pairs) == {

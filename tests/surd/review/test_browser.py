@@ -12,9 +12,9 @@ from PIL import Image
 
 from storage.schemas import OK
 from surd import chain
+from surd.app.web.app import create_app
 from surd.config import load_settings
 from surd.review import auth, outcome, queries, queue, shield, takedowns
-from surd.review.app import create_app
 from tests.conftest import free_port
 from tests.serve import ThreadedServer
 

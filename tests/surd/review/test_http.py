@@ -17,9 +17,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from surd.app.web.app import create_app
 from surd.config import load_settings
 from surd.review import auth, queries, queue
-from surd.review.app import create_app
 from surd.review.schema import decisions
 from tests.conftest import free_port
 from tests.serve import ThreadedServer, wait_until_up

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from surd.app.web.app import create_app
 from surd.config import load_settings
 from surd.review import auth, limiter, queue
-from surd.review.app import create_app
 from surd.review.text import clean_prompt
 from tests.conftest import free_port
 from tests.serve import ThreadedServer, wait_until_up

@@ -12,9 +12,9 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from surd.app.web.app import create_app
 from surd.config import load_settings
 from surd.review import auth, bulk, comments, guidelines, outcome, queries, queue
-from surd.review.app import create_app
 from surd.review.filters import Filters
 from surd.review.schema import decisions
 from tests.surd.review.test_app import login_post

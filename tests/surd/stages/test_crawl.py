@@ -65,7 +65,10 @@ def settings(root: Path, site: ReplaySite, **crawl: object) -> Settings:
 
 def raw_rows(root: Path) -> list[tuple]:
     rows = (
-        chain.PIPELINE.data_dir(root).table("raw_items").read(["sample_id", "status", "reason", "complex_prompt"]).to_pylist()
+        chain.PIPELINE.data_dir(root)
+        .table("raw_items")
+        .read(["sample_id", "status", "reason", "complex_prompt"])
+        .to_pylist()
     )
     return sorted(tuple(r.values()) for r in rows)
 
@@ -192,7 +195,9 @@ def test_robots_forbids_unless_overridden_and_the_override_is_recorded(
     assert pipeline.crawl(cfg, "civitai").stop_reason == "end"
     assert raw_rows(tmp_path / "b") == reference
     assert chain.PIPELINE.data_dir(tmp_path / "b").state("crawl-civitai")["robots"] == "overridden"
-    assert {p["robots"] for p in chain.PIPELINE.data_dir(tmp_path / "b").table("raw_items").provenance()} == {"overridden"}
+    assert {p["robots"] for p in chain.PIPELINE.data_dir(tmp_path / "b").table("raw_items").provenance()} == {
+        "overridden"
+    }
 
 
 def test_incremental_pass_stops_at_known_items_full_pass_does_not(tmp_path: Path, site: ReplaySite) -> None:

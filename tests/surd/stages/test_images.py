@@ -211,7 +211,9 @@ def test_remote_workers_give_the_same_table_duplicates_included(tmp_path: Path, 
                 run_images(
                     settings,
                     data,
-                    submit=lambda rows, share, s=settings: pool.submit(process_part, rows, share, s.stage("images")),
+                    submit=lambda rows, share, s=settings: pool.submit(
+                        process_part, rows, share, s.stage("images")
+                    ),
                     workers=2,
                 )
         rows = data.table("images").read().to_pylist()

@@ -412,7 +412,10 @@ def test_embedding_workers_split_the_work_and_agree(data, tmp_path: Path) -> Non
     a, _ = read_layer(EmbeddingStore(d, model_id).dir, -1)
     b, _ = read_layer(EmbeddingStore(chain.PIPELINE.data_dir(other), model_id).dir, -1)
     assert a.keys() == b.keys() and all(np.allclose(a[k], b[k], atol=1e-3) for k in a)
-    assert meta(EmbeddingStore(chain.PIPELINE.data_dir(other), model_id).dir)["revision"] == "seeded-random(seed=0)"
+    assert (
+        meta(EmbeddingStore(chain.PIPELINE.data_dir(other), model_id).dir)["revision"]
+        == "seeded-random(seed=0)"
+    )
     assert pipeline.embed(two, str(other / "releases" / path.name)).embedded == 0  # nothing left
 
 

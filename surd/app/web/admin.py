@@ -12,9 +12,9 @@ from fastapi import APIRouter, Form, HTTPException
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
 from storage.layout import DataDir
+from surd.app.web.session import AdminSession, Session
 from surd.review import auth, bulk, comments, export, queries, queue, takedowns
 from surd.review.filters import Filters
-from surd.review.session import AdminSession, Session
 
 router = APIRouter(include_in_schema=False)
 

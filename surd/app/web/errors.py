@@ -8,7 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from surd.review.session import templates
+from surd.app.web.session import templates
 
 TITLES = {
     400: "That request could not be read",

@@ -10,9 +10,9 @@ from fastapi.responses import Response
 
 from storage.layout import DataDir
 from surd import chain  # the images table is a declared stage's: its schema comes with the declaration
+from surd.app.web.session import Session, StewardSession
 from surd.review import queries
 from surd.review.outcome import TAKEDOWN_ACTOR
-from surd.review.session import Session, StewardSession
 from surd.review.shield import THUMB, flagged, thumbnail, veiled
 
 router = APIRouter(include_in_schema=False)

@@ -10,9 +10,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Form, HTTPException
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from surd.app.web.session import Session, StewardSession
 from surd.review import queue
 from surd.review.filters import Filters
-from surd.review.session import Session, StewardSession
 from surd.review.shield import flagged
 
 router = APIRouter(include_in_schema=False)

@@ -25,8 +25,9 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from surd.app.web import admin, api, errors, grid, images, judge, web
 from surd.config import load_settings
-from surd.review import admin, api, errors, grid, images, judge, queue, web
+from surd.review import queue
 from surd.settings import Settings
 
 log = logging.getLogger(__name__)

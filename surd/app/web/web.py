@@ -1,5 +1,5 @@
 """The steward UI's single view: server-rendered pages, keyboard-first, every prompt escaped (Jinja
-autoescape). Every page but /login needs a session (surd.review.session, as a dependency); every
+autoescape). Every page but /login needs a session (surd.app.web.session, as a dependency); every
 POST carries the session's CSRF token; login attempts are rate-limited per client address and per
 name. The grid (grid.py), the images (images.py) and the admin pages (admin.py) have their own."""
 
@@ -12,9 +12,9 @@ from typing import Any
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from surd.app.web.session import Session, StewardSession, templates
 from surd.review import auth, comments, limiter, queries, queue
 from surd.review.filters import SORTS
-from surd.review.session import Session, StewardSession, templates
 from surd.review.shield import flagged
 from surd.review.text import clean_prompt
 from surd.sources.safety import parse_level
