@@ -52,6 +52,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def sweep_temp(folder: Path) -> int:
+    """Remove the temp files (`.tmp-*`) in `folder`: only its writer's lock holder may, when the
+    writers that made them are dead (a SIGKILL between write and rename leaves one)."""
+    gone = 0
+    for tmp in folder.glob(".tmp-*") if folder.is_dir() else ():
+        tmp.unlink(missing_ok=True)
+        gone += 1
+    return gone
+
+
 def write_parquet_atomic(
     table: pa.Table,
     path: Path,

@@ -20,7 +20,7 @@ from storage.embeddings import EmbeddingStore
 from storage.layout import DataDir
 from storage.outbox import Outbox
 from storage.releases import list_published, manifest, publish, quarantine, releases
-from storage.tables import set_fault_hook
+from storage.tables import set_fault_hook, sweep_temp
 from surd import chain
 from surd.http.client import PoliteClient
 from surd.review import queries, queue
@@ -34,14 +34,21 @@ from surd.stages.review import apply_auto_policy, enqueue_kept, withdraw
 from surd.status import status
 
 Progress = Callable[[int], None] | None
+TABLES_OF_LOCK = {"raw_items": ("raw_items", "crawl_pages")}  # a lock whose holder writes several tables
 log = logging.getLogger("surd")
 
 
 @contextmanager
 def writing(settings: Settings, name: str, part: Partition = None) -> Iterator[None]:
     """One writer at a time of `name` in this data root (storage.locks); a second one waits up
-    to `lock_wait_s`, saying who holds it, then fails with that."""
-    with locks.writing(Path(settings.data_root), name, settings.lock_wait_s, part, on_wait=log.warning):
+    to `lock_wait_s`, saying who holds it, then fails with that. The whole table's writer (not a
+    partition, whose siblings write beside it) first removes the temp files a killed writer left."""
+    root = Path(settings.data_root)
+    with locks.writing(root, name, settings.lock_wait_s, part, on_wait=log.warning):
+        if part is None:
+            for table in TABLES_OF_LOCK.get(name, (name,)):
+                if n := sweep_temp(root / "tables" / table):
+                    log.info("removed %d temp file(s) a killed writer left in table %s", n, table)
         yield
 
 

@@ -162,7 +162,7 @@ def test_no_module_of_the_library_keeps_state_in_a_global_statement() -> None:
     """Module state that a call changes (`global x`) hides who set it; pass it, or keep it on an
     object. The one exception is a pool worker's initializer, which runs in the worker process."""
     found = []
-    for name, path in modules().items():
+    for path in modules().values():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Global):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} global {', '.join(node.names)}")

@@ -229,3 +229,42 @@ def test_judge_images_tell_no_side_by_order_or_time(tmp_path: Path) -> None:
         assert a.stat().st_mtime == b.stat().st_mtime == 1_700_000_000.0
         orders.append(a.stat().st_ino > b.stat().st_ino)  # which was made first
     assert 0 < sum(orders) < len(orders)  # the adapter's is first for some pairs, not all
+
+
+@pytest.mark.parametrize(
+    "make,code,says",
+    [
+        (lambda t: t, 2, "is not a file"),  # a folder given as --config
+        (lambda t: _write(t / "c.toml", b"\x89PNG\r\n\x1a\n\x00\xff binary"), 2, "is not text"),
+        (lambda t: _write(t / "c.toml", b"part_size = 100000000000000000000000000\n"), 2, "part_size"),
+        (lambda t: _write(t / "c.toml", b"[images]\nsize = -3\n"), 2, "images.size"),
+    ],
+)
+def test_every_config_error_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make: Any, code: int, says: str
+) -> None:
+    got, _, err = surd(capsys, "status", "--config", str(make(tmp_path)))
+    assert got == code and says in err and len(err.strip().splitlines()) == 1, err
+    assert "internal error" not in err and "Traceback" not in err
+
+
+def _write(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
+    return path
+
+
+def test_a_damaged_schema_marker_is_a_data_error(copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (copy / "SCHEMA_VERSION").write_bytes(b"\xff\xfe not json")
+    code, _, err = surd(capsys, "status")
+    assert code == 3 and "SCHEMA_VERSION is damaged" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_killed_writers_temp_part_is_removed_by_the_next_writer(copy: Path) -> None:
+    from surd import pipeline
+
+    s = load_settings()
+    table = copy / "tables" / "nsfw_scores"
+    stale = table / ".tmp-0123456789abcdef-part-00000000000000000001-deadbeef.parquet"
+    stale.write_bytes(b"PAR1 half a part")  # what a SIGKILL between write and rename leaves
+    assert pipeline.run(s, "nsfw_scores").processed == 0  # nothing to do, and the temp file is gone
+    assert not stale.exists() and not list(table.glob(".tmp-*"))
