@@ -35,6 +35,9 @@ def demo_config(data_root: Path, site: ReplaySite) -> dict[str, Any]:
             "sdonline": {"base_url": urls["sdonline"], "listing_slugs": ["ui-design", "replay"]},
         },
         "caption": {"batch_size": 8},
+        # batches of a part each: a kill after two parts leaves two whole batches, and the resume
+        # meets the very batches an uninterrupted run makes (so the same scores on any CPU)
+        "clip": {"batch_size": 16},
         "review": {"auto_policy": "demo-margin-v1", "auto_min_margin": 0.5},
         # a real LLaMA-architecture model, offline; parts of part_size prompts (16 × 34.5 KB of
         # SmolLM2's vectors is over 512 KiB), so a kill and a resume meet several of them

@@ -75,7 +75,7 @@ def _login(c: TestClient, name: str, password: str) -> str:
 def test_every_route_refuses_anonymous_access(app) -> None:
     c = _client(app)
     checked = 0
-    from surd.review import api, judge, web
+    from surd.app.web import api, judge, web
 
     for route in [*web.router.routes, *judge.router.routes, *api.router.routes]:
         path = getattr(route, "path", "")
