@@ -61,6 +61,52 @@ def released_root(folder: Path, replay: ReplaySite) -> Path:
 
 
 @pytest.fixture(scope="session")
+def released_demo(tmp_path_factory: pytest.TempPathFactory, replay: ReplaySite) -> Path:
+    """THE demo data root of the test session, taken through review and a first release once,
+    read-only: a test that writes copies it (`released_copy`)."""
+    root = released_root(tmp_path_factory.mktemp("released-demo"), replay)
+    before = _tree(root)
+    yield root
+    assert _tree(root) == before, "a test wrote into the session's demo root: copy it (released_copy)"
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every file under `root` but the lock files, with its bytes."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and "locks" not in p.parts
+    }
+
+
+def copy_root(root: Path, to: Path) -> Path:
+    """A copy of a data root (of the session's, which no test may change)."""
+    import shutil
+
+    shutil.copytree(root, to, symlinks=True, ignore=shutil.ignore_patterns("locks"))
+    return to
+
+
+@pytest.fixture
+def released_copy(released_demo: Path, tmp_path: Path) -> Path:
+    """A copy of the session's released demo root, for this test alone (at `demo_settings`'s)."""
+    return copy_root(released_demo, tmp_path / "data")
+
+
+@pytest.fixture
+def reviewed_settings(released_demo: Path, demo_settings):
+    """`demo_settings` whose data root is the session's demo root as it was before its first
+    release: taken through the crawls, every declared stage and review (what `through_review`
+    makes, without making it again)."""
+    import shutil
+
+    root = copy_root(released_demo, Path(demo_settings.data_root))
+    shutil.rmtree(root / "releases")
+    shutil.rmtree(root / "state" / "outbox", ignore_errors=True)
+    return demo_settings
+
+
+@pytest.fixture(scope="session")
 def replay() -> ReplaySite:
     site = ReplaySite().start()
     yield site

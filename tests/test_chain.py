@@ -20,7 +20,6 @@ from surd import chain, pipeline
 from surd.config import load_settings
 from surd.review import queries, queue
 from surd.status import status
-from tests.conftest import released_root
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "architecture.md"
@@ -93,10 +92,9 @@ def test_the_walkthrough_example_is_one_module_one_line_and_its_test(monkeypatch
     assert f"3 files changed, {added} insertions(+)" in stat
 
 
-@pytest.fixture(scope="module")
-def released(tmp_path_factory: pytest.TempPathFactory, replay: Any) -> Path:
-    """A demo data root through review and a first release, made once for these tests."""
-    return released_root(tmp_path_factory.mktemp("released"), replay)
+@pytest.fixture
+def released(released_demo: Path) -> Path:
+    return released_demo
 
 
 def _settings(root: Path, replay: Any) -> Any:

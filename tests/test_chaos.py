@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from storage.releases import manifest
 from surd import chain, pipeline
 from surd.config import load_settings
 from surd.review import queue
+from tests import forkserver
 from tests.conftest import through_review
 from tests.stack import toml
 
@@ -35,14 +35,9 @@ def _env(root: Path, config: Path | None = None, **extra: str) -> dict[str, str]
     return env | extra
 
 
-def _surd(*argv: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "surd", *argv],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def _surd(*argv: str, env: dict[str, str]) -> Any:
+    """`surd argv` started in a process of its own (forked: tests/forkserver.py)."""
+    return forkserver.surd_popen(*argv, env=env)
 
 
 def _one_error(err: str) -> bool:
@@ -50,7 +45,7 @@ def _one_error(err: str) -> bool:
     return [ln.startswith("error: ") for ln in err.splitlines()].count(True) == 1 and "Traceback" not in err
 
 
-def _finish(p: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]:
+def _finish(p: Any, timeout: float = 600) -> tuple[int, str, str]:
     out, err = p.communicate(timeout=timeout)
     return p.returncode, out, err
 
@@ -72,9 +67,7 @@ def _sound(root: Path, settings: Any) -> dict[str, Any]:
             name,
             c,
         )
-    verify = subprocess.run(
-        [sys.executable, "-m", "surd", "release", "verify"], env=_env(root), capture_output=True, text=True
-    )
+    verify = forkserver.surd("release", "verify", env=_env(root))
     assert verify.returncode in (0, 3) and "error" not in verify.stdout, verify.stderr  # 3: none made yet
     return st
 
@@ -101,12 +94,7 @@ def test_two_full_rebuilds_at_once(config: tuple[Path, Any]) -> None:
     made = sorted(p.name for p in (Path(s.data_root) / "releases").glob("v*"))
     assert made in (["v0001"], ["v0001", "v0002"]), made  # each a whole snapshot of its moment
     # the latest holds everything accepted: a release made now finds nothing new
-    again = subprocess.run(
-        [sys.executable, "-m", "surd", "release", "create", "--json"],
-        env=_env(s.data_root, path),
-        capture_output=True,
-        text=True,
-    )
+    again = forkserver.surd("release", "create", "--json", env=_env(s.data_root, path))
     assert again.returncode == 0 and json.loads(again.stdout)["created"] is False, again.stderr
 
 

@@ -6,13 +6,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from surd import chain
+from tests import forkserver
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow  # subprocesses, servers or a browser: not in `make test-fast`
@@ -249,37 +249,15 @@ def _demo(root: Path, port: int, kill_at: str | None = None) -> subprocess.Compl
     env = {k: v for k, v in os.environ.items() if not k.startswith("SURD_")}
     if kill_at:
         env["SURD_FAULT_KILL_AT"] = kill_at
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "surd",
-            "demo",
-            "--engine",
-            "local",
-            "--data-root",
-            str(root),
-            "--replay-port",
-            str(port),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    argv = ["demo", "--engine", "local", "--data-root", str(root), "--replay-port", str(port)]
+    return forkserver.surd(*argv, env=env, timeout=600)
 
 
 def _status(root: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SURD_")}
     env["SURD_DATA_ROOT"] = str(root)
-    out = subprocess.run(
-        [sys.executable, "-m", "surd", "status", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
+    out = forkserver.surd("status", "--json", env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
     st = json.loads(out.stdout)
     st.pop("data_root")
     return st

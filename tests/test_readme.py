@@ -6,14 +6,11 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import released_root
+from tests import forkserver
 
 pytestmark = pytest.mark.slow  # subprocesses, servers or a browser: not in `make test-fast`
 
@@ -55,9 +52,9 @@ def test_the_readme_lists_only_commands_it_can_account_for() -> None:
         )
 
 
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory: pytest.TempPathFactory, replay: Any) -> Path:
-    return released_root(tmp_path_factory.mktemp("readme"), replay)
+@pytest.fixture
+def demo_root(released_copy: Path) -> Path:
+    return released_copy
 
 
 def test_every_surd_command_in_the_readme_runs(demo_root: Path, tmp_path: Path) -> None:
@@ -75,14 +72,7 @@ def test_every_surd_command_in_the_readme_runs(demo_root: Path, tmp_path: Path) 
             "SURD_NEW_STEWARD_PASSWORD": "a long enough password",
             "HF_HUB_OFFLINE": "1",
         }
-        done = subprocess.run(
-            [sys.executable, "-m", "surd", *argv[1:]],
-            cwd=tmp_path,
-            env=run_env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        done = forkserver.surd(*argv[1:], env=run_env, timeout=300, cwd=tmp_path)
         assert done.returncode == 0, (line, done.stderr[-2000:])
         assert "Traceback" not in done.stderr and "internal error" not in done.stderr, line
         ran += 1

@@ -17,7 +17,7 @@ import pytest
 
 from storage.locks import Busy, writing
 from surd import chain, pipeline
-from tests.conftest import through_review
+from tests import forkserver
 
 pytestmark = pytest.mark.slow  # subprocesses, servers or a browser: not in `make test-fast`
 
@@ -162,17 +162,14 @@ def test_two_images_runs_at_once_write_each_item_once(tmp_path: Path, demo_setti
     assert len(ids) == len(set(ids)) > 0
 
 
-def test_two_releases_at_once_never_collide(tmp_path: Path, demo_settings) -> None:
-    s = demo_settings
-    through_review(s)
+def test_two_releases_at_once_never_collide(tmp_path: Path, reviewed_settings) -> None:
+    s = reviewed_settings
     runs = _together([[SURD, "release", "create"]] * 3, _env(s.data_root))
     assert [r.returncode for r in runs] == [0, 0, 0], [r.stderr for r in runs]
     assert sum("release created v0001" in r.stdout for r in runs) == 1, [r.stdout for r in runs]
     releases = sorted(p.name for p in (Path(s.data_root) / "releases").iterdir())
     assert releases == ["v0001"]
-    verify = subprocess.run(
-        [SURD, "release", "verify"], env=_env(s.data_root), capture_output=True, text=True
-    )
+    verify = forkserver.surd("release", "verify", env=_env(s.data_root))
     assert verify.returncode == 0 and "v0001: ok" in verify.stdout
     assert chain.PIPELINE.data_dir(s.data_root).open(create=False)
 

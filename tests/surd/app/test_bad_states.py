@@ -5,7 +5,6 @@ judge images that could unblind a judge."""
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -19,7 +18,7 @@ from surd.app.cli import main
 from surd.app.web.app import create_app
 from surd.config import load_settings
 from surd.review import auth, queue
-from tests.conftest import free_port, released_root
+from tests.conftest import free_port
 from tests.serve import ThreadedServer
 
 
@@ -30,15 +29,9 @@ def surd(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
     return int(done.value.code or 0), got.out, got.err
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory, replay: Any) -> Path:
-    return released_root(tmp_path_factory.mktemp("bad"), replay)
-
-
 @pytest.fixture
-def copy(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    c = tmp_path / "data"
-    shutil.copytree(root, c)
+def copy(released_copy: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    c = released_copy
     monkeypatch.setenv("SURD_DATA_ROOT", str(c))
     monkeypatch.setenv("SURD_PROFILE", "tiny")
     return c

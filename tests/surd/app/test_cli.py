@@ -19,6 +19,7 @@ import pytest
 from surd import chain, pipeline
 from surd.config import load_settings
 from surd.sources.replay import ReplaySite
+from tests import forkserver
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow  # subprocesses, servers or a browser: not in `make test-fast`
@@ -27,10 +28,9 @@ SURD = str(Path(sys.executable).parent / "surd")
 
 
 def surd(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`surd args` in a process of its own (forked from the session's fork server: tests/forkserver.py)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("SURD_")}
-    return subprocess.run(
-        [SURD, *args], env=base | (env or {}), capture_output=True, text=True, timeout=timeout
-    )
+    return forkserver.surd(*args, env=base | (env or {}), timeout=timeout)
 
 
 @pytest.fixture

@@ -13,9 +13,8 @@ from tests.conftest import through_review
 
 
 @pytest.mark.slow  # the demo's stages twice: 11 s
-def test_a_rerun_with_nothing_to_do_never_reads_image_bytes(demo_settings, monkeypatch) -> None:
-    s = demo_settings
-    through_review(s)
+def test_a_rerun_with_nothing_to_do_never_reads_image_bytes(reviewed_settings, monkeypatch) -> None:
+    s = reviewed_settings
     first = pipeline.release(s)
     assert first is not None
     reads: list[tuple[str, Any]] = []  # (file, columns asked for; None = every column)

@@ -19,6 +19,7 @@ from surd import pipeline
 from surd.config import load_settings
 from surd.review import queue
 from surd.review import takedowns as log
+from tests import forkserver
 from tests.conftest import through_review
 
 pytestmark = pytest.mark.slow  # the CLI in subprocesses, killed: not in `make test-fast`
@@ -51,13 +52,12 @@ def three_releases(tmp_path_factory: pytest.TempPathFactory, replay: Any) -> Pat
     return home
 
 
-def _prune(home: Path, kill_at: int | None) -> subprocess.CompletedProcess:
+def _prune(home: Path, kill_at: int | None) -> Any:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SURD_")}
     env |= {"SURD_DATA_ROOT": str(home / "data"), "SURD_RELEASE__LOCATION": str(home / "published")}
     if kill_at is not None:
         env["SURD_FAULT_KILL_AT"] = f"prune:{kill_at}"
-    argv = [sys.executable, "-m", "surd", "release", "prune", "--superseded-by", "v0003", "--yes"]
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    return forkserver.surd("release", "prune", "--superseded-by", "v0003", "--yes", env=env, timeout=300)
 
 
 def test_a_prune_killed_at_any_step_finishes_on_the_next_run(three_releases: Path, tmp_path: Path) -> None:

@@ -20,18 +20,20 @@ from surd.config import load_settings
 from surd.review import queue
 from surd.settings import Settings
 from surd.stages.release import create_release, manifest, releases, verify
-from tests.conftest import through_review
+from tests.conftest import copy_root
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, replay) -> tuple[Path, dict]:
-    """A data root taken through crawl → review (auto policy) by the real stages, no release yet."""
+def built(tmp_path_factory: pytest.TempPathFactory, released_demo: Path, replay) -> tuple[Path, dict]:
+    """A data root taken through crawl → review (auto policy) by the real stages, no release yet:
+    the session's demo root as it was before its release."""
     from surd.app.demo import demo_config
 
-    root = tmp_path_factory.mktemp("rel") / "data"
+    root = copy_root(released_demo, tmp_path_factory.mktemp("rel") / "data")
+    shutil.rmtree(root / "releases")
+    shutil.rmtree(root / "state" / "outbox", ignore_errors=True)
     cfg = demo_config(root, replay)
     cfg["release"] = {"shard_rows": 8}
-    through_review(load_settings(**cfg))
     return root, cfg
 
 

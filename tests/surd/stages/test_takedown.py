@@ -25,14 +25,16 @@ from surd.sources.replay import ReplaySite
 from surd.stages.release import verify
 from surd.stages.takedown import Matcher, normal_url, resolve
 from surd.status import status
-from tests.conftest import through_review
+from tests import forkserver
 
 SURD = str(Path(sys.executable).parent / "surd")
 
 
-def surd(root: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+def surd(root: Path, *args: str, stdin: str | None = None) -> Any:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SURD_")}
     env |= {"SURD_DATA_ROOT": str(root), "SURD_PROFILE": "tiny", "SURD_DEVICE": "cpu"}
+    if stdin is None:
+        return forkserver.surd(*args, env=env, timeout=300)
     return subprocess.run([SURD, *args], env=env, input=stdin, capture_output=True, text=True, timeout=300)
 
 
@@ -194,15 +196,14 @@ def _queued(s, sample_id: str) -> dict:
 
 @pytest.mark.slow  # a whole demo path and an export: 11 s
 def test_a_takedown_removes_the_stored_bytes_and_lists_the_exports(
-    demo_settings, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    reviewed_settings, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The image bytes, prompts and CLIP embedding of a taken-down item leave every table file at
     once (its rows stay, as drops naming the takedown); an export made before is named."""
     from surd.app.cli import main
     from surd.exports import export_release
 
-    s = demo_settings
-    through_review(s)
+    s = reviewed_settings
     v1 = Path(pipeline.release(s))
     victim = sorted(manifest(v1)["fingerprint"])[0]
     data = chain.PIPELINE.data_dir(s.data_root)
