@@ -247,6 +247,7 @@ def _events(name: str, wait_s: float = 30.0) -> list:
 
 def _demo(root: Path, port: int, kill_at: str | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SURD_")}
+    env["SURD_ADAPTER__EVAL_PROMPTS_PER_SUITE"] = "1"  # 6 pairs, not 90: the resume is the point here
     if kill_at:
         env["SURD_FAULT_KILL_AT"] = kill_at
     argv = ["demo", "--engine", "local", "--data-root", str(root), "--replay-port", str(port)]

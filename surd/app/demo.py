@@ -34,6 +34,7 @@ def demo_config(data_root: Path, site: ReplaySite) -> dict[str, Any]:
             },
             "sdonline": {"base_url": urls["sdonline"], "listing_slugs": ["ui-design", "replay"]},
         },
+        "images": {"requests_per_second": 100.0},  # the replay site is on loopback
         "caption": {"batch_size": 8},
         # batches of a part each: a kill after two parts leaves two whole batches, and the resume
         # meets the very batches an uninterrupted run makes (so the same scores on any CPU)

@@ -232,6 +232,8 @@ class Stage(ABC, Generic[B]):
     def idle(self) -> str:
         """Why a run found nothing to do: the first upstream table that is missing or kept nothing,
         else that everything its input passes is decided already."""
+        if not self._upstream:  # its input is not a chain of tables (embeddings: a release)
+            return f"everything its input holds is in {self.name} already"
         for table in self.upstream:
             if not self.data.table_exists(table):
                 return f"table {table} is empty or missing: run the stage that writes it first"
