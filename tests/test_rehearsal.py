@@ -102,6 +102,8 @@ def _rehearse(stack: Stack, root: Path, site: ReplaySite) -> None:
     assert trained["embed"][0].parameters["release"] == str(root / "releases" / "v0001")
     [report] = root.glob("runs/v0001-*/eval/report.md")
     assert report.read_text().startswith("# SUR-adapter evaluation")
+    with stack.client() as c:  # the training losses reach the flow's log
+        assert any("loss" in rec.message and "simple" in rec.message for rec in c.read_logs())
 
     # 3. new posts at the top of the feed; two rebuilds at once, with the demo's policy deciding
     site.publish_withheld()
