@@ -129,69 +129,6 @@ def _rows(root: Path, table: str) -> list[dict]:
     )
 
 
-def test_dask_local_cluster_gives_the_same_tables(prefect_api, tmp_path: Path, replay) -> None:
-    """Images, captions, CLIP scores and embeddings from 2 Dask worker processes equal a single
-    process's."""
-    import numpy as np
-
-    from flows.scale import run as run_partitioned
-    from flows.training import embed_flow
-    from storage.embeddings import read_layer
-    from surd import pipeline
-    from surd.app.demo import demo_config
-    from surd.config import load_settings
-
-    roots = {}
-    for name, scale in (("single", {}), ("dask", {"local_workers": 2})):
-        cfg = demo_config(tmp_path / name, replay)
-        cfg["embed"] = {"llm": "tiny"}
-        cfg["scale"] = scale
-        s = load_settings(**cfg)
-        for source in s.sources.enabled:
-            pipeline.crawl(s, source)
-        spread = {c.name for c in chain.PIPELINE if scale and c.scale != "one"}  # on the cluster
-        runs = {
-            c.name: run_partitioned(cfg, s, c.name) if c.name in spread else pipeline.run(s, c.name)
-            for c in chain.PIPELINE
-        }
-        if scale:
-            caps = runs["captions"]
-            assert caps.partitions == 2 and caps.processed == pipeline.open_data(s).table(
-                "images"
-            ).count() - sum(
-                1 for r in pipeline.open_data(s).table("images").iter_rows(["status"]) if r["status"] != "ok"
-            )
-        pipeline.review(s)
-        release = pipeline.release(s)
-        emb = embed_flow(release, config=cfg) if scale else pipeline.embed(s, release)
-        roots[name] = (s, runs, emb)
-    (a, runs_a, emb_a), (b, runs_b, emb_b) = roots["single"], roots["dask"]
-    assert runs_b["images"].dropped
-    for n in chain.PIPELINE.names():  # every declared stage did the same, spread or not
-        ra, rb = runs_a[n], runs_b[n]
-        assert (ra.processed, ra.kept, ra.dropped) == (rb.processed, rb.kept, rb.dropped), n
-        ta, tb = _rows(a.data_root, n), _rows(b.data_root, n)
-        assert [(r["sample_id"], r["status"], r["reason"]) for r in ta] == [
-            (r["sample_id"], r["status"], r["reason"]) for r in tb
-        ], n
-        for x, y in zip(ta, tb, strict=True):
-            for k, v in x.items():
-                if k == "similarity":  # to the closest *earlier* kept image: storage order, which
-                    continue  # CLIP's partitions change (each writes its own parts)
-                if isinstance(v, float) or (isinstance(v, list) and v and isinstance(v[0], float)):
-                    np.testing.assert_allclose(v, y[k], atol=1e-3, err_msg=f"{n} {x['sample_id']} {k}")
-                elif k != "fetched_at":
-                    assert v == y[k], (n, x["sample_id"], k)
-    assert emb_a.embedded == emb_b.embedded > 0 and emb_a.model_id == emb_b.model_id
-    from storage.embeddings import EmbeddingStore
-
-    va, _ = read_layer(EmbeddingStore(pipeline.open_data(a), emb_a.model_id).dir, -1)
-    vb, _ = read_layer(EmbeddingStore(pipeline.open_data(b), emb_b.model_id).dir, -1)
-    assert va.keys() == vb.keys()
-    for sid in va:
-        np.testing.assert_allclose(va[sid], vb[sid], atol=1e-3)
-
-
 @pytest.mark.parametrize("fault", ["down", "challenge"])
 def test_a_failed_crawl_fails_its_task_and_the_rebuild(prefect_api, tmp_path: Path, replay, fault) -> None:
     """A site down, or answering with Cloudflare's 403 challenge: its crawl task fails (after its

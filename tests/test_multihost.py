@@ -1,7 +1,9 @@
 """Past one machine: a real `dask scheduler` and two `dask worker` processes (the CLI, as an operator
 starts them on other hosts), each in its own network namespace, and a Prefect server the workers
-report to. The captions and CLIP stages run through them over one data root (the namespaces share
-the filesystem, as hosts share an NFS mount) and give the tables a single process gives."""
+report to. Over one data root (the namespaces share the filesystem, as hosts share an NFS mount)
+the images stage's parts are fetched and decoded on the workers, the captions and CLIP stages run
+there in partitions, and so do a release's embeddings; every table and vector equals what a single
+process makes. This is the project's one test of "Dask equals one process"."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from tests.prefect_server import PrefectServer
 pytestmark = pytest.mark.slow  # subprocesses, servers or a browser: not in `make test-fast`
 
 SPREAD = ("captions", "clip_scores")  # the stages the issue names; both `scale = "partitions"`
+ON_CLUSTER = ("images", *SPREAD)  # images: its parts fetched and decoded there (`scale = "parts"`)
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +56,20 @@ def _wait_for_workers(address: str, n: int, procs: list[Any], logs: list[Path]) 
             time.sleep(1)
 
 
-def test_captions_and_clip_on_dask_workers_on_other_hosts_equal_one_process(
-    hosts: Hosts, tmp_path: Path, replay: Any, monkeypatch: pytest.MonkeyPatch
+def test_images_captions_clip_and_embeddings_on_dask_workers_on_other_hosts_equal_one_process(
+    hosts: Hosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from flows.scale import embed as embed_on_cluster
     from flows.scale import run as run_on_cluster
+    from storage.embeddings import EmbeddingStore, read_layer
     from surd import chain, pipeline
     from surd.app.demo import demo_config
     from surd.config import load_settings
+    from surd.sources.replay import ReplaySite
+
+    replay = ReplaySite().start(host=hosts.this)  # on the bridge: the workers fetch images from it
 
     server = PrefectServer(tmp_path / "prefect", free_port(), host=hosts.this).start()
     sched = f"tcp://{hosts.addresses['scheduler']}:{free_port()}"
@@ -90,22 +98,45 @@ def test_captions_and_clip_on_dask_workers_on_other_hosts_equal_one_process(
         _wait_for_workers(sched, 2, procs, logs)
         with temporary_settings({PREFECT_API_URL: server.url}):
             monkeypatch.setenv("PREFECT_API_URL", server.url)
-            roots: dict[str, tuple[Any, dict[str, Any]]] = {}
+            roots: dict[str, tuple[Any, dict[str, Any], Any]] = {}
             for name, scale in (("single", {}), ("cluster", {"dask_address": sched, "partitions": 4})):
-                cfg = demo_config(tmp_path / name, replay) | {"scale": scale}
+                cfg = demo_config(tmp_path / name, replay) | {"scale": scale, "embed": {"llm": "tiny"}}
                 s = load_settings(**cfg)
                 for source in s.sources.enabled:
                     pipeline.crawl(s, source)
-                pipeline.run(s, "images")  # fetched here: the replay site is on this host's loopback
-                runs = {n: run_on_cluster(cfg, s, n) if scale else pipeline.run(s, n) for n in SPREAD}
-                roots[name] = (s, runs)
+                runs = {}
+                for stage in chain.PIPELINE.names():
+                    out = scale and stage in ON_CLUSTER
+                    runs[stage] = run_on_cluster(cfg, s, stage) if out else pipeline.run(s, stage)
+                pipeline.review(s)
+                release = pipeline.release(s)
+                assert release
+                emb = embed_on_cluster(cfg, s, release, None) if scale else pipeline.embed(s, release)
+                roots[name] = (s, runs, emb)
     finally:
         for p in procs:
             p.terminate()
         for p in procs:
             p.wait(timeout=60)
         server.stop()
-    (one, single), (many, spread) = roots["single"], roots["cluster"]
+        replay.stop()
+    (one, single, emb_one), (many, spread, emb_many) = roots["single"], roots["cluster"]
+    assert single["images"].dropped
+    if hosts.isolated:  # the cluster's images were fetched by the workers, from their own addresses
+        fetched = {ip for ip, path in replay.clients if path.startswith("/img/")}
+        assert {hosts.addresses["worker-1"], hosts.addresses["worker-2"]} <= fetched, fetched
+    a, b = single["images"], spread["images"]
+    assert (a.processed, a.kept, a.dropped) == (b.processed, b.kept, b.dropped) and a.processed > 0
+    ia, ib = _rows(one.data_root, "images"), _rows(many.data_root, "images")
+    assert [(r["sample_id"], r["status"], r["reason"], r["sha256"]) for r in ia] == [
+        (r["sample_id"], r["status"], r["reason"], r["sha256"]) for r in ib
+    ]
+    assert emb_one.embedded == emb_many.embedded > 0 and emb_one.model_id == emb_many.model_id
+    va, _ = read_layer(EmbeddingStore(pipeline.open_data(one), emb_one.model_id).dir, -1)
+    vb, _ = read_layer(EmbeddingStore(pipeline.open_data(many), emb_many.model_id).dir, -1)
+    assert va.keys() == vb.keys()
+    for sid in va:  # other partitions, other batches: float16 vectors within a rounding step
+        np.testing.assert_allclose(va[sid], vb[sid], rtol=2**-10, atol=2**-14)
     for n in SPREAD:
         assert chain.PIPELINE.stage_class(n).scale == "partitions"
         a, b = single[n], spread[n]

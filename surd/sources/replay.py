@@ -78,6 +78,7 @@ class ReplaySite:
         self.requests: list[tuple[float, str]] = []
         self.robots = "User-agent: *\nAllow: /\n"
         self.auth_seen: list[str] = []  # Authorization headers received, for tests
+        self.clients: list[tuple[str, str]] = []  # (client address, path) of each request, for tests
         self._scripted: dict[str, list[Canned]] = {}
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -254,6 +255,7 @@ class ReplaySite:
                 parts = urlsplit(self.path)
                 site.requests.append((time.monotonic(), self.path))
                 site.auth_seen.append(self.headers.get("Authorization", ""))
+                site.clients.append((self.client_address[0], parts.path))
                 canned = site._next_scripted(parts.path)
                 headers: dict[str, str] = {}
                 if canned is not None:
