@@ -26,12 +26,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/surd demo --data-root data/demo
 
+# both cores: whole test files to each of two workers, the longest first (tests/conftest.py)
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -ra --durations=15
+	$(VENV)/bin/python -m pytest -q -ra --durations=15 -n 2 --dist loadfile
 
 # the edit loop: everything but the tests marked slow (subprocesses, servers, a browser)
 test-fast: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -ra -m "not slow" --durations=10
+	$(VENV)/bin/python -m pytest -q -ra -m "not slow" --durations=10 -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check surd storage adapter flows tests benchmarks

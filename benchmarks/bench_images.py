@@ -102,11 +102,11 @@ def timed_run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float,
 
 
 def ours(urls: list[str], work: Path, processes: int, threads: int) -> dict:
-    from storage.layout import DataDir
+    from surd import chain
     from surd.ids import sample_id
 
     root = work / "surd"
-    data = DataDir(root).open()
+    data = chain.PIPELINE.data_dir(root).open()
     now = datetime.now(UTC)
     rows = [
         {

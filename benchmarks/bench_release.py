@@ -53,7 +53,6 @@ def _jpegs(count: int, target_kb: int) -> list[bytes]:
 
 
 def build(root: Path, samples: int, image_kb: int, part_size: int) -> dict[str, Any]:
-    from storage.layout import DataDir
     from storage.schemas import OK
     from surd import chain, pipeline
     from surd.config import load_settings
@@ -61,7 +60,7 @@ def build(root: Path, samples: int, image_kb: int, part_size: int) -> dict[str, 
     settings = load_settings(
         data_root=str(root), part_size=part_size, review={"auto_policy": "demo-margin-v1"}
     )
-    data = DataDir(root).open()
+    data = chain.PIPELINE.data_dir(root).open()
     jpegs = _jpegs(16, image_kb)
     tables = {name: data.table(name) for name in chain.PIPELINE.tables}
     for start in range(0, samples, part_size):
@@ -105,12 +104,12 @@ def _rss_mb() -> float:
 
 def release_once(root: Path) -> dict[str, Any]:
     """In this (fresh) process: create the release; time, peak and baseline memory."""
-    from storage.layout import DataDir
+    from surd import chain
     from surd.config import load_settings
     from surd.stages.release import create_release, manifest
 
     settings = load_settings(data_root=str(root))
-    data = DataDir(root).open()
+    data = chain.PIPELINE.data_dir(root).open()
     import matplotlib.pyplot  # noqa: F401  (the card's plot: imported before the baseline)
 
     before = _rss_mb()

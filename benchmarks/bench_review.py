@@ -46,6 +46,7 @@ if str(ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 
+from surd import chain  # noqa: E402
 from surd.review import queries  # noqa: E402
 from tests.serve import wait_until_up  # noqa: E402
 
@@ -186,15 +187,13 @@ def _server(url: str, data_root: Path, workers: int) -> tuple[subprocess.Popen[s
 
 def _seed_with_images(root: Path, items: int) -> str:
     """A data root whose queue holds `items` items (no audit items) with stored 512 px JPEGs."""
-    from storage.layout import DataDir
     from storage.schemas import OK
-    from surd import chain  # noqa: F401  (the images table is a declared stage's)
     from surd.review import auth, queue
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from images import image_set
 
-    data = DataDir(root).open()
+    data = chain.PIPELINE.data_dir(root).open()
     url = f"sqlite:///{root / 'review' / 'queue.db'}"
     engine = queue.connect(url)
     auth.add_steward(engine, "bench", "bench-password")

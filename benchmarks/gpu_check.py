@@ -159,11 +159,10 @@ def prompts(n: int) -> list[tuple[str, str]]:
 
 def data_root(where: Path, n: int, upto: str) -> Any:
     """A data root whose tables up to (not including) stage `upto` hold n ok rows each."""
-    from storage.layout import DataDir
     from storage.schemas import OK
     from surd import chain
 
-    data = DataDir(where).open()
+    data = chain.PIPELINE.data_dir(where).open()
     blobs, pairs = images(n), prompts(n)
     ids = [f"{i:016x}" for i in range(n)]
     content = {
@@ -451,7 +450,7 @@ def embed_section(run: Run, preset: str) -> None:
 
 def embed_stage_section(run: Run, tmp: Path) -> None:
     from storage.embeddings import EmbeddingStore, prompt_sha1
-    from storage.layout import DataDir
+    from surd import chain
     from surd.stages.embed import EmbedStage
 
     n = 64 if run.smoke else 20000
@@ -463,7 +462,7 @@ def embed_stage_section(run: Run, tmp: Path) -> None:
         shutil.rmtree(root, ignore_errors=True)
         embed = {"llm": "llama-7b", "part_bytes": max(2**20, part_bytes), "dedupe": dedupe}
         settings = settings_for(root, run.smoke, part_size=256, embed=embed)
-        data = DataDir(root).open()
+        data = chain.PIPELINE.data_dir(root).open()
         stage = stage_run(
             run,
             "embed_stage" + ("_parts_by_bytes_dedupe" if dedupe else "_256_prompt_parts"),

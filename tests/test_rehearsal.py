@@ -4,8 +4,8 @@ rendered prefect.yaml deployed, one worker per pool, the review server) against 
 The scheduled rebuild is run by hand; the GPU stages are shown to run on the `gpu` pool's worker
 (the rebuild hands them to the `stages/gpu` deployment). Stewards decide through the review
 server; a release made from the command line is announced and trained and evaluated. New posts
-appear on the site; two rebuilds started together make one new release, trained once, and leave
-every table free of duplicates with counts that add up. The one difference from production: the
+appear on the site; the next rebuild makes one new release, trained once, and leaves every table
+free of duplicates with counts that add up. The one difference from production: the
 `gpu` worker runs on the CPU with the tiny models."""
 
 from __future__ import annotations
@@ -105,14 +105,15 @@ def _rehearse(stack: Stack, root: Path, site: ReplaySite) -> None:
     with stack.client() as c:  # the training losses reach the flow's log
         assert any("loss" in rec.message and "simple" in rec.message for rec in c.read_logs())
 
-    # 3. new posts at the top of the feed; two rebuilds at once, with the demo's policy deciding
+    # 3. new posts at the top of the feed; the next rebuild, with the demo's policy deciding, makes a
+    # release that is trained once (two rebuilds at once are tests/test_chaos.py's: whole snapshots)
     site.publish_withheld()
     policy = {"config": {"review": {"auto_policy": "demo-margin-v1", "auto_min_margin": 0.5}}}
-    both = [stack.start_run("rebuild/rebuild", policy), stack.start_run("rebuild/rebuild", policy)]
-    runs = stack.finished("rebuild/rebuild", 3)
-    assert {r.id: r.state_type.value for r in runs if r.id in both} == dict.fromkeys(both, "COMPLETED")
+    second = stack.start_run("rebuild/rebuild", policy)
+    runs = stack.finished("rebuild/rebuild", 2)
+    assert {r.id: r.state_type.value for r in runs if r.id == second} == {second: "COMPLETED"}
     releases = sorted(p.name for p in (root / "releases").glob("v*"))
-    assert releases in (["v0001", "v0002"], ["v0001", "v0002", "v0003"]), releases  # whole snapshots
+    assert releases == ["v0001", "v0002"], releases
     for d in ("embed", "train", "evaluate"):  # every release trained, each once
         done = stack.finished(f"{d}/{d}", len(releases))
         assert len(done) == len(releases) and all(r.state_type.value == "COMPLETED" for r in done), d
