@@ -62,9 +62,21 @@ def released_root(folder: Path, replay: ReplaySite) -> Path:
 
 @pytest.fixture(scope="session")
 def released_demo(tmp_path_factory: pytest.TempPathFactory, replay: ReplaySite) -> Path:
-    """THE demo data root of the test session, taken through review and a first release once,
-    read-only: a test that writes copies it (`released_copy`)."""
-    root = released_root(tmp_path_factory.mktemp("released-demo"), replay)
+    """THE demo data root of the test session, taken through review and a first release once (by
+    whichever xdist worker asks first; the others wait for it and share it), read-only: a test that
+    writes copies it (`released_copy`). Its stored URLs name the replay site of the worker that made
+    it; a test that fetches again crawls its own."""
+    import fcntl
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # one run's workers
+    with (shared / "released-demo.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = shared / "released-demo.done"
+        if not done.exists():
+            released_root(shared / "released-demo", replay)
+            done.touch()
+    root = shared / "released-demo" / "data"
     before = _tree(root)
     yield root
     assert _tree(root) == before, "a test wrote into the session's demo root: copy it (released_copy)"
@@ -130,8 +142,9 @@ def postgres():
     server.stop()
 
 
-# The longest test files first, so that `pytest -n 2 --dist loadfile` (make test) never leaves one
-# worker with a long file at the end while the other idles. Measured on 2 cores; any order is valid.
+# `make test` runs two workers (pytest-xdist, `--dist loadfile`): a test file goes whole to one
+# worker (its module fixtures made once). The longest files first, so that no worker is left with
+# a long one at the end while the other idles. Measured on 2 cores; any order is valid.
 LONGEST_FIRST = [
     "tests/test_rehearsal.py",
     "tests/test_end_to_end.py",
@@ -143,6 +156,9 @@ LONGEST_FIRST = [
     "tests/surd/models/test_lavis.py",
     "tests/flows/test_deployments.py",
     "tests/surd/app/test_cli.py",
+    "tests/surd/app/test_bad_states.py",  # makes the session's demo root while the other worker works
+    "tests/surd/stages/test_dedup.py",
+    "tests/surd/models/test_models.py",
 ]
 
 

@@ -161,7 +161,12 @@ def _reference_views(
     return out
 
 
-@pytest.mark.parametrize(("part", "seed"), [(64, 1), (1000, 2), (37, 3)])
+SLOW = pytest.mark.slow  # more of the same cases: the whole suite runs them, the edit loop one
+
+
+@pytest.mark.parametrize(
+    ("part", "seed"), [(64, 1), pytest.param(1000, 2, marks=SLOW), pytest.param(37, 3, marks=SLOW)]
+)
 def test_crops_found_both_ways_as_comparing_every_pair(part: int, seed: int) -> None:
     items = _cropped_items(800, seed)
     dedup = Deduper(8, 48, zoom_distance=5, zoom_confirm=40)
@@ -177,7 +182,10 @@ def test_a_crop_reason_names_the_zoom() -> None:
     assert Match("a", "near", 2, 17, 1.08).reason() == "duplicate_of:a:dhash64=2,dct256=17,zoom=1.08"
 
 
-@pytest.mark.parametrize(("t", "part"), [(8, 64), (8, 1000), (3, 37), (0, 50), (12, 100)])
+@pytest.mark.parametrize(
+    ("t", "part"),
+    [(8, 64), pytest.param(8, 1000, marks=SLOW), (3, 37), pytest.param(0, 50, marks=SLOW), (12, 100)],
+)
 def test_decisions_equal_comparing_every_pair(t: int, part: int) -> None:
     items = _items(1500, seed=t)
     dedup = Deduper(t, confirm_distance=30)
