@@ -202,7 +202,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--items", type=int, required=True)
     p.add_argument("--data-root", type=Path, help="default: a temporary folder, removed after")
     p.add_argument("--out", type=Path, help="append the JSON lines to this file too")
+    p.add_argument("--upto", help="stop after this stage (a smoke test of the script); default: all")
     a = p.parse_args(argv)
+    names = [n for n, _ in STAGES]
+    if a.upto is not None and a.upto not in names:
+        p.error(f"--upto: one of {', '.join(names)}")
+    stages = STAGES[: names.index(a.upto) + 1] if a.upto else STAGES
     root = a.data_root or Path(tempfile.mkdtemp(prefix="surd-scale-"))
     site = GeneratedCivitai(a.items).start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SURD_")} | {
@@ -221,7 +226,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     results = []
     try:
         startup = run(["--version"], env)[0]
-        for name, cmd in STAGES:
+        for name, cmd in stages:
             seconds, cpu, tree, main_rss = run(cmd, env)
             items = came_in(root, name, a.items)
             r: dict[str, Any] = {
@@ -238,7 +243,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             if name == "images":
                 r["false_duplicates"], r["missed_duplicates"] = duplicates(root, site)
             results.append(r)
-        for r, (_, cmd) in zip(results, STAGES, strict=True):
+        for r, (_, cmd) in zip(results, stages, strict=True):
             r["noop_seconds"] = round(run(cmd, env)[0], 2)
         results[0]["startup_seconds"] = round(startup, 2)
     finally:

@@ -171,11 +171,14 @@ def test_dedup_benchmark() -> None:
 def test_scale_benchmark(tmp_path: Path) -> None:
     import bench_scale
 
-    rs = bench_scale.main(["--items", "60", "--data-root", str(tmp_path / "data")])
-    assert [r["stage"] for r in rs] == ["crawl", *chain.PIPELINE.names(), "review", "release", "embed"]
+    # the script as a whole is benchmarks' to run (docs/benchmarks.md); here: a crawl, the images and
+    # the first model stage, each measured as a process of its own and again as a no-op
+    first_model = next(s.name for s in chain.PIPELINE if s.pool == "gpu")
+    rs = bench_scale.main(["--items", "60", "--data-root", str(tmp_path / "data"), "--upto", first_model])
+    assert [r["stage"] for r in rs] == ["crawl", *chain.PIPELINE.before(first_model), first_model]
     assert rs[0]["items"] == 60 and rs[1]["items"] == 60 and rs[1]["false_duplicates"] == 0
     assert all(r["cpu_seconds"] > 0 and r["peak_rss_mb"] > 0 and r["noop_seconds"] > 0 for r in rs)
-    assert rs[-2]["items"] == rs[-1]["items"] > 0  # the release's rows, all embedded
+    assert rs[-1]["items"] > 0
 
 
 def test_near_duplicates_benchmark(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -46,7 +46,9 @@ def test_demo_flow_under_prefect(prefect_api, tmp_path: Path, replay) -> None:
     from flows.rebuild import rebuild
     from surd.app.demo import demo_config
 
-    out = rebuild(config=demo_config(tmp_path / "data", replay), train=True)
+    cfg = demo_config(tmp_path / "data", replay)
+    cfg["adapter"]["eval_prompts_per_suite"] = 1  # the 45 prompts' protocol is tests/adapter's to check
+    out = rebuild(config=cfg, train=True)
     stages = out["status"]["stages"]
     check_counts_add_up(stages)
     assert stages["images"]["dropped"]  # the replay site's broken images have their reasons
@@ -100,7 +102,7 @@ def test_demo_flow_under_prefect(prefect_api, tmp_path: Path, replay) -> None:
         st = now[row["stage"]]
         assert (row["in"], row["out"], row["pending"]) == (st["in"], st["out"], st["pending"]), row["stage"]
     report = json.loads((Path(out["evaluate"]["report"]).parent / "report.json").read_text())
-    assert report["pairs"] == 45 * 2 and "clip_similarity" in report["t_tests"]
+    assert report["pairs"] == 3 * 2 and "clip_similarity" in report["t_tests"]
     # every artifact names the code that made it: this checkout's commit
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
@@ -114,11 +116,7 @@ def test_demo_flow_under_prefect(prefect_api, tmp_path: Path, replay) -> None:
     assert (
         chain.PIPELINE.data_dir(tmp_path / "data").table("captions").provenance()[0]["code"]["commit"] == head
     )
-    assert report["prompt_origins"] == {
-        "action": {"paper": 3, "ours": 12},
-        "color": {"paper": 6, "ours": 9},
-        "counting": {"paper": 6, "ours": 9},
-    }
+    assert set(report["prompt_origins"]) == {"action", "color", "counting"}
 
 
 def _rows(root: Path, table: str) -> list[dict]:

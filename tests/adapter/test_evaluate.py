@@ -25,6 +25,12 @@ def test_three_suites_of_fifteen_marked_by_origin() -> None:
     for prompts in SUITES.values():
         assert len(prompts) == 15 and len({p.text for p in prompts}) == 15
         assert all(p.origin in ("paper", "ours") for p in prompts)
+    origins = {s: {o: sum(p.origin == o for p in ps) for o in ("paper", "ours")} for s, ps in SUITES.items()}
+    assert origins == {  # what a full evaluation's report states (`prompt_origins`)
+        "action": {"paper": 3, "ours": 12},
+        "color": {"paper": 6, "ours": 9},
+        "counting": {"paper": 6, "ours": 9},
+    }
 
 
 def test_paired_t_test_by_hand() -> None:
