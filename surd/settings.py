@@ -29,6 +29,7 @@ from surd.config_keys import (
     unknown_keys,
     valid_keys,
 )
+from surd.release_settings import ReleaseSettings
 from surd.sources import SOURCES, Source
 from surd.sources.civitai import CivitaiSettings
 from surd.sources.lexica import LexicaSettings
@@ -103,17 +104,6 @@ class ReviewSettings(_Section):
     trusted_proxies: list[str] = Field(
         [], description="proxy addresses whose X-Forwarded-For names the client (default: trust none)"
     )
-
-
-class ReleaseSettings(_Section):
-    shard_rows: int = Field(2000, ge=1)
-    shard_bytes: int = Field(512_000_000, ge=1, description="image bytes per shard, at most")
-    row_group_rows: int = Field(256, ge=1, description="rows per Parquet row group (streaming unit)")
-    max_per_prompt_group: int | None = Field(None, ge=1, description="samples per complex prompt; None: all")
-    location: str | None = Field(None, description="also publish releases here, e.g. s3://bucket/surd")
-    endpoint_url: str | None = Field(None, description="an S3-compatible store (MinIO, ...)")
-    access_key: SecretStr | None = None
-    secret_key: SecretStr | None = None
 
 
 REAL_LLM = "llama-13b"  # the `real` profile's: the paper's reference figures are with LLaMA 13B

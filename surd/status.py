@@ -119,7 +119,19 @@ def status(settings: Settings, data: DataDir) -> dict[str, Any]:
         if st:
             crawls[source] = {
                 k: st.get(k)
-                for k in ("crawl_id", "done", "stop_reason", "robots", "incremental", "items", "last_failure")
+                for k in (
+                    "crawl_id",
+                    "done",
+                    "stop_reason",
+                    "robots",
+                    "incremental",
+                    "items",
+                    "last_failure",
+                    "down_since",
+                    "region_blocked",
+                    "sfw_only",
+                    "seen",
+                )
             }
     return {
         "data_root": str(data.root),

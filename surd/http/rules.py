@@ -23,6 +23,7 @@ from surd.settings import CrawlSettings
 
 Expect = Literal["json", "html", "bytes"]
 RETRYABLE = {429, 500, 502, 503, 504, 520, 521, 522, 523, 524}
+REGION_BLOCKED = "region_blocked"  # HTTP 451 (Civitai's REGION_BLOCKED): final, never retried
 BLOCK_MARKERS = (
     b"window._cf_translation",
     b"cf-browser-verification",
@@ -159,6 +160,8 @@ def check_head(
         return None
     if resp.status_code in RETRYABLE:
         return FetchError(f"http_{resp.status_code}", url), resp.headers.get("retry-after")
+    if resp.status_code == 451:  # final: the site blocks this region, and a retry changes nothing
+        raise FetchError(REGION_BLOCKED, url, "HTTP 451")
     if resp.status_code >= 400:
         raise FetchError(f"http_{resp.status_code}", url)
     if check_headers is not None:

@@ -24,6 +24,11 @@ class SourceSettings(BaseModel):
     obey_robots: bool | None = None
     requests_per_second: float | None = Field(None, gt=0)
     max_concurrency: int | None = Field(None, ge=1)
+    exclude_models: list[str] = Field(
+        [],
+        description="models whose items are left out (`model_excluded`), as shell patterns matched "
+        "without case: e.g. ['lexica-aperture*'] keeps Lexica to Stable Diffusion",
+    )
 
 
 class Client(Protocol):
@@ -125,3 +130,8 @@ class Connector:
     fetch: Callable[[str, Any, Client], Page]  # (position, its settings section, client)
     licence: str
     generation: Callable[[dict[str, Any]], dict[str, Any]]  # a raw item row → storage.schemas.GENERATION
+    # whether a pass asked for every NSFW level (then an all-safe answer is noticed: `sfw_only`)
+    asks_all_levels: Callable[[Any], bool] = lambda cfg: False
+    # an item's own page at the source, asked again by the re-check (surd.stages.recheck): `gone`
+    # (the source says it is deleted), `present`, or None (it cannot say); None: no item lookup
+    item_status: Callable[[dict[str, Any], Any, Client], str | None] | None = None

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr
 
+from surd.http.errors import FetchError
 from surd.sources.base import Client, Connector, Page, ParseError, RawItem, SourceSettings, to_int
 from surd.sources.generation import civitai as generation_of
 
@@ -171,4 +172,28 @@ def fetch(position: str, cfg: CivitaiSettings, client: Client) -> Page:
     return page
 
 
-CONNECTOR = Connector(NAME, CivitaiSettings, "start", fetch, LICENCE, generation_of)
+def item_status(row: dict[str, Any], cfg: CivitaiSettings, client: Client) -> str | None:
+    """What Civitai's own lookup says of one image: `gone` when it answers 404 or 410 (no such
+    image), `present` when it lists it, None otherwise (an empty answer for an existing id is a
+    known bug, civitai/civitai#1329: it proves nothing)."""
+    url = f"{cfg.base_url.rstrip('/')}/api/v1/images"
+    params = {"imageId": str(row["source_item_id"]), "withMeta": "false"}
+    try:
+        payload = client.get(url, params=params).json()
+    except FetchError as exc:
+        return "gone" if exc.reason in ("http_404", "http_410") else None
+    items = payload.get("items") if isinstance(payload, dict) else None
+    listed = isinstance(items, list) and any(str(i.get("id")) == str(row["source_item_id"]) for i in items)
+    return "present" if listed else None
+
+
+CONNECTOR = Connector(
+    NAME,
+    CivitaiSettings,
+    "start",
+    fetch,
+    LICENCE,
+    generation_of,
+    asks_all_levels=lambda cfg: cfg.nsfw != "None",
+    item_status=item_status,
+)

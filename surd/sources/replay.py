@@ -31,6 +31,9 @@ from urllib.parse import parse_qs, quote, urlsplit
 import numpy as np
 from PIL import Image, ImageDraw
 
+from surd.sources.replay_changes import Changes, image_key, strip_prompts
+from surd.sources.safety import source_level
+
 RECORDED_DETAIL_ID = "1"
 Canned = tuple[int, dict[str, str], bytes, float]  # status, headers, body, delay in seconds
 RECORDED_DETAIL_SLUG = "user-interface-game-for-interaction"
@@ -84,6 +87,33 @@ class ReplaySite:
         self._server: ThreadingHTTPServer | None = None
         self._civitai = self._load_civitai()
         self._withheld: list[dict[str, Any]] = []
+        self.changes = Changes()  # faults, deletions, new posts (surd.sources.replay_changes)
+        self._gone: set[str] = set()  # picture ids of deleted items: their images answer 404
+
+    def fault(self, source: str, kind: str | None) -> None:
+        """Make `source` show `kind` (replay_changes.FAULTS) until cleared with None."""
+        with self._lock:
+            self.changes.fault(source, kind)
+
+    def grow(self, n: int, prompts: list[str] | None = None) -> list[dict[str, Any]]:
+        """`n` new Civitai posts at the top of the feed (one per prompt, if given)."""
+        with self._lock:
+            return self.changes.grow(n, prompts)
+
+    def delete(self, source: str, item_ids: list[str]) -> None:
+        """Items deleted upstream: listings leave them out, their images answer 404, Civitai's
+        item lookup says there is no such image, an SD Online page answers 404."""
+        with self._lock:
+            self.changes.delete(source, item_ids)
+            wanted = {str(i) for i in item_ids}
+            if source == "civitai":
+                for obj in [*self.changes.grown, *self._civitai, *self._withheld]:
+                    if str(obj.get("id")) in wanted and obj.get("url"):
+                        self._gone.add(image_key(obj["url"]).split("/")[0])
+            elif source == "lexica":
+                self._gone.update(wanted)  # its image id is its item id
+            else:
+                self._gone.update(f"sdonline-{i}" for i in wanted)
 
     def script(self, path: str, *responses: Canned) -> None:
         """Answer the next requests to `path` with these, in order, before the recorded ones
@@ -143,28 +173,69 @@ class ReplaySite:
         )
 
     # -- routes --------------------------------------------------------------------------
-    def civitai_page(self, query: dict[str, list[str]]) -> dict[str, Any]:
+    def _civitai_items(self) -> list[dict[str, Any]]:
+        """The feed now: new posts first, without deleted items, as a fault shapes it."""
+        ch = self.changes
+        items = [o for o in [*ch.grown, *self._civitai] if not ch.is_deleted("civitai", o.get("id"))]
+        fault = ch.faults.get("civitai")
+        if fault == "sfw_only":
+            items = [o for o in items if source_level(o.get("nsfwLevel")) in (0, None)]
+        elif fault == "null_prompts":
+            items = [{**o, "meta": None} for o in items]
+        return items
+
+    def civitai_page(self, query: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
+        """A page of the feed, or one image by `imageId` (404 when deleted or unknown)."""
+        items = self._civitai_items()
+        if "imageId" in query:
+            wanted = query["imageId"][0]
+            found = [o for o in items if str(o.get("id")) == wanted]
+            if not found:
+                return 404, {"error": f"No image with id {wanted}"}
+            return 200, {"items": found, "metadata": {}}
         limit = int(query.get("limit", ["100"])[0])
         cursor = query.get("cursor", [None])[0]
         start = int(cursor.split("|")[0]) if cursor else 0
-        items = self._civitai[start : start + limit]
+        self._all = items
+        items = items[start : start + limit]
         meta: dict[str, Any] = {}
-        if start + limit < len(self._civitai):
+        if start + limit < len(self._all):
             meta["nextCursor"] = f"{start + limit}|1712265847499"
-        return {"items": items, "metadata": meta}
+        return 200, {"items": items, "metadata": meta}
+
+    def _faulted(self, source: str) -> tuple[int, str, bytes] | None:
+        """The answer a faulty source gives instead of its page, if its fault is that."""
+        fault = self.changes.faults.get(source)
+        if fault == "region_blocked":
+            return (
+                451,
+                "application/json",
+                b'{"code":"REGION_BLOCKED","message":"Not available in your region"}',
+            )
+        if fault == "down":
+            return 503, "text/html", b"<html><body><h1>503 Service Unavailable</h1></body></html>"
+        return None
 
     def route(self, path: str, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
         sd = self.fixtures / "stablediffusionweb"
         if path == "/robots.txt":
             return 200, "text/plain", self.robots.encode()
+        source = path.split("/")[1] if path.count("/") > 1 else ""
+        if source in ("civitai", "lexica", "sdonline") and (faulted := self._faulted(source)):
+            return faulted
         if path in ("/civitai/api/v1/images", "/api/v1/images"):  # the latter: civitai.com's own path
-            body = self._rewrite(json.dumps(self.civitai_page(query)))
-            return 200, "application/json", body.encode()
+            status, page = self.civitai_page(query)
+            return status, "application/json", self._rewrite(json.dumps(page)).encode()
         if path == "/lexica/api/v1/search":
             if not query.get("q"):
                 return 400, "application/json", b'{"error":"q is required"}'
-            body = (self.fixtures / "lexica" / "search_v1_docs_example.json").read_text()
-            return 200, "application/json", self._rewrite(body).encode()
+            found = json.loads((self.fixtures / "lexica" / "search_v1_docs_example.json").read_text())
+            found["images"] = [
+                {**i, **({"prompt": None} if self.changes.faults.get("lexica") == "null_prompts" else {})}
+                for i in found["images"]
+                if not self.changes.is_deleted("lexica", i["id"])
+            ]
+            return 200, "application/json", self._rewrite(json.dumps(found)).encode()
         if path == "/sdonline/prompts/replay":
             card = (
                 f'<a hreflang="en" class="group relative block cursor-pointer" '
@@ -176,7 +247,11 @@ class ReplaySite:
             html = (sd / "prompts_listing_cards_2024-10.html").read_text()
             return 200, "text/html", self._rewrite(html).encode()
         if path == f"/sdonline/image/{RECORDED_DETAIL_ID}-{RECORDED_DETAIL_SLUG}":
+            if self.changes.is_deleted("sdonline", RECORDED_DETAIL_ID):
+                return 404, "text/html", b"<!DOCTYPE html><html><body>Not found</body></html>"
             html = (sd / "image_detail_prompt_panel_2024-10.html").read_text()
+            if self.changes.faults.get("sdonline") == "no_prompts_parsed":
+                html = strip_prompts(html)
             return 200, "text/html", self._rewrite(html).encode()
         if path.startswith("/img/"):
             return self.image(path)
@@ -227,6 +302,8 @@ class ReplaySite:
             if m:
                 width = int(m.group(1))
         key = "/".join(s for s in segs if "=" not in s)
+        if self._gone and any(g in path for g in self._gone):
+            return 404, "text/html", b"<!DOCTYPE html><html><body>Not found</body></html>"
         if key.startswith("/img/lexica/"):  # md/sm renditions of one image share it
             key = "/img/lexica/" + segs[-1]
         fault = _seed("fault" + key) % self.fault_every if self.fault_every else 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from bs4 import BeautifulSoup
@@ -112,4 +113,15 @@ def fetch(position: str, cfg: SdOnlineSettings, client: Client) -> Page:
     return Page(items=items, next_position=nxt, url=url, failed_items=failed)
 
 
-CONNECTOR = Connector(NAME, SdOnlineSettings, "0:0", fetch, LICENCE, generation_of)
+def item_status(row: dict[str, Any], cfg: SdOnlineSettings, client: Client) -> str | None:
+    """An item's detail page: `gone` when it answers 404 or 410, `present` when it loads."""
+    if not row.get("source_url"):
+        return None
+    try:
+        client.get(str(row["source_url"]), expect="html")
+    except FetchError as exc:
+        return "gone" if exc.reason in ("http_404", "http_410") else None
+    return "present"
+
+
+CONNECTOR = Connector(NAME, SdOnlineSettings, "0:0", fetch, LICENCE, generation_of, item_status=item_status)

@@ -17,15 +17,18 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from fnmatch import fnmatch
 from typing import Any
 
 from storage.layout import DataDir
 from storage.schemas import OK
 from surd.http.client import PoliteClient
 from surd.http.errors import FetchError
+from surd.http.rules import REGION_BLOCKED
 from surd.settings import CrawlSettings, Settings
 from surd.sources import REGISTRY, SOURCES
 from surd.sources.base import Connector, Page, ParseError
+from surd.sources.safety import source_level
 from surd.stages import takedown
 
 __all__ = ["SOURCES", "CrawlFailed", "CrawlStats", "crawl_source"]
@@ -59,6 +62,11 @@ class CrawlStats:
 
 
 def _advice(reason: str) -> str:
+    if reason == REGION_BLOCKED:
+        return (
+            "; the site answers HTTP 451: it blocks requests from this region, and retrying will not "
+            "help. Crawl from a region it serves, or leave the source out (sources.enabled)"
+        )
     if reason == "blocked":
         return "; the site answered with a challenge or block page: set an API key, lower the rate, or wait"
     if reason == "robots_disallowed":
@@ -145,6 +153,8 @@ class _Pass:
                 "incremental": bool(state) and not full,
                 "robots": "obeyed" if obey_robots(settings, source) else "overridden",
                 "started_at": datetime.now(UTC).isoformat(),
+                "seen": {"items": 0, "with_prompt": 0, "levels": {}},
+                **({"down_since": state["down_since"]} if state.get("down_since") else {}),
             }
             data.save_state(self.state_name, state)
         self.state: dict[str, Any] = state
@@ -170,7 +180,8 @@ class _Pass:
         self.pages.write([row], provenance=self.meta)
 
     def failed(self, position: str, exc: FetchError | ParseError, now: datetime) -> None:
-        """The page failed: logged, and the checkpoint stays, so the next call retries this page."""
+        """The page failed: logged, and the checkpoint stays, so the next call retries this page.
+        The source is down (or blocked) since this failure, unless it failed already."""
         reason = exc.reason if isinstance(exc, FetchError) else f"parse_error:{exc}"
         page_id = f"{self.state['crawl_id']}:{self.connector.name}:{position}"
         self._log(f"{page_id}:failed:{uuid.uuid4().hex[:6]}", position, None, "failed", reason, 0, None, now)
@@ -182,12 +193,19 @@ class _Pass:
             exc.url if isinstance(exc, FetchError) else _page_url(self.connector, self.settings)
         )
         self.state["last_failure"] = {"reason": reason, "url": stats.failed_url, "at": now.isoformat()}
+        self.state.setdefault("down_since", now.isoformat())
+        if reason == REGION_BLOCKED:
+            self.state["region_blocked"] = True
         self.data.save_state(self.state_name, self.state)
 
     def _rows(self, page: Page) -> list[dict[str, Any]]:
-        """The page's raw-item rows; an image already known under another item is its duplicate."""
+        """The page's raw-item rows; an image already known under another item is its duplicate;
+        an item of an excluded model is dropped as `model_excluded:<model>`."""
         rows = []
+        exclude = getattr(self.settings.sources, self.connector.name).exclude_models
         for item in page.items:
+            if exclude and item.model and any(fnmatch(item.model.lower(), x.lower()) for x in exclude):
+                item.drop_reason = item.drop_reason or f"model_excluded:{item.model}"
             row = item.to_row(self.state["crawl_id"])
             tid = self.gone.match(row) if self.gone else None
             if tid is not None:  # its id stays, so the item is counted and never fetched
@@ -204,6 +222,19 @@ class _Pass:
         if self.limit is not None:
             rows = rows[: max(0, self.limit - self.state["items"])]
         return rows
+
+    def _count(self, page: Page) -> None:
+        self.state["seen"] = _counted(self.state, page)
+
+    def _sfw_only(self) -> bool:
+        """The pass asked for every NSFW level and saw at least SFW_ONLY_MIN items, all safe: the
+        site filtered its answer (Civitai does from restricted regions and on civitai.green)."""
+        cfg = getattr(self.settings.sources, self.connector.name)
+        seen = self.state.get("seen") or {}
+        levels = seen.get("levels", {})
+        labelled = sum(n for k, n in levels.items() if k != "None")
+        unsafe = sum(n for k, n in levels.items() if k not in ("None", "0"))
+        return bool(self.connector.asks_all_levels(cfg) and labelled >= SFW_ONLY_MIN and unsafe == 0)
 
     def _stop(self, position: str, page: Page, rows: list[dict[str, Any]], new: int) -> str | None:
         """Why the pass ends after this page, or None to go on to the next."""
@@ -222,6 +253,7 @@ class _Pass:
         """Write the page's items, then its log row, then the checkpoint; why the pass ends."""
         source = self.connector.name
         page_id = f"{self.state['crawl_id']}:{source}:{position}"
+        self._count(page)
         rows = self._rows(page)
         new = sum(1 for r in rows if r["sample_id"] not in self.known)
         self.raw.write(rows, provenance={**self.meta, "page": page.url})
@@ -241,12 +273,33 @@ class _Pass:
             done=stop is not None,
             stop_reason=stop,
             last_failure=None,
+            down_since=None,
+            region_blocked=False,
         )
+        if stop is not None:
+            self.state.update(finished_at=now.isoformat(), sfw_only=self._sfw_only())
         self.data.save_state(self.state_name, self.state)
         self.last_written = len(rows)
         if stop is not None:
             stats.stop_reason = stop
         return stop
+
+
+SFW_ONLY_MIN = 20  # items a pass must see, all safe, before it says the source answered safe-only
+
+
+def _counted(state: dict[str, Any], page: Page) -> dict[str, Any]:
+    """The pass's counts of what the source showed (known items included, and the items of the
+    page that failed to parse): items, items with a prompt, items by NSFW level."""
+    seen = dict(state.get("seen") or {"items": 0, "with_prompt": 0, "levels": {}})
+    seen["items"] += len(page.items) + len(page.failed_items)
+    seen["with_prompt"] += sum(1 for i in page.items if (i.complex_prompt or "").strip())
+    levels = dict(seen["levels"])
+    for i in page.items:
+        key = str(source_level(i.nsfw_level))
+        levels[key] = levels.get(key, 0) + 1
+    seen["levels"] = levels
+    return seen
 
 
 def _taken_down(row: dict[str, Any], tid: int) -> dict[str, Any]:

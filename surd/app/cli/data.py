@@ -56,9 +56,15 @@ def print_status(st: dict[str, Any]) -> None:
             how = f"unfinished: failed with {failure['reason']} at {failure['url']} ({failure['at']})"
         else:
             how = "unfinished (in progress, or killed)"
+        flags = [
+            *(["region-blocked (HTTP 451)"] if c.get("region_blocked") else []),
+            *(["answered safe-for-work only"] if c.get("sfw_only") else []),
+            *([f"down since {c['down_since']}"] if c.get("down_since") else []),
+        ]
         out.print(
             f"crawl {source}: {c['crawl_id']} {how}, robots {c['robots']}, "
-            f"{'incremental' if c['incremental'] else 'full'} pass, {c['items']} items",
+            f"{'incremental' if c['incremental'] else 'full'} pass, {c['items']} items"
+            + (f"; {', '.join(flags)}" if flags else ""),
             highlight=False,
         )
     out.print(

@@ -162,7 +162,7 @@ def test_documented_error_bodies(tmp_path: Path, site: ReplaySite) -> None:
 
 
 def test_repeating_cursor_stops_with_a_reason(tmp_path: Path, site: ReplaySite) -> None:
-    page = site.civitai_page({"limit": ["25"]})
+    _, page = site.civitai_page({"limit": ["25"]})
     page["metadata"]["nextCursor"] = "start"  # the server sends us back where we began
     site.script(CIVITAI, (200, {}, json.dumps(page).encode(), 0.0))
     out = pipeline.crawl(settings(tmp_path, site), "civitai")
