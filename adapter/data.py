@@ -18,8 +18,9 @@ from storage.releases import read_columns
 from storage.schemas import image_bytes
 
 
-def read_release(release: Path) -> pa.Table:
-    return read_columns(release, ["sample_id", "image", "simple_prompt", "complex_prompt"])
+def read_release(release: Path, split: str = "train") -> pa.Table:
+    """A release's rows of one split: training reads `train` alone, the held-out loss `test`."""
+    return read_columns(release, ["sample_id", "image", "simple_prompt", "complex_prompt"], split=split)
 
 
 def encode_text(parts: dict[str, Any], prompts: list[str]) -> torch.Tensor:

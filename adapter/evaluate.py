@@ -73,6 +73,7 @@ def evaluate(
     suites: dict[str, list[Prompt]] | None = None,
     progress: Callable[[str], None] | None = None,
     run: dict[str, Any] | None = None,
+    test_split: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write images/, pairs.jsonl, report.md, report.json and grid.png; return the report.
     `run` describes the run (base model, LLM, layer …) for the report's comparison with the paper.
@@ -123,6 +124,8 @@ def evaluate(
     with (out_dir / "pairs.jsonl").open("w") as fh:
         fh.writelines(json.dumps(p) + "\n" for p in pairs)
     report = build(pairs, per_metric, scorers.skipped, suites, images_per_prompt, steps, run)
+    if test_split is not None:  # the held-out loss on the release's test split (adapter.heldout)
+        report["test_split"] = test_split
     write_report(out_dir, report)
     fault_point("evaluation_report", 1)
     _replace_dir(out_dir, final)

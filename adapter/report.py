@@ -159,6 +159,7 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | {pb:g} | {pa:g} | {source} | {_fmt(b)} | {_fmt(a)} | {what} |")
     sweep = ", ".join(f"layer {k}: {v}" for k, v in LAYER_SWEEP.items())
     lines += ["", f"The paper's CLIP score by LLM layer (Table 4): {sweep}.", ""]
+    lines += _test_split(report)
     lines += _paper_prompts(report)
     lines += _by_origin(report)
     lines += _tests(report)
@@ -168,6 +169,22 @@ def render(report: dict[str, Any]) -> str:
         lines.append("")
     lines += ["Grid (`grid.png`): per prompt row, pairs of baseline | adapter images.", ""]
     return "\n".join(lines)
+
+
+def _test_split(report: dict[str, Any]) -> list[str]:
+    t = report.get("test_split")
+    if not t:
+        return []
+    if not t.get("rows"):
+        return ["## The release's test split", "", "The release has no test split (or an empty one).", ""]
+    return [
+        "## The release's test split",
+        "",
+        f"Diffusion loss (ℓ_simple) on the {t['rows']} samples of the release's frozen test split, never "
+        f"trained on, with the same noise and timesteps for both ({t['draws']} draws): adapter "
+        f"{t['loss_simple_adapter']:.6f}, baseline {t['loss_simple_baseline']:.6f} (lower is better).",
+        "",
+    ]
 
 
 def _paper_prompts(report: dict[str, Any]) -> list[str]:

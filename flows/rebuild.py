@@ -40,6 +40,7 @@ from surd.review.queries import progress_markdown
 from surd.settings import Settings
 from surd.stages.base import StageRun
 from surd.stages.crawl import CrawlFailed, CrawlStats
+from surd.stages.recheck import RecheckRun
 from surd.status import status
 
 HOME_POOL = "cpu"  # the work pool of the rebuild's own deployment (flows/deployments.PLAN)
@@ -152,6 +153,12 @@ def review_task(config: dict[str, Any]) -> ReviewRun:
     return out
 
 
+@task(retries=1, retry_delay_seconds=30)
+def recheck_task(config: dict[str, Any]) -> RecheckRun:
+    """Released items re-checked at their sources (a budget a rebuild); the gone ones leave."""
+    return pipeline.recheck(_settings(config))
+
+
 def release_limit(settings: Settings) -> str:
     """The Prefect concurrency limit of releasing one data root (created by `surd deploy setup`)."""
     return "release-" + hashlib.sha1(str(Path(settings.data_root).resolve()).encode()).hexdigest()[:12]
@@ -200,6 +207,7 @@ def rebuild(config: dict[str, Any] | None = None, train: bool = True) -> dict[st
     home = HOME_POOL if deployment.id else None  # run by its deployment: route stages by pool
     out.update(run_declared(config, home))
     out["review"] = review_task(config)
+    out["recheck"] = recheck_task(config)
     release = release_task(config).path
     out["release"] = release
     if release and train:  # in production these run as their own deployments, on events

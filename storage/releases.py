@@ -72,6 +72,24 @@ def manifest(path: Path) -> dict[str, Any]:
     return json.loads((path / "manifest.json").read_text())
 
 
+APPROVAL = "approval.json"  # written into a held release's folder when a person lets it out
+
+
+def held(path: Path) -> bool:
+    """Whether a release is held by the gate and not approved: not published, announced or trained."""
+    return bool(manifest(path).get("held")) and not (path / APPROVAL).exists()
+
+
+def approval(path: Path) -> dict[str, Any] | None:
+    f = path / APPROVAL
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def published(data: DataDir) -> list[Path]:
+    """The releases that are out: every release but the held ones, oldest first."""
+    return [p for p in releases(data) if not held(p)]
+
+
 class _HashingFile(io.FileIO):
     """A file opened for writing that hashes what goes through it (no second read)."""
 
@@ -129,13 +147,17 @@ def stream(
     yield from dataset.to_batches(columns=list(columns) if columns else None, batch_size=batch_size)
 
 
-def read_columns(release: Path | str, columns: Sequence[str], filesystem: Any = None) -> pa.Table:
-    """The asked columns of every shard of a release, in the manifest's shard order."""
+def read_columns(
+    release: Path | str, columns: Sequence[str], filesystem: Any = None, split: str | None = None
+) -> pa.Table:
+    """The asked columns of every shard of a release (of split `split` only, when given: a release
+    from before splits has only `train`), in the manifest's shard order."""
     root = str(release).rstrip("/")
     man = _read_json(f"{root}/manifest.json", filesystem)
     tables = [
         pq.read_table(f"{root}/{s['file']}", columns=list(columns), filesystem=filesystem)
         for s in man["shards"]
+        if split is None or s.get("split", "train") == split
     ]
     if not tables:
         raise ValueError(f"release {root} has no shards")

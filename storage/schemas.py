@@ -122,6 +122,8 @@ RELEASE_BASE = [  # every release's own columns; each declared stage adds its ow
     pa.field("complex_prompt", pa.string()),
     pa.field("negative_prompt", pa.string()),
     pa.field("prompt_group", pa.string()),
+    pa.field("split", pa.string()),  # train | validation | test, frozen (surd.stages.splits)
+    pa.field("split_reason", pa.string()),  # why not its group's drawn split (decontaminated:<suite>)
     pa.field("source", pa.string()),
     pa.field("source_item_id", pa.string()),
     pa.field("source_url", pa.string()),

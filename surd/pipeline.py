@@ -5,6 +5,7 @@ embeddings) have their own. Every call returns a typed summary (a dataclass)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -12,23 +13,35 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from storage import locks
 from storage.embeddings import EmbeddingStore
 from storage.layout import DataDir
-from storage.outbox import Outbox
-from storage.releases import list_published, manifest, publish, quarantine, releases
-from storage.tables import set_fault_hook, sweep_temp
+from storage.outbox import Entry, Outbox
+from storage.releases import (
+    APPROVAL,
+    held,
+    list_published,
+    manifest,
+    publish,
+    published,
+    quarantine,
+    releases,
+)
+from storage.tables import atomic_write_bytes, set_fault_hook, sweep_temp
 from surd import chain
 from surd.http.client import PoliteClient
-from surd.review import queries, queue
+from surd.review import queries, queue, takedowns
 from surd.settings import Settings
+from surd.stages import recheck as recheck_stage
 from surd.stages import takedown
 from surd.stages.base import Partition, StageRun, run_stage
 from surd.stages.crawl import CrawlFailed, CrawlStats, crawl_source, politeness
 from surd.stages.images import retryable
+from surd.stages.recheck import RecheckRun
 from surd.stages.release import create_release, storage_options
 from surd.stages.review import apply_auto_policy, enqueue_kept, withdraw
 from surd.status import status
@@ -209,6 +222,7 @@ class ReleaseInfo:
     announced: list[str] = field(default_factory=list)  # releases announced (surd.release.published)
     waiting: list[str] = field(default_factory=list)  # releases whose announcement waits (the outbox)
     quarantined: list[str] = field(default_factory=list)  # folders without a manifest, moved aside
+    held: dict[str, list[str]] = field(default_factory=dict)  # releases the gate holds, and why
 
 
 @dataclass
@@ -220,7 +234,8 @@ class EmbedRun:
 
 
 def release(settings: Settings) -> str | None:
-    """Create a release if the accepted set changed; returns the latest release's path."""
+    """Create a release if the accepted set changed; returns the latest published release's path
+    (a release the gate holds is not one until approved)."""
     return release_info(settings).path
 
 
@@ -241,20 +256,60 @@ def release_info(settings: Settings) -> ReleaseInfo:
         for m in moved:
             log.warning("release folder %s had no manifest.json: moved aside; look inside, then delete it", m)
         created = create_release(settings, data, lambda: _release_counts(settings, data))
-    existing = releases(data)
+    waiting = {e.release for e in Outbox(data.root).pending()}
+    holding = {p.name: manifest(p)["held"]["reasons"] for p in releases(data) if held(p)}
+    for version, why in holding.items():
+        if created is not None and created.name == version:
+            log.warning(
+                "release %s is held, not published: %s (surd release approve)", version, "; ".join(why)
+            )
+    existing = published(data)
     if not existing:
-        return ReleaseInfo(quarantined=moved)
+        return ReleaseInfo(created=created is not None, quarantined=moved, held=holding)
     latest = existing[-1]
     man = manifest(latest)
     info = ReleaseInfo(str(latest), created is not None, man["release"], man["rows"], man["counts"])
-    info.quarantined = moved
-    info.waiting = [e.release for e in Outbox(data.root).pending()]
+    info.quarantined, info.held = moved, holding
+    info.waiting = sorted(waiting)
     if settings.release.location:
         opts = storage_options(settings)
         if created is not None or latest.name not in list_published(settings.release.location, **opts):
             publish(latest, settings.release.location, **opts)
         info.published = f"{settings.release.location.rstrip('/')}/{latest.name}"
     return info
+
+
+def approve(settings: Settings, version: str, reason: str, actor: str) -> ReleaseInfo:
+    """Let a held release out: the approval is logged (review database) and written into its
+    folder, it is recorded for announcing once (storage.outbox) and published where settings say."""
+    data = open_data(settings, create=False)
+    path = data.releases_dir / version
+    if not (path / "manifest.json").exists():
+        raise LookupError(f"no release {version} in {data.releases_dir}")
+    if not held(path):
+        raise ValueError(f"release {version} is not held: it is out already")
+    man = manifest(path)
+    with writing(settings, "release"):
+        engine = queue.connect(settings.review_database_url)
+        try:
+            takedowns.record_approval(engine, version, man["held"]["reasons"], reason, actor)
+        finally:
+            engine.dispose()
+        at = datetime.now(UTC).isoformat()
+        Outbox(data.root).record(Entry(version, man["inputs"], at))
+        atomic_write_bytes(path / APPROVAL, json.dumps({"by": actor, "reason": reason, "at": at}).encode())
+    return release_info(settings)
+
+
+def recheck(settings: Settings, budget: int | None = None) -> RecheckRun:
+    """Re-check the next items of the latest published release at their sources (polite, within
+    `release.recheck.budget`); items gone for good leave the next release."""
+    data = open_data(settings)
+    out = published(data)
+    if not out:
+        return RecheckRun()
+    with writing(settings, recheck_stage.TABLE):
+        return recheck_stage.recheck(settings, data, out[-1], budget)
 
 
 def embed(

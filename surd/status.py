@@ -22,6 +22,7 @@ from surd.review.db import NoDatabase, open_reader
 from surd.review.kinds import Decision, State
 from surd.settings import Settings
 from surd.sources import SOURCES
+from surd.stages import recheck
 
 
 def _failed_pages(data: DataDir) -> int:
@@ -138,4 +139,6 @@ def status(settings: Settings, data: DataDir) -> dict[str, Any]:
         "stages": stages,
         "crawl_pages_failed": failed_pages,
         "crawls": crawls,
+        "source_removed": len(recheck.removed(data)),  # released items found deleted at their source
+        "recheck": data.state("recheck") or None,
     }

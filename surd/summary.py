@@ -58,6 +58,11 @@ def describe_review(r: dict[str, Any]) -> str:
 def describe_release(r: dict[str, Any]) -> str:
     if not r.get("path"):
         moved = r.get("quarantined") or []
+        held = r.get("held") or {}
+        if held:
+            return "release: none out yet; HELD: " + "; ".join(
+                f"{v} ({' / '.join(w)})" for v, w in held.items()
+            )
         return "release: no accepted samples yet" + (f" (moved aside: {', '.join(moved)})" if moved else "")
     verb = "created" if r["created"] else "unchanged; latest is"
     where = f", published to {r['published']}" if r.get("published") else ""
@@ -68,13 +73,31 @@ def describe_release(r: dict[str, Any]) -> str:
         if waits
         else ""
     )
+    held = r.get("held") or {}
+    holds = (
+        "; HELD, not published: "
+        + "; ".join(f"{v} ({' / '.join(why)})" for v, why in held.items())
+        + " (`surd release approve VERSION --reason …`)"
+        if held
+        else ""
+    )
     moved = r.get("quarantined") or []
     aside = (
         f"; moved aside (no manifest.json: not a release; look inside, then delete): {', '.join(moved)}"
         if moved
         else ""
     )
-    return f"release {verb} {r['release']}: {r['rows']} rows at {r['path']}{where}{said}{wait}{aside}"
+    return f"release {verb} {r['release']}: {r['rows']} rows at {r['path']}{where}{said}{wait}{holds}{aside}"
+
+
+def describe_recheck(r: dict[str, Any]) -> str:
+    if not r.get("release"):
+        return "recheck: no release out yet"
+    ev = f" ({counts(r['evidence'])})" if r.get("evidence") else ""
+    return (
+        f"recheck of {r['release']}: {r['checked']} checked, {r['present']} present, {r['gone']} gone{ev}, "
+        f"{r['unknown']} unknown (a transient answer); next from {r['position']} of {r['rows']}"
+    )
 
 
 def describe_embed(r: dict[str, Any]) -> str:
@@ -95,6 +118,7 @@ def describe(stage: str, r: Any) -> str:
     fn = {
         "review": describe_review,
         "release": describe_release,
+        "recheck": describe_recheck,
         "embed": describe_embed,
         "train": describe_train,
     }.get(stage)

@@ -138,9 +138,17 @@ def test_first_party_imports_are_at_the_top_unless_said_why() -> None:
 
 
 def test_the_library_takes_only_the_training_settings_from_adapter() -> None:
-    """`surd/` uses `adapter/` for one thing: the training settings' one definition (its settings
-    extend it); training and evaluation are called from the application layer."""
-    assert breaches(("surd",), ("adapter",), besides=(*APPLICATION, "surd.settings")) == []
+    """`surd/` uses `adapter/` for two things: the training settings' one definition (its settings
+    extend it) and the evaluation's prompts (decontamination keeps them out of training);
+    training and evaluation are called from the application layer."""
+    assert (
+        breaches(("surd",), ("adapter",), besides=(*APPLICATION, "surd.settings", "surd.stages.decontam"))
+        == []
+    )
+    assert {i for i in imports(modules()["surd.stages.decontam"]) if in_layer(i, ("adapter",))} <= {
+        "adapter.suites",
+        "adapter.suites.suite_texts",
+    }
     assert {i for i in imports(modules()["surd.settings"]) if in_layer(i, ("adapter",))} <= {
         "adapter.config",
         "adapter.config.TrainConfig",

@@ -31,6 +31,8 @@ def rebuild(
         out[run.stage] = run
     out["review"] = pipeline.review(settings)
     log(describe("review", out["review"]))
+    out["recheck"] = pipeline.recheck(settings)  # items deleted upstream leave this release
+    log(describe("recheck", out["recheck"]))
     rel = pipeline.release(settings)
     out["release"] = rel
     if rel and train_adapter:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from adapter.checkpoints import latest_checkpoint, load_adapter
 from adapter.evaluate import Scorers, evaluate, rejudged
+from adapter.heldout import test_split_loss
 from adapter.pipeline import generate, sd_pipeline
 from adapter.quality import load_metrics
 from adapter.suites import SUITES
@@ -112,9 +113,16 @@ def run_evaluate(
         "release": trained.get("release"),
         "training steps": trained.get("step"),
     }
+    adapter = load_adapter(ckpt)
+    release = data.releases_dir / str(trained.get("release") or "")
+    heldout = (
+        test_split_loss(sd.model, adapter, release, sd.model.get("resolution", a.resolution))
+        if trained.get("release") and (release / "manifest.json").exists()
+        else None
+    )
     report = evaluate(
         sd.model,
-        load_adapter(ckpt),
+        adapter,
         clip_scorers(settings),
         run / "eval",
         images_per_prompt=a.eval_images_per_prompt,
@@ -122,6 +130,7 @@ def run_evaluate(
         suites={k: v[: a.eval_prompts_per_suite] for k, v in SUITES.items()},
         progress=progress,
         run=info,
+        test_split=heldout,
     )
     report = with_judgements(settings, run) or report  # judgements of an earlier evaluation of it
     return {**report, "report": str(run / "eval" / "report.md")}

@@ -136,6 +136,16 @@ release_prunes = sa.Table(  # append-only: release versions deleted because they
     sa.Column("actor", sa.String(128), nullable=False),
     sa.Column("created_at", UTC_TS, nullable=False),
 )
+release_approvals = sa.Table(  # append-only: held releases a person let out, and why
+    "release_approvals",
+    meta,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("release", sa.String(32), nullable=False),
+    sa.Column("held_for", sa.Text, nullable=False),  # the gate's reasons, one a line
+    sa.Column("reason", sa.Text, nullable=False),  # the person's
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("created_at", UTC_TS, nullable=False),
+)
 comments = sa.Table(  # append-only: a steward's note on an item; a flag asks an admin to look
     "comments",
     meta,

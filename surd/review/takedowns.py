@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 
 from surd.review.db import reader
-from surd.review.schema import release_prunes, takedowns
+from surd.review.schema import release_approvals, release_prunes, takedowns
 from surd.review.text import clean_prompt, hidden_characters
 from surd.sources import SOURCES
 
@@ -96,3 +96,25 @@ def prunes(engine: sa.Engine) -> list[dict[str, Any]]:
         return [
             dict(r) for r in conn.execute(sa.select(release_prunes).order_by(release_prunes.c.id)).mappings()
         ]
+
+
+def record_approval(engine: sa.Engine, release: str, held_for: list[str], reason: str, actor: str) -> None:
+    """A held release let out by a person: which, what held it, why it goes out, who, when."""
+    if not reason.strip():
+        raise ValueError("an approval needs a reason")
+    with engine.begin() as conn:
+        conn.execute(
+            release_approvals.insert().values(
+                release=release,
+                held_for="\n".join(held_for),
+                reason=reason.strip(),
+                actor=actor,
+                created_at=datetime.now(UTC),
+            )
+        )
+
+
+def approvals(engine: sa.Engine) -> list[dict[str, Any]]:
+    with reader(engine) as conn:
+        rows = conn.execute(sa.select(release_approvals).order_by(release_approvals.c.id)).mappings()
+        return [dict(r) for r in rows]

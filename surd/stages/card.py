@@ -19,7 +19,9 @@ from storage.schemas import hf_dtype
 from surd import chain
 from surd.sources import LICENCE_NOTES
 from surd.sources.safety import LEVELS, NSFW_SCORER, SAFETY_TEXTS, level_name
+from surd.stages.card_sections import changes_text, held_banner, sources_text, splits_text
 from surd.stages.card_text import BIAS, COLUMNS, DETECTOR, LIMITATIONS, PAPER_BIBTEX, PERSONAL
+from surd.stages.splits import SPLITS
 from surd.summary import counts as counts_text
 
 STOPWORDS = frozenset(
@@ -197,21 +199,25 @@ def size_category(n: int) -> str:
     return "1M<n<10M" if n < 10_000_000 else "n>10M"
 
 
-def shard_sizes(folder: Path, man: dict[str, Any]) -> tuple[int, int]:
-    """(bytes of the data as Arrow reads it, uncompressed; bytes of the shard files)."""
-    data = files = 0
+def shard_sizes(folder: Path, man: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """{split: (bytes of its data as Arrow reads it, uncompressed; bytes of its shard files)}."""
+    out: dict[str, tuple[int, int]] = {}
     for shard in man["shards"]:
         path = folder / shard["file"]
         meta = pq.ParquetFile(path).metadata
+        data, files = out.get(shard.get("split", "train"), (0, 0))
         data += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-        files += path.stat().st_size
-    return data, files
+        out[shard.get("split", "train")] = (data, files + path.stat().st_size)
+    return out
 
 
-def card_data(man: dict[str, Any], sizes: tuple[int, int] = (0, 0)) -> DatasetCardData:
+def card_data(man: dict[str, Any], sizes: dict[str, tuple[int, int]] | None = None) -> DatasetCardData:
     """The card's metadata: what the Hub shows and `load_dataset` reads (the image feature, the
-    split's size), with the keys DiffusionDB's card has (who made the annotations and the text)."""
-    data, files = sizes
+    splits and their sizes), with the keys DiffusionDB's card has (who made the annotations and
+    the text)."""
+    sizes = sizes or {}
+    rows = man.get("splits") or {"train": man["rows"]}
+    data, files = sum(v[0] for v in sizes.values()), sum(v[1] for v in sizes.values())
     return DatasetCardData(
         pretty_name=f"SURD release {man['release']}",
         license="other",
@@ -226,14 +232,28 @@ def card_data(man: dict[str, Any], sizes: tuple[int, int] = (0, 0)) -> DatasetCa
         size_categories=[size_category(man["rows"])],
         source_datasets=["original"],
         tags=["stable-diffusion", "prompts", "sur-adapter", "arxiv:2305.05189"],
-        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "shard-*.parquet"}]}],
+        configs=[
+            {
+                "config_name": "default",
+                "data_files": [{"split": s, "path": f"shard-{s}-*.parquet"} for s in SPLITS if s in rows],
+            }
+        ],
         dataset_info={
             "features": [{"name": f.name, "dtype": hf_dtype(f)} for f in chain.PIPELINE.release_schema()],
-            "splits": [{"name": "train", "num_bytes": data, "num_examples": man["rows"]}],
+            "splits": [
+                {"name": s, "num_bytes": sizes.get(s, (0, 0))[0], "num_examples": rows[s]}
+                for s in SPLITS
+                if s in rows
+            ],
             "download_size": files,
             "dataset_size": data,
         },
     )
+
+
+def _release_stats(folder: Path) -> dict[str, Any] | None:
+    f = folder / "stats.json"
+    return json.loads(f.read_text()) if f.exists() else None
 
 
 def _citations(man: dict[str, Any]) -> list[str]:
@@ -300,6 +320,7 @@ def write_card(folder: Path, man: dict[str, Any], rows: pa.Table) -> None:
     lines = [
         f"# SURD release {man['release']}",
         "",
+        *held_banner(man),
         f"{man['rows']} samples in {len(man['shards'])} shard(s) of plain Parquet (zstd); parent: "
         f"{man['parent'] or 'none'}; added {len(man['added'])}, removed {len(man['removed'])}, "
         f"changed {len(man.get('changed', []))}.",
@@ -310,10 +331,9 @@ def write_card(folder: Path, man: dict[str, Any], rows: pa.Table) -> None:
         "",
         _groups_text(man),
         "",
-        "## Per source",
-        "",
-        *[f"- {s}: {n}" for s, n in sorted(by_source.items())],
-        "",
+        *splits_text(man),
+        *changes_text(man),
+        *sources_text(_release_stats(folder)),
         "## Prompt lengths (words)",
         "",
         "![prompt lengths](prompt_lengths.png)",

@@ -11,6 +11,9 @@ COLUMNS = {  # the release's own columns; each stage describes its own (surd.sta
     "complex_prompt": "the prompt the image was generated from, as the source gives it",
     "negative_prompt": "the negative prompt, where the source gives one",
     "prompt_group": "samples made from one complex prompt share it (sha1 of the normalised prompt, 16 hex)",
+    "split": "train, validation or test: a hash of `prompt_group`, the same in every release (a group "
+    "whose prompt matches an evaluation prompt is in test)",
+    "split_reason": "why a sample is not in its group's drawn split: `decontaminated:<suite>` (else null)",
     "source": "the site: civitai, lexica or sdonline",
     "source_item_id": "the item's id on its site",
     "source_url": "the item's page or API address",

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,23 +25,25 @@ import pyarrow.parquet as pq
 from storage.layout import DataDir
 from storage.outbox import Entry, Outbox
 from storage.provenance import code_identity
-from storage.releases import ShardFile, highest_number, manifest, releases, verify_files
+from storage.releases import highest_number, manifest, releases, verify_files
 from storage.schemas import RELEASE_BASE, SCHEMA_VERSION
 from storage.tables import fault_point
 from surd import __version__, chain
 from surd.review import outcome, queue
-from surd.settings import ReleaseSettings, Settings
+from surd.settings import Settings
 from surd.sources import LICENCE_NOTES, REGISTRY, generation
 from surd.sources.safety import source_level
-from surd.stages import prompt_label, takedown
+from surd.stages import prompt_label, recheck, splits, takedown
 from surd.stages.card import write_card
 from surd.stages.groups import HELD_BACK, cap_groups, group_sizes, prompt_group
+from surd.stages.release_review import review_of_release
+from surd.stages.shards import reusable, shard_name, write_shards
 
 RAW_COLUMNS = ("complex_prompt", "negative_prompt", "source", "source_item_id", "source_url")
 
 
 DECIDED = ("sample_id", "decision_id", "decided_by_kind", "simple_prompt", "caption")  # → _accepted
-NOT_RAW = (*DECIDED[1:], "prompt_profanity")
+NOT_RAW = (*DECIDED[1:], "prompt_profanity", "split", "split_reason")
 FROM_RAW = pa.schema([f for f in RELEASE_BASE if f.name not in ("image", "sha256", *NOT_RAW)])
 
 
@@ -130,38 +132,13 @@ def accepted_rows(settings: Settings, data: DataDir, accepted: pa.Table | None =
     flat = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
     for table, col in chain.PIPELINE.release_columns():  # what each declared stage adds
         column[col.name] = col.values(data, table, flat)
+    column["split"] = column["split_reason"] = pa.nulls(len(flat), pa.string())  # set below
     rows = row_schema()
-    return pa.table([column[n] for n in rows.names], schema=rows)
-
-
-def write_shards(
-    data: DataDir, rows: pa.Table, folder: Path, first: int, cfg: ReleaseSettings
-) -> Iterator[dict[str, Any]]:
-    """Write the rows with their image bytes as shards `shard-{first}…` of at most
-    `cfg.shard_rows` rows and `cfg.shard_bytes` image bytes; yields each shard's manifest entry.
-    The images are read in storage order, a part at a time, and written a row group at a time, so
-    memory holds one part and one row group of images whatever the release's size."""
-    at = {sid: k for k, sid in enumerate(rows.column("sample_id").to_pylist())}
-    full = schema()
-    out: ShardFile | None = None
-    index, found = first, 0
-    for img in data.table("images").iter_lookup(at, ["image", "sha256"]):
-        row = {**rows.slice(at[img["sample_id"]], 1).to_pylist()[0], **img}
-        nbytes = len(img["image"] or b"") + 1024
-        row["image"] = {"bytes": img["image"], "path": None}  # Hugging Face's Image
-        if out is not None and (out.rows >= cfg.shard_rows or out.bytes + nbytes > cfg.shard_bytes):
-            yield out.close()
-            index, out = index + 1, None
-        if out is None:
-            out = ShardFile(folder / f"shard-{index:05d}.parquet", cfg.row_group_rows, full)
-        out.add(row, nbytes)
-        found += 1
-    if found != len(at):
-        if out is not None:
-            out.close()  # the temp folder goes with it; the next release removes it
-        raise RuntimeError(f"{len(at) - found} accepted samples have no stored image; no release written")
-    if out is not None:
-        yield out.close()
+    table = pa.table([column[n] for n in rows.names], schema=rows)
+    split, reason, _ = splits.assign(table, settings.release)
+    return table.set_column(rows.get_field_index("split"), "split", split).set_column(
+        rows.get_field_index("split_reason"), "split_reason", reason
+    )
 
 
 def _row_key(row: dict[str, Any]) -> str:
@@ -176,31 +153,13 @@ def _same_schema(folder: Path, man: dict[str, Any]) -> bool:
     return not man["shards"] or pq.read_schema(folder / man["shards"][0]["file"]).equals(schema())
 
 
-def _reusable(
-    parent_dir: Path, parent: dict[str, Any], current: dict[str, str]
-) -> list[tuple[str, list[str]]]:
-    """Parent shards every row of which is released again unchanged: (file, its sample ids)."""
-    out = []
-    for shard in parent["shards"]:
-        if not pq.read_schema(parent_dir / shard["file"]).equals(schema()):
-            continue  # written with other columns (an older release): its rows are written anew
-        ids = pq.read_table(parent_dir / shard["file"], columns=["sample_id"]).column(0).to_pylist()
-        if all(current.get(i) == parent["fingerprint"].get(i) for i in ids):
-            out.append((shard["file"], ids))
-    return out
-
-
-def _inputs(fingerprint: dict[str, str], cap: int | None) -> str:
-    """What a release is made from: every accepted sample's key and the per-group cap."""
-    return hashlib.sha256(json.dumps([fingerprint, cap], sort_keys=True).encode()).hexdigest()
-
-
-def _unchanged(parent: dict[str, Any] | None, fingerprint: dict[str, str], cap: int | None) -> bool:
-    if parent is None:
-        return False
-    if "inputs" in parent:
-        return bool(parent["inputs"] == _inputs(fingerprint, cap))
-    return cap is None and parent["fingerprint"] == fingerprint  # written before the cap existed
+def _inputs(fingerprint: dict[str, str], cap: int | None, removed: dict[str, str] | None = None) -> str:
+    """What a release is made from: every accepted sample's key, the per-group cap, and the items
+    found deleted upstream (their removal alone makes a new release)."""
+    made_of: list[Any] = [fingerprint, cap]
+    if removed:
+        made_of.append(sorted(removed))
+    return hashlib.sha256(json.dumps(made_of, sort_keys=True).encode()).hexdigest()
 
 
 def create_release(
@@ -215,7 +174,8 @@ def create_release(
     samples added since the parent fill new shards and leave the parent's reusable. With
     `release.max_per_prompt_group`, the samples past the cap are held back (surd.stages.groups)."""
     gone = takedown.covered(settings, data)  # {sample id: takedown id}
-    accepted, withdrawn, stopped = _releasable(settings, data, gone)
+    upstream = recheck.removed(data)  # {sample id: evidence}: deleted at their source
+    accepted, withdrawn, stopped = _releasable(settings, data, gone, upstream)
     cap = settings.release.max_per_prompt_group
     existing = releases(data)
     parent_dir = existing[-1] if existing else None
@@ -223,8 +183,10 @@ def create_release(
     ids = accepted.column("sample_id").to_pylist()
     everything = dict(zip(ids, accepted.column("row_key").to_pylist(), strict=True))
     del ids  # a no-op stops below, before any raw item is read
+    upstream = {sid: why for sid, why in upstream.items() if parent and sid in parent["fingerprint"]}
+    inputs = _inputs(everything, cap, upstream)
     same_columns = parent_dir is not None and parent is not None and _same_schema(parent_dir, parent)
-    if not everything or (same_columns and _unchanged(parent, everything, cap)):
+    if not everything or (same_columns and parent is not None and parent.get("inputs") == inputs):
         return None  # nothing changed (a release with other columns is remade with these)
     rows, held = cap_groups(accepted_rows(settings, data, accepted), cap)
     del accepted
@@ -237,25 +199,9 @@ def create_release(
         shutil.rmtree(stale)  # the caller holds the release lock: a temp folder's writer is dead
     tmp = data.releases_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
-    shards: list[dict[str, Any]] = []
-    reused_ids: set[str] = set()
-    if parent is not None and parent_dir is not None:
-        by_file = {sh["file"]: sh for sh in parent["shards"]}
-        for file, ids in _reusable(parent_dir, parent, fingerprint):
-            name = f"shard-{len(shards):05d}.parquet"
-            os.link(parent_dir / file, tmp / name)
-            shards.append({**by_file[file], "file": name, "reused_from": f"{parent['release']}/{file}"})
-            reused_ids.update(ids)
-    fresh = (  # a filter copies every column: only when some rows are in reused shards
-        rows.filter(pc.invert(pc.is_in(rows.column("sample_id"), pa.array(sorted(reused_ids), pa.string()))))
-        if reused_ids
-        else rows
-    )
-    for entry in write_shards(data, fresh, tmp, len(shards), settings.release):
-        shards.append(entry)
-        fault_point("release", len(shards))
+    shards = _shards(settings, data, rows, tmp, parent_dir, parent, fingerprint)
     man = _manifest(version, parent, fingerprint, shards) | {
-        "inputs": _inputs(everything, cap),
+        "inputs": inputs,
         "max_per_prompt_group": cap,
         "held_back": ({HELD_BACK: sorted(held.column("sample_id").to_pylist())} if cap else {})
         | ({takedown.REASON: withdrawn} if withdrawn else {})
@@ -263,31 +209,82 @@ def create_release(
         "removed_reasons": _removed_reasons(parent, fingerprint, gone, held)
         | {sid: why for sid, why in stopped.items() if parent and sid in parent["fingerprint"]},
         "prompt_groups": group_sizes(rows),
+        "splits": splits.counts(rows.column("split")),
+        "decontaminated": splits.explain(rows, settings.release),
         "counts": (counts() if callable(counts) else counts) or {},
         "model_ids": _model_ids(data) | {"prompt_profanity": [prompt_label.scorer()]},
         "settings": settings.provenance(),
     }
+    man |= review_of_release(data, tmp, parent_dir, man, settings)
     (tmp / "manifest.json").write_text(json.dumps(man, indent=1, sort_keys=True))
     fault_point("release_manifest", 1)  # a kill here leaves a temp folder with a manifest in it
     write_card(tmp, man, rows)
     fault_point("release_card", 1)
-    # announced once (storage.outbox): recorded before the rename, so no release goes unannounced
-    Outbox(data.root).record(Entry(version, man["inputs"], datetime.now(UTC).isoformat()))
+    if not man.get("held"):  # announced once (storage.outbox), recorded before the rename
+        Outbox(data.root).record(Entry(version, man["inputs"], datetime.now(UTC).isoformat()))
     os.replace(tmp, data.releases_dir / version)
     return data.releases_dir / version
 
 
+def _shards(
+    settings: Settings,
+    data: DataDir,
+    rows: pa.Table,
+    tmp: Path,
+    parent_dir: Path | None,
+    parent: dict[str, Any] | None,
+    fingerprint: dict[str, str],
+) -> list[dict[str, Any]]:
+    """Parent shards whose rows are all unchanged (and in the same split) hard-linked in; the other
+    rows written to new shards of their split, in the images' storage order."""
+    shards: list[dict[str, Any]] = []
+    reused_ids: set[str] = set()
+    taken: dict[str, int] = {}
+    if parent is not None and parent_dir is not None:
+        by_file = {sh["file"]: sh for sh in parent["shards"]}
+        split_now = dict(
+            zip(rows.column("sample_id").to_pylist(), rows.column("split").to_pylist(), strict=True)
+        )
+        for file, split, ids in reusable(parent_dir, parent, fingerprint, split_now, schema()):
+            name = shard_name(split, taken.get(split, 0))
+            taken[split] = taken.get(split, 0) + 1
+            os.link(parent_dir / file, tmp / name)
+            entry = {
+                **by_file[file],
+                "file": name,
+                "split": split,
+                "reused_from": f"{parent['release']}/{file}",
+            }
+            shards.append(entry)
+            reused_ids.update(ids)
+    fresh = (  # a filter copies every column: only when some rows are in reused shards
+        rows.filter(pc.invert(pc.is_in(rows.column("sample_id"), pa.array(sorted(reused_ids), pa.string()))))
+        if reused_ids
+        else rows
+    )
+    for entry in write_shards(data, fresh, tmp, taken, settings.release, schema()):
+        shards.append(entry)
+        fault_point("release", len(shards))
+    return shards
+
+
 def _releasable(
-    settings: Settings, data: DataDir, gone: dict[str, int]
+    settings: Settings, data: DataDir, gone: dict[str, int], upstream: dict[str, str]
 ) -> tuple[pa.Table, list[str], dict[str, str]]:
     """The accepted samples a release may hold; those taken down since they were accepted; and
     {id: why} of those that no longer went through every declared stage (one dropped them since: a
-    stage added to the pipeline, or a data root from an older version; or one has yet to decide)."""
+    stage added to the pipeline, or a data root from an older version; or one has yet to decide)
+    or that were deleted at their source (`source_removed`)."""
     accepted = _accepted(settings, data)
     taken = pc.is_in(accepted.column("sample_id"), pa.array(sorted(gone), pa.string()))
     withdrawn = accepted.filter(taken).column("sample_id").to_pylist()
     accepted = accepted.filter(pc.invert(taken)) if withdrawn else accepted
     stopped = _stopped(data, accepted.column("sample_id"))
+    for sid in pc.filter(
+        accepted.column("sample_id"),
+        pc.is_in(accepted.column("sample_id"), pa.array(sorted(upstream), pa.string())),
+    ).to_pylist():
+        stopped[sid] = recheck.REASON
     if stopped:
         out = pc.is_in(accepted.column("sample_id"), pa.array(sorted(stopped), pa.string()))
         accepted = accepted.filter(pc.invert(out))

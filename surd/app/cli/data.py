@@ -67,6 +67,8 @@ def print_status(st: dict[str, Any]) -> None:
             + (f"; {', '.join(flags)}" if flags else ""),
             highlight=False,
         )
+    if st.get("source_removed"):
+        out.print(f"released items found deleted at their source: {st['source_removed']}", highlight=False)
     out.print(
         f"failed crawl pages: {st['crawl_pages_failed']}; latest release: "
         f"{st['stages']['release']['latest'] or 'none'}; adapter runs: {len(st['stages']['adapter_runs'])}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from storage.releases import published
 from surd.app.cli.common import fail, open_data
 from surd.app.cli.errors import Exit
 from surd.settings import Settings
@@ -11,10 +12,11 @@ from surd.stages.release import releases
 
 
 def release_path(s: Settings, version: str) -> Path:
-
+    """A release by name; `latest` is the latest that is out (a held release only by its name)."""
     data = open_data(s, create=False)
     rels = releases(data)
-    path = rels[-1] if version == "latest" and rels else data.releases_dir / version
+    out = published(data)
+    path = out[-1] if version == "latest" and out else data.releases_dir / version
     if not (path / "manifest.json").exists():
         have = ", ".join(p.name for p in rels) or "none yet"
         raise fail(f"no release {version} under {data.releases_dir} (releases: {have})", Exit.DATA)

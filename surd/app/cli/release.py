@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from storage.embeddings import EmbeddingStore
+from storage.releases import approval, held
 from storage.releases import publish as copy
 from surd import pipeline
 from surd.app import engines
@@ -17,6 +18,7 @@ from surd.app.cli.errors import Exit
 from surd.app.cli.paths import release_path
 from surd.exports import ExportRefused, SafetyFilter, export_release
 from surd.sources.safety import parse_level
+from surd.stages import changes
 from surd.stages.release import manifest, releases, storage_options
 from surd.stages.release import verify as check
 from surd.summary import describe
@@ -45,9 +47,10 @@ def list_(as_json: bool = JSON, config: Path | None = CONFIG) -> None:
     rows = []
     for path in releases(open_data(settings(config), create=False)):
         m = manifest(path)
+        state = "held" if held(path) else ("approved" if approval(path) else "out")
         rows.append(
             {"release": m["release"], "rows": m["rows"], "shards": len(m["shards"]), "parent": m["parent"]}
-            | {"path": str(path)}
+            | {"state": state, "held_for": (m.get("held") or {}).get("reasons", []), "path": str(path)}
         )
     if as_json:
         result(rows, True, "")
@@ -57,9 +60,56 @@ def list_(as_json: bool = JSON, config: Path | None = CONFIG) -> None:
     for r in rows:
         parent = r["parent"] or "-"
         out.print(
-            f"{r['release']}  rows={r['rows']}  shards={r['shards']}  parent={parent}  {r['path']}",
+            f"{r['release']}  {r['state']}  rows={r['rows']}  shards={r['shards']}  parent={parent}  "
+            f"{r['path']}",
             highlight=False,
         )
+        for why in r["held_for"] if r["state"] == "held" else []:
+            out.print(f"    held: {why}", highlight=False)
+
+
+def approve(
+    version: str = typer.Argument(..., metavar="VERSION", help="the held release, vNNNN"),
+    reason: str = typer.Option(..., "--reason", help="why it may go out (logged with your name)"),
+    as_json: bool = JSON,
+    config: Path | None = CONFIG,
+) -> None:
+    """Let a release the gate held go out: the approval is logged, then the release is published
+    and announced once (so trained once), as any other."""
+    s = settings(config)
+    try:
+        r = pipeline.approve(s, version, reason, takedown.actor())
+    except LookupError as exc:
+        raise fail(str(exc), Exit.DATA) from None
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    announced = engines.announce(s)
+    if announced is not None:
+        r.announced = announced
+        r.waiting = [v for v in r.waiting if v not in announced]
+    result(r, as_json, f"{version} approved; " + describe("release", r))
+
+
+def diff(
+    old: str = typer.Argument(..., metavar="OLD", help="vNNNN"),
+    new: str = typer.Argument("latest", metavar="NEW", help="vNNNN or latest"),
+    to: Path | None = typer.Option(None, "--out", help="write every changed sample to this Parquet file"),
+    as_json: bool = JSON,
+    config: Path | None = CONFIG,
+) -> None:
+    """What changed from release OLD to NEW: samples added, removed (why) and changed (which columns)."""
+    s = settings(config)
+    a, b = release_path(s, old), release_path(s, new)
+    why = manifest(b).get("removed_reasons") if manifest(b).get("parent") == a.name else None
+    rows = changes.compare(a, b, why)
+    if to is not None:
+        changes.write(rows, to)
+        err.print(f"{to}: {rows.num_rows} rows written", highlight=False)
+    summary = changes.summary(rows) | {"from": a.name, "to": b.name}
+    removed = ", ".join(f"{k} {v}" for k, v in summary["removed"].items()) or "none"
+    changed = ", ".join(f"{k} {v}" for k, v in summary["changed"].items()) or "none"
+    text = f"{a.name} → {b.name}: added {summary['added']}; removed {removed}; changed {changed}"
+    result(summary, as_json, text)
 
 
 def verify(
@@ -169,5 +219,7 @@ def register(app: typer.Typer) -> None:
     release_app.command("verify")(verify)
     release_app.command("export")(export)
     release_app.command("publish")(publish)
+    release_app.command("approve")(approve)
+    release_app.command("diff")(diff)
     release_app.command("prune")(takedown.prune)
     app.add_typer(release_app, name="release")

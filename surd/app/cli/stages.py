@@ -115,6 +115,19 @@ def embed(
     result(r, as_json, describe("embed", r))
 
 
+def recheck(
+    budget: int | None = typer.Option(None, help="items to re-check (default: release.recheck.budget)"),
+    as_json: bool = JSON,
+    config: Path | None = CONFIG,
+) -> None:
+    """Ask the sources, politely, whether the next items of the latest release are still there;
+    an item gone for good (the source says so, or its image answers 404/410 twice) leaves the next
+    release as `source_removed`."""
+    s = settings(config)
+    r = pipeline.recheck(s, budget)
+    result(r, as_json, describe("recheck", r))
+
+
 def train(
     release: str = typer.Option("latest", help="vNNNN or latest"),
     llm: str | None = typer.Option(None, help="the embeddings' LLM (default: settings)"),
@@ -208,6 +221,7 @@ def register(app: typer.Typer) -> None:
             app.add_typer(group, name=name)
         else:
             app.command(name)(command)
+    app.command()(recheck)
     app.command()(embed)
     app.command()(train)
     app.command()(evaluate)

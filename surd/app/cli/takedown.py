@@ -21,7 +21,8 @@ from surd.stages.prune import prune as delete
 from surd.stages.release import manifest, releases, storage_options
 
 
-def _actor() -> str:
+def actor() -> str:
+    """Who runs this command, as the logs record it (`cli:<user>`)."""
     try:
         return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):  # no user name for this uid (a container): still recorded
@@ -48,7 +49,7 @@ def add(
     data = open_data(s)
     engine = queue.connect(s.review_database_url)
     try:
-        entry = log.add(engine, kind, value, reason, _actor(), requested_by)
+        entry = log.add(engine, kind, value, reason, actor(), requested_by)
     except ValueError as exc:
         raise fail(str(exc)) from None
     finally:
@@ -137,7 +138,7 @@ def prune(
         )
     if not yes and not typer.confirm(f"delete {len(doomed)} releases for good?", err=True):
         raise typer.Abort()
-    delete(s, data, superseded_by, doomed, _actor(), step, **opts)
+    delete(s, data, superseded_by, doomed, actor(), step, **opts)
     r = [vars(p) for p in doomed]
     result(r, as_json, f"pruned {', '.join(p.release for p in doomed)} (superseded by {superseded_by})")
 

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -128,7 +129,8 @@ def test_next_release_reuses_unchanged_shards_and_states_its_difference(data) ->
     v1 = create_release(settings, d)
     m1 = manifest(v1)
     engine = queue.connect(settings.review_database_url)
-    last_shard_ids = pq.read_table(v1 / m1["shards"][-1]["file"], columns=["sample_id"]).column(0).to_pylist()
+    changing = [s for s in m1["shards"] if s["rows"] >= 2][-1]  # a shard of two rows or more
+    last_shard_ids = pq.read_table(v1 / changing["file"], columns=["sample_id"]).column(0).to_pylist()
     edited = last_shard_ids[0]
     queue.decide(engine, edited, "alice", "accept", simple_prompt="a hand-edited caption")
     rejected = last_shard_ids[1]
@@ -137,7 +139,8 @@ def test_next_release_reuses_unchanged_shards_and_states_its_difference(data) ->
     m2 = manifest(v2)
     assert m2["parent"] == "v0001" and m2["removed"] == [rejected] and m2["changed"] == [edited]
     reused = [s for s in m2["shards"] if "reused_from" in s]
-    assert len(reused) == len(m1["shards"]) - 1  # all but the shard that held the two changes
+    full = [s for s in m1["shards"] if s["rows"]]  # an empty split's file is written anew, not linked
+    assert len(reused) == len(full) - 1  # all but the shard that held the two changes
     for s in reused:
         src = v1 / s["reused_from"].split("/")[1]
         assert (v2 / s["file"]).stat().st_ino == src.stat().st_ino  # hard link: not copied
@@ -168,7 +171,9 @@ def test_a_killed_writer_leaves_no_visible_release(data) -> None:
 def test_shards_are_written_holding_one_part_and_one_row_group_of_images(data, tmp_path: Path) -> None:
     import tracemalloc
 
-    from surd.stages.release import accepted_rows, write_shards
+    from surd.stages.release import accepted_rows, schema
+    from surd.stages.shards import write_shards
+    from surd.stages.splits import SPLITS
 
     settings, d = data
     cfg = settings.release.model_copy(update={"shard_rows": 10, "row_group_rows": 3})
@@ -181,30 +186,33 @@ def test_shards_are_written_holding_one_part_and_one_row_group_of_images(data, t
     ]
     group = 3 * max(len(r["image"]) for r in images.iter_lookup(ids, ["image"]))
     assert len(per_part) >= 3
-    list(
-        write_shards(d, rows.slice(0, 1), tmp_path, 99, cfg)
-    )  # warm: the parts' key caches, pyarrow's kernels
+    list(write_shards(d, rows.slice(0, 1), tmp_path, {}, cfg, schema()))  # warm: key caches, kernels
+    for f in tmp_path.glob("*.parquet"):
+        f.unlink()
     tracemalloc.start()
     try:
-        shards = list(write_shards(d, rows, tmp_path, 0, cfg))
+        shards = list(write_shards(d, rows, tmp_path, {}, cfg, schema()))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert [s["file"] for s in shards] == [f"shard-{k:05d}.parquet" for k in range(len(shards))]
     assert verify_files(str(tmp_path), shards) == []  # hashed as written = hashed from disk
-    assert [s["rows"] for s in shards] == [10] * (len(rows) // 10) + (
-        [len(rows) % 10] if len(rows) % 10 else []
-    )
+    per_split = {s: rows.filter(pa.compute.equal(rows.column("split"), s)).num_rows for s in SPLITS}
+    for split in SPLITS:  # each split its own run of shards, an empty one its one empty file
+        mine = [sh for sh in shards if sh["split"] == split]
+        assert [sh["file"] for sh in mine] == [f"shard-{split}-{k:05d}.parquet" for k in range(len(mine))]
+        n = per_split[split]
+        assert [sh["rows"] for sh in mine] == ([10] * (n // 10) + ([n % 10] if n % 10 else [])) or [0]
     back = [r for s in shards for r in pq.read_table(tmp_path / s["file"]).to_pylist()]
     assert sorted(r["sample_id"] for r in back) == rows.column("sample_id").to_pylist()  # each row, once
     assert all(r["sha256"] and r["image"] for r in back)
-    assert pq.ParquetFile(tmp_path / shards[0]["file"]).metadata.num_row_groups == 4  # 3 + 3 + 3 + 1
-    # one part and one row group of images in memory, against all of them before
-    assert peak < max(per_part) + group + 64_000 < sum(per_part), (peak, per_part, group)
+    train = next(sh for sh in shards if sh["split"] == "train" and sh["rows"] == 10)
+    assert pq.ParquetFile(tmp_path / train["file"]).metadata.num_row_groups == 4  # 3 + 3 + 3 + 1
+    # one part, and one row group of images a split, in memory, against all of them before
+    assert peak < max(per_part) + len(SPLITS) * group + 64_000 < sum(per_part), (peak, per_part, group)
     (tmp_path / "x").mkdir()
     extra = rows.slice(0, 1).set_column(0, rows.schema.field(0), pa.array(["f" * 16]))
     with pytest.raises(RuntimeError, match="1 accepted samples have no stored image"):
-        list(write_shards(d, pa.concat_tables([rows, extra]), tmp_path / "x", 0, cfg))
+        list(write_shards(d, pa.concat_tables([rows, extra]), tmp_path / "x", {}, cfg, schema()))
 
 
 def test_exports_load_with_hugging_face_datasets(data, tmp_path: Path) -> None:
@@ -233,11 +241,12 @@ def test_exports_load_with_hugging_face_datasets(data, tmp_path: Path) -> None:
         "monolingual"
     ]
     assert meta["task_ids"] == ["image-captioning"] and "arxiv:2305.05189" in meta["tags"]
-    [split] = meta["dataset_info"]["splits"]
-    assert (
-        split["num_examples"] == manifest(path)["rows"]
-        and split["num_bytes"] > sum((path / s["file"]).stat().st_size for s in manifest(path)["shards"]) // 2
-    )
+    splits = {sp["name"]: sp for sp in meta["dataset_info"]["splits"]}
+    assert set(splits) == {"train", "validation", "test"}
+    assert {k: v["num_examples"] for k, v in splits.items()} == manifest(path)["splits"]
+    assert sum(v["num_examples"] for v in splits.values()) == manifest(path)["rows"]
+    files = sum((path / s["file"]).stat().st_size for s in manifest(path)["shards"])
+    assert sum(v["num_bytes"] for v in splits.values()) > files // 2
     for section in ("## Personal and sensitive information", "## Bias", "## Limitations"):
         assert section in card.text, section
     from huggingface_hub import DatasetCardData
@@ -250,12 +259,15 @@ def test_exports_load_with_hugging_face_datasets(data, tmp_path: Path) -> None:
     handler.emit = lambda rec: seen.append(rec.getMessage())  # type: ignore[method-assign]
     logging.getLogger("datasets").addHandler(handler)
     try:
-        folder = load_dataset(str(path), split="train", cache_dir=str(tmp_path / "hf"))
+        whole = load_dataset(str(path), cache_dir=str(tmp_path / "hf"))  # the card's three splits
     finally:
         logging.getLogger("datasets").removeHandler(handler)
-    assert len(folder) == manifest(path)["rows"]
+    assert set(whole) == {"train", "validation", "test"}
+    assert {k: len(v) for k, v in whole.items()} == manifest(path)["splits"]
+    assert all(set(whole[k]["split"]) <= {k} for k in whole)  # each row in the split it says
+    folder = whole["train"]
     assert not [m for m in seen if "Ignoring" in m or "malformed" in m], seen  # no warning about the card
-    assert "None" not in set(folder["source_nsfw"])  # a source's missing label is null, not "None"
+    assert "None" not in set(plain["source_nsfw"])  # a source's missing label is null, not "None"
     declared = {f["name"]: f["dtype"] for f in meta["dataset_info"]["features"]}
     assert declared["image"] == "image" and set(declared) == set(plain.features)
     for name, feature in plain.features.items():
