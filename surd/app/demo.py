@@ -25,7 +25,8 @@ def demo_config(data_root: Path, site: ReplaySite) -> dict[str, Any]:
             "contact_url": "https://github.com/surd-builder/surd",
         },
         "sources": {
-            "civitai": {"base_url": urls["civitai"], "page_size": 25},
+            # every NSFW level asked (as SURD was built): a safe-only answer is then noticed
+            "civitai": {"base_url": urls["civitai"], "page_size": 25, "nsfw": "X"},
             "lexica": {
                 "base_url": urls["lexica"],
                 "queries": ["game ui", "fruit icons"],
