@@ -267,3 +267,38 @@ def test_sigkill_in_every_stage_then_resume(tmp_path: Path) -> None:
     pairs = [next((r / "runs").glob("*/eval/pairs.jsonl")).read_text() for r in (killed, clean)]
     assert pairs[0] == pairs[1]
     assert not [p for p in (killed / "runs").glob("*/.*")]  # no temp or old evaluation folder left
+
+
+def test_a_held_release_is_announced_only_once_approved(prefect_api, released_copy: Path) -> None:
+    """The gate holds a release (its site region-blocked): nothing announces it; once a person
+    approves it, it is announced once (each announcement starts one embed → train → evaluate: the
+    rehearsal shows that chain on the workers), and never again."""
+    from flows.events import announce
+    from surd import pipeline
+    from surd.app.demo import demo_config
+    from surd.config import load_settings
+    from surd.review import queue
+    from surd.sources.replay import ReplaySite
+
+    site = ReplaySite().start()
+    try:
+        s = load_settings(**demo_config(released_copy, site))
+        assert announce(s) == ["v0001"]  # the session's first release, never announced there
+        engine = queue.connect(s.review_database_url)
+        try:  # a steward's accept: a release is due
+            [item] = queue.claim(engine, "alice", 1, 600, queue.Filters())
+            for who in ("alice", "bob"):
+                queue.decide(engine, item["sample_id"], who, "accept")
+        finally:
+            engine.dispose()
+        site.fault("civitai", "region_blocked")
+        with pytest.raises(Exception, match="region_blocked"):
+            pipeline.crawl(s, "civitai")
+        info = pipeline.release_info(s)
+    finally:
+        site.stop()
+    assert set(info.held) == {"v0002"} and announce(s) == []  # held: not announced
+    pipeline.approve(s, "v0002", "the block is known; the release is whole", "cli:alice")
+    assert announce(s) == ["v0002"] and announce(s) == []
+    sent = [e for e in _events("surd.release.published") if e.resource.id == "surd.release.v0002"]
+    assert len(sent) == 1
