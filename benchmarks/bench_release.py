@@ -102,13 +102,13 @@ def _rss_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def release_once(root: Path) -> dict[str, Any]:
+def release_once(root: Path, shard_rows: int) -> dict[str, Any]:
     """In this (fresh) process: create the release; time, peak and baseline memory."""
     from surd import chain
     from surd.config import load_settings
     from surd.stages.release import create_release, manifest
 
-    settings = load_settings(data_root=str(root))
+    settings = load_settings(data_root=str(root), release={"shard_rows": shard_rows})
     data = chain.PIPELINE.data_dir(root).open()
     import matplotlib.pyplot  # noqa: F401  (the card's plot: imported before the baseline)
 
@@ -125,7 +125,18 @@ def release_once(root: Path) -> dict[str, Any]:
         "peak_rss_mb": round(peak, 1),
         "rows": man["rows"],
         "shards": len(man["shards"]),
+        "rows_by_split": _by_split(man["shards"], "rows"),
+        "shards_by_split": _by_split(man["shards"], None),
     }
+
+
+def _by_split(shards: list[dict[str, Any]], field: str | None) -> dict[str, int]:
+    """Per split: the sum of a shard field, or (field None) how many shards it has."""
+    out: dict[str, int] = {}
+    for s in shards:
+        split = s.get("split", "train")
+        out[split] = out.get(split, 0) + (int(s[field]) if field else 1)
+    return out
 
 
 def _commit() -> str:
@@ -149,18 +160,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     ap.add_argument("--samples", type=int, default=5000)
     ap.add_argument("--image-kb", type=int, default=60, help="JPEG size (the paper's 57,603 samples: ~59 KB)")
     ap.add_argument("--part-size", type=int, default=256)
+    ap.add_argument("--shard-rows", type=int, default=2000, help="release.shard_rows (the default 2000)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(release_once(args.child)))
+        print(json.dumps(release_once(args.child, args.shard_rows)))
         return None
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"
         built = build(root, args.samples, args.image_kb, args.part_size)
         assert built["review"] == args.samples, built
         child = subprocess.run(
-            [sys.executable, __file__, "--child", str(root)], check=True, capture_output=True, text=True
+            [sys.executable, __file__, "--child", str(root), "--shard-rows", str(args.shard_rows)],
+            check=True,
+            capture_output=True,
+            text=True,
         )
         measured = json.loads(child.stdout.strip().splitlines()[-1])
     mb = built["image_bytes"] / 2**20

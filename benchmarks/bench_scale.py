@@ -98,13 +98,13 @@ class GeneratedCivitai(ReplaySite):
             },
         }
 
-    def civitai_page(self, query: dict[str, list[str]]) -> dict[str, Any]:
+    def civitai_page(self, query: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
         limit = int(query.get("limit", ["100"])[0])
         cursor = query.get("cursor", [None])[0]
         start = int(cursor.split("|")[0]) if cursor else 0
         objs = [self._obj(k) for k in range(start, min(self.n, start + limit))]
         meta = {"nextCursor": f"{start + limit}|0"} if start + limit < self.n else {}
-        return {"items": objs, "metadata": meta}
+        return 200, {"items": objs, "metadata": meta}
 
     def image(self, path: str) -> tuple[int, str, bytes]:
         m = re.match(r"/img/gen/(\d+)/", path)

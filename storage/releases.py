@@ -96,9 +96,12 @@ class _HashingFile(io.FileIO):
     def __init__(self, path: Path) -> None:
         super().__init__(path, "wb")
         self.sha256 = hashlib.sha256()
+        self.discarding = False
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
+        if self.discarding:  # a shard given up: what is left of it goes nowhere
+            return len(view)
         done = 0
         while done < len(view):
             done += super().write(view[done:]) or 0
@@ -129,11 +132,24 @@ class ShardFile:
             self.group = []
 
     def close(self) -> dict[str, Any]:
-        self._flush()
-        self.writer.close()
-        os.fsync(self.fh.fileno())
+        try:
+            self._flush()
+            self.writer.close()
+            os.fsync(self.fh.fileno())
+        except BaseException:
+            self.abort()
+            raise
         self.fh.close()
         return {"file": self.path.name, "rows": self.rows, "sha256": self.fh.sha256.hexdigest()}
+
+    def abort(self) -> None:
+        """Give the shard up after a failed write (a full disk): its file is left incomplete in a
+        temporary folder that is removed, so the writer's footer goes nowhere instead of failing
+        again (and again when the writer is collected, on stderr)."""
+        self.group = []
+        self.fh.discarding = True
+        self.writer.close()
+        self.fh.close()
 
 
 def stream(

@@ -148,8 +148,14 @@ def test_detector_benchmark_tiny() -> None:
 def test_release_benchmark_tiny(tmp_path: Path) -> None:
     import bench_release
 
-    r = bench_release.main(["--samples", "40", "--part-size", "16", "--out", str(tmp_path / "r.jsonl")])
-    assert r is not None and r["rows"] == 40 and r["shards"] == 1 and r["seconds"] > 0
+    r = bench_release.main(
+        ["--samples", "40", "--part-size", "16", "--shard-rows", "16", "--out", str(tmp_path / "r.jsonl")]
+    )
+    assert r is not None and r["rows"] == 40 and r["seconds"] > 0
+    # every split has its shards (an empty split one empty file), each at most the part size
+    rows, shards = r["rows_by_split"], r["shards_by_split"]
+    assert set(shards) == {"train", "validation", "test"} and sum(rows.values()) == 40
+    assert all(shards[s] == max(1, -(-rows.get(s, 0) // 16)) for s in shards), (rows, shards)
     assert r["peak_rss_mb"] >= r["rss_before_mb"] > 0
     assert (tmp_path / "r.jsonl").read_text().count("\n") == 1
 

@@ -58,7 +58,7 @@ class Changes:
     def grow(self, n: int, prompts: list[str] | None = None) -> list[dict[str, Any]]:
         """`n` new Civitai posts at the top of the feed (or one per given prompt), each with a
         prompt, generation metadata and a picture of its own; returns them."""
-        made = []
+        made: list[dict[str, Any]] = []
         for k in range(len(prompts) if prompts is not None else n):
             i = GROWN_FIRST_ID + len(self.grown) + len(made)
             made.append(civitai_post(i, prompts[k] if prompts is not None else invented_prompt(i)))

@@ -58,7 +58,7 @@ class EmbedStage(Stage[PooledBatch]):
         rank: int | None = None,
     ) -> None:
         super().__init__(settings, data)
-        self.release, self.llm, self.given, self.rank = release, llm, todo, rank
+        self.release_dir, self.llm, self.given, self.rank = release, llm, todo, rank
         self.store = EmbeddingStore(data, profiles.llm_model_id(settings, llm))
         self.model_id = self.store.model_id
 
@@ -74,8 +74,8 @@ class EmbedStage(Stage[PooledBatch]):
             return iter(self.given)
         for stale in self.store.dir.glob(".tmp-*") if self.store.dir.exists() else []:
             shutil.rmtree(stale)  # a killed writer's half-assembled part
-        assert self.release is not None
-        return iter(embed_todo(self.store, self.release, part))
+        assert self.release_dir is not None
+        return iter(embed_todo(self.store, self.release_dir, part))
 
     def start(self, stack: ExitStack) -> None:
         loaded = profiles.llm(self.settings, self.llm)

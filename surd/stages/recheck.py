@@ -125,13 +125,19 @@ def recheck(
                     again = _look(row, settings, client)
                     verdicts[row["sample_id"]] = "gone_twice" if again in ("missing", "gone") else again
     now = datetime.now(UTC)
-    gone = []
+    gone: list[dict[str, Any]] = []
     for sid, v in verdicts.items():
         if v in ("gone", "gone_twice"):
             evidence = "item_gone" if v == "gone" else "image_http_404_twice"
             gone.append(
-                {"sample_id": sid, "status": DROPPED, "reason": f"{REASON}:{evidence}", "evidence": evidence}
-                | {"checked_at": now, "release": run.release}
+                {
+                    "sample_id": sid,
+                    "status": DROPPED,
+                    "reason": f"{REASON}:{evidence}",
+                    "evidence": evidence,
+                    "checked_at": now,
+                    "release": run.release,
+                }
             )
             run.evidence[evidence] = run.evidence.get(evidence, 0) + 1
     if gone:

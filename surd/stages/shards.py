@@ -53,19 +53,17 @@ def write_shards(
                 cur = out[split] = _open(folder, split, index, cfg, schema)
             cur.add(row, nbytes)
             found += 1
+        if found != len(at):
+            raise RuntimeError(f"{len(at) - found} accepted samples have no stored image; no release written")
+        for split in SPLITS:
+            if split in out:
+                yield _closed(out.pop(split), split)
+            elif index.get(split, 0) == 0:  # an empty split still has its file: load_dataset lists it
+                yield _closed(_open(folder, split, index, cfg, schema), split)
     except BaseException:
         for f in out.values():
-            f.close()  # the temp folder goes with them; the next release removes it
+            f.abort()  # the temp folder goes with them; the next release removes it
         raise
-    if found != len(at):
-        for f in out.values():
-            f.close()
-        raise RuntimeError(f"{len(at) - found} accepted samples have no stored image; no release written")
-    for split in SPLITS:
-        if split in out:
-            yield _closed(out.pop(split), split)
-        elif index.get(split, 0) == 0:  # an empty split still has its file: load_dataset lists it
-            yield _closed(_open(folder, split, index, cfg, schema), split)
 
 
 def _open(

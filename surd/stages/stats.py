@@ -7,6 +7,7 @@ only, down since when). The gate (surd.stages.gate) compares them with the last 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def _released(folder: Path) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
 
 
-def _quantiles(values: list[float]) -> dict[str, float] | None:
+def _quantiles(values: Sequence[float]) -> dict[str, float] | None:
     if not values:
         return None
     q = np.quantile(np.asarray(values, dtype=np.float64), QUANTILES)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
+from typing import Any
 
 import typer
 
@@ -95,4 +97,17 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(Exit.PROBLEMS)
         code, message = known
         print(f"error: {first_line(message)}", file=sys.stderr)
+        if "no space left" in message and not OPTIONS.debug:
+            sys.unraisablehook = _log_unraisable  # writers' finalizers meet the same full disk
         sys.exit(code)
+
+
+def _log_unraisable(info: Any) -> None:
+    """After a full disk is reported: what a finalizer then fails to flush (a writer's footer as
+    the process ends) goes to the log, not under the one error line."""
+    logging.getLogger("surd").debug(
+        "while ending after a full disk: %s in %r: %s",
+        type(info.exc_value).__name__,
+        info.object,
+        info.exc_value,
+    )
