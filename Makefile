@@ -9,6 +9,8 @@ export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
 export PYTHONWARNINGS := ignore::FutureWarning
+# the tests' two workers share the cores: idle OpenMP threads sleep instead of spinning (conftest.py)
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: demo test test-fast lint typecheck install bench-images bench-gpu lavis-env
 

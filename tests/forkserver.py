@@ -28,6 +28,10 @@ from storage.torch_compat import install
 install()
 import surd.app.cli
 import torch, transformers, open_clip, diffusers  # what a model stage imports anyway
+# what the lazy imports of a demo run load (about 3 s on 2 cores): the adapter's diffusers
+# classes, the card's plot, the profanity model, the detector's runtime, the near-duplicate index
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+import diffusers.optimization, matplotlib, matplotlib.pyplot, scipy.stats, profanity_check, onnxruntime, faiss
 reply = os.fdopen(os.dup(1), "w")
 os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # nothing else may write into the reply pipe
 
