@@ -80,6 +80,9 @@ class ReviewSettings(_Section):
     auto_policy: Literal["none", "demo-margin-v1"] = "none"
     auto_min_margin: float = -0.5
     claim_batch: int = Field(10, ge=1, le=200, description="items a steward holds at once in the UI")
+    max_held: int = Field(
+        60, ge=1, le=10_000, description="items one steward may hold at once, every claim and view together"
+    )
     prefetch: int = Field(5, ge=0, le=50, description="next images the review page preloads")
     blur_at: int = Field(2, ge=0, le=4, description="NSFW level (0 safe … 3 explicit) blurred from; 4: never")
     blur_unlabelled: bool = Field(False, description="blur images whose source gives no NSFW label")

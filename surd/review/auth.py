@@ -14,6 +14,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError
 
 from surd.review.db import reader
+from surd.review.kinds import steward_name_problem
 from surd.review.schema import stewards, tokens
 
 ROLES = ("steward", "admin")
@@ -29,8 +30,8 @@ def add_steward(engine: sa.Engine, name: str, password: str, role: str = "stewar
     account ends (a new session key); its API tokens stay (revoke them with `revoke_tokens`)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
-    if not name or len(name) > MAX_NAME or not name.isprintable() or name.startswith("policy:"):
-        raise ValueError("a steward name is 1–128 printable characters and cannot start with 'policy:'")
+    if problem := steward_name_problem(name, MAX_NAME):
+        raise ValueError(problem)
     if not 8 <= len(password) <= MAX_PASSWORD:
         raise ValueError(f"a password needs 8 to {MAX_PASSWORD} characters")
     values = {"password_hash": _hasher.hash(password), "role": role, "session_key": secrets.token_hex(32)}

@@ -13,13 +13,14 @@ from storage.tables import fault_point
 from surd.review.db import reader
 from surd.review.kinds import ActorKind, Decision, State
 from surd.review.queue import decide_many
+from surd.review.schema import decisions as decision_log
 from surd.review.schema import items, standing
 
 READ_CHUNK = 2048  # open items read at a time
 
 
 def auto_review(engine: sa.Engine, policy: str, min_margin: float) -> int:
-    """Decide every open item no human has touched by a named policy (`policy:<name>`, kind auto).
+    """Decide every open item no person has touched by a named policy (`policy:<name>`, kind auto).
 
     demo-margin-v1: reject captions under 3 words, reject a CLIP margin under `min_margin`,
     accept a margin of at least `min_margin + 0.2`, and leave the band between to stewards.
@@ -48,6 +49,14 @@ def auto_review(engine: sa.Engine, policy: str, min_margin: float) -> int:
             sa.select(items.c.sample_id, items.c.payload, items.c.margin).where(
                 items.c.state == State.OPEN,
                 ~sa.exists(sa.select(standing.c.sample_id).where(standing.c.sample_id == items.c.sample_id)),
+                # nor one a person has touched: a steward's decision or undo, an admin's reopen
+                # (which sets the standing decisions aside: it is open for people, not for a policy)
+                ~sa.exists(
+                    sa.select(decision_log.c.id).where(
+                        decision_log.c.sample_id == items.c.sample_id,
+                        decision_log.c.actor_kind != ActorKind.AUTO,
+                    )
+                ),
             )
         )
         return decide_many(engine, decisions(rows), each=lambda n: fault_point("review", n))

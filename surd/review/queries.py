@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 import sqlalchemy as sa
 
-from surd.review import comments
+from surd.review import comments, reveals
 from surd.review.db import reader
 from surd.review.kinds import ActorKind, Decision, State
 from surd.review.schema import decisions, items, standing
@@ -250,10 +250,17 @@ EXPORT_COLUMNS = (
 )
 
 
+EXPORTS = ("outcomes", "audit", "reveals")
+
+
 def export_rows(engine: sa.Engine, what: str = "outcomes", chunk: int = 5000) -> Iterator[dict[str, Any]]:
-    """Stream every item's outcome (`outcomes`) or the whole decision log (`audit`), in id order."""
-    if what not in ("outcomes", "audit"):
-        raise ValueError("export what: outcomes or audit")
+    """Stream every item's outcome (`outcomes`), the whole decision log (`audit`) or the reveal
+    log (`reveals`), in id order."""
+    if what not in EXPORTS:
+        raise ValueError(f"export what: {' or '.join(EXPORTS)}")
+    if what == "reveals":
+        yield from reveals.rows(engine, chunk)
+        return
     with reader(engine) as conn:
         if what == "audit":
             result = conn.execution_options(yield_per=chunk).execute(

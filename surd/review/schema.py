@@ -146,6 +146,15 @@ release_approvals = sa.Table(  # append-only: held releases a person let out, an
     sa.Column("actor", sa.String(128), nullable=False),
     sa.Column("created_at", UTC_TS, nullable=False),
 )
+reveals = sa.Table(  # append-only: each time a steward unblurred a flagged image, or blurred it again
+    "reveals",
+    meta,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("sample_id", sa.String(32), nullable=False, index=True),
+    sa.Column("steward", sa.String(128), nullable=False, index=True),
+    sa.Column("action", sa.String(8), nullable=False),  # reveal | hide
+    sa.Column("created_at", UTC_TS, nullable=False),
+)
 comments = sa.Table(  # append-only: a steward's note on an item; a flag asks an admin to look
     "comments",
     meta,

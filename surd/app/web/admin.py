@@ -56,8 +56,8 @@ def admin_add_steward(
     s.check_csrf(csrf)
     try:
         auth.add_steward(s.engine, name.strip(), password, role)
-    except ValueError as exc:
-        return _admin_page(s, message=str(exc))
+    except ValueError as exc:  # a reserved or malformed name, a short password, an unknown role
+        return _admin_page(s, message=str(exc), status=422)
     return _admin_page(s, message=f"Steward {name.strip()} saved.")
 
 
@@ -119,8 +119,8 @@ def admin_takedown(
 
 @router.get("/admin/export")
 def admin_export(s: AdminSession, what: str = "outcomes", format: str = "parquet") -> Response:
-    if what not in ("outcomes", "audit") or format not in ("parquet", "jsonl"):
-        raise HTTPException(422, "what: outcomes|audit, format: parquet|jsonl")
+    if what not in queries.EXPORTS or format not in ("parquet", "jsonl"):
+        raise HTTPException(422, f"what: {'|'.join(queries.EXPORTS)}, format: parquet|jsonl")
     rows = queries.export_rows(s.engine, what)
     name = f"surd-review-{what}.{format}"
     headers = {"Content-Disposition": f'attachment; filename="{name}"'}

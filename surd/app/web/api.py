@@ -91,7 +91,10 @@ def claim(body: ClaimRequest, request: Request, who: Caller = Depends(caller)) -
     )
     if body.sort not in SORTS:
         raise HTTPException(422, f"sort by one of {', '.join(SORTS)}")
-    got = queue.claim(request.app.state.engine, who.name, body.n, s.review.lease_seconds, filters)
+    review = s.review
+    got = queue.claim(
+        request.app.state.engine, who.name, body.n, review.lease_seconds, filters, max_held=review.max_held
+    )
     return ClaimResponse(items=got, lease_seconds=s.review.lease_seconds)
 
 
@@ -169,9 +172,9 @@ def progress(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
 
 @router.get("/export", response_class=StreamingResponse)
 def export(
-    request: Request, what: Literal["outcomes", "audit"] = "outcomes", who: Caller = Depends(admin)
+    request: Request, what: Literal["outcomes", "audit", "reveals"] = "outcomes", who: Caller = Depends(admin)
 ) -> StreamingResponse:
-    """Every item's outcome, or the whole decision log, as JSON lines (streamed)."""
+    """Every item's outcome, the whole decision log, or the reveal log, as JSON lines (streamed)."""
     rows = queries.export_rows(request.app.state.engine, what)
     return StreamingResponse(jsonl_chunks(rows), media_type="application/x-ndjson")
 

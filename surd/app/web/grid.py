@@ -27,7 +27,9 @@ def _page_filters(s: Session) -> Filters:
 def grid(s: StewardSession) -> Response:
     review = s.settings.review
     queue.release_leases(s.engine, steward=s.name)  # a page is claimed whole, from the queue's front
-    held = queue.claim(s.engine, s.name, review.grid_size, review.lease_seconds, _page_filters(s))
+    held = queue.claim(
+        s.engine, s.name, review.grid_size, review.lease_seconds, _page_filters(s), max_held=review.max_held
+    )
     if not held:
         return s.render("empty.html", previous=None)
     revealed = set(s.remembered("revealed"))

@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from storage.layout import DataDir
 from surd import chain  # the images table is a declared stage's: its schema comes with the declaration
 from surd.app.web.session import Session, StewardSession
-from surd.review import queries
+from surd.review import queries, reveals
 from surd.review.outcome import TAKEDOWN_ACTOR
 from surd.review.shield import THUMB, flagged, thumbnail, veiled
 
@@ -68,4 +68,5 @@ def reveal(
         s.request.session["revealed"] = [x for x in s.remembered("revealed") if x != sample_id]
     else:
         s.remember("revealed", sample_id)
+    reveals.log(s.engine, s.name, sample_id, "hide" if hide else "reveal")  # who saw what, and when
     return Response(status_code=204, headers={"Cache-Control": "no-store"})

@@ -95,7 +95,12 @@ def _page(s: Session, sample_id: str, held: list[dict[str, Any]], previous: str 
 
 def _held(s: Session) -> list[dict[str, Any]]:
     return queue.claim(
-        s.engine, s.name, s.settings.review.claim_batch, s.settings.review.lease_seconds, s.filters
+        s.engine,
+        s.name,
+        s.settings.review.claim_batch,
+        s.settings.review.lease_seconds,
+        s.filters,
+        max_held=s.settings.review.max_held,
     )
 
 

@@ -14,7 +14,7 @@ from storage.schemas import OK
 from surd import chain
 from surd.app.web.app import create_app
 from surd.config import load_settings
-from surd.review import auth, outcome, queries, queue, shield, takedowns
+from surd.review import auth, outcome, queries, queue, reveals, shield, takedowns
 from tests.conftest import free_port
 from tests.serve import ThreadedServer
 
@@ -224,6 +224,8 @@ def test_a_flagged_image_is_blurred_by_the_server_until_the_steward_reveals_it(
         page.keyboard.press("v")
         until(page, "!document.getElementById('image').dataset.shown")
         assert fetched("s1") == (veiled["s1"], "no-store")
+        logged = [(r["steward"], r["sample_id"], r["action"]) for r in reveals.rows(engine)]
+        assert logged == [("alice", "s1", "reveal"), ("alice", "s1", "hide")]  # who saw what, and when
         with page.expect_navigation():
             page.keyboard.press("a")
         assert page.text_content("#simple") == "a photo of thing 2"
