@@ -70,6 +70,10 @@ class DataDir:
             raise DataRootError(
                 f"data root {self.root} does not exist; check SURD_DATA_ROOT (or run a stage to create it)"
             )
+        # listed before the marker is looked for: a process of ours writes the marker before
+        # anything else, so what the listing holds is foreign only if the marker is still missing
+        # after it (the other order refused a root another process had just made)
+        names = [p.name for p in self.root.iterdir()] if self.root.is_dir() else []
         if marker.exists():
             found = _marker_version(marker)
             if found != SCHEMA_VERSION:
@@ -78,7 +82,7 @@ class DataDir:
                     f"{SCHEMA_VERSION}; use another data root (SURD_DATA_ROOT) or migrate it"
                 )
         else:
-            if self.root.exists() and any(not _ours_early(p.name) for p in self.root.iterdir()):
+            if any(not _ours_early(name) for name in names):
                 raise SchemaVersionError(
                     f"{self.root} is not empty and has no SCHEMA_VERSION marker; refusing to mix "
                     "data. Point SURD_DATA_ROOT at an empty or SURD data directory"

@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from surd.parallel import batched
+from surd.review.caps import holding, one_claim_at_a_time, under_cap
 from surd.review.db import QueueSchemaError, connect
 from surd.review.filters import Filters
 from surd.review.kinds import ActorKind, Decision, State
@@ -92,9 +93,8 @@ def claim(
     """Lease up to n open items that nobody else holds and this steward has not decided.
 
     Items the steward already holds come first (a reload shows the same item); an expired lease
-    is free again. With `max_held`, what the steward holds after the claim, across every claim and
-    filter, never exceeds it: a claim beyond the cap gets what is left under it (what it already
-    holds it still sees). Returns the items' payloads, in queue order.
+    is free again. With `max_held`, the steward never holds more, across claims and filters (a
+    claim past it gets what is left under it). Returns the items' payloads, in queue order.
     """
     now = datetime.now(UTC)
     mine = standing.alias("mine")
@@ -118,11 +118,11 @@ def claim(
         query = query.with_for_update(skip_locked=True, of=items)
     with engine.begin() as conn:
         if max_held is not None:
-            _one_claim_at_a_time(conn, steward)
-            held = _holding(conn, steward, now)
+            one_claim_at_a_time(conn, steward)
+            held = holding(conn, steward, now)
         ids = list(conn.execute(query).scalars())
         if max_held is not None:
-            ids = _under_cap(ids, held, max_held)
+            ids = under_cap(ids, held, max_held)
         if not ids:
             return []
         conn.execute(
@@ -137,39 +137,6 @@ def claim(
         ).all()
     order = {sid: i for i, sid in enumerate(ids)}
     return [json.loads(p) for _, p, _ in sorted(got, key=lambda r: order[r[0]])]
-
-
-def _under_cap(ids: list[str], held: set[str], max_held: int) -> list[str]:
-    """The claimed ids, in order, keeping what is held already and new ones while room is left."""
-    room = max(0, max_held - len(held))
-    kept = []
-    for i in ids:
-        if i in held:
-            kept.append(i)
-        elif room > 0:
-            kept.append(i)
-            room -= 1
-    return kept
-
-
-def _holding(conn: sa.Connection, steward: str, now: datetime) -> set[str]:
-    """The open items whose lease the steward holds now."""
-    return set(
-        conn.execute(
-            sa.select(items.c.sample_id).where(
-                items.c.lease_owner == steward, items.c.lease_expires >= now, items.c.state == State.OPEN
-            )
-        ).scalars()
-    )
-
-
-def _one_claim_at_a_time(conn: sa.Connection, steward: str) -> None:
-    """Two claims of one steward at once (two tabs, a script) must not both count the same room
-    under the cap: PostgreSQL serialises them on a transaction lock keyed by the name (SQLite's
-    write transactions are serial already: BEGIN IMMEDIATE, surd.review.db)."""
-    if conn.dialect.name == "postgresql":
-        key = int.from_bytes(hashlib.sha256(b"claim:" + steward.encode()).digest()[:8], "big", signed=True)
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
 
 def skip(engine: sa.Engine, steward: str, sample_id: str) -> bool:
