@@ -80,6 +80,8 @@ class ReviewSettings(_Section):
     auto_policy: Literal["none", "demo-margin-v1"] = "none"
     auto_min_margin: float = -0.5
     claim_batch: int = Field(10, ge=1, le=200, description="items a steward holds at once in the UI")
+    comments_per_item: int = Field(50, ge=1, description="comments and flags one item may collect")
+    comments_per_minute: int = Field(10, ge=1, description="comments one steward may send a minute")
     max_held: int = Field(
         60, ge=1, le=10_000, description="items one steward may hold at once, every claim and view together"
     )

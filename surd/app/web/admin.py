@@ -19,12 +19,19 @@ from surd.review.filters import Filters
 router = APIRouter(include_in_schema=False)
 
 
-def _admin_page(s: Session, status: int = 200, **extra: Any) -> HTMLResponse:
+def _admin_page(
+    s: Session,
+    status: int = 200,
+    flags_before: int | None = None,
+    notes_before: int | None = None,
+    **extra: Any,
+) -> HTMLResponse:
     stewards = auth.list_stewards(s.engine)
     return s.render(
         "admin.html",
         status,
-        notes=comments.recent(s.engine),
+        flags=comments.page(s.engine, flags=True, before=flags_before),
+        notes=comments.page(s.engine, flags=False, before=notes_before),
         actions=bulk.log(s.engine),
         agreement_by_version=queries.agreement_by_version(s.engine),
         bulk_actions=bulk.ACTIONS,
@@ -41,8 +48,9 @@ def _admin_page(s: Session, status: int = 200, **extra: Any) -> HTMLResponse:
 
 
 @router.get("/admin", response_class=HTMLResponse)
-def admin(s: AdminSession) -> Response:
-    return _admin_page(s)
+def admin(s: AdminSession, flags_before: int | None = None, notes_before: int | None = None) -> Response:
+    """The admin page; `flags_before` / `notes_before` page back through the flags and the comments."""
+    return _admin_page(s, flags_before=flags_before, notes_before=notes_before)
 
 
 @router.post("/admin/stewards", response_class=HTMLResponse)

@@ -152,9 +152,18 @@ class CommentRequest(BaseModel):
 def comment(body: CommentRequest, request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
     """A note on an item for the admins (`flag`: asks them to look)."""
     try:
-        cid = comments.add(request.app.state.engine, body.sample_id, who.name, body.text, body.flag)
+        review = request.app.state.settings.review
+        cid = comments.add(
+            request.app.state.engine,
+            body.sample_id,
+            who.name,
+            body.text,
+            body.flag,
+            per_item=review.comments_per_item,
+            per_minute=review.comments_per_minute,
+        )
     except ValueError as exc:
-        raise HTTPException(422, str(exc)) from None
+        raise HTTPException(429 if isinstance(exc, comments.TooMany) else 422, str(exc)) from None
     return {"id": cid}
 
 

@@ -186,9 +186,18 @@ def comment(
     """A note on an item for the admins (a flag asks them to look)."""
     s.check_csrf(csrf)
     try:
-        comments.add(s.engine, sample_id, s.name, text, flag=bool(flag))
+        review = s.settings.review
+        comments.add(
+            s.engine,
+            sample_id,
+            s.name,
+            text,
+            flag=bool(flag),
+            per_item=review.comments_per_item,
+            per_minute=review.comments_per_minute,
+        )
     except ValueError as exc:
-        raise HTTPException(422, str(exc)) from None
+        raise HTTPException(429 if isinstance(exc, comments.TooMany) else 422, str(exc)) from None
     return RedirectResponse(f"/?at={sample_id}", status_code=303)
 
 

@@ -175,3 +175,48 @@ def test_an_auto_policy_never_decides_what_a_person_reopened_or_undid(engine) ->
     assert policies.auto_review(engine, "demo-margin-v1", -0.5) == 0  # the next enqueue's pass
     lexica = [i for i in _rows(60) if i["source"] == "lexica"]
     assert all(queries.item(engine, i["sample_id"])["state"] == "open" for i in lexica)
+
+
+def test_comments_are_capped_per_item_and_per_steward_a_minute(tmp_path: Path) -> None:
+    app, alice, _ = _app(tmp_path, comments_per_item=4, comments_per_minute=3)
+    c = TestClient(app, base_url="https://testserver")
+    sent = [
+        c.post("/api/comment", json={"sample_id": "s001", "text": f"note {k}"}, headers=alice)
+        for k in range(4)
+    ]
+    assert [r.status_code for r in sent] == [200, 200, 200, 429]
+    assert "a minute" in sent[3].json()["detail"]
+    engine = queue.connect(app.state.settings.review_database_url)
+    auth.add_steward(engine, "bob", "bob password")
+    bob = {"Authorization": f"Bearer {auth.new_token(engine, 'bob')}"}
+    assert c.post("/api/comment", json={"sample_id": "s001", "text": "mine"}, headers=bob).status_code == 200
+    full = c.post("/api/comment", json={"sample_id": "s001", "text": "one more", "flag": True}, headers=bob)
+    assert full.status_code == 429 and "comments already" in full.json()["detail"]
+    assert (
+        c.post("/api/comment", json={"sample_id": "s002", "text": "elsewhere"}, headers=bob).status_code
+        == 200
+    )
+    from surd.review import comments
+
+    assert len(comments.of(engine, ["s001"])["s001"]) == 4  # what was refused was not stored
+    engine.dispose()
+
+
+def test_the_admin_page_never_pushes_a_flag_off(tmp_path: Path) -> None:
+    from surd.review import comments
+
+    app, _, _ = _app(tmp_path)
+    engine = queue.connect(app.state.settings.review_database_url)
+    comments.add(engine, "s001", "alice", "look at this one", flag=True)
+    for k in range(150):  # what used to push every flag off a page of the latest 100
+        comments.add(engine, f"s{k % 30:03d}", "alice", f"comment {k}")
+    engine.dispose()
+    c = TestClient(app, base_url="https://testserver")
+    _login(c, "root", "root password")
+    page = c.get("/admin").text
+    assert "look at this one" in page and page.count("comment 1") < 60  # the flag, and a page of comments
+    older = re.search(r'id="older-comments" href="([^"]+)"', page).group(1)
+    back = c.get(older.replace("&amp;", "&")).text
+    assert "comment 99" in back and "comment 149" not in back
+    last = re.search(r'id="older-comments" href="([^"]+)"', back).group(1)
+    assert "comment 0<" in c.get(last).text and 'id="older-flags"' not in page
