@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
 from storage.layout import DataDir
 from surd.app.web.session import AdminSession, Session
-from surd.review import auth, bulk, comments, export, queries, queue, takedowns
+from surd.review import auth, bulk, comments, export, queries, queue, takedowns, throughput
 from surd.review.filters import Filters
 
 router = APIRouter(include_in_schema=False)
@@ -40,6 +40,7 @@ def _admin_page(
         steward_names={x["name"] for x in stewards},
         roles=auth.ROLES,
         leases=queries.open_leases(s.engine),
+        pace=throughput.by_steward(s.engine),
         agreement=queries.agreement(s.engine),
         takedowns=takedowns.entries(s.engine),
         takedown_kinds=takedowns.KINDS,

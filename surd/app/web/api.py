@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from surd.review import auth, comments, guidelines, queries, queue
+from surd.review import auth, comments, guidelines, queries, queue, throughput
 from surd.review.export import jsonl_chunks
 from surd.review.filters import SORTS
 from surd.review.text import MAX_PROMPT, clean_prompt
@@ -177,6 +177,12 @@ def undo(request: Request, who: Caller = Depends(caller)) -> UndoResponse:
 def progress(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
     engine = request.app.state.engine
     return {**queries.progress(engine), "agreement": queries.agreement(engine)}
+
+
+@router.get("/throughput")
+def pace(request: Request, who: Caller = Depends(admin)) -> list[dict[str, Any]]:
+    """Per steward and view: decisions, decisions an hour, seconds a decision (median, p90)."""
+    return throughput.by_steward(request.app.state.engine)
 
 
 @router.get("/export", response_class=StreamingResponse)

@@ -220,3 +220,58 @@ def test_the_admin_page_never_pushes_a_flag_off(tmp_path: Path) -> None:
     assert "comment 99" in back and "comment 149" not in back
     last = re.search(r'id="older-comments" href="([^"]+)"', back).group(1)
     assert "comment 0<" in c.get(last).text and 'id="older-flags"' not in page
+
+
+def test_each_stewards_pace_by_view_on_the_admin_page_and_the_api(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from surd.review.schema import decisions
+
+    app, _, root = _app(tmp_path)
+    engine = queue.connect(app.state.settings.review_database_url)
+    t0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    rows = []
+    for k, (at, view) in enumerate([(0, "single"), (10, "single"), (20, "single"), (50, "single")]):
+        rows.append(("alice", f"s{k:03d}", at, view))
+    rows += [("alice", f"s{4 + k:03d}", 100, "grid") for k in range(24)]  # one page: one timestamp
+    rows += [("alice", f"s{28 + k:03d}", 2100, "grid") for k in range(2)]  # after a 33-minute pause
+    rows += [("bob", "s000", 5, "api")]
+    with engine.begin() as conn:
+        conn.execute(
+            decisions.insert(),
+            [
+                {
+                    "sample_id": sid,
+                    "actor": who,
+                    "actor_kind": "human",
+                    "decision": "accept",
+                    "created_at": t0 + timedelta(seconds=at),
+                    "view": view,
+                }
+                for who, sid, at, view in rows
+            ]
+            + [
+                {
+                    "sample_id": "s001",
+                    "actor": "policy:p",
+                    "actor_kind": "auto",
+                    "decision": "accept",
+                    "created_at": t0,
+                    "view": None,
+                }
+            ],
+        )
+    engine.dispose()
+    c = TestClient(app, base_url="https://testserver")
+    got = {(r["steward"], r["view"]): r for r in c.get("/api/throughput", headers=root).json()}
+    assert set(got) == {("alice", "single"), ("alice", "grid"), ("bob", "api")}  # no policy
+    single = got[("alice", "single")]
+    assert (single["decisions"], single["timed"]) == (4, 3)  # the first has no gap before it
+    assert (single["median_s"], single["p90_s"], single["per_hour"]) == (10.0, 30.0, 216.0)
+    grid = got[("alice", "grid")]
+    assert (grid["decisions"], grid["timed"]) == (26, 24)  # the page after the pause is untimed
+    assert grid["median_s"] == round(50 / 24, 2) and grid["per_hour"] == round(24 * 3600 / 50, 1)
+    assert got[("bob", "api")]["timed"] == 0 and got[("bob", "api")]["per_hour"] is None
+    _login(c, "root", "root password")
+    page = c.get("/admin").text
+    assert '<table id="pace">' in page and "<td>alice</td><td>grid</td><td>26</td><td>1728.0</td>" in page
