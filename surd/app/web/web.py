@@ -72,6 +72,15 @@ def logout(request: Request, csrf: str = Form(...)) -> Response:
     return RedirectResponse("/login", status_code=303)
 
 
+def _notes(s: Session, full: dict[str, Any]) -> list[dict[str, Any]]:
+    """The item's comments, but on an audit item not yet decided by this steward only their own:
+    the second decider sees nothing of the first's note or name before deciding (blind)."""
+    notes = comments.of(s.engine, [full["sample_id"]]).get(full["sample_id"], [])
+    if full.get("needed", 1) > 1 and full.get("mine") is None:
+        notes = [n for n in notes if n["author"] == s.name]
+    return notes
+
+
 def _page(s: Session, sample_id: str, held: list[dict[str, Any]], previous: str | None) -> HTMLResponse:
     full = queries.item(s.engine, sample_id, s.name)
     if full is None:
@@ -84,7 +93,7 @@ def _page(s: Session, sample_id: str, held: list[dict[str, Any]], previous: str 
         item=full,
         mine=full.get("mine"),
         veiled=flagged(full, s.settings.review) and sample_id not in s.remembered("revealed"),
-        notes=comments.of(s.engine, [sample_id]).get(sample_id, []),
+        notes=_notes(s, full),
         upcoming=after[: s.settings.review.prefetch],
         next_href=f"/?at={after[0]}" if after else None,
         previous=previous,

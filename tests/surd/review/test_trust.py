@@ -275,3 +275,31 @@ def test_each_stewards_pace_by_view_on_the_admin_page_and_the_api(tmp_path: Path
     _login(c, "root", "root password")
     page = c.get("/admin").text
     assert '<table id="pace">' in page and "<td>alice</td><td>grid</td><td>26</td><td>1728.0</td>" in page
+
+
+def test_an_audit_items_second_decider_sees_nothing_of_the_first(tmp_path: Path) -> None:
+    app, _, _ = _app(tmp_path)
+    engine = queue.connect(app.state.settings.review_database_url)
+    queue.enqueue(
+        engine, [{**_rows(1)[0], "sample_id": "a001", "simple_prompt": "an audit item"}], audit_share=1.0
+    )
+    auth.add_steward(engine, "bob", "bob password")
+    from surd.review import comments
+
+    [held] = queue.claim(engine, "bob", 1, 900, queue.Filters(text="an audit item"))
+    comments.add(engine, "a001", "bob", "bob thinks the caption is fine", flag=True)
+    queue.decide(engine, held["sample_id"], "bob", "accept")
+    assert queue.claim(engine, "alice", 1, 900, queue.Filters(text="an audit item"))  # alice's turn
+    engine.dispose()
+    c = TestClient(app, base_url="https://testserver")
+    _login(c, "alice", "correct horse")
+    page = c.get("/?at=a001").text
+    assert "an audit item" in page  # alice holds it, and sees it
+    assert "bob" not in page and "caption is fine" not in page  # blind: no note, no name
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    assert c.post("/decide", data={"csrf": csrf, "sample_id": "a001", "decision": "accept"}).status_code in (
+        200,
+        303,
+    )
+    after = c.get("/item/a001").text
+    assert "bob thinks the caption is fine" in after  # once she has decided, the discussion is hers too
