@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from surd import chain
 from tests import forkserver
@@ -180,6 +181,10 @@ def _events(name: str, wait_s: float = 30.0) -> list:
             time.sleep(0.5)
 
 
+RESUME_RTOL = 1e-5  # float32 after at most 10 optimizer steps resumed in another process
+RESUME_ATOL = 1e-6
+
+
 def _demo(root: Path, port: int, kill_at: str | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SURD_")}
     env["SURD_ADAPTER__EVAL_PROMPTS_PER_SUITE"] = "1"  # 6 pairs, not 90: the resume is the point here
@@ -254,18 +259,36 @@ def test_sigkill_in_every_stage_then_resume(tmp_path: Path) -> None:
     # no reader took a killed writer's temp folder for a release, nor built a run on one
     assert not list((killed / "releases").glob(".tmp-*"))
     assert [p.name.split("-")[0] for p in (killed / "runs").iterdir()] == ["v0001"]
+    # Training resumed from a checkpoint runs its later steps in a new process, whose kernels may
+    # sum in another order (seen with OMP_NUM_THREADS=1: one ulp of a loss at step 14, 1.2e-7 in
+    # the weights after 20 steps): float32 results are compared within RESUME_RTOL / RESUME_ATOL,
+    # everything else (steps, pairs, which side, files) exactly.
+    from safetensors.torch import load_file
+
     weights = [
-        sorted((r / "runs").glob("*/ckpt-000020/adapter.safetensors"))[0].read_bytes()
+        load_file(str(sorted((r / "runs").glob("*/ckpt-000020/adapter.safetensors"))[0]))
         for r in (killed, clean)
     ]
-    assert weights[0] == weights[1]
-    metrics = [next((r / "runs").glob("*/metrics.jsonl")).read_text().splitlines() for r in (killed, clean)]
-    assert [json.loads(m)["step"] for m in metrics[0]] == list(range(1, 21))
-    assert metrics[0] == metrics[1]  # the same losses, step for step
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[1]:
+        torch.testing.assert_close(weights[0][name], weights[1][name], rtol=RESUME_RTOL, atol=RESUME_ATOL)
+    metrics = [
+        [json.loads(m) for m in next((r / "runs").glob("*/metrics.jsonl")).read_text().splitlines()]
+        for r in (killed, clean)
+    ]
+    assert [m["step"] for m in metrics[0]] == [m["step"] for m in metrics[1]] == list(range(1, 21))
+    for a, b in zip(*metrics, strict=True):  # the same losses, step for step
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=RESUME_RTOL) for k in a)
     reports = [json.loads(next((r / "runs").glob("*/eval/report.json")).read_text()) for r in (killed, clean)]
     assert reports[0]["pairs"] == reports[1]["pairs"] > 0
-    pairs = [next((r / "runs").glob("*/eval/pairs.jsonl")).read_text() for r in (killed, clean)]
-    assert pairs[0] == pairs[1]
+    pairs = [
+        [json.loads(x) for x in next((r / "runs").glob("*/eval/pairs.jsonl")).read_text().splitlines()]
+        for r in (killed, clean)
+    ]
+    for a, b in zip(*pairs, strict=True):  # the same pairs; CLIP's preference within the tolerance
+        score = "clip_choice_adapter"
+        assert {k: v for k, v in a.items() if k != score} == {k: v for k, v in b.items() if k != score}
+        assert a[score] == pytest.approx(b[score], rel=1e-3, abs=1e-4)  # images of weights 1e-7 apart
     assert not [p for p in (killed / "runs").glob("*/.*")]  # no temp or old evaluation folder left
 
 
