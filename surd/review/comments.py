@@ -70,14 +70,6 @@ def _within_caps(
         raise TooMany(f"at most {per_minute} comments a minute: wait a moment and send it again")
 
 
-def recent(engine: sa.Engine, n: int = 100, flags_only: bool = False) -> list[dict[str, Any]]:
-    q = sa.select(comments).order_by(comments.c.id.desc()).limit(n)
-    if flags_only:
-        q = q.where(comments.c.flag)
-    with reader(engine) as conn:
-        return [dict(r) for r in conn.execute(q).mappings()]
-
-
 def page(engine: sa.Engine, flags: bool, before: int | None = None, n: int = PAGE) -> dict[str, Any]:
     """A page of the flags (or of the other comments), newest first, and the id the next, older
     page starts before (None: this is the last). Flags have their own pages, so no number of

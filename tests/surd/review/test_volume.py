@@ -138,7 +138,7 @@ def test_comments_are_checked_kept_and_exported(engine) -> None:
     comments.add(engine, "s1", "alice", "the caption is wrong")
     comments.add(engine, "s1", "bob", "", flag=True)  # a flag alone says enough
     assert [c["author"] for c in comments.of(engine, ["s1", "s2"])["s1"]] == ["alice", "bob"]
-    assert [c["author"] for c in comments.recent(engine, flags_only=True)] == ["bob"]
+    assert [c["author"] for c in comments.page(engine, flags=True)["rows"]] == ["bob"]
     rows = {r["sample_id"]: r for r in queries.export_rows(engine, "outcomes")}
     assert rows["s1"]["comments"] == "alice: the caption is wrong\nbob: [flag] "
     assert rows["s2"]["comments"] is None
